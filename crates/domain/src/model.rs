@@ -1,0 +1,367 @@
+//! The Product aggregate and its batches (book chapters 1 and 7).
+//!
+//! A product is every batch of one SKU: the consistency boundary. All changes
+//! go through [`Product`], which keeps the invariants (a batch never has more
+//! allocated than it holds, an order line is allocated at most once), bumps
+//! its version number and records an [`Event`] for each change.
+//!
+//! # Loading only what a command needs
+//!
+//! The book's model loads every allocated line of a product for every command,
+//! so allocating gets slower as a SKU's history grows. Here each batch keeps
+//! the *total* it has allocated, and only the order lines a command needs are
+//! loaded: the lines of one order (to allocate or deallocate it), or the lines
+//! of one batch (to shrink it). The repository's methods say which. Loaded
+//! lines are a subset of the allocated ones; totals always cover all of them.
+
+use chrono::NaiveDate;
+
+use crate::events::{
+    AllocationCancelled, Allocated, BatchCreated, BatchQuantityChanged, Deallocated, Event,
+    OutOfStock,
+};
+use crate::values::{BatchRef, OrderId, Quantity, Sku};
+
+/// A customer's request for `qty` units of one SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderLine {
+    pub orderid: OrderId,
+    pub sku: Sku,
+    pub qty: Quantity,
+}
+
+/// A command the model refuses: the request contradicts the current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("Batch {reference} already exists with different data")]
+    BatchExists { reference: BatchRef },
+    #[error("Invalid batch ref {reference}")]
+    UnknownBatch { reference: BatchRef },
+    #[error(
+        "Order {orderid} already has {allocated} of {sku} allocated to batch {batchref}; \
+         deallocate it before allocating a different quantity"
+    )]
+    AlreadyAllocated {
+        orderid: OrderId,
+        sku: Sku,
+        allocated: Quantity,
+        batchref: BatchRef,
+    },
+    #[error("Order {orderid} has no allocation of {sku}")]
+    NotAllocated { orderid: OrderId, sku: Sku },
+    /// The repository loaded fewer lines than the batch's total says it holds.
+    #[error("Batch {reference} needs its order lines loaded to shrink")]
+    LinesNotLoaded { reference: BatchRef },
+}
+
+/// Stock of one SKU: in the warehouse (`eta` is `None`) or due on a shipment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    reference: BatchRef,
+    sku: Sku,
+    eta: Option<NaiveDate>,
+    purchased: Quantity,
+    /// Units allocated over all of this batch's lines, loaded or not.
+    allocated: u64,
+    /// The lines loaded for the current command, oldest first.
+    lines: Vec<OrderLine>,
+}
+
+impl Batch {
+    /// A new batch with nothing allocated.
+    pub fn new(reference: BatchRef, sku: Sku, qty: Quantity, eta: Option<NaiveDate>) -> Self {
+        Self::restore(reference, sku, eta, qty, 0)
+    }
+
+    /// A stored batch as a repository reads it: its totals, no lines yet.
+    pub fn restore(
+        reference: BatchRef,
+        sku: Sku,
+        eta: Option<NaiveDate>,
+        purchased: Quantity,
+        allocated: u64,
+    ) -> Self {
+        Self {
+            reference,
+            sku,
+            eta,
+            purchased,
+            allocated,
+            lines: Vec::new(),
+        }
+    }
+
+    pub fn reference(&self) -> &BatchRef {
+        &self.reference
+    }
+
+    pub fn sku(&self) -> &Sku {
+        &self.sku
+    }
+
+    pub fn eta(&self) -> Option<NaiveDate> {
+        self.eta
+    }
+
+    pub fn purchased_quantity(&self) -> Quantity {
+        self.purchased
+    }
+
+    pub fn allocated_quantity(&self) -> u64 {
+        self.allocated
+    }
+
+    pub fn available_quantity(&self) -> u64 {
+        u64::from(self.purchased.get()).saturating_sub(self.allocated)
+    }
+
+    /// The order lines loaded for the current command, oldest first.
+    pub fn loaded_lines(&self) -> &[OrderLine] {
+        &self.lines
+    }
+
+    pub fn can_allocate(&self, line: &OrderLine) -> bool {
+        self.sku == line.sku && self.available_quantity() >= u64::from(line.qty.get())
+    }
+
+    fn line_of(&self, orderid: &OrderId) -> Option<&OrderLine> {
+        self.lines.iter().find(|line| &line.orderid == orderid)
+    }
+
+    fn allocate(&mut self, line: OrderLine) {
+        self.allocated += u64::from(line.qty.get());
+        self.lines.push(line);
+    }
+
+    fn deallocate(&mut self, orderid: &OrderId) -> Option<OrderLine> {
+        let position = self.lines.iter().position(|line| &line.orderid == orderid)?;
+        let line = self.lines.remove(position);
+        self.allocated -= u64::from(line.qty.get());
+        Some(line)
+    }
+
+    /// Deallocates the most recent line: later orders give way to earlier ones.
+    fn deallocate_latest(&mut self) -> Option<OrderLine> {
+        let line = self.lines.pop()?;
+        self.allocated -= u64::from(line.qty.get());
+        Some(line)
+    }
+
+    /// Warehouse stock first, then shipments by earliest arrival.
+    fn preference(&self) -> (bool, Option<NaiveDate>) {
+        (self.eta.is_some(), self.eta)
+    }
+}
+
+/// The aggregate root: every batch of one SKU, with a version number for
+/// optimistic concurrency and the events recorded since it was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    sku: Sku,
+    version: u64,
+    /// In creation order, which breaks ties between equally preferred batches.
+    batches: Vec<Batch>,
+    events: Vec<Event>,
+}
+
+impl Product {
+    /// A product that has never been stored.
+    pub fn new(sku: Sku) -> Self {
+        Self::restore(sku, 0, Vec::new())
+    }
+
+    /// A stored product as a repository reads it, batches in creation order.
+    pub fn restore(sku: Sku, version: u64, batches: Vec<Batch>) -> Self {
+        Self {
+            sku,
+            version,
+            batches,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn sku(&self) -> &Sku {
+        &self.sku
+    }
+
+    /// Bumped by every change; the unit of work checks it at commit.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn batches(&self) -> &[Batch] {
+        &self.batches
+    }
+
+    pub fn batch(&self, reference: &BatchRef) -> Option<&Batch> {
+        self.batches.iter().find(|batch| &batch.reference == reference)
+    }
+
+    /// Adds stored order lines to batch `reference`, for a repository loading
+    /// what a command needs. Lines it already holds are skipped, so loading
+    /// the same lines twice in one unit of work is harmless.
+    pub fn load_lines(&mut self, reference: &BatchRef, lines: impl IntoIterator<Item = OrderLine>) {
+        if let Some(batch) = self.batches.iter_mut().find(|b| &b.reference == reference) {
+            for line in lines {
+                if batch.line_of(&line.orderid).is_none() {
+                    batch.lines.push(line);
+                }
+            }
+        }
+    }
+
+    /// Adds a batch. Sending the same batch again changes nothing; a batch
+    /// with the same reference and different data is refused.
+    pub fn add_batch(
+        &mut self,
+        reference: BatchRef,
+        qty: Quantity,
+        eta: Option<NaiveDate>,
+    ) -> Result<(), DomainError> {
+        if let Some(existing) = self.batch(&reference) {
+            return if existing.purchased == qty && existing.eta == eta {
+                Ok(())
+            } else {
+                Err(DomainError::BatchExists { reference })
+            };
+        }
+        self.batches
+            .push(Batch::new(reference.clone(), self.sku.clone(), qty, eta));
+        self.record(Event::BatchCreated(BatchCreated {
+            sku: self.sku.clone(),
+            reference,
+            qty,
+            eta,
+        }));
+        Ok(())
+    }
+
+    /// Allocates `line` to the preferred batch that can take all of it and
+    /// returns that batch's reference, or `None` (recording [`OutOfStock`])
+    /// when no batch can. Needs the lines of `line.orderid` loaded: a line
+    /// already allocated is answered with its batch and changes nothing.
+    pub fn allocate(&mut self, line: OrderLine) -> Result<Option<BatchRef>, DomainError> {
+        if let Some((batch, existing)) = self.allocation_of(&line.orderid) {
+            return if existing.qty == line.qty {
+                Ok(Some(batch.reference.clone()))
+            } else {
+                Err(DomainError::AlreadyAllocated {
+                    orderid: line.orderid,
+                    sku: line.sku,
+                    allocated: existing.qty,
+                    batchref: batch.reference.clone(),
+                })
+            };
+        }
+        let chosen = self
+            .batches
+            .iter_mut()
+            .filter(|batch| batch.can_allocate(&line))
+            .min_by_key(|batch| batch.preference());
+        let Some(batch) = chosen else {
+            self.record(Event::OutOfStock(OutOfStock { sku: line.sku }));
+            return Ok(None);
+        };
+        let batchref = batch.reference.clone();
+        let event = Allocated {
+            orderid: line.orderid.clone(),
+            sku: line.sku.clone(),
+            qty: line.qty,
+            batchref: batchref.clone(),
+        };
+        batch.allocate(line);
+        self.record(Event::Allocated(event));
+        Ok(Some(batchref))
+    }
+
+    /// Cancels the allocation of `orderid`'s line and frees its stock, without
+    /// reallocating it. Needs the lines of `orderid` loaded.
+    pub fn deallocate(&mut self, orderid: &OrderId) -> Result<BatchRef, DomainError> {
+        let deallocated = self
+            .batches
+            .iter_mut()
+            .find_map(|batch| Some((batch.reference.clone(), batch.deallocate(orderid)?)));
+        let Some((batchref, line)) = deallocated else {
+            return Err(DomainError::NotAllocated {
+                orderid: orderid.clone(),
+                sku: self.sku.clone(),
+            });
+        };
+        self.record(Event::AllocationCancelled(AllocationCancelled {
+            orderid: line.orderid,
+            sku: line.sku,
+            qty: line.qty,
+            batchref: batchref.clone(),
+        }));
+        Ok(batchref)
+    }
+
+    /// Sets a batch's purchased quantity. If that leaves it over-allocated,
+    /// its most recent lines are deallocated until it fits, each recorded as
+    /// [`Deallocated`] so that it can be reallocated. Needs the batch's lines
+    /// loaded.
+    pub fn change_batch_quantity(
+        &mut self,
+        reference: &BatchRef,
+        qty: Quantity,
+    ) -> Result<(), DomainError> {
+        let Some(batch) = self.batches.iter_mut().find(|b| &b.reference == reference) else {
+            return Err(DomainError::UnknownBatch {
+                reference: reference.clone(),
+            });
+        };
+        let mut bumped = Vec::new();
+        while batch.allocated > u64::from(qty.get()) {
+            let Some(line) = batch.deallocate_latest() else {
+                return Err(DomainError::LinesNotLoaded {
+                    reference: reference.clone(),
+                });
+            };
+            bumped.push(line);
+        }
+        batch.purchased = qty;
+        // Deallocations are recorded before the new quantity so that, applied
+        // in order, no intermediate state has a batch over-allocated.
+        for line in bumped {
+            self.record(Event::Deallocated(Deallocated {
+                orderid: line.orderid,
+                sku: line.sku,
+                qty: line.qty,
+                batchref: reference.clone(),
+            }));
+        }
+        self.record(Event::BatchQuantityChanged(BatchQuantityChanged {
+            sku: self.sku.clone(),
+            reference: reference.clone(),
+            qty,
+        }));
+        Ok(())
+    }
+
+    /// Hands out the events recorded since the last call (book: `events`).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The events recorded and not yet taken.
+    pub fn pending_events(&self) -> &[Event] {
+        &self.events
+    }
+
+    fn allocation_of(&self, orderid: &OrderId) -> Option<(&Batch, &OrderLine)> {
+        self.batches
+            .iter()
+            .find_map(|batch| Some((batch, batch.line_of(orderid)?)))
+    }
+
+    /// Every change goes through here, so the version moves with the events.
+    fn record(&mut self, event: Event) {
+        if !matches!(event, Event::OutOfStock(_)) {
+            self.version += 1;
+        }
+        self.events.push(event);
+    }
+}
+
+#[cfg(test)]
+mod tests;

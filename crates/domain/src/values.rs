@@ -1,0 +1,161 @@
+//! Value types that cannot hold invalid values ("parse, don't validate").
+//!
+//! Identifiers are cheap to clone (`Arc<str>`): they are copied into events,
+//! the identity map and the read model on every command.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// The longest identifier the service accepts (CONTRACT.md section 2).
+pub const MAX_IDENTIFIER_LEN: usize = 255;
+
+/// Why a value from the outside world was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("{field} must not be empty")]
+    Empty { field: &'static str },
+    #[error("{field} must be at most {MAX_IDENTIFIER_LEN} characters long")]
+    TooLong { field: &'static str },
+    #[error("{field} must not contain control characters")]
+    ControlCharacter { field: &'static str },
+    #[error("{field} must be a whole number from 1 to {}, got {value}", Quantity::MAX)]
+    QuantityOutOfRange { field: &'static str, value: i128 },
+}
+
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// The name of this identifier in messages and errors.
+            pub const FIELD: &'static str = $field;
+
+            /// Accepts 1 to 255 characters, none of them control characters.
+            pub fn parse(raw: &str) -> Result<Self, ValueError> {
+                parse_identifier(raw, $field).map(Self)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+identifier!(
+    /// A stock-keeping unit, e.g. `RED-CHAIR`: the identity of a [`crate::Product`].
+    Sku,
+    "sku"
+);
+identifier!(
+    /// A customer order's identifier.
+    OrderId,
+    "orderid"
+);
+identifier!(
+    /// A batch's reference, unique across all products.
+    BatchRef,
+    "ref"
+);
+
+fn parse_identifier(raw: &str, field: &'static str) -> Result<Arc<str>, ValueError> {
+    if raw.is_empty() {
+        return Err(ValueError::Empty { field });
+    }
+    if raw.chars().count() > MAX_IDENTIFIER_LEN {
+        return Err(ValueError::TooLong { field });
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(ValueError::ControlCharacter { field });
+    }
+    Ok(Arc::from(raw))
+}
+
+/// A positive number of units, small enough that sums of many never overflow.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Quantity(u32);
+
+impl Quantity {
+    /// A billion units: far beyond any real batch, far below where sums of
+    /// thousands of batches could overflow a 64-bit column.
+    pub const MAX: u32 = 1_000_000_000;
+
+    /// Accepts 1 to [`Quantity::MAX`]; `field` names the value in the error.
+    pub fn parse(value: i128, field: &'static str) -> Result<Self, ValueError> {
+        match u32::try_from(value) {
+            Ok(units) if (1..=Self::MAX).contains(&units) => Ok(Self(units)),
+            _ => Err(ValueError::QuantityOutOfRange { field, value }),
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_accept_ordinary_text_up_to_the_limit() {
+        assert_eq!(Sku::parse("RED-CHAIR").map(|s| s.to_string()), Ok("RED-CHAIR".into()));
+        let longest = "é".repeat(MAX_IDENTIFIER_LEN);
+        assert!(OrderId::parse(&longest).is_ok());
+    }
+
+    #[test]
+    fn identifiers_reject_empty_over_long_and_control_characters() {
+        assert_eq!(Sku::parse(""), Err(ValueError::Empty { field: "sku" }));
+        let too_long = "x".repeat(MAX_IDENTIFIER_LEN + 1);
+        assert_eq!(BatchRef::parse(&too_long), Err(ValueError::TooLong { field: "ref" }));
+        assert_eq!(
+            OrderId::parse("order\n1"),
+            Err(ValueError::ControlCharacter { field: "orderid" })
+        );
+    }
+
+    #[test]
+    fn quantities_are_positive_and_bounded() {
+        assert_eq!(Quantity::parse(1, "qty").map(Quantity::get), Ok(1));
+        assert_eq!(Quantity::parse(i128::from(Quantity::MAX), "qty").map(Quantity::get), Ok(Quantity::MAX));
+        for bad in [0, -1, i128::from(Quantity::MAX) + 1, i128::from(u64::MAX)] {
+            assert_eq!(
+                Quantity::parse(bad, "qty"),
+                Err(ValueError::QuantityOutOfRange { field: "qty", value: bad })
+            );
+        }
+    }
+}
