@@ -17,7 +17,7 @@
 use chrono::NaiveDate;
 
 use crate::events::{
-    AllocationCancelled, Allocated, BatchCreated, BatchQuantityChanged, Deallocated, Event,
+    Allocated, AllocationCancelled, BatchCreated, BatchQuantityChanged, Deallocated, Event,
     OutOfStock,
 };
 use crate::values::{BatchRef, OrderId, Quantity, Sku};
@@ -134,7 +134,10 @@ impl Batch {
     }
 
     fn deallocate(&mut self, orderid: &OrderId) -> Option<OrderLine> {
-        let position = self.lines.iter().position(|line| &line.orderid == orderid)?;
+        let position = self
+            .lines
+            .iter()
+            .position(|line| &line.orderid == orderid)?;
         let line = self.lines.remove(position);
         self.allocated -= u64::from(line.qty.get());
         Some(line)
@@ -194,7 +197,9 @@ impl Product {
     }
 
     pub fn batch(&self, reference: &BatchRef) -> Option<&Batch> {
-        self.batches.iter().find(|batch| &batch.reference == reference)
+        self.batches
+            .iter()
+            .find(|batch| &batch.reference == reference)
     }
 
     /// Adds stored order lines to batch `reference`, for a repository loading

@@ -18,7 +18,10 @@ pub enum ValueError {
     TooLong { field: &'static str },
     #[error("{field} must not contain control characters")]
     ControlCharacter { field: &'static str },
-    #[error("{field} must be a whole number from 1 to {}, got {value}", Quantity::MAX)]
+    #[error(
+        "{field} must be a whole number from 1 to {}, got {value}",
+        Quantity::MAX
+    )]
     QuantityOutOfRange { field: &'static str, value: i128 },
 }
 
@@ -131,7 +134,10 @@ mod tests {
 
     #[test]
     fn identifiers_accept_ordinary_text_up_to_the_limit() {
-        assert_eq!(Sku::parse("RED-CHAIR").map(|s| s.to_string()), Ok("RED-CHAIR".into()));
+        assert_eq!(
+            Sku::parse("RED-CHAIR").map(|s| s.to_string()),
+            Ok("RED-CHAIR".into())
+        );
         let longest = "é".repeat(MAX_IDENTIFIER_LEN);
         assert!(OrderId::parse(&longest).is_ok());
     }
@@ -140,7 +146,10 @@ mod tests {
     fn identifiers_reject_empty_over_long_and_control_characters() {
         assert_eq!(Sku::parse(""), Err(ValueError::Empty { field: "sku" }));
         let too_long = "x".repeat(MAX_IDENTIFIER_LEN + 1);
-        assert_eq!(BatchRef::parse(&too_long), Err(ValueError::TooLong { field: "ref" }));
+        assert_eq!(
+            BatchRef::parse(&too_long),
+            Err(ValueError::TooLong { field: "ref" })
+        );
         assert_eq!(
             OrderId::parse("order\n1"),
             Err(ValueError::ControlCharacter { field: "orderid" })
@@ -150,11 +159,17 @@ mod tests {
     #[test]
     fn quantities_are_positive_and_bounded() {
         assert_eq!(Quantity::parse(1, "qty").map(Quantity::get), Ok(1));
-        assert_eq!(Quantity::parse(i128::from(Quantity::MAX), "qty").map(Quantity::get), Ok(Quantity::MAX));
+        assert_eq!(
+            Quantity::parse(i128::from(Quantity::MAX), "qty").map(Quantity::get),
+            Ok(Quantity::MAX)
+        );
         for bad in [0, -1, i128::from(Quantity::MAX) + 1, i128::from(u64::MAX)] {
             assert_eq!(
                 Quantity::parse(bad, "qty"),
-                Err(ValueError::QuantityOutOfRange { field: "qty", value: bad })
+                Err(ValueError::QuantityOutOfRange {
+                    field: "qty",
+                    value: bad
+                })
             );
         }
     }

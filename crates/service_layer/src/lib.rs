@@ -1,0 +1,16 @@
+//! The service layer (book chapters 4, 6, 9, 10, 12 and 13): the message bus
+//! that handles commands and events, the unit of work and repository that
+//! give handlers products to change, the ports through which the service
+//! talks to the outside world, and in-memory implementations of all of them.
+//!
+//! It depends on `domain` only. Storage, email and messaging live in the
+//! `adapters` crate and plug in through the traits defined here.
+
+pub mod handlers;
+pub mod memory;
+pub mod messagebus;
+pub mod ports;
+pub mod unit_of_work;
+
+pub use messagebus::{Error, MessageBus, RetryPolicy};
+pub use unit_of_work::{Store, StoreError, StoreTransaction, UnitOfWork};

@@ -52,7 +52,12 @@ mod batches {
     use super::*;
 
     fn batch(available: u32, product: &str) -> Batch {
-        Batch::new(batchref("batch-001"), sku(product), qty(available), Some(today()))
+        Batch::new(
+            batchref("batch-001"),
+            sku(product),
+            qty(available),
+            Some(today()),
+        )
     }
 
     #[test]
@@ -79,7 +84,11 @@ mod batches {
 
     #[test]
     fn cannot_allocate_if_skus_do_not_match() {
-        assert!(!batch(100, "UNCOMFORTABLE-CHAIR").can_allocate(&line("o", "EXPENSIVE-TOASTER", 10)));
+        assert!(!batch(100, "UNCOMFORTABLE-CHAIR").can_allocate(&line(
+            "o",
+            "EXPENSIVE-TOASTER",
+            10
+        )));
     }
 
     #[test]
@@ -105,7 +114,10 @@ mod allocate {
     fn prefers_warehouse_batches_to_shipments() {
         let mut p = product_with(
             "RETRO-CLOCK",
-            &[("in-stock", 100, None), ("shipment", 100, Some(days_later(1)))],
+            &[
+                ("in-stock", 100, None),
+                ("shipment", 100, Some(days_later(1))),
+            ],
         );
         let chosen = p.allocate(line("oref", "RETRO-CLOCK", 10));
         assert_eq!(chosen, Ok(Some(batchref("in-stock"))));
@@ -135,15 +147,24 @@ mod allocate {
             "TWIN-LAMP",
             &[("first", 10, Some(today())), ("second", 10, Some(today()))],
         );
-        assert_eq!(p.allocate(line("o1", "TWIN-LAMP", 10)), Ok(Some(batchref("first"))));
-        assert_eq!(p.allocate(line("o2", "TWIN-LAMP", 10)), Ok(Some(batchref("second"))));
+        assert_eq!(
+            p.allocate(line("o1", "TWIN-LAMP", 10)),
+            Ok(Some(batchref("first")))
+        );
+        assert_eq!(
+            p.allocate(line("o2", "TWIN-LAMP", 10)),
+            Ok(Some(batchref("second")))
+        );
     }
 
     #[test]
     fn skips_batches_that_cannot_take_the_whole_line() {
         let mut p = product_with(
             "BIG-SOFA",
-            &[("small-stock", 5, None), ("big-shipment", 50, Some(today()))],
+            &[
+                ("small-stock", 5, None),
+                ("big-shipment", 50, Some(today())),
+            ],
         );
         assert_eq!(
             p.allocate(line("o1", "BIG-SOFA", 10)),
@@ -178,7 +199,9 @@ mod allocate {
         assert_eq!(p.allocate(line("o2", "SMALL-FORK", 1)), Ok(None));
         assert_eq!(
             p.take_events(),
-            vec![Event::OutOfStock(OutOfStock { sku: sku("SMALL-FORK") })]
+            vec![Event::OutOfStock(OutOfStock {
+                sku: sku("SMALL-FORK")
+            })]
         );
         assert_eq!(p.version(), version, "nothing changed");
     }
@@ -201,7 +224,10 @@ mod allocate {
         let mut p = product_with("LAMP", &[("b1", 10, None)]);
         p.allocate(line("o1", "LAMP", 4)).expect("allocates");
         let refused = p.allocate(line("o1", "LAMP", 5));
-        assert!(matches!(refused, Err(DomainError::AlreadyAllocated { .. })), "{refused:?}");
+        assert!(
+            matches!(refused, Err(DomainError::AlreadyAllocated { .. })),
+            "{refused:?}"
+        );
         assert_eq!(allocated_to(&p, "b1"), 4);
     }
 
@@ -210,7 +236,13 @@ mod allocate {
         let mut p = Product::restore(
             sku("LAMP"),
             7,
-            vec![Batch::restore(batchref("b1"), sku("LAMP"), None, qty(10), 4)],
+            vec![Batch::restore(
+                batchref("b1"),
+                sku("LAMP"),
+                None,
+                qty(10),
+                4,
+            )],
         );
         p.load_lines(&batchref("b1"), [line("o1", "LAMP", 4)]);
         assert_eq!(p.allocate(line("o1", "LAMP", 4)), Ok(Some(batchref("b1"))));
@@ -223,7 +255,13 @@ mod allocate {
         let mut p = Product::restore(
             sku("LAMP"),
             1,
-            vec![Batch::restore(batchref("b1"), sku("LAMP"), None, qty(10), 4)],
+            vec![Batch::restore(
+                batchref("b1"),
+                sku("LAMP"),
+                None,
+                qty(10),
+                4,
+            )],
         );
         p.load_lines(&batchref("b1"), [line("o1", "LAMP", 4)]);
         p.load_lines(&batchref("b1"), [line("o1", "LAMP", 4)]);
@@ -274,11 +312,13 @@ mod change_batch_quantity {
     fn deallocates_the_latest_lines_until_the_batch_fits() {
         let mut p = product_with("INDIFFERENT-TABLE", &[("b1", 50, None)]);
         for (order, units) in [("o1", 20), ("o2", 20), ("o3", 10)] {
-            p.allocate(line(order, "INDIFFERENT-TABLE", units)).expect("allocates");
+            p.allocate(line(order, "INDIFFERENT-TABLE", units))
+                .expect("allocates");
         }
         p.take_events();
 
-        p.change_batch_quantity(&batchref("b1"), qty(25)).expect("changes");
+        p.change_batch_quantity(&batchref("b1"), qty(25))
+            .expect("changes");
 
         assert_eq!(allocated_to(&p, "b1"), 20);
         let deallocated: Vec<_> = p
@@ -298,7 +338,8 @@ mod change_batch_quantity {
         p.allocate(line("o1", "LAMP", 10)).expect("allocates");
         p.take_events();
 
-        p.change_batch_quantity(&batchref("b1"), qty(5)).expect("changes");
+        p.change_batch_quantity(&batchref("b1"), qty(5))
+            .expect("changes");
         let names: Vec<_> = p.take_events().iter().map(Event::name).collect();
         assert_eq!(names, ["Deallocated", "BatchQuantityChanged"]);
     }
@@ -309,8 +350,12 @@ mod change_batch_quantity {
         p.allocate(line("o1", "LAMP", 10)).expect("allocates");
         p.take_events();
 
-        p.change_batch_quantity(&batchref("b1"), qty(30)).expect("changes");
-        assert_eq!(p.batch(&batchref("b1")).map(Batch::available_quantity), Some(20));
+        p.change_batch_quantity(&batchref("b1"), qty(30))
+            .expect("changes");
+        assert_eq!(
+            p.batch(&batchref("b1")).map(Batch::available_quantity),
+            Some(20)
+        );
         assert_eq!(p.take_events().len(), 1);
     }
 
@@ -319,7 +364,9 @@ mod change_batch_quantity {
         let mut p = product_with("LAMP", &[("b1", 10, None)]);
         assert_eq!(
             p.change_batch_quantity(&batchref("b9"), qty(5)),
-            Err(DomainError::UnknownBatch { reference: batchref("b9") })
+            Err(DomainError::UnknownBatch {
+                reference: batchref("b9")
+            })
         );
     }
 
@@ -328,11 +375,19 @@ mod change_batch_quantity {
         let mut p = Product::restore(
             sku("LAMP"),
             3,
-            vec![Batch::restore(batchref("b1"), sku("LAMP"), None, qty(10), 10)],
+            vec![Batch::restore(
+                batchref("b1"),
+                sku("LAMP"),
+                None,
+                qty(10),
+                10,
+            )],
         );
         assert_eq!(
             p.change_batch_quantity(&batchref("b1"), qty(5)),
-            Err(DomainError::LinesNotLoaded { reference: batchref("b1") })
+            Err(DomainError::LinesNotLoaded {
+                reference: batchref("b1")
+            })
         );
     }
 }
@@ -343,7 +398,8 @@ mod add_batch {
     #[test]
     fn records_the_new_batch() {
         let mut p = Product::new(sku("LAMP"));
-        p.add_batch(batchref("b1"), qty(10), Some(today())).expect("adds");
+        p.add_batch(batchref("b1"), qty(10), Some(today()))
+            .expect("adds");
         assert_eq!(p.version(), 1);
         assert_eq!(
             p.take_events(),
@@ -369,11 +425,15 @@ mod add_batch {
         let mut p = product_with("LAMP", &[("b1", 10, None)]);
         assert_eq!(
             p.add_batch(batchref("b1"), qty(11), None),
-            Err(DomainError::BatchExists { reference: batchref("b1") })
+            Err(DomainError::BatchExists {
+                reference: batchref("b1")
+            })
         );
         assert_eq!(
             p.add_batch(batchref("b1"), qty(10), Some(today())),
-            Err(DomainError::BatchExists { reference: batchref("b1") })
+            Err(DomainError::BatchExists {
+                reference: batchref("b1")
+            })
         );
     }
 }

@@ -1,0 +1,165 @@
+//! Handlers (book chapters 9 and 10): one per command, and the event
+//! handlers. Command handlers load products through the unit of work and call
+//! the domain; they never commit, the message bus does.
+//!
+//! Event handlers come in two kinds (see `messagebus`):
+//! - transactional: run inside the command's unit of work, before commit,
+//!   so their writes commit or roll back with the change ([`update_read_model`]);
+//! - after commit: talk to the outside world or start a follow-up command
+//!   ([`publish_allocated`], [`send_out_of_stock_notification`], [`reallocate`]).
+
+use std::fmt;
+use std::future::Future;
+
+use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
+use domain::events::{Allocated, Deallocated, OutOfStock};
+use domain::{BatchRef, DomainError, Event, OrderLine, Product};
+
+use crate::messagebus::Error;
+use crate::ports::{Notification, NotificationError, Notifications, PublishError, Publisher};
+use crate::unit_of_work::{StoreTransaction, UnitOfWork, ViewChange};
+
+/// A command together with its handler: what the bus runs in a unit of work,
+/// again from scratch when the commit hits a version conflict.
+pub trait CommandHandler: fmt::Debug + Send + Sync {
+    /// What the caller learns when the command succeeds.
+    type Reply: Send;
+
+    fn handle<T: StoreTransaction>(
+        &self,
+        uow: &mut UnitOfWork<T>,
+    ) -> impl Future<Output = Result<Self::Reply, Error>> + Send;
+}
+
+impl CommandHandler for CreateBatch {
+    type Reply = ();
+
+    async fn handle<T: StoreTransaction>(&self, uow: &mut UnitOfWork<T>) -> Result<(), Error> {
+        let products = uow.products();
+        // References are unique across products, not just within one.
+        if let Some(owner) = products.sku_of_batch(&self.reference).await? {
+            if owner != self.sku {
+                return Err(DomainError::BatchExists {
+                    reference: self.reference.clone(),
+                }
+                .into());
+            }
+        }
+        match products.get(&self.sku).await? {
+            Some(product) => product.add_batch(self.reference.clone(), self.qty, self.eta)?,
+            None => {
+                let mut product = Product::new(self.sku.clone());
+                product.add_batch(self.reference.clone(), self.qty, self.eta)?;
+                products.add(product);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CommandHandler for Allocate {
+    /// The batch the line went to, or `None` when it is out of stock.
+    type Reply = Option<BatchRef>;
+
+    async fn handle<T: StoreTransaction>(
+        &self,
+        uow: &mut UnitOfWork<T>,
+    ) -> Result<Option<BatchRef>, Error> {
+        let product = uow
+            .products()
+            .get_for_order(&self.sku, &self.orderid)
+            .await?
+            .ok_or_else(|| Error::InvalidSku(self.sku.clone()))?;
+        let line = OrderLine {
+            orderid: self.orderid.clone(),
+            sku: self.sku.clone(),
+            qty: self.qty,
+        };
+        Ok(product.allocate(line)?)
+    }
+}
+
+impl CommandHandler for ChangeBatchQuantity {
+    type Reply = ();
+
+    async fn handle<T: StoreTransaction>(&self, uow: &mut UnitOfWork<T>) -> Result<(), Error> {
+        let product = uow
+            .products()
+            .get_by_batch(&self.reference)
+            .await?
+            .ok_or_else(|| DomainError::UnknownBatch {
+                reference: self.reference.clone(),
+            })?;
+        Ok(product.change_batch_quantity(&self.reference, self.qty)?)
+    }
+}
+
+impl CommandHandler for Deallocate {
+    /// The batch the line was taken off.
+    type Reply = BatchRef;
+
+    async fn handle<T: StoreTransaction>(
+        &self,
+        uow: &mut UnitOfWork<T>,
+    ) -> Result<BatchRef, Error> {
+        let product = uow
+            .products()
+            .get_for_order(&self.sku, &self.orderid)
+            .await?
+            .ok_or_else(|| Error::InvalidSku(self.sku.clone()))?;
+        Ok(product.deallocate(&self.orderid)?)
+    }
+}
+
+/// Transactional: keeps the `allocations` read model in step with the
+/// products, in the same transaction.
+pub fn update_read_model<T: StoreTransaction>(event: &Event, uow: &mut UnitOfWork<T>) {
+    match event {
+        Event::Allocated(e) => uow.update_view(ViewChange::Allocated {
+            orderid: e.orderid.clone(),
+            sku: e.sku.clone(),
+            batchref: e.batchref.clone(),
+        }),
+        Event::Deallocated(domain::events::Deallocated { orderid, sku, .. })
+        | Event::AllocationCancelled(domain::events::AllocationCancelled {
+            orderid, sku, ..
+        }) => uow.update_view(ViewChange::Deallocated {
+            orderid: orderid.clone(),
+            sku: sku.clone(),
+        }),
+        Event::BatchCreated(_) | Event::BatchQuantityChanged(_) | Event::OutOfStock(_) => {}
+    }
+}
+
+/// After commit: tells other systems where a line went.
+pub async fn publish_allocated(
+    event: &Allocated,
+    publisher: &dyn Publisher,
+) -> Result<(), PublishError> {
+    publisher.publish_allocated(event).await
+}
+
+/// After commit: warns the people who buy stock.
+pub async fn send_out_of_stock_notification(
+    event: &OutOfStock,
+    notifications: &dyn Notifications,
+) -> Result<(), NotificationError> {
+    let notification = Notification {
+        subject: format!("Out of stock for {}", event.sku),
+        body: format!("Out of stock for {}", event.sku),
+    };
+    notifications.send(&notification).await
+}
+
+/// After commit: a line taken off a shrunk batch is allocated again,
+/// to another batch if one can take it.
+pub fn reallocate(event: &Deallocated) -> Allocate {
+    Allocate {
+        orderid: event.orderid.clone(),
+        sku: event.sku.clone(),
+        qty: event.qty,
+    }
+}
+
+#[cfg(test)]
+mod tests;

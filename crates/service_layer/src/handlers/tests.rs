@@ -1,0 +1,734 @@
+//! The book's handler tests (chapters 5, 9, 10), driven through the message
+//! bus with in-memory fakes, plus retries, idempotency and cancellation.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
+use domain::{BatchRef, Command, DomainError, OrderId, Quantity, Sku};
+
+use crate::memory::{MemoryStore, MemoryTransaction, RecordingNotifications, RecordingPublisher};
+use crate::ports::{AllocationView, ReadModel};
+use crate::unit_of_work::{ChangeSet, Lines, Store, StoreError, StoreTransaction};
+use crate::{Error, MessageBus, RetryPolicy};
+
+fn sku(raw: &str) -> Sku {
+    Sku::parse(raw).expect("valid sku")
+}
+fn batchref(raw: &str) -> BatchRef {
+    BatchRef::parse(raw).expect("valid ref")
+}
+fn orderid(raw: &str) -> OrderId {
+    OrderId::parse(raw).expect("valid orderid")
+}
+fn qty(units: u32) -> Quantity {
+    Quantity::parse(units.into(), "qty").expect("valid qty")
+}
+fn tomorrow() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 26).expect("valid date")
+}
+
+fn create_batch(reference: &str, product: &str, units: u32, eta: Option<NaiveDate>) -> CreateBatch {
+    CreateBatch {
+        reference: batchref(reference),
+        sku: sku(product),
+        qty: qty(units),
+        eta,
+    }
+}
+fn allocate(order: &str, product: &str, units: u32) -> Allocate {
+    Allocate {
+        orderid: orderid(order),
+        sku: sku(product),
+        qty: qty(units),
+    }
+}
+fn change_quantity(reference: &str, units: u32) -> ChangeBatchQuantity {
+    ChangeBatchQuantity {
+        reference: batchref(reference),
+        qty: qty(units),
+    }
+}
+
+/// A bus over fakes, with the fakes kept at hand for assertions.
+struct App<S = MemoryStore> {
+    bus: MessageBus<S>,
+    store: MemoryStore,
+    notifications: Arc<RecordingNotifications>,
+    publisher: Arc<RecordingPublisher>,
+}
+
+fn app() -> App {
+    app_with(RecordingNotifications::new(), RecordingPublisher::new())
+}
+
+fn app_with(notifications: RecordingNotifications, publisher: RecordingPublisher) -> App {
+    let store = MemoryStore::new();
+    wire(store.clone(), store, notifications, publisher)
+}
+
+fn wire<S: Store>(
+    bus_store: S,
+    store: MemoryStore,
+    notifications: RecordingNotifications,
+    publisher: RecordingPublisher,
+) -> App<S> {
+    let notifications = Arc::new(notifications);
+    let publisher = Arc::new(publisher);
+    let bus = MessageBus::new(
+        bus_store,
+        notifications.clone(),
+        publisher.clone(),
+        RetryPolicy::default(),
+    );
+    App {
+        bus,
+        store,
+        notifications,
+        publisher,
+    }
+}
+
+impl<S: Store> App<S> {
+    async fn allocated_to(&self, product: &str, reference: &str) -> u64 {
+        let batches = self.store.batches(&sku(product)).await.expect("query");
+        batches
+            .iter()
+            .find(|b| b.reference == batchref(reference))
+            .map(|b| b.allocated)
+            .expect("batch exists")
+    }
+
+    async fn view_of(&self, order: &str) -> Vec<(String, String)> {
+        let rows = self
+            .store
+            .allocations(&orderid(order))
+            .await
+            .expect("query");
+        rows.into_iter()
+            .map(|AllocationView { sku, batchref }| (sku.to_string(), batchref.to_string()))
+            .collect()
+    }
+}
+
+mod add_batch {
+    use super::*;
+
+    #[tokio::test]
+    async fn for_new_product() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "CRUNCHY-ARMCHAIR", 100, None))
+            .await
+            .expect("created");
+        let batches = app
+            .store
+            .batches(&sku("CRUNCHY-ARMCHAIR"))
+            .await
+            .expect("query");
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].purchased, 100);
+    }
+
+    #[tokio::test]
+    async fn for_existing_product() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "GARISH-RUG", 100, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(create_batch("b2", "GARISH-RUG", 99, None))
+            .await
+            .expect("created");
+        let batches = app.store.batches(&sku("GARISH-RUG")).await.expect("query");
+        let refs: Vec<_> = batches.iter().map(|b| b.reference.to_string()).collect();
+        assert_eq!(refs, ["b1", "b2"]);
+    }
+
+    #[tokio::test]
+    async fn the_same_batch_twice_is_accepted_once() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("idempotent");
+        assert_eq!(
+            app.store.batches(&sku("LAMP")).await.expect("query").len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reference_taken_by_another_sku_is_refused() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("created");
+        let refused = app.bus.handle(create_batch("b1", "TABLE", 10, None)).await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::Rejected(DomainError::BatchExists { .. }))
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            app.store
+                .batches(&sku("TABLE"))
+                .await
+                .expect("query")
+                .is_empty()
+        );
+    }
+}
+
+mod allocate {
+    use super::*;
+
+    #[tokio::test]
+    async fn allocates_and_updates_the_read_model() {
+        let app = app();
+        app.bus
+            .handle(create_batch("batch1", "COMPLICATED-LAMP", 100, None))
+            .await
+            .expect("created");
+        let batch = app
+            .bus
+            .handle(allocate("o1", "COMPLICATED-LAMP", 10))
+            .await
+            .expect("allocated");
+        assert_eq!(batch, Some(batchref("batch1")));
+        assert_eq!(app.allocated_to("COMPLICATED-LAMP", "batch1").await, 10);
+        assert_eq!(
+            app.view_of("o1").await,
+            [("COMPLICATED-LAMP".into(), "batch1".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_for_invalid_sku() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "AREALSKU", 100, None))
+            .await
+            .expect("created");
+        let result = app.bus.handle(allocate("o1", "NONEXISTENTSKU", 10)).await;
+        assert!(matches!(&result, Err(Error::InvalidSku(s)) if s.as_str() == "NONEXISTENTSKU"));
+        assert_eq!(
+            result.map(drop).map_err(|e| e.to_string()),
+            Err("Invalid sku NONEXISTENTSKU".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn publishes_allocated_events() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(allocate("o1", "LAMP", 3))
+            .await
+            .expect("allocated");
+        let published = app.publisher.published();
+        assert_eq!(published.len(), 1);
+        assert_eq!(
+            (
+                published[0].orderid.as_str(),
+                published[0].batchref.as_str()
+            ),
+            ("o1", "b1")
+        );
+    }
+
+    #[tokio::test]
+    async fn sends_email_on_out_of_stock() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "POPULAR-CURTAINS", 9, None))
+            .await
+            .expect("created");
+        let batch = app
+            .bus
+            .handle(allocate("o1", "POPULAR-CURTAINS", 10))
+            .await
+            .expect("handled");
+        assert_eq!(batch, None);
+        let sent = app.notifications.sent();
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].body.contains("Out of stock for POPULAR-CURTAINS"));
+        assert!(app.view_of("o1").await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_same_line_twice_is_allocated_once() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(create_batch("b2", "LAMP", 10, Some(tomorrow())))
+            .await
+            .expect("created");
+        let first = app
+            .bus
+            .handle(allocate("o1", "LAMP", 6))
+            .await
+            .expect("allocated");
+        let again = app
+            .bus
+            .handle(allocate("o1", "LAMP", 6))
+            .await
+            .expect("idempotent");
+        assert_eq!(first, again);
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 6);
+        assert_eq!(app.allocated_to("LAMP", "b2").await, 0);
+        assert_eq!(app.publisher.published().len(), 1, "nothing new to publish");
+    }
+
+    #[tokio::test]
+    async fn the_same_line_with_another_quantity_is_refused() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(allocate("o1", "LAMP", 6))
+            .await
+            .expect("allocated");
+        let refused = app.bus.handle(allocate("o1", "LAMP", 2)).await;
+        assert!(matches!(
+            refused,
+            Err(Error::Rejected(DomainError::AlreadyAllocated { .. }))
+        ));
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 6);
+    }
+}
+
+mod deallocate {
+    use super::*;
+
+    #[tokio::test]
+    async fn frees_stock_without_reallocating() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(create_batch("b2", "LAMP", 10, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(allocate("o1", "LAMP", 10))
+            .await
+            .expect("allocated");
+
+        let from = app
+            .bus
+            .handle(Deallocate {
+                orderid: orderid("o1"),
+                sku: sku("LAMP"),
+            })
+            .await
+            .expect("deallocated");
+
+        assert_eq!(from, batchref("b1"));
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 0);
+        assert_eq!(app.allocated_to("LAMP", "b2").await, 0, "not reallocated");
+        assert!(app.view_of("o1").await.is_empty());
+        assert_eq!(
+            app.publisher.published().len(),
+            1,
+            "only the first allocation"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_order_that_is_not_allocated_is_refused() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("created");
+        let refused = app
+            .bus
+            .handle(Deallocate {
+                orderid: orderid("o9"),
+                sku: sku("LAMP"),
+            })
+            .await;
+        assert!(matches!(
+            refused,
+            Err(Error::Rejected(DomainError::NotAllocated { .. }))
+        ));
+    }
+}
+
+mod change_batch_quantity {
+    use super::*;
+
+    #[tokio::test]
+    async fn changes_available_quantity() {
+        let app = app();
+        app.bus
+            .handle(create_batch("batch1", "ADORABLE-SETTEE", 100, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(change_quantity("batch1", 50))
+            .await
+            .expect("changed");
+        let batches = app
+            .store
+            .batches(&sku("ADORABLE-SETTEE"))
+            .await
+            .expect("query");
+        assert_eq!(batches[0].available(), 50);
+    }
+
+    #[tokio::test]
+    async fn reallocates_if_necessary() {
+        let app = app();
+        app.bus
+            .handle(create_batch("batch1", "INDIFFERENT-TABLE", 50, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(create_batch(
+                "batch2",
+                "INDIFFERENT-TABLE",
+                50,
+                Some(tomorrow()),
+            ))
+            .await
+            .expect("created");
+        app.bus
+            .handle(allocate("order1", "INDIFFERENT-TABLE", 20))
+            .await
+            .expect("allocated");
+        app.bus
+            .handle(allocate("order2", "INDIFFERENT-TABLE", 20))
+            .await
+            .expect("allocated");
+        assert_eq!(app.allocated_to("INDIFFERENT-TABLE", "batch1").await, 40);
+
+        app.bus
+            .handle(change_quantity("batch1", 25))
+            .await
+            .expect("changed");
+
+        assert_eq!(app.allocated_to("INDIFFERENT-TABLE", "batch1").await, 20);
+        assert_eq!(app.allocated_to("INDIFFERENT-TABLE", "batch2").await, 20);
+        assert_eq!(
+            app.view_of("order2").await,
+            [("INDIFFERENT-TABLE".into(), "batch2".into())]
+        );
+        let last = app
+            .publisher
+            .published()
+            .pop()
+            .expect("reallocation published");
+        assert_eq!(
+            (last.orderid.as_str(), last.batchref.as_str()),
+            ("order2", "batch2")
+        );
+    }
+
+    #[tokio::test]
+    async fn several_lines_bumped_by_one_change_are_all_reallocated() {
+        let app = app();
+        app.bus
+            .handle(create_batch("wh", "SOFA", 30, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(create_batch("ship", "SOFA", 30, Some(tomorrow())))
+            .await
+            .expect("created");
+        for order in ["o1", "o2", "o3"] {
+            app.bus
+                .handle(allocate(order, "SOFA", 10))
+                .await
+                .expect("allocated");
+        }
+
+        app.bus
+            .handle(change_quantity("wh", 5))
+            .await
+            .expect("changed");
+
+        assert_eq!(app.allocated_to("SOFA", "wh").await, 0);
+        assert_eq!(app.allocated_to("SOFA", "ship").await, 30);
+        for order in ["o1", "o2", "o3"] {
+            assert_eq!(app.view_of(order).await, [("SOFA".into(), "ship".into())]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bumped_line_with_nowhere_to_go_is_reported_out_of_stock() {
+        let app = app();
+        app.bus
+            .handle(create_batch("only", "SOFA", 10, None))
+            .await
+            .expect("created");
+        app.bus
+            .handle(allocate("o1", "SOFA", 10))
+            .await
+            .expect("allocated");
+
+        app.bus
+            .handle(change_quantity("only", 5))
+            .await
+            .expect("changed");
+
+        assert_eq!(app.allocated_to("SOFA", "only").await, 0);
+        assert!(app.view_of("o1").await.is_empty());
+        assert_eq!(app.notifications.sent().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_batch_is_refused() {
+        let app = app();
+        let refused = app.bus.handle(change_quantity("nope", 5)).await;
+        assert!(matches!(
+            refused,
+            Err(Error::Rejected(DomainError::UnknownBatch { .. }))
+        ));
+    }
+}
+
+mod dispatch {
+    use super::*;
+
+    #[tokio::test]
+    async fn routes_commands_that_arrive_as_data() {
+        let app = app();
+        app.bus
+            .dispatch(Command::CreateBatch(create_batch("b1", "LAMP", 10, None)))
+            .await
+            .expect("created");
+        app.bus
+            .dispatch(Command::Allocate(allocate("o1", "LAMP", 4)))
+            .await
+            .expect("allocated");
+        app.bus
+            .dispatch(Command::ChangeBatchQuantity(change_quantity("b1", 8)))
+            .await
+            .expect("changed");
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 4);
+        app.bus
+            .dispatch(Command::Deallocate(Deallocate {
+                orderid: orderid("o1"),
+                sku: sku("LAMP"),
+            }))
+            .await
+            .expect("deallocated");
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 0);
+    }
+}
+
+/// A store whose first `conflicts` commits fail as if another instance had
+/// changed the product in between; the conflicting commits write nothing.
+#[derive(Debug, Clone)]
+struct ConflictingStore {
+    inner: MemoryStore,
+    conflicts_left: Arc<AtomicU32>,
+    commits_tried: Arc<AtomicU32>,
+}
+
+impl ConflictingStore {
+    fn new(inner: MemoryStore, conflicts: u32) -> Self {
+        Self {
+            inner,
+            conflicts_left: Arc::new(AtomicU32::new(conflicts)),
+            commits_tried: Arc::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ConflictingTransaction {
+    inner: MemoryTransaction,
+    store: ConflictingStore,
+}
+
+impl Store for ConflictingStore {
+    type Transaction = ConflictingTransaction;
+
+    async fn begin(&self) -> Result<ConflictingTransaction, StoreError> {
+        Ok(ConflictingTransaction {
+            inner: self.inner.begin().await?,
+            store: self.clone(),
+        })
+    }
+}
+
+impl StoreTransaction for ConflictingTransaction {
+    async fn load(
+        &mut self,
+        sku: &Sku,
+        lines: Lines<'_>,
+    ) -> Result<Option<domain::Product>, StoreError> {
+        self.inner.load(sku, lines).await
+    }
+
+    async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {
+        self.inner.sku_of_batch(reference).await
+    }
+
+    async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {
+        self.store.commits_tried.fetch_add(1, Ordering::SeqCst);
+        let conflict = self
+            .store
+            .conflicts_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        match changes.products.first() {
+            Some(change) if conflict => Err(StoreError::Conflict {
+                sku: change.sku.clone(),
+            }),
+            _ => self.inner.commit(changes).await,
+        }
+    }
+}
+
+mod retries {
+    use super::*;
+
+    async fn app_with_conflicts(conflicts: u32) -> (App<ConflictingStore>, ConflictingStore) {
+        let setup = app();
+        setup
+            .bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("created");
+        let store = setup.store;
+        let conflicting = ConflictingStore::new(store.clone(), conflicts);
+        let app = wire(
+            conflicting.clone(),
+            store,
+            RecordingNotifications::new(),
+            RecordingPublisher::new(),
+        );
+        (app, conflicting)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_version_conflict_runs_the_command_again() {
+        let (app, store) = app_with_conflicts(2).await;
+        let batch = app
+            .bus
+            .handle(allocate("o1", "LAMP", 4))
+            .await
+            .expect("allocated in the end");
+        assert_eq!(batch, Some(batchref("b1")));
+        assert_eq!(store.commits_tried.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            app.allocated_to("LAMP", "b1").await,
+            4,
+            "allocated exactly once"
+        );
+        assert_eq!(
+            app.publisher.published().len(),
+            1,
+            "events of failed attempts are dropped"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endless_conflicts_give_up_with_a_contention_error() {
+        let (app, store) = app_with_conflicts(u32::MAX).await;
+        let result = app.bus.handle(allocate("o1", "LAMP", 4)).await;
+        let attempts = RetryPolicy::default().command_attempts;
+        assert!(matches!(result, Err(Error::Contention { attempts: a }) if a == attempts));
+        assert_eq!(store.commits_tried.load(Ordering::SeqCst), attempts);
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 0);
+    }
+
+    #[tokio::test]
+    async fn two_units_of_work_on_one_product_conflict_at_commit() {
+        let app = app();
+        app.bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("created");
+        let mut first = app.store.start().await.expect("begin");
+        let mut second = app.store.start().await.expect("begin");
+        for (uow, order) in [(&mut first, "o1"), (&mut second, "o2")] {
+            let product = uow
+                .products()
+                .get_for_order(&sku("LAMP"), &orderid(order))
+                .await
+                .expect("load")
+                .expect("exists");
+            let line = domain::OrderLine {
+                orderid: orderid(order),
+                sku: sku("LAMP"),
+                qty: qty(1),
+            };
+            product.allocate(line).expect("allocates");
+        }
+        first.commit().await.expect("first commit wins");
+        let lost = second.commit().await;
+        assert!(matches!(lost, Err(StoreError::Conflict { .. })), "{lost:?}");
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_event_handler_is_retried_and_never_fails_the_command() {
+        let app = app_with(
+            RecordingNotifications::failing(2),
+            RecordingPublisher::new(),
+        );
+        app.bus
+            .handle(create_batch("b1", "LAMP", 1, None))
+            .await
+            .expect("created");
+        let result = app.bus.handle(allocate("o1", "LAMP", 5)).await;
+        assert_eq!(result.expect("command succeeds"), None);
+        assert_eq!(
+            app.notifications.sent().len(),
+            1,
+            "sent on the third attempt"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_handler_that_keeps_failing_is_given_up_on() {
+        let started = tokio::time::Instant::now();
+        let app = app_with(
+            RecordingNotifications::new(),
+            RecordingPublisher::failing(u32::MAX),
+        );
+        app.bus
+            .handle(create_batch("b1", "LAMP", 10, None))
+            .await
+            .expect("created");
+        let batch = app
+            .bus
+            .handle(allocate("o1", "LAMP", 5))
+            .await
+            .expect("command succeeds");
+        assert_eq!(batch, Some(batchref("b1")));
+        assert!(app.publisher.published().is_empty());
+        assert_eq!(
+            app.allocated_to("LAMP", "b1").await,
+            5,
+            "the allocation stays committed"
+        );
+        // Two waits between three attempts: 100 ms, then 200 ms.
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+}

@@ -1,0 +1,400 @@
+//! In-memory implementations of every port: the storage behind the unit of
+//! work and the read model (`DATABASE_URL=memory://`, unit tests, benchmarks),
+//! and notification and publishing fakes that record what they were given.
+//!
+//! The memory store behaves like the SQL ones where it matters: a transaction
+//! reads only what a command needs, writes nothing until commit, and a commit
+//! whose products changed since they were read is refused with a conflict.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use domain::events::Allocated;
+use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
+
+use crate::ports::{
+    AllocationView, BatchView, Notification, NotificationError, Notifications, PublishError,
+    Publisher, ReadModel,
+};
+use crate::unit_of_work::{ChangeSet, Lines, Store, StoreError, StoreTransaction, ViewChange};
+
+/// Products and the read model, shared by every transaction and query.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    tables: Arc<Mutex<Tables>>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    products: HashMap<Sku, StoredProduct>,
+    batch_owners: HashMap<BatchRef, Sku>,
+    allocations_view: HashMap<OrderId, Vec<AllocationView>>,
+}
+
+#[derive(Debug, Default)]
+struct StoredProduct {
+    version: u64,
+    batches: Vec<StoredBatch>,
+    /// Indexed by order, like the SQL tables, so loading one order's line
+    /// costs the same however many lines the product has.
+    lines: HashMap<OrderId, StoredLine>,
+    next_line_seq: u64,
+}
+
+#[derive(Debug)]
+struct StoredBatch {
+    reference: BatchRef,
+    eta: Option<NaiveDate>,
+    purchased: Quantity,
+    allocated: u64,
+}
+
+#[derive(Debug)]
+struct StoredLine {
+    batch: usize,
+    qty: Quantity,
+    /// Allocation order, so a batch's lines load oldest first.
+    seq: u64,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        // A panic while holding the lock cannot leave the tables half
+        // written: commits validate before they change anything.
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    type Transaction = MemoryTransaction;
+
+    async fn begin(&self) -> Result<MemoryTransaction, StoreError> {
+        Ok(MemoryTransaction {
+            store: self.clone(),
+        })
+    }
+}
+
+/// Reads under a short lock; writes everything at commit.
+#[derive(Debug)]
+pub struct MemoryTransaction {
+    store: MemoryStore,
+}
+
+impl StoreTransaction for MemoryTransaction {
+    async fn load(&mut self, sku: &Sku, lines: Lines<'_>) -> Result<Option<Product>, StoreError> {
+        let tables = self.store.lock();
+        Ok(tables
+            .products
+            .get(sku)
+            .map(|stored| stored.to_product(sku, lines)))
+    }
+
+    async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {
+        Ok(self.store.lock().batch_owners.get(reference).cloned())
+    }
+
+    async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {
+        let mut tables = self.store.lock();
+        tables.check(&changes)?;
+        tables.apply(changes);
+        Ok(())
+    }
+}
+
+impl Tables {
+    /// Refuses the whole change set, before anything is written, when a
+    /// product moved on since it was read or a batch reference is taken.
+    fn check(&self, changes: &ChangeSet) -> Result<(), StoreError> {
+        for change in &changes.products {
+            let conflict = || StoreError::Conflict {
+                sku: change.sku.clone(),
+            };
+            let stored_version = self.products.get(&change.sku).map(|p| p.version);
+            if stored_version != change.stored_version {
+                return Err(conflict());
+            }
+            for event in &change.events {
+                if let Event::BatchCreated(created) = event {
+                    if self.batch_owners.contains_key(&created.reference) {
+                        return Err(conflict());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, changes: ChangeSet) {
+        for change in changes.products {
+            let product = self.products.entry(change.sku.clone()).or_default();
+            product.version = change.new_version;
+            for event in &change.events {
+                if let Event::BatchCreated(created) = event {
+                    self.batch_owners
+                        .insert(created.reference.clone(), change.sku.clone());
+                }
+                product.apply(event);
+            }
+        }
+        for view in changes.views {
+            self.apply_view(view);
+        }
+    }
+
+    fn apply_view(&mut self, change: ViewChange) {
+        match change {
+            ViewChange::Allocated {
+                orderid,
+                sku,
+                batchref,
+            } => {
+                let rows = self.allocations_view.entry(orderid).or_default();
+                rows.retain(|row| row.sku != sku);
+                rows.push(AllocationView { sku, batchref });
+            }
+            ViewChange::Deallocated { orderid, sku } => {
+                if let Some(rows) = self.allocations_view.get_mut(&orderid) {
+                    rows.retain(|row| row.sku != sku);
+                    if rows.is_empty() {
+                        self.allocations_view.remove(&orderid);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl StoredProduct {
+    fn to_product(&self, sku: &Sku, lines: Lines<'_>) -> Product {
+        let batches = self
+            .batches
+            .iter()
+            .map(|b| {
+                Batch::restore(
+                    b.reference.clone(),
+                    sku.clone(),
+                    b.eta,
+                    b.purchased,
+                    b.allocated,
+                )
+            })
+            .collect();
+        let mut product = Product::restore(sku.clone(), self.version, batches);
+        let line = |orderid: &OrderId, stored: &StoredLine| OrderLine {
+            orderid: orderid.clone(),
+            sku: sku.clone(),
+            qty: stored.qty,
+        };
+        match lines {
+            Lines::None => {}
+            Lines::OfOrder(orderid) => {
+                if let Some(stored) = self.lines.get(orderid) {
+                    let reference = &self.batches[stored.batch].reference;
+                    product.load_lines(reference, [line(orderid, stored)]);
+                }
+            }
+            Lines::OfBatch(reference) => {
+                if let Some(index) = self.batch_index(reference) {
+                    let mut of_batch: Vec<_> = self
+                        .lines
+                        .iter()
+                        .filter(|(_, l)| l.batch == index)
+                        .collect();
+                    of_batch.sort_by_key(|(_, l)| l.seq);
+                    product.load_lines(reference, of_batch.into_iter().map(|(o, l)| line(o, l)));
+                }
+            }
+        }
+        product
+    }
+
+    fn batch_index(&self, reference: &BatchRef) -> Option<usize> {
+        self.batches.iter().position(|b| &b.reference == reference)
+    }
+
+    /// Writes what one event says happened, as the SQL stores do.
+    fn apply(&mut self, event: &Event) {
+        match event {
+            Event::BatchCreated(e) => self.batches.push(StoredBatch {
+                reference: e.reference.clone(),
+                eta: e.eta,
+                purchased: e.qty,
+                allocated: 0,
+            }),
+            Event::Allocated(e) => {
+                if let Some(index) = self.batch_index(&e.batchref) {
+                    self.batches[index].allocated += u64::from(e.qty.get());
+                    let seq = self.next_line_seq;
+                    self.next_line_seq += 1;
+                    let line = StoredLine {
+                        batch: index,
+                        qty: e.qty,
+                        seq,
+                    };
+                    self.lines.insert(e.orderid.clone(), line);
+                }
+            }
+            Event::Deallocated(domain::events::Deallocated { orderid, .. })
+            | Event::AllocationCancelled(domain::events::AllocationCancelled { orderid, .. }) => {
+                if let Some(line) = self.lines.remove(orderid) {
+                    self.batches[line.batch].allocated -= u64::from(line.qty.get());
+                }
+            }
+            Event::BatchQuantityChanged(e) => {
+                if let Some(index) = self.batch_index(&e.reference) {
+                    self.batches[index].purchased = e.qty;
+                }
+            }
+            Event::OutOfStock(_) => {}
+        }
+    }
+}
+
+impl ReadModel for MemoryStore {
+    async fn allocations(&self, orderid: &OrderId) -> Result<Vec<AllocationView>, StoreError> {
+        Ok(self
+            .lock()
+            .allocations_view
+            .get(orderid)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn batches(&self, sku: &Sku) -> Result<Vec<BatchView>, StoreError> {
+        let tables = self.lock();
+        let batches = tables
+            .products
+            .get(sku)
+            .map(|p| p.batches.as_slice())
+            .unwrap_or_default();
+        Ok(batches
+            .iter()
+            .map(|b| BatchView {
+                reference: b.reference.clone(),
+                eta: b.eta,
+                purchased: u64::from(b.purchased.get()),
+                allocated: b.allocated,
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Fails the first `failures` calls, then succeeds: for retry tests.
+#[derive(Debug, Default)]
+struct Flaky {
+    failures_left: AtomicU32,
+}
+
+impl Flaky {
+    fn new(failures: u32) -> Self {
+        Self {
+            failures_left: AtomicU32::new(failures),
+        }
+    }
+
+    fn should_fail(&self) -> bool {
+        self.failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("simulated failure")]
+struct SimulatedFailure;
+
+/// Records every notification it is asked to send.
+#[derive(Debug, Default)]
+pub struct RecordingNotifications {
+    sent: Mutex<Vec<Notification>>,
+    flaky: Flaky,
+}
+
+impl RecordingNotifications {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fails the first `failures` sends, then records as usual.
+    pub fn failing(failures: u32) -> Self {
+        Self {
+            sent: Mutex::default(),
+            flaky: Flaky::new(failures),
+        }
+    }
+
+    pub fn sent(&self) -> Vec<Notification> {
+        self.sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Notifications for RecordingNotifications {
+    async fn send(&self, notification: &Notification) -> Result<(), NotificationError> {
+        if self.flaky.should_fail() {
+            return Err(NotificationError(Box::new(SimulatedFailure)));
+        }
+        self.sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(notification.clone());
+        Ok(())
+    }
+}
+
+/// Records every event it is asked to publish.
+#[derive(Debug, Default)]
+pub struct RecordingPublisher {
+    published: Mutex<Vec<Allocated>>,
+    flaky: Flaky,
+}
+
+impl RecordingPublisher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fails the first `failures` publishes, then records as usual.
+    pub fn failing(failures: u32) -> Self {
+        Self {
+            published: Mutex::default(),
+            flaky: Flaky::new(failures),
+        }
+    }
+
+    pub fn published(&self) -> Vec<Allocated> {
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Publisher for RecordingPublisher {
+    async fn publish_allocated(&self, event: &Allocated) -> Result<(), PublishError> {
+        if self.flaky.should_fail() {
+            return Err(PublishError(Box::new(SimulatedFailure)));
+        }
+        self.published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event.clone());
+        Ok(())
+    }
+}

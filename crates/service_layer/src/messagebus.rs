@@ -1,0 +1,229 @@
+//! The message bus (book chapters 9 and 10).
+//!
+//! [`MessageBus::handle`] runs a command in a fresh unit of work, runs the
+//! transactional event handlers in that same unit of work, and commits. A
+//! version conflict at commit runs the whole command again, a bounded number
+//! of times with jittered backoff. After the commit, the events are handled
+//! breadth-first, including the events of the follow-up commands they start.
+//! A command's error goes to its caller; an event handler's error is logged
+//! and retried with exponential backoff, and never fails the command.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{Command, DomainError, Event, Sku};
+use rand::Rng;
+use tracing::{debug, error, warn};
+
+use crate::handlers::{self, CommandHandler};
+use crate::ports::{NotificationError, Notifications, PublishError, Publisher};
+use crate::unit_of_work::{Store, StoreError};
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command names a SKU the service has no batches for.
+    #[error("Invalid sku {0}")]
+    InvalidSku(Sku),
+    /// The domain model refused the command.
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    /// Every attempt hit a version conflict: the product is too contended.
+    #[error(
+        "gave up after {attempts} attempts: concurrent changes to the same product kept conflicting"
+    )]
+    Contention { attempts: u32 },
+    /// The storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// Whether trying the same command again might succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Contention { .. } | Self::Store(_))
+    }
+}
+
+/// How hard the bus tries before giving up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts at a command whose commit hits version conflicts.
+    pub command_attempts: u32,
+    /// Upper bound of the first conflict backoff; doubles each attempt.
+    pub conflict_backoff: Duration,
+    /// Attempts at one event handler.
+    pub event_handler_attempts: u32,
+    /// Wait after the first event handler failure; doubles each attempt.
+    pub event_handler_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            command_attempts: 10,
+            conflict_backoff: Duration::from_millis(2),
+            event_handler_attempts: 3,
+            event_handler_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// "Full jitter": a random wait below an exponentially growing bound, so
+    /// that writers that collided once do not collide again in lockstep.
+    fn conflict_wait(&self, attempt: u32) -> Duration {
+        let bound = self.conflict_backoff.saturating_mul(1 << attempt.min(10));
+        bound.mul_f64(rand::rng().random::<f64>())
+    }
+
+    fn event_handler_wait(&self, attempt: u32) -> Duration {
+        self.event_handler_backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(10))
+    }
+}
+
+/// Why an after-commit event handler failed.
+#[derive(Debug, thiserror::Error)]
+enum EventHandlerError {
+    #[error(transparent)]
+    Notification(#[from] NotificationError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("follow-up command failed: {0}")]
+    Command(#[from] Error),
+}
+
+impl EventHandlerError {
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Command(error) => error.is_transient(),
+            Self::Notification(_) | Self::Publish(_) => true,
+        }
+    }
+}
+
+/// Routes commands and events to their handlers. Cheap to share: wrap it in
+/// an `Arc`, every handler takes `&self`.
+#[derive(Debug)]
+pub struct MessageBus<S> {
+    store: S,
+    notifications: Arc<dyn Notifications>,
+    publisher: Arc<dyn Publisher>,
+    retry: RetryPolicy,
+}
+
+impl<S: Store> MessageBus<S> {
+    pub fn new(
+        store: S,
+        notifications: Arc<dyn Notifications>,
+        publisher: Arc<dyn Publisher>,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self {
+            store,
+            notifications,
+            publisher,
+            retry,
+        }
+    }
+
+    /// Handles a command and everything that follows from it, and returns
+    /// the command's reply once its changes are committed.
+    pub async fn handle<C: CommandHandler>(&self, command: C) -> Result<C::Reply, Error> {
+        let (reply, events) = self.run_in_unit_of_work(&command).await?;
+        self.handle_events(events).await;
+        Ok(reply)
+    }
+
+    /// Handles a command that arrived as data (a message, a follow-up), when
+    /// the caller needs no reply. Adding a command without a handler here is
+    /// a compile error.
+    pub async fn dispatch(&self, command: Command) -> Result<(), Error> {
+        match command {
+            Command::CreateBatch(c) => self.handle(c).await,
+            Command::Allocate(c) => self.handle(c).await.map(drop),
+            Command::ChangeBatchQuantity(c) => self.handle(c).await,
+            Command::Deallocate(c) => self.handle(c).await.map(drop),
+        }
+    }
+
+    /// The command and the transactional event handlers, committed together.
+    /// Returns the reply and the events for the after-commit handlers.
+    async fn run_in_unit_of_work<C: CommandHandler>(
+        &self,
+        command: &C,
+    ) -> Result<(C::Reply, Vec<Event>), Error> {
+        let mut attempt = 1;
+        loop {
+            let mut uow = self.store.start().await?;
+            let reply = command.handle(&mut uow).await?;
+            let events = uow.collect_new_events();
+            for event in &events {
+                handlers::update_read_model(event, &mut uow);
+            }
+            match uow.commit().await {
+                Ok(()) => return Ok((reply, events)),
+                Err(StoreError::Conflict { sku }) if attempt < self.retry.command_attempts => {
+                    debug!(%sku, attempt, ?command, "version conflict, running the command again");
+                    tokio::time::sleep(self.retry.conflict_wait(attempt)).await;
+                    attempt += 1;
+                }
+                Err(StoreError::Conflict { sku }) => {
+                    warn!(%sku, attempts = attempt, ?command, "giving up on a contended command");
+                    return Err(Error::Contention { attempts: attempt });
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Breadth-first: the command's events, then the events of what they
+    /// started, and so on.
+    async fn handle_events(&self, events: Vec<Event>) {
+        let mut queue = VecDeque::from(events);
+        while let Some(event) = queue.pop_front() {
+            queue.extend(self.handle_event_with_retries(&event).await);
+        }
+    }
+
+    async fn handle_event_with_retries(&self, event: &Event) -> Vec<Event> {
+        let mut attempt = 1;
+        loop {
+            match self.handle_event(event).await {
+                Ok(follow_up_events) => return follow_up_events,
+                Err(error)
+                    if error.is_transient() && attempt < self.retry.event_handler_attempts =>
+                {
+                    warn!(event = event.name(), attempt, %error, "event handler failed, retrying");
+                    tokio::time::sleep(self.retry.event_handler_wait(attempt)).await;
+                    attempt += 1;
+                }
+                Err(error) => {
+                    error!(?event, attempts = attempt, %error, "event handler failed, giving up");
+                    return Vec::new();
+                }
+            }
+        }
+    }
+
+    /// The after-commit handlers of each event (the transactional one,
+    /// `handlers::update_read_model`, already ran before commit).
+    async fn handle_event(&self, event: &Event) -> Result<Vec<Event>, EventHandlerError> {
+        match event {
+            Event::Allocated(e) => handlers::publish_allocated(e, &*self.publisher).await?,
+            Event::OutOfStock(e) => {
+                handlers::send_out_of_stock_notification(e, &*self.notifications).await?
+            }
+            Event::Deallocated(e) => {
+                let (_, events) = self.run_in_unit_of_work(&handlers::reallocate(e)).await?;
+                return Ok(events);
+            }
+            Event::BatchCreated(_)
+            | Event::AllocationCancelled(_)
+            | Event::BatchQuantityChanged(_) => {}
+        }
+        Ok(Vec::new())
+    }
+}
