@@ -1,0 +1,237 @@
+//! Configuration: parsed once, from flags with environment fallbacks (flags
+//! win). Nothing else in the service reads the environment.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Allocates customer order lines to batches of stock, and answers queries
+/// about allocations (the "Architecture Patterns with Python" service).
+#[derive(Debug, Parser)]
+#[command(name = "allocation", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: the HTTP API and its background work. Migrates the
+    /// database schema first.
+    Serve(ServeArgs),
+    /// Bring the database schema up to date, then exit. Safe to run twice.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address and port the HTTP API listens on (port 0 picks a free one).
+    #[arg(
+        long,
+        env = "ALLOCATION_BIND",
+        default_value = "127.0.0.1:5005",
+        value_name = "ADDR:PORT"
+    )]
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Where products and allocations are stored: `sqlite://PATH` (the file
+    /// is created if missing), `postgres://USER:PASSWORD@HOST:PORT/DB`, or
+    /// `memory://` (nothing kept after exit).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://allocation.db",
+        value_name = "URL",
+        value_parser = DatabaseUrlParser,
+        hide_env_values = true
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// Most database connections the service opens at once.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+
+    /// How long a request waits for a free database connection, in seconds.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600), value_name = "SECONDS")]
+    pub database_acquire_timeout: u64,
+}
+
+impl DatabaseArgs {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_secs(self.database_acquire_timeout)
+    }
+}
+
+/// A database URL whose scheme the service supports. Its `Display` hides
+/// the password so that it can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    url: String,
+    backend: Backend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseUrl {
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL with its password, for the database driver only.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let backend = match url.split_once("://").map(|(scheme, _)| scheme) {
+            Some("memory") => Backend::Memory,
+            Some("sqlite") => Backend::Sqlite,
+            Some("postgres" | "postgresql") => Backend::Postgres,
+            _ => {
+                return Err(format!(
+                    "unsupported database URL {}: expected sqlite://PATH, postgres://... or memory://",
+                    redact_password(url)
+                ));
+            }
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            backend,
+        })
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_password(&self.url))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Parses `--database-url` without echoing the value in errors, as clap
+/// would: it may hold a password.
+#[derive(Debug, Clone)]
+struct DatabaseUrlParser;
+
+impl TypedValueParser for DatabaseUrlParser {
+    type Value = DatabaseUrl;
+
+    fn parse_ref(
+        &self,
+        _: &clap::Command,
+        _: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<DatabaseUrl, clap::Error> {
+        let invalid = |message: &str| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid --database-url: {message}\n"),
+            )
+        };
+        let url = value.to_str().ok_or_else(|| invalid("not valid UTF-8"))?;
+        url.parse().map_err(|message: String| invalid(&message))
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact_password("postgres://app:s3cret@db:5432/alloc"),
+            "postgres://app:***@db:5432/alloc"
+        );
+        assert_eq!(
+            redact_password("postgres://app@db/alloc"),
+            "postgres://app@db/alloc"
+        );
+        assert_eq!(
+            redact_password("sqlite://allocation.db"),
+            "sqlite://allocation.db"
+        );
+        let url: DatabaseUrl = "postgres://a:b@h/d".parse().expect("supported");
+        assert_eq!(
+            format!("{url} {url:?}"),
+            "postgres://a:***@h/d postgres://a:***@h/d"
+        );
+    }
+
+    #[test]
+    fn only_supported_schemes_parse() {
+        assert_eq!(
+            "memory://".parse::<DatabaseUrl>().map(|u| u.backend()),
+            Ok(Backend::Memory)
+        );
+        assert_eq!(
+            "sqlite://x.db".parse::<DatabaseUrl>().map(|u| u.backend()),
+            Ok(Backend::Sqlite)
+        );
+        assert_eq!(
+            "postgresql://h/d"
+                .parse::<DatabaseUrl>()
+                .map(|u| u.backend()),
+            Ok(Backend::Postgres)
+        );
+        let refused = "mysql://u:pw@h/d".parse::<DatabaseUrl>();
+        assert!(matches!(&refused, Err(e) if e.contains("mysql://u:***@h/d") && !e.contains("pw")));
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

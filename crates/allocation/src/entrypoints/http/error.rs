@@ -1,0 +1,99 @@
+//! The one place where errors become HTTP responses: a status and a JSON
+//! `{"message"}`. Internal details are logged, never shown to the client.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use domain::{DomainError, ValueError};
+use serde_json::json;
+
+/// Everything an HTTP handler can answer with besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A rejected body: the status axum chose (400, 413, 415) and why.
+    #[error("{message}")]
+    Body { status: StatusCode, message: String },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Body { status, .. } => *status,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(source) => tracing::error!(error = %source, "request failed"),
+            Self::Unavailable(reason) => tracing::warn!(%reason, "request failed"),
+            _ => tracing::debug!(%status, message = %self, "request refused"),
+        }
+        (status, Json(json!({ "message": self.to_string() }))).into_response()
+    }
+}
+
+impl From<ValueError> for ApiError {
+    fn from(error: ValueError) -> Self {
+        Self::BadRequest(error.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        // Well-formed JSON of the wrong shape is a 422 in axum; the book's
+        // clients expect 400 for any invalid body.
+        let status = match rejection.status() {
+            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            status => status,
+        };
+        Self::Body {
+            status,
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl From<service_layer::Error> for ApiError {
+    fn from(error: service_layer::Error) -> Self {
+        use service_layer::Error;
+        match error {
+            Error::InvalidSku(_) => Self::BadRequest(error.to_string()),
+            Error::Rejected(rejection) => match rejection {
+                DomainError::BatchExists { .. } | DomainError::AlreadyAllocated { .. } => {
+                    Self::Conflict(rejection.to_string())
+                }
+                DomainError::UnknownBatch { .. } | DomainError::NotAllocated { .. } => {
+                    Self::NotFound(rejection.to_string())
+                }
+                DomainError::LinesNotLoaded { .. } => Self::Internal(Box::new(rejection)),
+            },
+            Error::Contention { .. } => Self::Unavailable(format!("{error}; try again later")),
+            Error::Store(store) => Self::Internal(Box::new(store)),
+        }
+    }
+}
+
+impl From<service_layer::StoreError> for ApiError {
+    fn from(error: service_layer::StoreError) -> Self {
+        Self::Internal(Box::new(error))
+    }
+}

@@ -1,0 +1,5 @@
+//! Entrypoints: the thin edges where the outside world talks to the service.
+//! Each parses its input into commands, hands them to the message bus (or
+//! asks the read model), and renders the answer.
+
+pub mod http;
