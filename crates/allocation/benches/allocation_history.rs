@@ -1,0 +1,114 @@
+//! Allocation cost against a SKU's history: allocating one more line after
+//! N = 0, 1 000, 10 000 and 100 000 earlier allocations of the same SKU, on
+//! the in-memory store and on SQLite. The book's model loads every line on
+//! every allocate; ours loads only the line's own order, so the cost stays
+//! flat (target: the 100 000 case within 1.2x of the 0 case).
+//!
+//! Each measured iteration allocates a new order line through the message
+//! bus; the line is deallocated again outside the measured time, so the
+//! history stays at exactly N while criterion repeats the measurement.
+//!
+//! Run: `cargo bench -p allocation --bench allocation_history`
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use adapters::log::{LogNotifications, LogPublisher};
+use adapters::sql::{PoolSettings, SqlStore};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use domain::commands::{Allocate, CreateBatch, Deallocate};
+use domain::{BatchRef, OrderId, Quantity, Sku};
+use service_layer::memory::MemoryStore;
+use service_layer::{MessageBus, RetryPolicy, Store};
+use tokio::runtime::Runtime;
+
+const HISTORY: [u64; 4] = [0, 1_000, 10_000, 100_000];
+
+fn bus<S: Store>(store: S) -> MessageBus<S> {
+    MessageBus::new(
+        store,
+        Arc::new(LogNotifications),
+        Arc::new(LogPublisher),
+        RetryPolicy::default(),
+    )
+}
+
+fn order(n: u64) -> OrderId {
+    OrderId::parse(&format!("order-{n}")).expect("valid orderid")
+}
+
+fn allocate(sku: &Sku, n: u64) -> Allocate {
+    Allocate {
+        orderid: order(n),
+        sku: sku.clone(),
+        qty: Quantity::parse(1, "qty").expect("valid qty"),
+    }
+}
+
+/// Measures one backend at every history length, growing one SKU's history
+/// from one level to the next.
+fn history_benchmark<S: Store>(c: &mut Criterion, runtime: &Runtime, backend: &str, store: S) {
+    let bus = bus(store);
+    let sku = Sku::parse("HISTORIC-LAMP").expect("valid sku");
+    runtime.block_on(async {
+        bus.handle(CreateBatch {
+            reference: BatchRef::parse("big-batch").expect("valid ref"),
+            sku: sku.clone(),
+            qty: Quantity::parse(Quantity::MAX.into(), "qty").expect("valid qty"),
+            eta: None,
+        })
+        .await
+        .expect("batch created");
+    });
+
+    let mut group = c.benchmark_group("allocate_after_history");
+    group.sample_size(20).measurement_time(Duration::from_secs(5));
+    let mut seeded = 0;
+    let measured = AtomicU64::new(u64::MAX / 2);
+    for history in HISTORY {
+        runtime.block_on(async {
+            while seeded < history {
+                bus.handle(allocate(&sku, seeded)).await.expect("seeded");
+                seeded += 1;
+            }
+        });
+        group.bench_with_input(BenchmarkId::new(backend, history), &history, |b, _| {
+            b.to_async(runtime).iter_custom(|iterations| {
+                let (bus, sku, measured) = (&bus, &sku, &measured);
+                async move {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iterations {
+                        let n = measured.fetch_add(1, Ordering::Relaxed);
+                        let started = Instant::now();
+                        let batch = bus.handle(allocate(sku, n)).await.expect("allocated");
+                        spent += started.elapsed();
+                        assert!(batch.is_some());
+                        let undo = Deallocate {
+                            orderid: order(n),
+                            sku: sku.clone(),
+                        };
+                        bus.handle(undo).await.expect("deallocated");
+                    }
+                    spent
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
+fn benchmarks(c: &mut Criterion) {
+    let runtime = Runtime::new().expect("tokio runtime");
+    history_benchmark(c, &runtime, "memory", MemoryStore::new());
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("history.db").display());
+    let store = runtime
+        .block_on(SqlStore::connect(&url, PoolSettings::default()))
+        .expect("SQLite opens");
+    history_benchmark(c, &runtime, "sqlite", store);
+}
+
+criterion_group!(history, benchmarks);
+criterion_main!(history);
