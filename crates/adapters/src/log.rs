@@ -1,0 +1,46 @@
+//! Notifications and publishing to the log: the after-commit ports
+//! (book chapters 9 and 11) when no SMTP server or Redis is configured.
+//!
+//! They never fail, so the message bus never retries them.
+
+use async_trait::async_trait;
+use domain::events::Allocated;
+use service_layer::ports::{
+    Notification, NotificationError, Notifications, PublishError, Publisher,
+};
+
+/// Writes each notification to the log as a warning: someone should act on
+/// it, and with no email configured the log is where they will look.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogNotifications;
+
+#[async_trait]
+impl Notifications for LogNotifications {
+    async fn send(&self, notification: &Notification) -> Result<(), NotificationError> {
+        tracing::warn!(
+            subject = %notification.subject,
+            body = %notification.body,
+            "notification (no SMTP server configured, so it is only logged)"
+        );
+        Ok(())
+    }
+}
+
+/// Writes each `line_allocated` message to the log instead of Redis.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogPublisher;
+
+#[async_trait]
+impl Publisher for LogPublisher {
+    async fn publish_allocated(&self, event: &Allocated) -> Result<(), PublishError> {
+        tracing::info!(
+            channel = "line_allocated",
+            orderid = %event.orderid,
+            sku = %event.sku,
+            qty = event.qty.get(),
+            batchref = %event.batchref,
+            "line allocated (no Redis configured, so it is only logged)"
+        );
+        Ok(())
+    }
+}

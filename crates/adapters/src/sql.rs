@@ -1,0 +1,633 @@
+//! The SQL storage adapter: the repository's storage and the unit of work's
+//! transaction (book chapters 2 and 6) with optimistic concurrency (chapter
+//! 7), and the read model (chapter 12), on SQLite or PostgreSQL.
+//!
+//! One implementation serves both databases through sqlx's `Any` driver:
+//! the queries are the same text on both (`$1` placeholders work on SQLite
+//! too), and `Dialect` holds the few places where they must differ: how a
+//! write transaction begins, how connections are set up, which migrations
+//! apply.
+//!
+//! A commit writes what each product's events say happened, in order, as
+//! `service_layer::memory` does: nothing is read back, and only the rows a
+//! command touched are written.
+
+mod database_url;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use domain::events::{AllocationCancelled, Deallocated};
+use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
+use service_layer::ports::{AllocationView, BatchView, ReadModel};
+use service_layer::unit_of_work::{
+    ChangeSet, Lines, ProductChanges, Store, StoreError, StoreTransaction, ViewChange,
+};
+use sqlx::any::AnyRow;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::pool::PoolOptions;
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row};
+
+use database_url::DatabaseUrl;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Set on every SQLite connection as it opens; these are per connection, not
+/// stored in the file (except `journal_mode`, which is harmless to repeat).
+/// - `busy_timeout` first, so that the others wait for a lock too;
+/// - WAL lets readers (the read model) run while a writer holds the lock;
+/// - `synchronous=NORMAL` in WAL mode survives a process crash, and loses
+///   at most the last commits on a power cut;
+/// - SQLite does not enforce foreign keys unless asked, per connection.
+const SQLITE_PRAGMAS: &str = "PRAGMA busy_timeout = 5000; \
+     PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = NORMAL; \
+     PRAGMA foreign_keys = ON;";
+
+/// Where the two databases need different SQL or setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+
+    /// How a unit of work's transaction begins.
+    ///
+    /// SQLite: a plain (deferred) `BEGIN` takes the write lock only at the
+    /// first write. If another connection committed since this one started
+    /// reading, that upgrade fails at once with SQLITE_BUSY whatever the
+    /// busy timeout (waiting cannot refresh a stale snapshot). `BEGIN
+    /// IMMEDIATE` takes the write lock up front, where the busy timeout does
+    /// wait, so write transactions queue instead of failing. Writers are thus
+    /// serialised, and never hit a version conflict.
+    ///
+    /// PostgreSQL: READ COMMITTED, spelled out so that a server configured
+    /// with another default does not change the behaviour. Concurrent writers
+    /// to one product are caught by the version check at commit.
+    ///
+    /// Both go through `Pool::begin_with` (sqlx 0.8.4 and later, hence the
+    /// workspace's version floor). Through `Any` it hands the statement to
+    /// the backend's own transaction manager, which still tracks the
+    /// transaction, so dropping it rolls back as usual.
+    fn begin_statement(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        }
+    }
+}
+
+/// How many connections to keep, and how long a request may wait for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the database could not be opened or its schema brought up to date.
+/// Messages name the database by its URL with any password hidden.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error(
+        "unsupported database URL {url}: expected sqlite:<path> (or sqlite::memory:) \
+         or postgres://[user[:password]@]host[:port]/database"
+    )]
+    UnsupportedUrl { url: String },
+    #[error("cannot open database {url}: {cause}")]
+    Connect { url: String, cause: sqlx::Error },
+    #[error("cannot migrate the schema of database {url}: {cause}")]
+    Migrate { url: String, cause: MigrateError },
+}
+
+/// The products, their allocations and the read model in a SQL database.
+/// Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// The URL without its password, for messages.
+    url: Arc<str>,
+}
+
+impl fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.dialect.name())
+            .field("url", &self.url)
+            .field("connections", &self.pool.size())
+            .finish()
+    }
+}
+
+impl SqlStore {
+    /// Opens the database at `url` (`sqlite:<path>` or `postgres://...`)
+    /// and brings its schema up to date. A SQLite file is created if missing
+    /// (unless the URL sets a `mode`).
+    ///
+    /// `sqlite::memory:` gives a database that lives as long as the store:
+    /// through `Any`, every new connection would open a fresh empty one, so
+    /// the pool keeps exactly one connection open for good.
+    pub async fn connect(url: &str, settings: PoolSettings) -> Result<SqlStore, SqlError> {
+        sqlx::any::install_default_drivers();
+        let target = DatabaseUrl::parse(url)?;
+        let mut options = PoolOptions::<Any>::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.acquire_timeout);
+        if target.in_memory {
+            options = options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        if target.dialect == Dialect::Sqlite {
+            options = options.after_connect(|conn, _meta| Box::pin(set_sqlite_pragmas(conn)));
+        }
+        let pool = options
+            .connect(&target.connect)
+            .await
+            .map_err(|cause| SqlError::Connect {
+                url: target.redacted.clone(),
+                cause,
+            })?;
+        let store = SqlStore {
+            pool,
+            dialect: target.dialect,
+            url: target.redacted.into(),
+        };
+        store.migrate().await?;
+        tracing::debug!(backend = store.backend(), url = %store.url, "database ready");
+        Ok(store)
+    }
+
+    /// Applies the migrations this build embeds that the database lacks.
+    /// Safe to run again, and from several processes at once: PostgreSQL
+    /// takes an advisory lock; on SQLite the whole run is one `BEGIN
+    /// IMMEDIATE` transaction (sqlx does not lock SQLite), so a second
+    /// process waits and then finds nothing to do.
+    pub async fn migrate(&self) -> Result<(), SqlError> {
+        let result = match self.dialect {
+            Dialect::Sqlite => self.migrate_sqlite().await,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await,
+        };
+        result.map_err(|cause| SqlError::Migrate {
+            url: self.url.to_string(),
+            cause,
+        })
+    }
+
+    async fn migrate_sqlite(&self) -> Result<(), MigrateError> {
+        let mut transaction = self
+            .pool
+            .begin_with(Dialect::Sqlite.begin_statement())
+            .await?;
+        // Each migration's own transaction becomes a savepoint inside this one.
+        SQLITE_MIGRATIONS.run_direct(&mut *transaction).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        self.dialect.name()
+    }
+}
+
+// `Executor::execute` on the connection itself: the generic
+// `sqlx::raw_sql(..).execute(conn)` future does not satisfy the higher-ranked
+// lifetime that `after_connect` asks for.
+async fn set_sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute(SQLITE_PRAGMAS).await?;
+    Ok(())
+}
+
+impl Store for SqlStore {
+    type Transaction = SqlTransaction;
+
+    async fn begin(&self) -> Result<SqlTransaction, StoreError> {
+        let transaction = self
+            .pool
+            .begin_with(self.dialect.begin_statement())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(SqlTransaction { transaction })
+    }
+}
+
+/// One open database transaction. Dropping it rolls back (sqlx queues the
+/// rollback on the connection before it goes back to the pool).
+#[derive(Debug)]
+pub struct SqlTransaction {
+    transaction: sqlx::Transaction<'static, Any>,
+}
+
+impl StoreTransaction for SqlTransaction {
+    async fn load(&mut self, sku: &Sku, lines: Lines<'_>) -> Result<Option<Product>, StoreError> {
+        let conn = &mut *self.transaction;
+        // The product and its batches in one round trip; a product without
+        // batches still gives one row, with NULL batch columns.
+        let rows = sqlx::query(
+            "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, b.allocated_quantity \
+             FROM products p LEFT JOIN batches b ON b.sku = p.sku \
+             WHERE p.sku = $1 \
+             ORDER BY b.id",
+        )
+        .bind(sku.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::backend)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let version = to_u64(get::<i64>(first, "version_number")?, "version_number")?;
+        let mut batches = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(reference) = get::<Option<String>>(row, "reference")? else {
+                continue;
+            };
+            batches.push(Batch::restore(
+                identifier(&reference, BatchRef::parse)?,
+                sku.clone(),
+                eta_from_db(get(row, "eta")?)?,
+                quantity_from_db(get(row, "purchased_quantity")?)?,
+                to_u64(get(row, "allocated_quantity")?, "allocated_quantity")?,
+            ));
+        }
+        let mut product = Product::restore(sku.clone(), version, batches);
+        load_lines(conn, &mut product, lines).await?;
+        Ok(Some(product))
+    }
+
+    async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {
+        let row = sqlx::query("SELECT sku FROM batches WHERE reference = $1")
+            .bind(reference.as_str())
+            .fetch_optional(&mut *self.transaction)
+            .await
+            .map_err(StoreError::backend)?;
+        row.map(|row| identifier(&get::<String>(&row, "sku")?, Sku::parse))
+            .transpose()
+    }
+
+    async fn commit(mut self, changes: ChangeSet) -> Result<(), StoreError> {
+        let conn = &mut *self.transaction;
+        for product in &changes.products {
+            write_product(conn, product).await?;
+        }
+        for view in &changes.views {
+            write_view(conn, view).await?;
+        }
+        self.transaction.commit().await.map_err(StoreError::backend)
+    }
+}
+
+/// Attaches the order lines a command asked for. Both queries are index
+/// lookups (`UNIQUE (orderid, sku)`, `allocations (batch_id, id)`), so they
+/// cost the same however many lines the product has.
+async fn load_lines(
+    conn: &mut AnyConnection,
+    product: &mut Product,
+    lines: Lines<'_>,
+) -> Result<(), StoreError> {
+    let sku = product.sku().clone();
+    let line = |orderid: OrderId, qty: i64| -> Result<OrderLine, StoreError> {
+        Ok(OrderLine {
+            orderid,
+            sku: sku.clone(),
+            qty: quantity_from_db(qty)?,
+        })
+    };
+    match lines {
+        Lines::None => {}
+        Lines::OfOrder(orderid) => {
+            let row = sqlx::query(
+                "SELECT b.reference, a.qty \
+                 FROM allocations a JOIN batches b ON b.id = a.batch_id \
+                 WHERE a.orderid = $1 AND a.sku = $2",
+            )
+            .bind(orderid.as_str())
+            .bind(sku.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(StoreError::backend)?;
+            if let Some(row) = row {
+                let reference = identifier(&get::<String>(&row, "reference")?, BatchRef::parse)?;
+                let loaded = line(orderid.clone(), get(&row, "qty")?)?;
+                product.load_lines(&reference, [loaded]);
+            }
+        }
+        Lines::OfBatch(reference) => {
+            let rows = sqlx::query(
+                "SELECT a.orderid, a.qty \
+                 FROM batches b JOIN allocations a ON a.batch_id = b.id \
+                 WHERE b.reference = $1 AND b.sku = $2 \
+                 ORDER BY a.id",
+            )
+            .bind(reference.as_str())
+            .bind(sku.as_str())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(StoreError::backend)?;
+            let loaded = rows
+                .iter()
+                .map(|row| {
+                    let orderid = identifier(&get::<String>(row, "orderid")?, OrderId::parse)?;
+                    line(orderid, get(row, "qty")?)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            product.load_lines(reference, loaded);
+        }
+    }
+    Ok(())
+}
+
+/// Checks and bumps the product's version, then writes its events in order.
+async fn write_product(
+    conn: &mut AnyConnection,
+    changes: &ProductChanges,
+) -> Result<(), StoreError> {
+    let sku = &changes.sku;
+    let new_version = to_i64(changes.new_version, "version_number")?;
+    match changes.stored_version {
+        // A product created concurrently elsewhere makes this a duplicate
+        // key, reported as a conflict.
+        None => {
+            sqlx::query("INSERT INTO products (sku, version_number) VALUES ($1, $2)")
+                .bind(sku.as_str())
+                .bind(new_version)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| write_error(e, sku))?;
+        }
+        Some(stored) => {
+            let updated = sqlx::query(
+                "UPDATE products SET version_number = $1 WHERE sku = $2 AND version_number = $3",
+            )
+            .bind(new_version)
+            .bind(sku.as_str())
+            .bind(to_i64(stored, "version_number")?)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| write_error(e, sku))?;
+            if updated.rows_affected() != 1 {
+                return Err(StoreError::Conflict { sku: sku.clone() });
+            }
+        }
+    }
+    for event in &changes.events {
+        write_event(conn, sku, event).await?;
+    }
+    Ok(())
+}
+
+/// Writes what one event says happened, as `memory::StoredProduct::apply`
+/// does. An event that does not match the stored rows means the product was
+/// loaded from a different state than the one stored, which the version
+/// check rules out; it fails the commit rather than write half of it.
+async fn write_event(conn: &mut AnyConnection, sku: &Sku, event: &Event) -> Result<(), StoreError> {
+    let to_store_error = |e| write_error(e, sku);
+    match event {
+        Event::BatchCreated(e) => {
+            sqlx::query(
+                "INSERT INTO batches (reference, sku, purchased_quantity, eta) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(e.reference.as_str())
+            .bind(sku.as_str())
+            .bind(i64::from(e.qty.get()))
+            .bind(e.eta.map(eta_to_db))
+            .execute(&mut *conn)
+            .await
+            .map_err(to_store_error)?;
+        }
+        Event::Allocated(e) => {
+            let batch = sqlx::query(
+                "UPDATE batches SET allocated_quantity = allocated_quantity + $1 \
+                 WHERE reference = $2 AND sku = $3 RETURNING id",
+            )
+            .bind(i64::from(e.qty.get()))
+            .bind(e.batchref.as_str())
+            .bind(sku.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(to_store_error)?;
+            let Some(batch) = batch else {
+                return Err(mismatch(format!(
+                    "batch {} of product {sku} is not stored",
+                    e.batchref
+                )));
+            };
+            sqlx::query(
+                "INSERT INTO allocations (orderid, sku, batch_id, qty) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(e.orderid.as_str())
+            .bind(sku.as_str())
+            .bind(get::<i64>(&batch, "id")?)
+            .bind(i64::from(e.qty.get()))
+            .execute(&mut *conn)
+            .await
+            .map_err(to_store_error)?;
+        }
+        Event::Deallocated(Deallocated { orderid, .. })
+        | Event::AllocationCancelled(AllocationCancelled { orderid, .. }) => {
+            // The stored line says which batch and how much to give back.
+            let line = sqlx::query(
+                "DELETE FROM allocations WHERE orderid = $1 AND sku = $2 RETURNING batch_id, qty",
+            )
+            .bind(orderid.as_str())
+            .bind(sku.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(to_store_error)?;
+            let Some(line) = line else {
+                return Err(mismatch(format!(
+                    "order {orderid} has no stored line of {sku}"
+                )));
+            };
+            sqlx::query(
+                "UPDATE batches SET allocated_quantity = allocated_quantity - $1 WHERE id = $2",
+            )
+            .bind(get::<i64>(&line, "qty")?)
+            .bind(get::<i64>(&line, "batch_id")?)
+            .execute(&mut *conn)
+            .await
+            .map_err(to_store_error)?;
+        }
+        Event::BatchQuantityChanged(e) => {
+            let updated = sqlx::query(
+                "UPDATE batches SET purchased_quantity = $1 WHERE reference = $2 AND sku = $3",
+            )
+            .bind(i64::from(e.qty.get()))
+            .bind(e.reference.as_str())
+            .bind(sku.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(to_store_error)?;
+            if updated.rows_affected() != 1 {
+                return Err(mismatch(format!(
+                    "batch {} of product {sku} is not stored",
+                    e.reference
+                )));
+            }
+        }
+        Event::OutOfStock(_) => {}
+    }
+    Ok(())
+}
+
+async fn write_view(conn: &mut AnyConnection, change: &ViewChange) -> Result<(), StoreError> {
+    let query = match change {
+        ViewChange::Allocated {
+            orderid,
+            sku,
+            batchref,
+        } => sqlx::query(
+            "INSERT INTO allocations_view (orderid, sku, batchref) VALUES ($1, $2, $3) \
+             ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref",
+        )
+        .bind(orderid.as_str())
+        .bind(sku.as_str())
+        .bind(batchref.as_str()),
+        ViewChange::Deallocated { orderid, sku } => {
+            sqlx::query("DELETE FROM allocations_view WHERE orderid = $1 AND sku = $2")
+                .bind(orderid.as_str())
+                .bind(sku.as_str())
+        }
+    };
+    query.execute(conn).await.map_err(StoreError::backend)?;
+    Ok(())
+}
+
+/// A duplicate key (a product, batch reference or order line that another
+/// transaction wrote first) is a conflict: the bus runs the command again,
+/// and it decides afresh on what is now stored. So are PostgreSQL's
+/// serialization failures and deadlocks, which also call for a retry.
+fn write_error(error: sqlx::Error, sku: &Sku) -> StoreError {
+    let retry = error.as_database_error().is_some_and(|db| {
+        db.is_unique_violation() || matches!(db.code().as_deref(), Some("40001" | "40P01"))
+    });
+    if retry {
+        StoreError::Conflict { sku: sku.clone() }
+    } else {
+        StoreError::backend(error)
+    }
+}
+
+impl ReadModel for SqlStore {
+    async fn allocations(&self, orderid: &OrderId) -> Result<Vec<AllocationView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY sku",
+        )
+        .bind(orderid.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok(AllocationView {
+                    sku: identifier(&get::<String>(row, "sku")?, Sku::parse)?,
+                    batchref: identifier(&get::<String>(row, "batchref")?, BatchRef::parse)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn batches(&self, sku: &Sku) -> Result<Vec<BatchView>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT reference, eta, purchased_quantity, allocated_quantity \
+             FROM batches WHERE sku = $1 ORDER BY id",
+        )
+        .bind(sku.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok(BatchView {
+                    reference: identifier(&get::<String>(row, "reference")?, BatchRef::parse)?,
+                    eta: eta_from_db(get(row, "eta")?)?,
+                    purchased: to_u64(get(row, "purchased_quantity")?, "purchased_quantity")?,
+                    allocated: to_u64(get(row, "allocated_quantity")?, "allocated_quantity")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+}
+
+/// The database holds something this code cannot have written, or a commit
+/// disagrees with what is stored.
+#[derive(Debug, thiserror::Error)]
+#[error("stored data does not match: {0}")]
+struct Mismatch(String);
+
+fn mismatch(detail: String) -> StoreError {
+    StoreError::backend(Mismatch(detail))
+}
+
+fn get<'r, T>(row: &'r AnyRow, column: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(column).map_err(StoreError::backend)
+}
+
+fn identifier<T>(
+    raw: &str,
+    parse: fn(&str) -> Result<T, domain::ValueError>,
+) -> Result<T, StoreError> {
+    parse(raw).map_err(|e| mismatch(format!("{raw:?}: {e}")))
+}
+
+fn quantity_from_db(value: i64) -> Result<Quantity, StoreError> {
+    Quantity::parse(i128::from(value), "qty").map_err(|e| mismatch(e.to_string()))
+}
+
+fn to_u64(value: i64, column: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| mismatch(format!("{column} is negative: {value}")))
+}
+
+fn to_i64(value: u64, column: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| mismatch(format!("{column} is too large to store: {value}")))
+}
+
+/// Dates are stored as ISO 8601 text: the `Any` driver has no date type,
+/// and text sorts and reads the same on both databases.
+const ETA_FORMAT: &str = "%Y-%m-%d";
+
+fn eta_to_db(eta: NaiveDate) -> String {
+    eta.format(ETA_FORMAT).to_string()
+}
+
+fn eta_from_db(eta: Option<String>) -> Result<Option<NaiveDate>, StoreError> {
+    eta.map(|text| {
+        NaiveDate::parse_from_str(&text, ETA_FORMAT)
+            .map_err(|e| mismatch(format!("eta {text:?}: {e}")))
+    })
+    .transpose()
+}

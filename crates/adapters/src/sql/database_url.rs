@@ -1,0 +1,178 @@
+//! Reading a `DATABASE_URL`: which backend it names, how to open it, and how
+//! to show it to an operator without its password.
+
+use super::{Dialect, SqlError};
+
+/// A database URL, understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct DatabaseUrl {
+    pub(super) dialect: Dialect,
+    /// What sqlx is given: for SQLite, with `mode=rwc` added unless the
+    /// operator chose a mode, so that a missing file is created.
+    pub(super) connect: String,
+    /// Safe to log and to put in error messages.
+    pub(super) redacted: String,
+    /// A SQLite database that lives only as long as its connection.
+    pub(super) in_memory: bool,
+}
+
+impl DatabaseUrl {
+    pub(super) fn parse(url: &str) -> Result<Self, SqlError> {
+        let redacted = redact(url);
+        let scheme = url
+            .split_once(':')
+            .map(|(scheme, _)| scheme.to_ascii_lowercase());
+        let dialect = match scheme.as_deref() {
+            Some("sqlite") => Dialect::Sqlite,
+            Some("postgres" | "postgresql") => Dialect::Postgres,
+            _ => return Err(SqlError::UnsupportedUrl { url: redacted }),
+        };
+        let (mut connect, mut in_memory) = (url.to_owned(), false);
+        if dialect == Dialect::Sqlite {
+            let (path, query) = url.split_once('?').unwrap_or((url, ""));
+            let mode = query.split('&').find_map(|pair| pair.strip_prefix("mode="));
+            in_memory = path.ends_with(":memory:") || mode == Some("memory");
+            if mode.is_none() && !in_memory {
+                if !url.contains('?') {
+                    connect.push('?');
+                } else if !(url.ends_with('?') || url.ends_with('&')) {
+                    connect.push('&');
+                }
+                connect.push_str("mode=rwc");
+            }
+        }
+        Ok(Self {
+            dialect,
+            connect,
+            redacted,
+            in_memory,
+        })
+    }
+}
+
+/// The URL with any password replaced by `***`: the one in the user-info
+/// part (`postgres://user:secret@host/db`) and a `password=` parameter.
+pub(super) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return redact_query(url);
+    };
+    let authority_start = scheme_end + "://".len();
+    let rest = &url[authority_start..];
+    let before_query = &rest[..rest.find('?').unwrap_or(rest.len())];
+    let mut redacted = url[..authority_start].to_owned();
+    // The last '@' before the query ends the user info, even if an
+    // unencoded password holds '/' or '@'.
+    let tail = match before_query.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            match userinfo.split_once(':') {
+                Some((user, _password)) => {
+                    redacted.push_str(user);
+                    redacted.push_str(":***");
+                }
+                None => redacted.push_str(userinfo),
+            }
+            &rest[at..]
+        }
+        None => rest,
+    };
+    redacted.push_str(&redact_query(tail));
+    redacted
+}
+
+fn redact_query(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+            if key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword") {
+                format!("{key}=***")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    format!("{base}?{}", pairs.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> DatabaseUrl {
+        DatabaseUrl::parse(url).expect("a supported URL")
+    }
+
+    #[test]
+    fn sqlite_files_are_created_unless_a_mode_is_given() {
+        assert_eq!(
+            parse("sqlite://data/a.db").connect,
+            "sqlite://data/a.db?mode=rwc"
+        );
+        assert_eq!(parse("sqlite:a.db").connect, "sqlite:a.db?mode=rwc");
+        assert_eq!(
+            parse("sqlite:///tmp/a.db?cache=private").connect,
+            "sqlite:///tmp/a.db?cache=private&mode=rwc"
+        );
+        assert_eq!(
+            parse("sqlite://a.db?mode=ro").connect,
+            "sqlite://a.db?mode=ro"
+        );
+        assert!(!parse("sqlite://a.db").in_memory);
+    }
+
+    #[test]
+    fn in_memory_sqlite_is_recognised() {
+        for url in [
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "sqlite://?mode=memory",
+        ] {
+            let parsed = parse(url);
+            assert!(parsed.in_memory, "{url}");
+            assert_eq!(parsed.connect, url);
+        }
+    }
+
+    #[test]
+    fn dialect_comes_from_the_scheme() {
+        assert_eq!(parse("sqlite://a.db").dialect, Dialect::Sqlite);
+        assert_eq!(parse("postgres://h/db").dialect, Dialect::Postgres);
+        assert_eq!(parse("PostgreSQL://h/db").dialect, Dialect::Postgres);
+        assert_eq!(parse("postgres://h/db").connect, "postgres://h/db");
+    }
+
+    #[test]
+    fn unsupported_urls_are_refused_without_their_password() {
+        let error = DatabaseUrl::parse("mysql://me:hunter2@h/db").expect_err("unsupported");
+        let message = error.to_string();
+        assert!(message.contains("mysql://me:***@h/db"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(DatabaseUrl::parse("a.db").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://me:hunter2@db:5432/app"),
+            "postgres://me:***@db:5432/app"
+        );
+        assert_eq!(redact("postgres://me@db/app"), "postgres://me@db/app");
+        assert_eq!(
+            redact("postgres://me:a/b@c@db/app"),
+            "postgres://me:***@db/app"
+        );
+        assert_eq!(
+            redact("postgres://db/app?user=me&password=hunter2&sslmode=require"),
+            "postgres://db/app?user=me&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("sqlite://data/a.db?mode=rwc"),
+            "sqlite://data/a.db?mode=rwc"
+        );
+        assert_eq!(redact("sqlite:a.db"), "sqlite:a.db");
+    }
+}
