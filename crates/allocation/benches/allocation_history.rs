@@ -63,7 +63,9 @@ fn history_benchmark<S: Store>(c: &mut Criterion, runtime: &Runtime, backend: &s
     });
 
     let mut group = c.benchmark_group("allocate_after_history");
-    group.sample_size(20).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5));
     let mut seeded = 0;
     let measured = AtomicU64::new(u64::MAX / 2);
     for history in HISTORY {

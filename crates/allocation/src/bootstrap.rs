@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use adapters::log::{LogNotifications, LogPublisher};
 use adapters::sql::{PoolSettings, SqlStore};
-use anyhow::Context;
 use service_layer::ports::{Notifications, Publisher};
 use service_layer::{MessageBus, RetryPolicy, Store};
 
@@ -45,7 +44,6 @@ pub async fn open_sql_store(database: &DatabaseArgs) -> anyhow::Result<SqlStore>
         max_connections: database.database_max_connections,
         acquire_timeout: database.acquire_timeout(),
     };
-    SqlStore::connect(database.database_url.expose(), settings)
-        .await
-        .with_context(|| format!("cannot open database {}", database.database_url))
+    // The error already names the database, password hidden.
+    Ok(SqlStore::connect(database.database_url.expose(), settings).await?)
 }

@@ -12,7 +12,9 @@ use domain::commands::{Allocate, CreateBatch};
 use domain::events::Allocated;
 use domain::{BatchRef, OrderId, Quantity, Sku};
 use service_layer::memory::MemoryStore;
-use service_layer::ports::{Notification, NotificationError, Notifications, PublishError, Publisher};
+use service_layer::ports::{
+    Notification, NotificationError, Notifications, PublishError, Publisher,
+};
 use service_layer::{MessageBus, RetryPolicy};
 
 const SKUS: usize = 100;
@@ -47,7 +49,10 @@ fn main() {
     let (first, last) = (rate(slices[0]), rate(slices[SLICES - 1]));
     let total: Duration = slices.iter().sum();
     println!("bus_throughput: {COMMANDS} Allocate commands over {SKUS} SKUs, one core");
-    println!("  overall      {:>12.0} commands/s", COMMANDS as f64 / total.as_secs_f64());
+    println!(
+        "  overall      {:>12.0} commands/s",
+        COMMANDS as f64 / total.as_secs_f64()
+    );
     println!("  first 10 %   {first:>12.0} commands/s");
     println!("  last 10 %    {last:>12.0} commands/s");
     println!("  last/first   {:>12.2}", last / first);
@@ -55,7 +60,12 @@ fn main() {
 
 async fn run() -> Vec<Duration> {
     let discard = Arc::new(Discard);
-    let bus = MessageBus::new(MemoryStore::new(), discard.clone(), discard, RetryPolicy::default());
+    let bus = MessageBus::new(
+        MemoryStore::new(),
+        discard.clone(),
+        discard,
+        RetryPolicy::default(),
+    );
     let skus: Vec<Sku> = (0..SKUS)
         .map(|i| Sku::parse(&format!("SKU-{i:03}")).expect("sku"))
         .collect();

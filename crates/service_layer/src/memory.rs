@@ -158,7 +158,9 @@ impl Tables {
             } => {
                 let rows = self.allocations_view.entry(orderid).or_default();
                 rows.retain(|row| row.sku != sku);
-                rows.push(AllocationView { sku, batchref });
+                // Kept sorted by SKU, the order the SQL read model answers in.
+                let at = rows.partition_point(|row| row.sku < sku);
+                rows.insert(at, AllocationView { sku, batchref });
             }
             ViewChange::Deallocated { orderid, sku } => {
                 if let Some(rows) = self.allocations_view.get_mut(&orderid) {

@@ -66,7 +66,7 @@ impl BatchView {
 /// The query side (book chapter 12): reads straight from storage, never
 /// loads an aggregate and never goes through the message bus.
 pub trait ReadModel: Clone + Send + Sync + 'static {
-    /// The allocations of an order, by SKU; empty when it has none.
+    /// The allocations of an order, sorted by SKU; empty when it has none.
     fn allocations(
         &self,
         orderid: &OrderId,
