@@ -31,6 +31,7 @@ use sqlx::pool::PoolOptions;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Row};
 
 use database_url::DatabaseUrl;
+pub use database_url::redact as redact_url;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

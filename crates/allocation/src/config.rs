@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use adapters::sql::redact_url;
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -121,7 +122,7 @@ impl FromStr for DatabaseUrl {
             _ => {
                 return Err(format!(
                     "unsupported database URL {}: expected sqlite://PATH, postgres://... or memory://",
-                    redact_password(url)
+                    redact_url(url)
                 ));
             }
         };
@@ -134,7 +135,7 @@ impl FromStr for DatabaseUrl {
 
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_password(&self.url))
+        f.write_str(&redact_url(&self.url))
     }
 }
 
@@ -169,21 +170,6 @@ impl TypedValueParser for DatabaseUrlParser {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    match rest[..at].split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,15 +177,15 @@ mod tests {
     #[test]
     fn passwords_never_show() {
         assert_eq!(
-            redact_password("postgres://app:s3cret@db:5432/alloc"),
+            redact_url("postgres://app:s3cret@db:5432/alloc"),
             "postgres://app:***@db:5432/alloc"
         );
         assert_eq!(
-            redact_password("postgres://app@db/alloc"),
+            redact_url("postgres://app@db/alloc"),
             "postgres://app@db/alloc"
         );
         assert_eq!(
-            redact_password("sqlite://allocation.db"),
+            redact_url("sqlite://allocation.db"),
             "sqlite://allocation.db"
         );
         let url: DatabaseUrl = "postgres://a:b@h/d".parse().expect("supported");

@@ -52,7 +52,7 @@ impl DatabaseUrl {
 
 /// The URL with any password replaced by `***`: the one in the user-info
 /// part (`postgres://user:secret@host/db`) and a `password=` parameter.
-pub(super) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return redact_query(url);
     };
