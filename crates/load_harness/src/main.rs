@@ -1,0 +1,2 @@
+//! Load harness (work in progress).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Shared test helpers (filled in by the PostgreSQL test work).
