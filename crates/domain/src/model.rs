@@ -303,8 +303,9 @@ impl Product {
 
     /// Sets a batch's purchased quantity. If that leaves it over-allocated,
     /// its most recent lines are deallocated until it fits, each recorded as
-    /// [`Deallocated`] so that it can be reallocated. Needs the batch's lines
-    /// loaded.
+    /// [`Deallocated`] so that it can be reallocated. Setting the quantity it
+    /// already has changes nothing, so a repeated message is harmless. Needs
+    /// the batch's lines loaded.
     pub fn change_batch_quantity(
         &mut self,
         reference: &BatchRef,
@@ -315,6 +316,9 @@ impl Product {
                 reference: reference.clone(),
             });
         };
+        if batch.purchased == qty {
+            return Ok(());
+        }
         let mut bumped = Vec::new();
         while batch.allocated > u64::from(qty.get()) {
             let Some(line) = batch.deallocate_latest() else {
