@@ -1,2 +1,521 @@
-//! Load harness (work in progress).
-fn main() {}
+//! `load`: the load harness (issue 3, "Performance").
+//!
+//! Measures `POST /allocate` on the service against the same allocation
+//! written by hand with sqlx, in one run, on the same database server, and
+//! prints requests/s, p50/p99 latency, failures and the ratio service/raw.
+//!
+//! This file holds the command line, the order of the run (set up,
+//! warm up, measure in alternating slices, check, report) and the clean-up
+//! that runs whatever happens: the service is killed and every database the
+//! run created is dropped, on success, on error, on a panic and on Ctrl-C.
+//!
+//! - `workload`: the products, batches and order lines, and the load driver;
+//! - `http`: the service side (`/add_batch`, `/allocate`, loopback check);
+//! - `raw`: the hand-written SQL transactions;
+//! - `service`: starting and stopping the `allocation` binary;
+//! - `database`: fresh databases, migrations, seeding, final counts;
+//! - `stats`, `report`: the figures and how they are shown.
+
+mod database;
+mod http;
+mod raw;
+mod report;
+mod service;
+mod stats;
+mod workload;
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Parser;
+use futures::FutureExt;
+
+use crate::database::{Database, Databases};
+use crate::http::HttpTarget;
+use crate::raw::{RawTarget, RawVariant};
+use crate::report::{Consistency, Level, RawResult, Report, Settings};
+use crate::service::{ServiceProcess, ServiceSettings};
+use crate::stats::Recorder;
+use crate::workload::{BATCHES_PER_SKU, Limit, Phase, Target, Workload};
+
+/// Load harness for the allocation service: drives `POST /allocate` at a
+/// fixed concurrency, runs the minimal equivalent SQL transaction directly
+/// with sqlx on the same database server at the same concurrency, and
+/// compares them (requests/s, p50 and p99 latency, non-2xx answers, and the
+/// ratio service/raw).
+///
+/// By default it starts the service itself (the `allocation` binary next to
+/// this one, so build it first: `cargo build --release -p allocation`) on a
+/// fresh database, and gives every raw phase a fresh database of its own
+/// with the same schema (the service's migrations) and the same batches, so
+/// that all phases start from equal states. Phases are measured in
+/// alternating slices, after a warm-up. Every database the run creates is
+/// dropped at the end, and the service is stopped, even on error or Ctrl-C.
+///
+/// Example:
+///   cargo build --release -p allocation
+///   cargo run --release -p load_harness -- --database-url postgres://root@127.0.0.1:5432/test --concurrency 8,32 --requests 20000
+#[derive(Debug, Parser)]
+#[command(name = "load", version, verbatim_doc_comment)]
+struct Args {
+    /// Database server to run on. `postgres://USER[:PASSWORD]@HOST:PORT/DB`:
+    /// the harness connects to DB only to create (and at the end drop) fresh
+    /// databases named `load_harness_<run>_<phase>` on that server, so the
+    /// user needs CREATEDB. `sqlite:`: fresh files in a temporary directory.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite:",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: String,
+
+    /// Concurrent clients (HTTP) and concurrent transactions (raw SQL): one
+    /// value or a comma-separated list, each measured in turn, e.g. `8,32`.
+    #[arg(long, value_delimiter = ',', default_value = "8", value_name = "N[,N...]",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    concurrency: Vec<u32>,
+
+    /// Measured requests per phase and concurrency level (warm-up not
+    /// included). Ignored when --duration is given.
+    #[arg(long, default_value_t = 10_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+
+    /// Measure each phase for this many seconds per concurrency level
+    /// instead of a number of requests.
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+    duration: Option<f64>,
+
+    /// Requests per phase sent before measuring each concurrency level:
+    /// opens the connections, fills caches and prepared statements.
+    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    warmup: u64,
+
+    /// Each phase's measurement is split into this many slices, run
+    /// alternately (service, raw, raw, service, ...), so that drift in the
+    /// machine's state (other load, the database's background work, table
+    /// growth) weighs on both alike.
+    #[arg(long, default_value_t = 2, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+
+    /// Products the lines are spread over (uniformly); each has one
+    /// warehouse batch and two shipments, with stock that never runs out.
+    #[arg(long, default_value_t = 100, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    skus: u32,
+
+    /// Database connections: the raw phases' pool size, and the service's
+    /// `--database-max-connections` when the harness starts it (the
+    /// service's own default is 10).
+    #[arg(long, default_value_t = 10, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_connections: u32,
+
+    /// The service binary to start. Default: `allocation` in the directory
+    /// of this executable (target/<profile>/).
+    #[arg(long, value_name = "PATH", conflicts_with = "url")]
+    binary: Option<PathBuf>,
+
+    /// Load a service that is already running instead of starting one:
+    /// `http://HOST:PORT`, loopback addresses only. Its batches are created
+    /// under new SKUs; its database and pool size are whatever it was
+    /// started with, so compare with care.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+
+    /// `RUST_LOG` for the service the harness starts. `info` is the
+    /// service's default (one log line per allocation); try `warn` to see
+    /// what logging costs.
+    #[arg(long, default_value = "info", value_name = "FILTER")]
+    service_log_level: String,
+
+    /// Write the started service's log to this file (default: discarded).
+    #[arg(long, value_name = "FILE")]
+    service_log: Option<PathBuf>,
+
+    /// Raw SQL variants to measure, comma-separated: `minimal` (the fewest
+    /// round trips, native driver: the baseline of the ratio),
+    /// `service-sql` (the service's own statements, native driver),
+    /// `service-sql-any` (the same through sqlx's Any driver, as the
+    /// service runs them). The last two show where the service's time goes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "minimal",
+        value_name = "VARIANT[,...]"
+    )]
+    raw: Vec<RawVariant>,
+
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 => Ok(seconds),
+        _ => Err(format!(
+            "expected seconds between 0 and 86400, got {text:?}"
+        )),
+    }
+}
+
+/// What has to be undone at the end, whatever happens.
+#[derive(Debug, Default)]
+struct Resources {
+    service: Option<ServiceProcess>,
+    databases: Option<Databases>,
+    raw_targets: Vec<Arc<Phase>>,
+}
+
+impl Resources {
+    async fn clean_up(&mut self) {
+        if let Some(service) = self.service.take() {
+            service.stop().await;
+        }
+        for phase in self.raw_targets.drain(..) {
+            if let Target::Raw(target) = &phase.target {
+                target.close().await;
+            }
+        }
+        if let Some(mut databases) = self.databases.take() {
+            databases.drop_all().await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut resources = Resources::default();
+    let outcome = {
+        let run = AssertUnwindSafe(run(&args, &mut resources)).catch_unwind();
+        tokio::select! {
+            finished = run => finished.unwrap_or_else(|_| Err(anyhow!("the harness panicked"))),
+            () = interrupted() => Err(anyhow!("interrupted")),
+        }
+    };
+    resources.clean_up().await;
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
+    if args.raw.is_empty() {
+        bail!("--raw needs at least one variant");
+    }
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "note: this is a debug build of the harness; measure with `cargo run --release -p load_harness`"
+        );
+    }
+    // Fail fast, before creating anything, when the binary is missing or
+    // the target is not local.
+    let binary = match &args.url {
+        Some(_) => None,
+        None => Some(service::find_binary(args.binary.as_deref())?),
+    };
+    let external = match &args.url {
+        Some(url) => Some(http::ensure_loopback(url).await?),
+        None => None,
+    };
+    let tag = run_tag();
+    let databases = resources
+        .databases
+        .insert(Databases::open(&args.database_url, &tag).await?);
+    let backend = databases.backend;
+    let workload = Arc::new(Workload::new(tag.clone(), args.skus));
+    let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
+
+    // The service, on a fresh database (or the one given by --url).
+    let mut service_database: Option<Database> = None;
+    let http = match (&external, &binary) {
+        (Some(base), _) => HttpTarget::new(base.clone(), max_concurrency as usize)?,
+        (None, Some(binary)) => {
+            let database = databases.create("service").await?;
+            let settings = ServiceSettings {
+                binary: binary.clone(),
+                max_connections: args.max_connections,
+                log_level: args.service_log_level.clone(),
+                log_file: args.service_log.clone(),
+            };
+            eprintln!(
+                "starting {} on a fresh {} database",
+                binary.display(),
+                backend.name()
+            );
+            let process = resources
+                .service
+                .insert(ServiceProcess::start(&settings, &database.url).await?);
+            service_database = Some(database);
+            let base = reqwest::Url::parse(&format!("http://{}/", process.address))
+                .context("the service reported an invalid address")?;
+            HttpTarget::new(base, max_concurrency as usize)?
+        }
+        (None, None) => bail!("neither --url nor a service binary"),
+    };
+    if !http.is_alive().await {
+        bail!(
+            "the service at {} does not answer GET /healthz",
+            http.base()
+        );
+    }
+    eprintln!(
+        "creating {} batches of {} products through POST /add_batch",
+        args.skus as usize * BATCHES_PER_SKU,
+        args.skus
+    );
+    http.add_batches(workload.batches()).await?;
+    let service_phase = Arc::new(Phase::new("service (HTTP)", Target::Http(http)));
+
+    // Each raw variant: its own fresh database, same schema, same batches.
+    let mut raw_databases = Vec::new();
+    for &variant in &args.raw {
+        let database = databases.create(variant.slug()).await?;
+        database::migrate(&database).await?;
+        database::seed(&database, &workload.batches()).await?;
+        let target = RawTarget::connect(variant, backend, &database, args.max_connections).await?;
+        let phase = Arc::new(Phase::new(variant.label(), Target::Raw(target)));
+        resources.raw_targets.push(phase.clone());
+        raw_databases.push((variant, database, phase));
+    }
+
+    let limit = |rounds: u32, round: u32| match args.duration {
+        Some(seconds) => Limit::Duration(Duration::from_secs_f64(seconds / f64::from(rounds))),
+        None => {
+            // The remainder goes to the last slice.
+            let share = args.requests / u64::from(rounds);
+            let extra = if round + 1 == rounds {
+                args.requests % u64::from(rounds)
+            } else {
+                0
+            };
+            Limit::Requests(share + extra)
+        }
+    };
+
+    let mut phases = vec![service_phase.clone()];
+    phases.extend(raw_databases.iter().map(|(_, _, phase)| phase.clone()));
+    let mut levels = Vec::new();
+    for &concurrency in &args.concurrency {
+        if args.warmup > 0 {
+            for phase in &phases {
+                eprintln!("c={concurrency:<4} warm-up  {}", phase.name);
+                workload::drive(phase, &workload, concurrency, Limit::Requests(args.warmup))
+                    .await?;
+                check_service(resources)?;
+            }
+        }
+        let mut recorders: Vec<Recorder> = phases.iter().map(|_| Recorder::default()).collect();
+        for round in 0..args.rounds {
+            // Rotate the order each round: nobody always goes first.
+            let count = phases.len();
+            for offset in 0..count {
+                let index = (offset + round as usize) % count;
+                let phase = &phases[index];
+                eprintln!(
+                    "c={concurrency:<4} slice {}/{} {}",
+                    round + 1,
+                    args.rounds,
+                    phase.name
+                );
+                let recorded =
+                    workload::drive(phase, &workload, concurrency, limit(args.rounds, round))
+                        .await?;
+                recorders[index].merge(recorded);
+                check_service(resources)?;
+            }
+        }
+        let mut summaries = recorders.into_iter().map(Recorder::summary);
+        let service = summaries.next().context("no service phase")?;
+        let raw = raw_databases
+            .iter()
+            .zip(summaries)
+            .map(|((variant, _, phase), summary)| RawResult {
+                variant: *variant,
+                summary,
+                conflicts: match &phase.target {
+                    Target::Raw(target) => target.conflicts.swap(0, Ordering::Relaxed),
+                    Target::Http(_) => 0,
+                },
+            })
+            .collect();
+        let level = Level::new(concurrency, service, raw);
+        let failures = level.service.unsuccessful()
+            + level
+                .raw
+                .iter()
+                .map(|r| r.summary.unsuccessful())
+                .sum::<u64>();
+        if failures > 0 {
+            eprintln!("c={concurrency:<4} warning: {failures} requests did not allocate");
+        }
+        if let Some(ratio) = level.ratio {
+            eprintln!("c={concurrency:<4} service/raw = {ratio:.2}");
+        }
+        levels.push(level);
+    }
+
+    // Each database must hold exactly what its phase answered.
+    let mut consistency = Vec::new();
+    let mut checked: Vec<(String, &Database, &Arc<Phase>)> = Vec::new();
+    if let Some(database) = &service_database {
+        checked.push(("service".to_owned(), database, &service_phase));
+    }
+    for (variant, database, phase) in &raw_databases {
+        checked.push((variant.label().to_owned(), database, phase));
+    }
+    for (name, database, phase) in checked {
+        let contents = database::contents(database).await?;
+        let expected = phase.allocated_total.load(Ordering::Relaxed);
+        let expected_qty = phase.allocated_qty_total.load(Ordering::Relaxed);
+        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let ok = contents.allocations == as_i64(expected)
+            && contents.view_rows == as_i64(expected)
+            && contents.allocated_qty_in_lines == as_i64(expected_qty)
+            && contents.allocated_qty_in_batches == as_i64(expected_qty);
+        consistency.push(Consistency {
+            phase: name,
+            expected_allocations: expected,
+            expected_quantity: expected_qty,
+            contents,
+            ok,
+        });
+    }
+
+    let report = Report {
+        backend,
+        cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        finished_unix_s: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        settings: Settings {
+            started_service: binary.is_some(),
+            service_binary: binary.as_ref().map(|b| b.display().to_string()),
+            service_url: service_phase_url(&service_phase),
+            service_log_level: binary.as_ref().map(|_| args.service_log_level.clone()),
+            requests_per_phase: args.duration.is_none().then_some(args.requests),
+            duration_per_phase_s: args.duration,
+            warmup_requests: args.warmup,
+            rounds: args.rounds,
+            skus: args.skus,
+            batches_per_sku: BATCHES_PER_SKU,
+            max_connections: args.max_connections,
+            raw_variants: args.raw.clone(),
+            debug_build: cfg!(debug_assertions),
+        },
+        levels,
+        consistency,
+    };
+    report.print();
+    println!(
+        "\n{} cores shared by the harness, the service and the database server: \
+         the figures compare code paths on one machine, not capacity.",
+        report.cpus
+    );
+    if let Some(path) = &args.output {
+        report.write_json(path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if report.consistency.iter().any(|check| !check.ok) {
+        bail!("a database does not hold exactly the allocations that were answered");
+    }
+    Ok(())
+}
+
+fn service_phase_url(phase: &Phase) -> String {
+    match &phase.target {
+        Target::Http(http) => http.base().to_string(),
+        Target::Raw(_) => String::new(),
+    }
+}
+
+/// Fails when the service the harness started has died.
+fn check_service(resources: &mut Resources) -> anyhow::Result<()> {
+    if let Some(service) = resources.service.as_mut() {
+        if !service.is_running() {
+            bail!("the service exited during the run (see --service-log)");
+        }
+    }
+    Ok(())
+}
+
+/// A short id for this run's database names, SKUs and order ids.
+fn run_tag() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
+    format!("{:x}", mixed & 0xffff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn concurrency_takes_a_list() {
+        let args = Args::try_parse_from([
+            "load",
+            "--concurrency",
+            "8,32",
+            "--raw",
+            "minimal,service-sql-any",
+        ])
+        .expect("parses");
+        assert_eq!(args.concurrency, vec![8, 32]);
+        assert_eq!(
+            args.raw,
+            vec![RawVariant::Minimal, RawVariant::ServiceSqlAny]
+        );
+        assert!(Args::try_parse_from(["load", "--concurrency", "0"]).is_err());
+        assert!(
+            Args::try_parse_from(["load", "--url", "http://127.0.0.1:1", "--binary", "x"]).is_err()
+        );
+        assert!(Args::try_parse_from(["load", "--duration", "-1"]).is_err());
+    }
+}
