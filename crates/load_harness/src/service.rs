@@ -1,6 +1,6 @@
 //! Starting and stopping the service under test: the built `allocation`
-//! binary, run as `allocation serve --bind 127.0.0.1:0`, whose address is
-//! read from its "listening on http://ADDR" log line.
+//! binary, run as `allocation serve --bind 127.0.0.1:PORT` on a free port,
+//! ready once `GET /healthz` answers.
 //!
 //! The child's stderr (its log) is drained for the whole run, into
 //! `--service-log` or nowhere: a full pipe would block the service. The
@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -80,16 +81,21 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// Starts the service on `database_url` and waits until it listens.
+    /// Starts the service on `database_url` and waits until it answers
+    /// `GET /healthz`.
     ///
-    /// Its environment is cleared except for `PATH` and `RUST_LOG`, so that
-    /// settings meant for other runs (`REDIS_URL`, `SMTP_URL`,
-    /// `DATABASE_MAX_CONNECTIONS`, ...) do not change what is measured.
+    /// The port is picked here (bind to port 0, read it, release it) rather
+    /// than read from the service's "listening on" log line, which a
+    /// `RUST_LOG` of `warn` hides. Its environment is cleared except for
+    /// `PATH` and `RUST_LOG`, so that settings meant for other runs
+    /// (`REDIS_URL`, `SMTP_URL`, `DATABASE_MAX_CONNECTIONS`, ...) do not
+    /// change what is measured.
     pub async fn start(settings: &ServiceSettings, database_url: &str) -> anyhow::Result<Self> {
+        let address = free_port().await?;
         let mut command = Command::new(&settings.binary);
         command
             .arg("serve")
-            .args(["--bind", "127.0.0.1:0"])
+            .args(["--bind", &address.to_string()])
             .args(["--database-url", database_url])
             .args([
                 "--database-max-connections",
@@ -112,8 +118,7 @@ impl ServiceProcess {
             .stderr
             .take()
             .context("the service's stderr was not captured")?;
-        let mut lines = BufReader::new(stderr);
-        let mut log = match &settings.log_file {
+        let log = match &settings.log_file {
             Some(path) => Some(
                 tokio::fs::File::create(path)
                     .await
@@ -121,38 +126,66 @@ impl ServiceProcess {
             ),
             None => None,
         };
-        let waited = tokio::time::timeout(
-            START_TIMEOUT,
-            wait_for_address(&mut lines, &mut child, log.as_mut()),
-        )
-        .await;
-        let address = match waited {
-            Ok(Ok(address)) => address,
-            Ok(Err(error)) => {
-                let _ = child.kill().await;
-                return Err(error);
-            }
-            Err(_) => {
-                let _ = child.kill().await;
-                bail!(
-                    "the service did not report its address within {}s",
-                    START_TIMEOUT.as_secs()
-                );
-            }
-        };
-        let drain = tokio::spawn(drain(lines, log));
-        Ok(Self {
+        let kept = Arc::new(Mutex::new(VecDeque::with_capacity(KEPT_LINES)));
+        let drain = tokio::spawn(drain(stderr, log, kept.clone()));
+        let mut service = Self {
             child,
             address,
             drain: Some(drain),
-        })
+        };
+        match tokio::time::timeout(START_TIMEOUT, service.wait_until_ready(&kept)).await {
+            Ok(Ok(())) => Ok(service),
+            Ok(Err(error)) => {
+                service.stop().await;
+                Err(error)
+            }
+            Err(_) => {
+                service.stop().await;
+                bail!(
+                    "the service did not answer GET /healthz on {address} within {}s; its log:\n{}",
+                    START_TIMEOUT.as_secs(),
+                    last_lines(&kept)
+                );
+            }
+        }
+    }
+
+    /// Polls `GET /healthz` until it answers 200; fails with the last log
+    /// lines when the service exits first.
+    async fn wait_until_ready(&mut self, kept: &Mutex<VecDeque<String>>) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let url = format!("http://{}/healthz", self.address);
+        loop {
+            if let Some(status) = self.child.try_wait().context("cannot watch the service")? {
+                // Let the drain task read the last words.
+                if let Some(drain) = self.drain.take() {
+                    let _ = drain.await;
+                }
+                bail!(
+                    "the service exited before it was ready ({status}); its log:\n{}",
+                    last_lines(kept)
+                );
+            }
+            if let Ok(response) = client.get(&url).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Kills the service (SIGKILL: its database is thrown away anyway) and
     /// waits until it is gone.
     pub async fn stop(mut self) {
-        if let Err(error) = self.child.kill().await {
-            eprintln!("warning: cannot kill the service: {error}");
+        if self.is_running() {
+            if let Err(error) = self.child.kill().await {
+                eprintln!("warning: cannot kill the service: {error}");
+            }
         }
         if let Some(drain) = self.drain.take() {
             let _ = drain.await;
@@ -165,88 +198,46 @@ impl ServiceProcess {
     }
 }
 
-/// Reads the log until "listening on http://ADDR"; fails with the last log
-/// lines when the service exits first.
-async fn wait_for_address(
-    lines: &mut BufReader<ChildStderr>,
-    child: &mut Child,
-    mut log: Option<&mut tokio::fs::File>,
-) -> anyhow::Result<SocketAddr> {
-    let mut kept = VecDeque::with_capacity(KEPT_LINES);
+/// A port that was free a moment ago on 127.0.0.1.
+async fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot find a free port on 127.0.0.1")?;
+    listener
+        .local_addr()
+        .context("cannot read the free port's address")
+}
+
+fn last_lines(kept: &Mutex<VecDeque<String>>) -> String {
+    let kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+    kept.iter().map(String::as_str).collect()
+}
+
+/// Copies the log to the file (or nowhere), keeping its last lines to
+/// explain a failed start.
+async fn drain(
+    stderr: ChildStderr,
+    mut log: Option<tokio::fs::File>,
+    kept: Arc<Mutex<VecDeque<String>>>,
+) {
+    let mut reader = BufReader::new(stderr);
     let mut line = String::new();
     loop {
         line.clear();
-        let read = lines
-            .read_line(&mut line)
-            .await
-            .context("cannot read the service's log")?;
-        if read == 0 {
-            let status = child
-                .wait()
-                .await
-                .map(|status| status.to_string())
-                .unwrap_or_else(|error| error.to_string());
-            let log: Vec<_> = kept.into_iter().collect();
-            bail!(
-                "the service exited before listening ({status}); its log:\n{}",
-                log.join("")
-            );
+        match reader.read_line(&mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
         }
-        if let Some(file) = log.as_deref_mut() {
+        if let Some(file) = log.as_mut() {
             let _ = file.write_all(line.as_bytes()).await;
         }
-        if let Some(address) = listening_address(&line) {
-            return Ok(address);
-        }
+        let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
         if kept.len() == KEPT_LINES {
             kept.pop_front();
         }
         kept.push_back(line.clone());
     }
-}
-
-/// Copies the rest of the log to the file, or discards it.
-async fn drain(mut lines: BufReader<ChildStderr>, log: Option<tokio::fs::File>) {
-    match log {
-        Some(mut file) => {
-            let _ = tokio::io::copy_buf(&mut lines, &mut file).await;
-            let _ = file.flush().await;
-        }
-        None => {
-            let _ = tokio::io::copy_buf(&mut lines, &mut tokio::io::sink()).await;
-        }
-    }
-}
-
-/// The address in a "listening on http://ADDR ..." log line, if it is one.
-/// Tolerates colour escape codes around it.
-fn listening_address(line: &str) -> Option<SocketAddr> {
-    const MARKER: &str = "listening on http://";
-    let start = line.find(MARKER)? + MARKER.len();
-    let address: String = line[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect();
-    address.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_address_is_read_from_the_log_line() {
-        let text = "2025-01-01T00:00:00Z  INFO allocation: listening on http://127.0.0.1:43123 database=postgres://x\n";
-        assert_eq!(
-            listening_address(text),
-            Some("127.0.0.1:43123".parse().expect("valid"))
-        );
-        let coloured =
-            "\x1b[32m INFO\x1b[0m listening on http://[::1]:5005\x1b[0m \x1b[3mdatabase\x1b[0m";
-        assert_eq!(
-            listening_address(coloured),
-            Some("[::1]:5005".parse().expect("valid"))
-        );
-        assert_eq!(listening_address("INFO database ready"), None);
+    if let Some(mut file) = log {
+        let _ = file.flush().await;
     }
 }
