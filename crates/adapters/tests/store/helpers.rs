@@ -1,0 +1,225 @@
+//! Helpers the tests share: random identifiers, a message bus with
+//! recording fakes, and loading what a store holds in a comparable form.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use domain::commands::{Allocate, CreateBatch, Deallocate};
+use domain::{BatchRef, OrderId, OrderLine, Product, Quantity, Sku};
+use service_layer::handlers::update_read_model;
+use service_layer::memory::{RecordingNotifications, RecordingPublisher};
+use service_layer::ports::{AllocationView, BatchView, ReadModel};
+use service_layer::unit_of_work::Lines;
+use service_layer::{Error, MessageBus, RetryPolicy, Store, StoreTransaction, UnitOfWork};
+pub use test_support::unique;
+
+pub fn sku() -> Sku {
+    Sku::parse(&unique("sku")).expect("valid sku")
+}
+
+pub fn batchref(prefix: &str) -> BatchRef {
+    BatchRef::parse(&unique(prefix)).expect("valid reference")
+}
+
+pub fn orderid(prefix: &str) -> OrderId {
+    OrderId::parse(&unique(prefix)).expect("valid order id")
+}
+
+pub fn qty(units: u32) -> Quantity {
+    Quantity::parse(i128::from(units), "qty").expect("valid quantity")
+}
+
+pub fn date(year: i32, month: u32, day: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(year, month, day).expect("valid date")
+}
+
+pub fn line(orderid: &OrderId, sku: &Sku, units: u32) -> OrderLine {
+    OrderLine {
+        orderid: orderid.clone(),
+        sku: sku.clone(),
+        qty: qty(units),
+    }
+}
+
+/// Allocates a line in `uow` as the bus would, without committing: the
+/// Allocate handler's work, then the transactional read-model handler.
+pub async fn allocate_in<T: StoreTransaction>(
+    uow: &mut UnitOfWork<T>,
+    orderid: &OrderId,
+    sku: &Sku,
+    units: u32,
+) -> Option<BatchRef> {
+    let product = uow
+        .products()
+        .get_for_order(sku, orderid)
+        .await
+        .expect("load")
+        .expect("stored");
+    let allocated = product
+        .allocate(line(orderid, sku, units))
+        .expect("allocate");
+    for event in uow.collect_new_events() {
+        update_read_model(&event, uow);
+    }
+    allocated
+}
+
+/// A message bus over `store` with recording fakes for the outside world.
+pub struct Bus<S> {
+    pub bus: MessageBus<S>,
+    pub notifications: Arc<RecordingNotifications>,
+    pub publisher: Arc<RecordingPublisher>,
+}
+
+pub fn bus<S: Store>(store: &S) -> Bus<S> {
+    bus_with(store, RetryPolicy::default())
+}
+
+pub fn bus_with<S: Store>(store: &S, retry: RetryPolicy) -> Bus<S> {
+    let notifications = Arc::new(RecordingNotifications::new());
+    let publisher = Arc::new(RecordingPublisher::new());
+    let bus = MessageBus::new(
+        store.clone(),
+        notifications.clone(),
+        publisher.clone(),
+        retry,
+    );
+    Bus {
+        bus,
+        notifications,
+        publisher,
+    }
+}
+
+impl<S: Store> Bus<S> {
+    pub async fn add_batch(
+        &self,
+        reference: &BatchRef,
+        sku: &Sku,
+        units: u32,
+        eta: Option<NaiveDate>,
+    ) {
+        self.bus
+            .handle(CreateBatch {
+                reference: reference.clone(),
+                sku: sku.clone(),
+                qty: qty(units),
+                eta,
+            })
+            .await
+            .expect("create batch");
+    }
+
+    pub async fn allocate(&self, orderid: &OrderId, sku: &Sku, units: u32) -> Option<BatchRef> {
+        self.try_allocate(orderid, sku, units)
+            .await
+            .expect("allocate")
+    }
+
+    pub async fn try_allocate(
+        &self,
+        orderid: &OrderId,
+        sku: &Sku,
+        units: u32,
+    ) -> Result<Option<BatchRef>, Error> {
+        self.bus
+            .handle(Allocate {
+                orderid: orderid.clone(),
+                sku: sku.clone(),
+                qty: qty(units),
+            })
+            .await
+    }
+
+    pub async fn deallocate(&self, orderid: &OrderId, sku: &Sku) -> Result<BatchRef, Error> {
+        self.bus
+            .handle(Deallocate {
+                orderid: orderid.clone(),
+                sku: sku.clone(),
+            })
+            .await
+    }
+}
+
+/// What a load gives, in a form that compares across backends.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LoadedBatch {
+    pub reference: BatchRef,
+    pub eta: Option<NaiveDate>,
+    pub purchased: Quantity,
+    pub allocated: u64,
+    pub lines: Vec<OrderLine>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub version: u64,
+    pub batches: Vec<LoadedBatch>,
+}
+
+pub fn snapshot(product: &Product) -> Loaded {
+    Loaded {
+        version: product.version(),
+        batches: product
+            .batches()
+            .iter()
+            .map(|b| LoadedBatch {
+                reference: b.reference().clone(),
+                eta: b.eta(),
+                purchased: b.purchased_quantity(),
+                allocated: b.allocated_quantity(),
+                lines: b.loaded_lines().to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// Loads `sku` with `lines` in a transaction of its own (then rolled back).
+pub async fn load<S: Store>(store: &S, sku: &Sku, lines: Lines<'_>) -> Option<Loaded> {
+    let mut transaction = store.begin().await.expect("begin");
+    let product = transaction.load(sku, lines).await.expect("load");
+    product.as_ref().map(snapshot)
+}
+
+pub async fn lines_of_batch<S: Store>(
+    store: &S,
+    sku: &Sku,
+    reference: &BatchRef,
+) -> Vec<OrderLine> {
+    let loaded = load(store, sku, Lines::OfBatch(reference))
+        .await
+        .expect("stored product");
+    loaded
+        .batches
+        .into_iter()
+        .find(|b| &b.reference == reference)
+        .expect("stored batch")
+        .lines
+}
+
+pub fn loaded_lines(loaded: &Loaded) -> Vec<OrderLine> {
+    loaded
+        .batches
+        .iter()
+        .flat_map(|b| b.lines.clone())
+        .collect()
+}
+
+pub fn view(sku: &Sku, batchref: &BatchRef) -> AllocationView {
+    AllocationView {
+        sku: sku.clone(),
+        batchref: batchref.clone(),
+    }
+}
+
+pub async fn allocations<S: ReadModel>(store: &S, orderid: &OrderId) -> Vec<AllocationView> {
+    store.allocations(orderid).await.expect("read allocations")
+}
+
+pub async fn batch_views<S: ReadModel>(store: &S, sku: &Sku) -> Vec<BatchView> {
+    store.batches(sku).await.expect("read batches")
+}
+
+pub fn allocated_totals(views: &[BatchView]) -> Vec<u64> {
+    views.iter().map(|b| b.allocated).collect()
+}

@@ -1,0 +1,220 @@
+//! Every lookup a request makes is an index lookup, so that its cost does not
+//! grow with the tables: the read model's two queries (`GET /allocations/<id>`
+//! and `GET /products/<sku>/batches`) and the three reads of a command.
+//!
+//! The queries are copies of those in `adapters::sql` (`ReadModel for
+//! SqlStore`, `StoreTransaction::load`, `load_lines`): a change there must be
+//! copied here, which is the point of the test.
+
+use std::time::Instant;
+
+use serde_json::Value;
+use sqlx::query::Query;
+use sqlx::{Connection, Database, Encode, Row, Type};
+use test_support::TestDatabase;
+
+use crate::backends::open;
+
+/// One query a request runs, the values it is run with, and the indexes its
+/// plan must use on each backend.
+struct Lookup {
+    what: &'static str,
+    sql: &'static str,
+    params: &'static [&'static str],
+    postgres_indexes: &'static [&'static str],
+    sqlite_indexes: &'static [&'static str],
+}
+
+/// The values name rows that `fill_postgres` creates.
+const LOOKUPS: &[Lookup] = &[
+    Lookup {
+        what: "an order's allocations (read model, GET /allocations/<orderid>)",
+        sql: "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY sku",
+        params: &["order-4242"],
+        postgres_indexes: &["allocations_view_pkey"],
+        sqlite_indexes: &["sqlite_autoindex_allocations_view_1"],
+    },
+    Lookup {
+        what: "a product's batches (read model, GET /products/<sku>/batches)",
+        sql: "SELECT reference, eta, purchased_quantity, allocated_quantity \
+              FROM batches WHERE sku = $1 ORDER BY id",
+        params: &["sku-4243"],
+        postgres_indexes: &["batches_sku_id"],
+        sqlite_indexes: &["batches_sku_id"],
+    },
+    Lookup {
+        what: "a product with its batches (every command)",
+        sql: "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, b.allocated_quantity \
+              FROM products p LEFT JOIN batches b ON b.sku = p.sku \
+              WHERE p.sku = $1 \
+              ORDER BY b.id",
+        params: &["sku-4243"],
+        postgres_indexes: &["products_pkey", "batches_sku_id"],
+        sqlite_indexes: &["sqlite_autoindex_products_1", "batches_sku_id"],
+    },
+    Lookup {
+        what: "an order's line (Allocate, Deallocate)",
+        sql: "SELECT b.reference, a.qty \
+              FROM allocations a JOIN batches b ON b.id = a.batch_id \
+              WHERE a.orderid = $1 AND a.sku = $2",
+        params: &["order-4242", "sku-4243"],
+        postgres_indexes: &["allocations_orderid_sku_key", "batches_pkey"],
+        sqlite_indexes: &["sqlite_autoindex_allocations_1"],
+    },
+    Lookup {
+        what: "a batch's lines (ChangeBatchQuantity)",
+        sql: "SELECT a.orderid, a.qty \
+              FROM batches b JOIN allocations a ON a.batch_id = b.id \
+              WHERE b.reference = $1 AND b.sku = $2 \
+              ORDER BY a.id",
+        params: &["batch-4242", "sku-4243"],
+        postgres_indexes: &["batches_reference_key", "allocations_batch_id_id"],
+        sqlite_indexes: &["sqlite_autoindex_batches_1", "allocations_batch_id_id"],
+    },
+];
+
+/// `sql` (the lookup's query behind some EXPLAIN) with the lookup's values
+/// bound, as the adapter binds them.
+fn with_params<'q, DB>(sql: &'q str, lookup: &Lookup) -> Query<'q, DB, DB::Arguments<'q>>
+where
+    DB: Database,
+    &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let mut query = sqlx::query(sql);
+    for &param in lookup.params {
+        let param: &'q str = param;
+        query = query.bind(param);
+    }
+    query
+}
+
+/// SQLite plans without statistics, so an empty database shows the plan
+/// it will use: each lookup searches an index, none scans a table, and
+/// none sorts (`USE TEMP B-TREE`) what an index already orders.
+#[tokio::test]
+async fn sqlite_lookups_use_indexes() {
+    let db = TestDatabase::sqlite();
+    drop(open(db.url()).await); // creates the schema
+    let mut conn = sqlx::SqliteConnection::connect(db.url())
+        .await
+        .expect("open directly");
+    for lookup in LOOKUPS {
+        let sql = format!("EXPLAIN QUERY PLAN {}", lookup.sql);
+        let rows = with_params(&sql, lookup)
+            .fetch_all(&mut conn)
+            .await
+            .expect("explain");
+        let details: Vec<String> = rows.iter().map(|row| row.get("detail")).collect();
+        for index in lookup.sqlite_indexes {
+            assert!(
+                details.iter().any(|d| d.contains(index)),
+                "{}: expected {index} in the plan: {details:?}",
+                lookup.what
+            );
+        }
+        assert!(
+            !details
+                .iter()
+                .any(|d| d.starts_with("SCAN ") || d.contains("TEMP B-TREE")),
+            "{}: no table scan and no sort: {details:?}",
+            lookup.what
+        );
+    }
+}
+
+/// PostgreSQL plans from statistics, so the tables are filled first (see
+/// `fill_postgres`) and analysed; then each
+/// lookup is run with `EXPLAIN ANALYZE`: its plan must use the expected
+/// indexes and have no `Seq Scan`. Prints each plan's execution time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lookups_use_indexes_on_large_tables() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    drop(open(db.url()).await); // creates the schema
+    let mut conn = sqlx::PgConnection::connect(db.url())
+        .await
+        .expect("open directly");
+    let started = Instant::now();
+    fill_postgres(&mut conn).await;
+    println!("filled and analysed in {:?}", started.elapsed());
+
+    for lookup in LOOKUPS {
+        let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", lookup.sql);
+        let row = with_params(&sql, lookup)
+            .fetch_one(&mut conn)
+            .await
+            .expect("explain");
+        // The column is `json`, which sqlx decodes only with its `json`
+        // feature; its wire format is the JSON text itself.
+        let text: String = row.try_get_unchecked(0).expect("the plan as text");
+        let explained: Value = serde_json::from_str(&text).expect("the plan is JSON");
+        let mut nodes = Vec::new();
+        plan_nodes(&explained[0]["Plan"], &mut nodes);
+        let shown: Vec<String> = nodes
+            .iter()
+            .map(|(node, index)| match index {
+                Some(index) => format!("{node} on {index}"),
+                None => node.clone(),
+            })
+            .collect();
+        for index in lookup.postgres_indexes {
+            assert!(
+                nodes
+                    .iter()
+                    .any(|(node, used)| node.contains("Index") && used.as_deref() == Some(*index)),
+                "{}: expected an index scan on {index}: {shown:?}",
+                lookup.what
+            );
+        }
+        assert!(
+            !nodes.iter().any(|(node, _)| node == "Seq Scan"),
+            "{}: no sequential scan: {shown:?}",
+            lookup.what
+        );
+        let time = explained[0]["Execution Time"]
+            .as_f64()
+            .expect("EXPLAIN ANALYZE reports the execution time");
+        println!("{}: {time:.3} ms, {}", lookup.what, shown.join(" > "));
+    }
+}
+
+/// 200 000 rows in the read model, and 10 000 products of 10 batches each
+/// with one allocation per batch: generated by the server in about two
+/// seconds (the foreign key checks of batches and allocations are most of
+/// it, hence 100 000 of those rather than 200 000).
+async fn fill_postgres(conn: &mut sqlx::PgConnection) {
+    let statements = [
+        "INSERT INTO products (sku, version_number) \
+         SELECT 'sku-' || g, 1 FROM generate_series(1, 10000) g",
+        "INSERT INTO batches (reference, sku, purchased_quantity) \
+         SELECT 'batch-' || g, 'sku-' || (g % 10000 + 1), 100 FROM generate_series(1, 100000) g",
+        "INSERT INTO allocations (orderid, sku, batch_id, qty) \
+         SELECT 'order-' || substr(reference, 7), sku, id, 1 FROM batches",
+        "INSERT INTO allocations_view (orderid, sku, batchref) \
+         SELECT 'order-' || g, 'sku-' || (g % 10000 + 1), 'batch-' || g \
+         FROM generate_series(1, 200000) g",
+        "ANALYZE",
+    ];
+    for statement in statements {
+        sqlx::raw_sql(statement)
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM allocations_view")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count");
+    assert_eq!(rows, 200_000);
+}
+
+/// Every node of a JSON plan, depth first: its type and the index it uses.
+fn plan_nodes(plan: &Value, out: &mut Vec<(String, Option<String>)>) {
+    let node = plan["Node Type"].as_str().unwrap_or("?").to_owned();
+    let index = plan["Index Name"].as_str().map(str::to_owned);
+    out.push((node, index));
+    for child in plan["Plans"].as_array().into_iter().flatten() {
+        plan_nodes(child, out);
+    }
+}
