@@ -1,6 +1,8 @@
 //! Allocation cost against a SKU's history: allocating one more line after
 //! N = 0, 1 000, 10 000 and 100 000 earlier allocations of the same SKU, on
-//! the in-memory store and on SQLite. The book's model loads every line on
+//! the in-memory store, on SQLite, and on PostgreSQL when `DATABASE_URL` is a
+//! `postgres://` URL (a fresh database, dropped afterwards; skipped with a
+//! notice otherwise). The book's model loads every line on
 //! every allocate; ours loads only the line's own order, so the cost stays
 //! flat (target: the 100 000 case within 1.2x of the 0 case).
 //!
@@ -21,6 +23,7 @@ use domain::commands::{Allocate, CreateBatch, Deallocate};
 use domain::{BatchRef, OrderId, Quantity, Sku};
 use service_layer::memory::MemoryStore;
 use service_layer::{MessageBus, RetryPolicy, Store};
+use test_support::{DATABASE_URL, POSTGRES, TestDatabase, service_url};
 use tokio::runtime::Runtime;
 
 const HISTORY: [u64; 4] = [0, 1_000, 10_000, 100_000];
@@ -104,12 +107,25 @@ fn benchmarks(c: &mut Criterion) {
     let runtime = Runtime::new().expect("tokio runtime");
     history_benchmark(c, &runtime, "memory", MemoryStore::new());
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("history.db").display());
+    sql_history_benchmark(c, &runtime, TestDatabase::sqlite());
+    // A benchmark is not a test: no CI rule, just a notice.
+    match service_url(DATABASE_URL, POSTGRES) {
+        Some(url) => {
+            let database = runtime.block_on(TestDatabase::create_postgres(&url));
+            sql_history_benchmark(c, &runtime, database);
+        }
+        None => eprintln!(
+            "allocation_history: skipped on PostgreSQL: set DATABASE_URL=postgres://... to run it there"
+        ),
+    }
+}
+
+/// The benchmark on a fresh SQL database, dropped afterwards.
+fn sql_history_benchmark(c: &mut Criterion, runtime: &Runtime, database: TestDatabase) {
     let store = runtime
-        .block_on(SqlStore::connect(&url, PoolSettings::default()))
-        .expect("SQLite opens");
-    history_benchmark(c, &runtime, "sqlite", store);
+        .block_on(SqlStore::connect(database.url(), PoolSettings::default()))
+        .expect("the database opens");
+    history_benchmark(c, runtime, database.backend(), store);
 }
 
 criterion_group!(history, benchmarks);

@@ -1,17 +1,29 @@
-//! End-to-end: the built binary over HTTP against a temporary SQLite file
-//! (book chapter 4's API tests, then concurrency and a crash).
+//! End-to-end: the built binary over HTTP (book chapter 4's API tests, then
+//! concurrency and a crash), each test run twice: against a temporary SQLite
+//! file, and against a fresh PostgreSQL database when `DATABASE_URL` is a
+//! `postgres://` URL (skipped otherwise; a failure under `CI=true`). Each
+//! test takes its database, which outlives the processes it starts.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
 use serde_json::{Value, json};
+use test_support::{TestDatabase, on_database, per_backend};
 
 use crate::helpers::{RunningApp, unique};
 
-#[tokio::test]
-async fn happy_path_returns_202_and_allocated_batch() {
-    let app = RunningApp::start().await;
+per_backend!(mod every_backend on [sqlite, postgres] via on_database {
+    happy_path_returns_202_and_allocated_batch,
+    unhappy_path_returns_400_and_error_message,
+    out_of_stock_is_accepted_with_no_batch,
+    deallocating_and_shrinking_batches_show_in_the_product_query,
+    concurrent_allocations_never_oversell,
+    answered_allocations_survive_a_crash,
+});
+
+async fn happy_path_returns_202_and_allocated_batch(db: TestDatabase) {
+    let app = RunningApp::start(&db).await;
     let (sku, other_sku) = (unique("sku"), unique("other"));
     let (early, later, other) = (unique("early"), unique("later"), unique("other"));
     app.add_batch(&later, &sku, 100, Some("2011-01-02")).await;
@@ -34,9 +46,8 @@ async fn happy_path_returns_202_and_allocated_batch() {
     );
 }
 
-#[tokio::test]
-async fn unhappy_path_returns_400_and_error_message() {
-    let app = RunningApp::start().await;
+async fn unhappy_path_returns_400_and_error_message(db: TestDatabase) {
+    let app = RunningApp::start(&db).await;
     let (sku, orderid) = (unique("badsku"), unique("order"));
     let (status, body) = app
         .post(
@@ -54,9 +65,8 @@ async fn unhappy_path_returns_400_and_error_message() {
     assert!(body["message"].is_string());
 }
 
-#[tokio::test]
-async fn out_of_stock_is_accepted_with_no_batch() {
-    let app = RunningApp::start().await;
+async fn out_of_stock_is_accepted_with_no_batch(db: TestDatabase) {
+    let app = RunningApp::start(&db).await;
     let sku = unique("sku");
     app.add_batch(&unique("b"), &sku, 5, None).await;
     let (status, body) = app
@@ -73,9 +83,8 @@ async fn out_of_stock_is_accepted_with_no_batch() {
     );
 }
 
-#[tokio::test]
-async fn deallocating_and_shrinking_batches_show_in_the_product_query() {
-    let app = RunningApp::start().await;
+async fn deallocating_and_shrinking_batches_show_in_the_product_query(db: TestDatabase) {
+    let app = RunningApp::start(&db).await;
     let sku = unique("sku");
     let (warehouse, shipment) = (unique("wh"), unique("ship"));
     app.add_batch(&warehouse, &sku, 10, None).await;
@@ -121,9 +130,8 @@ async fn deallocating_and_shrinking_batches_show_in_the_product_query() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_allocations_never_oversell() {
-    let app = Arc::new(RunningApp::start().await);
+async fn concurrent_allocations_never_oversell(db: TestDatabase) {
+    let app = Arc::new(RunningApp::start(&db).await);
     let skus: Vec<String> = (0..3).map(|_| unique("hot")).collect();
     for sku in &skus {
         app.add_batch(&unique("wh"), sku, 30, None).await;
@@ -180,9 +188,8 @@ async fn concurrent_allocations_never_oversell() {
     );
 }
 
-#[tokio::test]
-async fn answered_allocations_survive_a_crash() {
-    let app = RunningApp::start().await;
+async fn answered_allocations_survive_a_crash(db: TestDatabase) {
+    let app = RunningApp::start(&db).await;
     let sku = unique("sku");
     let batch = unique("b");
     app.add_batch(&batch, &sku, 10, None).await;
@@ -195,15 +202,13 @@ async fn answered_allocations_survive_a_crash() {
         .await;
     assert_eq!(status, 202);
 
-    let database = app.database.clone();
-    let dir = app.kill().await;
-    let app = RunningApp::start_on(database).await;
+    app.kill().await;
+    let app = RunningApp::start(&db).await;
     let (status, body) = app.get(&format!("/allocations/{orderid}")).await;
     assert_eq!(
         (status, body),
         (200, json!([{ "sku": sku, "batchref": batch }]))
     );
-    drop(dir);
 }
 
 #[tokio::test]

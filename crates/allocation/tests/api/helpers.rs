@@ -1,30 +1,21 @@
 //! Test helpers: random identifiers, the in-process app, and the real binary
-//! started on a free port (zero-to-production's `spawn_app`, as a process).
+//! started on a free port (zero-to-production's `spawn_app`, as a process)
+//! against a test database (`test_support::TestDatabase`).
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use allocation::bootstrap::{Outside, bootstrap};
 use allocation::entrypoints::http::{AppState, router};
 use axum::Router;
 use serde_json::{Value, json};
 use service_layer::memory::{MemoryStore, RecordingNotifications, RecordingPublisher};
+use test_support::TestDatabase;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// A name no other test (or earlier run on a shared database) uses.
-pub fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}-{}-{nanos:x}-{n}", std::process::id())
-}
+pub use test_support::unique;
 
 /// The HTTP app over an in-memory store, and the store to inspect.
 pub fn in_process_app() -> (Router, MemoryStore) {
@@ -41,30 +32,21 @@ pub fn in_process_app() -> (Router, MemoryStore) {
     (app, store)
 }
 
-/// The real `allocation` binary, serving on a free port; killed on drop.
+/// The real `allocation` binary, serving on a free port; killed on drop
+/// (SIGKILL), so declare it after the database it uses: it goes first.
 pub struct RunningApp {
     pub address: String,
     pub client: reqwest::Client,
-    pub database: PathBuf,
     process: Child,
-    _dir: Option<tempfile::TempDir>,
 }
 
 impl RunningApp {
-    /// Starts the binary against a fresh SQLite file.
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let database = dir.path().join("allocation.db");
-        let mut app = Self::start_on(database).await;
-        app._dir = Some(dir);
-        app
-    }
-
-    /// Starts the binary against an existing (or new) SQLite file.
-    pub async fn start_on(database: PathBuf) -> Self {
-        let url = format!("sqlite://{}", database.display());
+    /// Starts the binary against `database`: a fresh one, or one an earlier
+    /// process used.
+    pub async fn start(database: &TestDatabase) -> Self {
+        let url = database.url();
         let mut process = Command::new(env!("CARGO_BIN_EXE_allocation"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--database-url", &url])
+            .args(["serve", "--bind", "127.0.0.1:0", "--database-url", url])
             .env("RUST_LOG", "info")
             .env_remove("DATABASE_URL")
             .stdin(Stdio::null())
@@ -91,16 +73,14 @@ impl RunningApp {
         Self {
             address,
             client: reqwest::Client::new(),
-            database,
             process,
-            _dir: None,
         }
     }
 
-    /// Kills the process at once, like a crash, and waits for it to be gone.
-    pub async fn kill(mut self) -> Option<tempfile::TempDir> {
+    /// Kills the process at once (SIGKILL), like a crash, and waits for it
+    /// to be gone.
+    pub async fn kill(mut self) {
         self.process.kill().await.expect("kill");
-        self._dir.take()
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
