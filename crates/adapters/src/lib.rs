@@ -4,14 +4,24 @@
 //! - [`sql`]: the unit of work's storage and the read model, on SQLite or
 //!   PostgreSQL, with the schema migrations;
 //! - [`log`]: notifications and publishing that only write to the log, for
-//!   when no SMTP server or Redis is configured.
+//!   when no SMTP server or Redis is configured;
+//! - [`messages`]: the JSON wire formats of the Redis messages (chapter 11);
+//! - [`redis`]: Redis pub/sub, the external message bus: a publisher and a
+//!   subscription that reconnects by itself;
+//! - [`email`]: notifications by SMTP.
 //!
 //! The service layer defines the traits and knows nothing of this crate;
 //! the `allocation` binary picks the adapters at start and hands them to the
 //! message bus.
 
+pub mod email;
 pub mod log;
+pub mod messages;
+pub mod redis;
 pub mod sql;
 
+pub use email::{EmailConfigError, EmailError, EmailNotifications};
 pub use log::{LogNotifications, LogPublisher};
+pub use messages::DecodeError;
+pub use redis::{Incoming, RedisError, RedisPublisher, Subscription, subscribe, subscribe_forever};
 pub use sql::{PoolSettings, SqlError, SqlStore, SqlTransaction};
