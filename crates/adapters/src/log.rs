@@ -4,9 +4,8 @@
 //! They never fail, so the message bus never retries them.
 
 use async_trait::async_trait;
-use domain::events::Allocated;
 use service_layer::ports::{
-    Notification, NotificationError, Notifications, PublishError, Publisher,
+    Notification, NotificationError, Notifications, OutboxMessage, PublishError, Publisher,
 };
 
 /// Writes each notification to the log as a warning: someone should act on
@@ -32,9 +31,11 @@ pub struct LogPublisher;
 
 #[async_trait]
 impl Publisher for LogPublisher {
-    async fn publish_allocated(&self, event: &Allocated) -> Result<(), PublishError> {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        let event = &message.event;
         tracing::info!(
             channel = "line_allocated",
+            message_id = %message.message_id,
             orderid = %event.orderid,
             sku = %event.sku,
             qty = event.qty.get(),

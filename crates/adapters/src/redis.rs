@@ -35,6 +35,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubS
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use service_layer::ports::{OutboxMessage, PublishError, Publisher};
+
+use crate::messages;
 use crate::sql::redact_url;
 
 /// How long to wait for a TCP connection (and the handshake) to Redis.
@@ -112,6 +115,18 @@ pub struct RedisPublisher {
     connection: ConnectionManager,
     /// The URL without its password, for messages.
     url: Arc<str>,
+}
+
+/// The relay's way out: each outbox message goes out on `line_allocated`
+/// in the wire format of `messages`.
+#[async_trait::async_trait]
+impl Publisher for RedisPublisher {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        let payload = messages::encode_line_allocated(&message.event, &message.message_id);
+        RedisPublisher::publish(self, messages::LINE_ALLOCATED, &payload)
+            .await
+            .map_err(|error| PublishError(Box::new(error)))
+    }
 }
 
 impl fmt::Debug for RedisPublisher {

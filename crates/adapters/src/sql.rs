@@ -16,12 +16,14 @@ mod database_url;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::NaiveDate;
-use domain::events::{AllocationCancelled, Deallocated};
+use domain::events::{Allocated, AllocationCancelled, Deallocated};
 use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
-use service_layer::ports::{AllocationView, BatchView, ReadModel};
+use service_layer::ports::{
+    AllocationView, BatchView, ClaimedMessage, Outbox, OutboxMessage, ReadModel,
+};
 use service_layer::unit_of_work::{
     ChangeSet, Lines, ProductChanges, Store, StoreError, StoreTransaction, ViewChange,
 };
@@ -81,6 +83,27 @@ impl Dialect {
     /// workspace's version floor). Through `Any` it hands the statement to
     /// the backend's own transaction manager, which still tracks the
     /// transaction, so dropping it rolls back as usual.
+    /// Claims a batch of outbox rows for a lease. On PostgreSQL, `FOR UPDATE
+    /// SKIP LOCKED` lets relays of several instances claim side by side,
+    /// each skipping the rows another is claiming right now. SQLite runs one
+    /// writer at a time, so the plain statement is already exclusive.
+    fn claim_outbox_statement(self) -> &'static str {
+        match self {
+            Self::Sqlite => {
+                "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
+                 SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until <= $2 \
+                 ORDER BY id LIMIT $3) \
+                 RETURNING id, message_id, orderid, sku, qty, batchref"
+            }
+            Self::Postgres => {
+                "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
+                 SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until <= $2 \
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, message_id, orderid, sku, qty, batchref"
+            }
+        }
+    }
+
     fn begin_statement(self) -> &'static str {
         match self {
             Self::Sqlite => "BEGIN IMMEDIATE",
@@ -296,6 +319,9 @@ impl StoreTransaction for SqlTransaction {
         }
         for view in &changes.views {
             write_view(conn, view).await?;
+        }
+        for message in &changes.outbox {
+            write_outbox_message(conn, message).await?;
         }
         self.transaction.commit().await.map_err(StoreError::backend)
     }
@@ -529,6 +555,108 @@ fn write_error(error: sqlx::Error, sku: &Sku) -> StoreError {
         StoreError::Conflict { sku: sku.clone() }
     } else {
         StoreError::backend(error)
+    }
+}
+
+async fn write_outbox_message(
+    conn: &mut AnyConnection,
+    message: &OutboxMessage,
+) -> Result<(), StoreError> {
+    let event = &message.event;
+    sqlx::query(
+        "INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(message.message_id.as_str())
+    .bind(event.orderid.as_str())
+    .bind(event.sku.as_str())
+    .bind(i64::from(event.qty.get()))
+    .bind(event.batchref.as_str())
+    .bind(unix_millis(SystemTime::now()))
+    .execute(conn)
+    .await
+    .map_err(StoreError::backend)?;
+    Ok(())
+}
+
+/// Leases use the clock of the process, not of the database, so that the
+/// same statements work on both; instances' clocks need only roughly agree
+/// (a skew shortens or lengthens a lease, it never loses a message).
+fn unix_millis(time: SystemTime) -> i64 {
+    let millis = time
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis())
+        .unwrap_or_default();
+    i64::try_from(millis).unwrap_or(i64::MAX)
+}
+
+impl Outbox for SqlStore {
+    async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let now = SystemTime::now();
+        let rows = sqlx::query(self.dialect.claim_outbox_statement())
+            .bind(unix_millis(now + lease))
+            .bind(unix_millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                let sku = identifier(&get::<String>(row, "sku")?, Sku::parse)?;
+                let event = Allocated {
+                    orderid: identifier(&get::<String>(row, "orderid")?, OrderId::parse)?,
+                    qty: quantity_from_db(get(row, "qty")?)?,
+                    batchref: identifier(&get::<String>(row, "batchref")?, BatchRef::parse)?,
+                    sku,
+                };
+                Ok(ClaimedMessage {
+                    position: get(row, "id")?,
+                    message: OutboxMessage {
+                        message_id: get(row, "message_id")?,
+                        event,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // RETURNING gives no order; the relay publishes oldest first.
+        claimed.sort_by_key(|message| message.position);
+        Ok(claimed)
+    }
+
+    async fn mark_sent(&self, positions: &[i64]) -> Result<(), StoreError> {
+        self.for_each_row("DELETE FROM outbox WHERE id = $1", positions)
+            .await
+    }
+
+    async fn release(&self, positions: &[i64]) -> Result<(), StoreError> {
+        self.for_each_row(
+            "UPDATE outbox SET claimed_until = NULL WHERE id = $1",
+            positions,
+        )
+        .await
+    }
+}
+
+impl SqlStore {
+    /// Runs `statement` once per row id, all in one transaction.
+    async fn for_each_row(&self, statement: &'static str, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut transaction = self
+            .pool
+            .begin_with(self.dialect.begin_statement())
+            .await
+            .map_err(StoreError::backend)?;
+        for id in ids {
+            sqlx::query(statement)
+                .bind(id)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::backend)?;
+        }
+        transaction.commit().await.map_err(StoreError::backend)
     }
 }
 

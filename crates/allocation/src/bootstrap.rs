@@ -1,18 +1,22 @@
 //! Dependency injection (book chapter 13): the one place that picks concrete
-//! adapters and wires them into the message bus. Handlers and entrypoints
-//! only ever see the traits.
+//! adapters and wires them into the message bus and the outbox relay.
+//! Handlers and entrypoints only ever see the traits.
 
 use std::sync::Arc;
 
+use adapters::email::EmailNotifications;
 use adapters::log::{LogNotifications, LogPublisher};
+use adapters::redis::RedisPublisher;
 use adapters::sql::{PoolSettings, SqlStore};
-use service_layer::ports::{Notifications, Publisher};
+use service_layer::ports::{Notifications, Outbox, Publisher};
+use service_layer::relay::{OutboxRelay, RelaySettings};
 use service_layer::{MessageBus, RetryPolicy, Store};
+use tokio::sync::Notify;
 
-use crate::config::DatabaseArgs;
+use crate::config::{DatabaseArgs, OutsideArgs};
 
-/// The adapters for the outside world. Log-only for now: SMTP and Redis plug
-/// in here without any handler changing.
+/// The adapters for the outside world: email and Redis when configured,
+/// the log otherwise.
 #[derive(Debug, Clone)]
 pub struct Outside {
     pub notifications: Arc<dyn Notifications>,
@@ -20,6 +24,7 @@ pub struct Outside {
 }
 
 impl Default for Outside {
+    /// Log-only: what runs with no SMTP server and no Redis configured.
     fn default() -> Self {
         Self {
             notifications: Arc::new(LogNotifications),
@@ -28,14 +33,61 @@ impl Default for Outside {
     }
 }
 
-/// The ready message bus over `store`.
-pub fn bootstrap<S: Store>(store: S, outside: Outside) -> MessageBus<S> {
-    MessageBus::new(
-        store,
+impl Outside {
+    /// The adapters the configuration asks for. Fails on a malformed URL;
+    /// an unreachable server is not an error here (it may come up later).
+    pub fn from_config(args: &OutsideArgs) -> anyhow::Result<Self> {
+        let defaults = Self::default();
+        let notifications: Arc<dyn Notifications> = match &args.smtp_url {
+            Some(url) => Arc::new(EmailNotifications::new(
+                url,
+                &args.notify_email,
+                &args.notify_from,
+            )?),
+            None => defaults.notifications,
+        };
+        let publisher: Arc<dyn Publisher> = match &args.redis_url {
+            Some(url) => Arc::new(RedisPublisher::connect(url)?),
+            None => defaults.publisher,
+        };
+        Ok(Self {
+            notifications,
+            publisher,
+        })
+    }
+}
+
+/// The service, wired: the bus for commands, the relay for the outbox, and
+/// the store that also answers queries.
+#[derive(Debug)]
+pub struct Service<S> {
+    pub bus: Arc<MessageBus<S>>,
+    pub relay: Arc<OutboxRelay<S>>,
+    pub store: S,
+}
+
+/// Builds the message bus and the outbox relay over `store`.
+pub fn bootstrap<S: Store + Outbox>(store: S, outside: Outside) -> Service<S> {
+    // The bus rings this after each commit that wrote to the outbox, so the
+    // relay publishes at once instead of at its next poll.
+    let outbox_written = Arc::new(Notify::new());
+    let bus = MessageBus::new(
+        store.clone(),
         outside.notifications,
-        outside.publisher,
+        outbox_written.clone(),
         RetryPolicy::default(),
-    )
+    );
+    let relay = OutboxRelay::new(
+        store.clone(),
+        outside.publisher,
+        outbox_written,
+        RelaySettings::default(),
+    );
+    Service {
+        bus: Arc::new(bus),
+        relay: Arc::new(relay),
+        store,
+    }
 }
 
 /// Connects to the SQLite or PostgreSQL database and migrates its schema.

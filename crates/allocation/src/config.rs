@@ -27,9 +27,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the service: the HTTP API and its background work. Migrates the
-    /// database schema first.
+    /// Run the service: the HTTP API, the Redis consumer (when --redis-url
+    /// is set) and the outbox relay. Migrates the database schema first.
     Serve(ServeArgs),
+    /// Run only the Redis consumer and the outbox relay, for deployments
+    /// that scale message handling apart from the HTTP API.
+    Consume(WorkerArgs),
+    /// Run only the outbox relay: publish committed `line_allocated`
+    /// messages (to Redis with --redis-url, else to the log).
+    Relay(WorkerArgs),
     /// Bring the database schema up to date, then exit. Safe to run twice.
     Migrate(DatabaseArgs),
 }
@@ -45,6 +51,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    #[command(flatten)]
+    pub outside: OutsideArgs,
+
     /// Address and port the HTTP API listens on (port 0 picks a free one).
     #[arg(
         long,
@@ -53,6 +62,47 @@ pub struct ServeArgs {
         value_name = "ADDR:PORT"
     )]
     pub bind: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub outside: OutsideArgs,
+}
+
+/// The systems the service talks to besides its database.
+#[derive(Debug, Clone, Args)]
+pub struct OutsideArgs {
+    /// Redis for messages: consume `allocate` and `change_batch_quantity`,
+    /// publish `line_allocated`. Without it, messages are only logged.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        value_name = "redis://HOST:PORT",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+
+    /// SMTP server for out-of-stock emails, e.g. `smtp://127.0.0.1:1025`.
+    /// Without it, notifications are only logged.
+    #[arg(
+        long,
+        env = "SMTP_URL",
+        value_name = "smtp://HOST:PORT",
+        hide_env_values = true
+    )]
+    pub smtp_url: Option<String>,
+
+    /// Who receives out-of-stock emails.
+    #[arg(long, env = "NOTIFY_EMAIL", default_value = adapters::email::DEFAULT_RECIPIENT, value_name = "ADDRESS")]
+    pub notify_email: String,
+
+    /// The sender of out-of-stock emails.
+    #[arg(long, env = "NOTIFY_FROM", default_value = adapters::email::DEFAULT_SENDER, value_name = "ADDRESS")]
+    pub notify_from: String,
 }
 
 #[derive(Debug, Clone, Args)]

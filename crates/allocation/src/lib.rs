@@ -12,24 +12,44 @@ use std::sync::Arc;
 use anyhow::Context;
 use service_layer::Store;
 use service_layer::memory::MemoryStore;
-use service_layer::ports::ReadModel;
+use service_layer::ports::{Outbox, ReadModel};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::info;
 
-use crate::bootstrap::{Outside, bootstrap, open_sql_store};
-use crate::config::{Backend, Cli, Command, ServeArgs};
+use crate::bootstrap::{Outside, Service, bootstrap, open_sql_store};
+use crate::config::{Backend, Cli, Command, DatabaseArgs, ServeArgs, WorkerArgs};
 use crate::entrypoints::http::{self, AppState};
+use crate::entrypoints::redis::{ConsumerStats, consume};
 
 /// Runs the command the user asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => match args.database.database_url.backend() {
-            Backend::Memory => serve(MemoryStore::new(), &args).await,
-            Backend::Sqlite | Backend::Postgres => {
-                let store = open_sql_store(&args.database).await?;
-                serve(store, &args).await
-            }
-        },
+        Command::Serve(args) => with_store(&args.database.clone(), Serve(args)).await,
+        Command::Consume(args) => {
+            anyhow::ensure!(
+                args.outside.redis_url.is_some(),
+                "consume needs a Redis to consume from: set --redis-url or REDIS_URL"
+            );
+            with_store(
+                &args.database.clone(),
+                Work {
+                    args,
+                    consume: true,
+                },
+            )
+            .await
+        }
+        Command::Relay(args) => {
+            with_store(
+                &args.database.clone(),
+                Work {
+                    args,
+                    consume: false,
+                },
+            )
+            .await
+        }
         Command::Migrate(database) => {
             if database.database_url.backend() == Backend::Memory {
                 info!("memory:// keeps no schema; nothing to migrate");
@@ -43,56 +63,145 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Serves the HTTP API until SIGTERM or SIGINT, then finishes the requests
-/// in flight and returns.
-async fn serve<S: Store + ReadModel>(store: S, args: &ServeArgs) -> anyhow::Result<()> {
-    let bus = Arc::new(bootstrap(store.clone(), Outside::default()));
-    let app = http::router(AppState {
-        bus,
-        read_model: store,
-    });
-    let listener = TcpListener::bind(args.bind)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.bind))?;
-    let address = listener
-        .local_addr()
-        .context("cannot read the bound address")?;
-    info!(database = %args.database.database_url, "listening on http://{address}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
-    info!("shut down cleanly");
-    Ok(())
+/// Something to run once the configured store is open: the store's type is
+/// only known at run time, and the service is generic over it.
+trait WithStore {
+    async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()>;
+}
+
+async fn with_store(database: &DatabaseArgs, job: impl WithStore) -> anyhow::Result<()> {
+    match database.database_url.backend() {
+        Backend::Memory => job.run(MemoryStore::new()).await,
+        Backend::Sqlite | Backend::Postgres => job.run(open_sql_store(database).await?).await,
+    }
+}
+
+/// `allocation serve`: HTTP, the Redis consumer and the outbox relay.
+struct Serve(ServeArgs);
+
+impl WithStore for Serve {
+    async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()> {
+        let Serve(args) = self;
+        let service = bootstrap(store, Outside::from_config(&args.outside)?);
+        let listener = TcpListener::bind(args.bind)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.bind))?;
+        let address = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        let app = http::router(AppState {
+            bus: service.bus.clone(),
+            read_model: service.store.clone(),
+        });
+        let workers = Workers::start(&service, args.outside.redis_url.clone());
+        info!(database = %args.database.database_url, "listening on http://{address}");
+        let stop_intake = workers.stop_intake.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                let _ = stop_intake.send(true);
+            })
+            .await
+            .context("HTTP server failed")?;
+        workers.finish().await?;
+        info!("shut down cleanly");
+        Ok(())
+    }
+}
+
+/// `allocation consume` and `allocation relay`: message handling alone.
+struct Work {
+    args: WorkerArgs,
+    consume: bool,
+}
+
+impl WithStore for Work {
+    async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()> {
+        let service = bootstrap(store, Outside::from_config(&self.args.outside)?);
+        let redis_url = self.args.outside.redis_url.filter(|_| self.consume);
+        let workers = Workers::start(&service, redis_url);
+        info!(database = %self.args.database.database_url, "running");
+        shutdown_signal().await;
+        let _ = workers.stop_intake.send(true);
+        workers.finish().await?;
+        info!("shut down cleanly");
+        Ok(())
+    }
+}
+
+/// The background tasks: the Redis consumer (optional) and the relay.
+///
+/// Shutdown runs in two steps: first nothing new comes in (HTTP and the
+/// consumer finish what they are handling), then the relay publishes what
+/// those last commands wrote and stops.
+struct Workers {
+    stop_intake: watch::Sender<bool>,
+    stop_relay: watch::Sender<bool>,
+    consumer: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    relay: tokio::task::JoinHandle<()>,
+}
+
+impl Workers {
+    fn start<S: Store + Outbox>(service: &Service<S>, redis_url: Option<String>) -> Self {
+        let (stop_intake, intake_stopped) = watch::channel(false);
+        let (stop_relay, relay_stopped) = watch::channel(false);
+        let consumer = redis_url.map(|url| {
+            let bus = service.bus.clone();
+            let stats = Arc::new(ConsumerStats::default());
+            tokio::spawn(async move { consume(bus, &url, stats, stopped(intake_stopped)).await })
+        });
+        let relay = {
+            let relay = service.relay.clone();
+            tokio::spawn(async move { relay.run(stopped(relay_stopped)).await })
+        };
+        Self {
+            stop_intake,
+            stop_relay,
+            consumer,
+            relay,
+        }
+    }
+
+    async fn finish(self) -> anyhow::Result<()> {
+        let _ = self.stop_intake.send(true);
+        if let Some(consumer) = self.consumer {
+            consumer.await.context("the Redis consumer panicked")??;
+        }
+        let _ = self.stop_relay.send(true);
+        self.relay.await.context("the outbox relay panicked")
+    }
+}
+
+/// Resolves once `stop` says so (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
-    {
-        let interrupt = async {
-            if let Err(error) = tokio::signal::ctrl_c().await {
-                tracing::error!(%error, "cannot listen for Ctrl-C");
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
                 std::future::pending::<()>().await;
             }
-        };
-        #[cfg(unix)]
-        let terminate = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut sigterm) => {
-                    sigterm.recv().await;
-                }
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
-        #[cfg(not(unix))]
-        let terminate = std::future::pending::<()>();
-        tokio::select! {
-            () = interrupt => info!("SIGINT received, shutting down"),
-            () = terminate => info!("SIGTERM received, shutting down"),
         }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => info!("SIGINT received, shutting down"),
+        () = terminate => info!("SIGTERM received, shutting down"),
     }
 }

@@ -2,21 +2,25 @@
 //! handlers. Command handlers load products through the unit of work and call
 //! the domain; they never commit, the message bus does.
 //!
-//! Event handlers come in two kinds (see `messagebus`):
+//! Event handlers come in two kinds (the bus routes events to them, see
+//! `messagebus`):
 //! - transactional: run inside the command's unit of work, before commit,
-//!   so their writes commit or roll back with the change ([`update_read_model`]);
+//!   so their writes commit or roll back with the change: the read model
+//!   ([`add_allocation_to_read_model`], [`remove_allocation_from_read_model`])
+//!   and the outbox ([`add_to_outbox`]);
 //! - after commit: talk to the outside world or start a follow-up command
-//!   ([`publish_allocated`], [`send_out_of_stock_notification`], [`reallocate`]).
+//!   ([`send_out_of_stock_notification`], [`reallocate`]).
 
 use std::fmt;
 use std::future::Future;
 
 use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
 use domain::events::{Allocated, Deallocated, OutOfStock};
-use domain::{BatchRef, DomainError, Event, OrderLine, Product};
+use domain::{BatchRef, DomainError, Event, OrderId, OrderLine, Product, Sku};
+use uuid::Uuid;
 
 use crate::messagebus::Error;
-use crate::ports::{Notification, NotificationError, Notifications, PublishError, Publisher};
+use crate::ports::{Notification, NotificationError, Notifications, OutboxMessage};
 use crate::unit_of_work::{StoreTransaction, UnitOfWork, ViewChange};
 
 /// A command together with its handler: what the bus runs in a unit of work,
@@ -111,32 +115,51 @@ impl CommandHandler for Deallocate {
     }
 }
 
-/// Transactional: keeps the `allocations` read model in step with the
-/// products, in the same transaction.
-pub fn update_read_model<T: StoreTransaction>(event: &Event, uow: &mut UnitOfWork<T>) {
+/// The transactional event handlers: their writes commit or roll back with
+/// the command that raised the event.
+pub fn handle_in_transaction<T: StoreTransaction>(event: &Event, uow: &mut UnitOfWork<T>) {
     match event {
-        Event::Allocated(e) => uow.update_view(ViewChange::Allocated {
-            orderid: e.orderid.clone(),
-            sku: e.sku.clone(),
-            batchref: e.batchref.clone(),
-        }),
-        Event::Deallocated(domain::events::Deallocated { orderid, sku, .. })
-        | Event::AllocationCancelled(domain::events::AllocationCancelled {
-            orderid, sku, ..
-        }) => uow.update_view(ViewChange::Deallocated {
-            orderid: orderid.clone(),
-            sku: sku.clone(),
-        }),
+        Event::Allocated(e) => {
+            add_allocation_to_read_model(e, uow);
+            add_to_outbox(e, uow);
+        }
+        Event::Deallocated(e) => remove_allocation_from_read_model(&e.orderid, &e.sku, uow),
+        Event::AllocationCancelled(e) => remove_allocation_from_read_model(&e.orderid, &e.sku, uow),
         Event::BatchCreated(_) | Event::BatchQuantityChanged(_) | Event::OutOfStock(_) => {}
     }
 }
 
-/// After commit: tells other systems where a line went.
-pub async fn publish_allocated(
+/// Transactional: a new allocation shows in the `allocations` read model.
+pub fn add_allocation_to_read_model<T: StoreTransaction>(
     event: &Allocated,
-    publisher: &dyn Publisher,
-) -> Result<(), PublishError> {
-    publisher.publish_allocated(event).await
+    uow: &mut UnitOfWork<T>,
+) {
+    uow.update_view(ViewChange::Allocated {
+        orderid: event.orderid.clone(),
+        sku: event.sku.clone(),
+        batchref: event.batchref.clone(),
+    });
+}
+
+/// Transactional: a line that left its batch leaves the read model too.
+pub fn remove_allocation_from_read_model<T: StoreTransaction>(
+    orderid: &OrderId,
+    sku: &Sku,
+    uow: &mut UnitOfWork<T>,
+) {
+    uow.update_view(ViewChange::Deallocated {
+        orderid: orderid.clone(),
+        sku: sku.clone(),
+    });
+}
+
+/// Transactional: the `line_allocated` message for other systems is written
+/// with the allocation, so it cannot be lost between commit and publish.
+pub fn add_to_outbox<T: StoreTransaction>(event: &Allocated, uow: &mut UnitOfWork<T>) {
+    uow.add_to_outbox(OutboxMessage {
+        message_id: Uuid::new_v4().to_string(),
+        event: event.clone(),
+    });
 }
 
 /// After commit: warns the people who buy stock.

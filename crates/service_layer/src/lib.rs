@@ -10,6 +10,7 @@ pub mod handlers;
 pub mod memory;
 pub mod messagebus;
 pub mod ports;
+pub mod relay;
 pub mod unit_of_work;
 
 pub use messagebus::{Error, MessageBus, RetryPolicy};

@@ -6,18 +6,18 @@
 //! reads only what a command needs, writes nothing until commit, and a commit
 //! whose products changed since they were read is refused with a conflict.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use domain::events::Allocated;
 use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
 
 use crate::ports::{
-    AllocationView, BatchView, Notification, NotificationError, Notifications, PublishError,
-    Publisher, ReadModel,
+    AllocationView, BatchView, ClaimedMessage, Notification, NotificationError, Notifications,
+    Outbox, OutboxMessage, PublishError, Publisher, ReadModel,
 };
 use crate::unit_of_work::{ChangeSet, Lines, Store, StoreError, StoreTransaction, ViewChange};
 
@@ -32,6 +32,15 @@ struct Tables {
     products: HashMap<Sku, StoredProduct>,
     batch_owners: HashMap<BatchRef, Sku>,
     allocations_view: HashMap<OrderId, Vec<AllocationView>>,
+    /// Unsent messages by position; sent ones are dropped.
+    outbox: BTreeMap<i64, OutboxRow>,
+    next_outbox_position: i64,
+}
+
+#[derive(Debug)]
+struct OutboxRow {
+    message: OutboxMessage,
+    claimed_until: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -63,6 +72,16 @@ struct StoredLine {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The messages committed and not yet marked sent, oldest first.
+    pub fn unsent_messages(&self) -> Vec<OutboxMessage> {
+        let tables = self.lock();
+        tables
+            .outbox
+            .values()
+            .map(|row| row.message.clone())
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
@@ -146,6 +165,14 @@ impl Tables {
         }
         for view in changes.views {
             self.apply_view(view);
+        }
+        for message in changes.outbox {
+            self.next_outbox_position += 1;
+            let row = OutboxRow {
+                message,
+                claimed_until: None,
+            };
+            self.outbox.insert(self.next_outbox_position, row);
         }
     }
 
@@ -293,6 +320,45 @@ impl ReadModel for MemoryStore {
     }
 }
 
+impl Outbox for MemoryStore {
+    async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let now = Instant::now();
+        let mut tables = self.lock();
+        let claimable = tables
+            .outbox
+            .iter_mut()
+            .filter(|(_, row)| row.claimed_until.is_none_or(|until| until <= now))
+            .take(limit as usize);
+        let mut claimed = Vec::new();
+        for (&position, row) in claimable {
+            row.claimed_until = Some(now + lease);
+            claimed.push(ClaimedMessage {
+                position,
+                message: row.message.clone(),
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn mark_sent(&self, positions: &[i64]) -> Result<(), StoreError> {
+        let mut tables = self.lock();
+        for position in positions {
+            tables.outbox.remove(position);
+        }
+        Ok(())
+    }
+
+    async fn release(&self, positions: &[i64]) -> Result<(), StoreError> {
+        let mut tables = self.lock();
+        for position in positions {
+            if let Some(row) = tables.outbox.get_mut(position) {
+                row.claimed_until = None;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Fails the first `failures` calls, then succeeds: for retry tests.
 #[derive(Debug, Default)]
 struct Flaky {
@@ -359,10 +425,10 @@ impl Notifications for RecordingNotifications {
     }
 }
 
-/// Records every event it is asked to publish.
+/// Records every message it is asked to publish.
 #[derive(Debug, Default)]
 pub struct RecordingPublisher {
-    published: Mutex<Vec<Allocated>>,
+    published: Mutex<Vec<OutboxMessage>>,
     flaky: Flaky,
 }
 
@@ -379,7 +445,7 @@ impl RecordingPublisher {
         }
     }
 
-    pub fn published(&self) -> Vec<Allocated> {
+    pub fn published(&self) -> Vec<OutboxMessage> {
         self.published
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -389,14 +455,14 @@ impl RecordingPublisher {
 
 #[async_trait]
 impl Publisher for RecordingPublisher {
-    async fn publish_allocated(&self, event: &Allocated) -> Result<(), PublishError> {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
         if self.flaky.should_fail() {
             return Err(PublishError(Box::new(SimulatedFailure)));
         }
         self.published
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(event.clone());
+            .push(message.clone());
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The message bus (book chapters 9 and 10).
 //!
 //! [`MessageBus::handle`] runs a command in a fresh unit of work, runs the
-//! transactional event handlers in that same unit of work, and commits. A
+//! transactional event handlers (read model, outbox) in that same unit of
+//! work, and commits. A
 //! version conflict at commit runs the whole command again, a bounded number
 //! of times with jittered backoff. After the commit, the events are handled
 //! breadth-first, including the events of the follow-up commands they start.
@@ -14,10 +15,11 @@ use std::time::Duration;
 
 use domain::{Command, DomainError, Event, Sku};
 use rand::Rng;
+use tokio::sync::Notify;
 use tracing::{debug, error, warn};
 
 use crate::handlers::{self, CommandHandler};
-use crate::ports::{NotificationError, Notifications, PublishError, Publisher};
+use crate::ports::{NotificationError, Notifications};
 use crate::unit_of_work::{Store, StoreError};
 
 /// Why a command failed.
@@ -89,8 +91,6 @@ impl RetryPolicy {
 enum EventHandlerError {
     #[error(transparent)]
     Notification(#[from] NotificationError),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
     #[error("follow-up command failed: {0}")]
     Command(#[from] Error),
 }
@@ -99,7 +99,7 @@ impl EventHandlerError {
     fn is_transient(&self) -> bool {
         match self {
             Self::Command(error) => error.is_transient(),
-            Self::Notification(_) | Self::Publish(_) => true,
+            Self::Notification(_) => true,
         }
     }
 }
@@ -110,7 +110,8 @@ impl EventHandlerError {
 pub struct MessageBus<S> {
     store: S,
     notifications: Arc<dyn Notifications>,
-    publisher: Arc<dyn Publisher>,
+    /// Tells the outbox relay that a commit just wrote to the outbox.
+    outbox_written: Arc<Notify>,
     retry: RetryPolicy,
 }
 
@@ -118,13 +119,13 @@ impl<S: Store> MessageBus<S> {
     pub fn new(
         store: S,
         notifications: Arc<dyn Notifications>,
-        publisher: Arc<dyn Publisher>,
+        outbox_written: Arc<Notify>,
         retry: RetryPolicy,
     ) -> Self {
         Self {
             store,
             notifications,
-            publisher,
+            outbox_written,
             retry,
         }
     }
@@ -161,7 +162,7 @@ impl<S: Store> MessageBus<S> {
             let reply = command.handle(&mut uow).await?;
             let events = uow.collect_new_events();
             for event in &events {
-                handlers::update_read_model(event, &mut uow);
+                handlers::handle_in_transaction(event, &mut uow);
             }
             match uow.commit().await {
                 Ok(()) => return Ok((reply, events)),
@@ -208,11 +209,13 @@ impl<S: Store> MessageBus<S> {
         }
     }
 
-    /// The after-commit handlers of each event (the transactional one,
-    /// `handlers::update_read_model`, already ran before commit).
+    /// The after-commit handlers of each event (the transactional ones ran
+    /// before commit, in `handlers::handle_in_transaction`).
     async fn handle_event(&self, event: &Event) -> Result<Vec<Event>, EventHandlerError> {
         match event {
-            Event::Allocated(e) => handlers::publish_allocated(e, &*self.publisher).await?,
+            // The message is in the outbox already; wake the relay so that
+            // it goes out now rather than at the relay's next poll.
+            Event::Allocated(_) => self.outbox_written.notify_one(),
             Event::OutOfStock(e) => {
                 handlers::send_out_of_stock_notification(e, &*self.notifications).await?
             }

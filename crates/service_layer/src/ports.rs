@@ -1,11 +1,12 @@
 //! Ports: what the service layer needs from the outside world, as traits the
 //! adapters implement (dependency inversion, book chapter 13).
 //!
-//! The after-commit ports ([`Notifications`], [`Publisher`]) are stored as
-//! trait objects because which one runs is chosen at start from the
-//! configuration; the read side ([`ReadModel`]) is generic like [`crate::Store`].
+//! [`Notifications`] and [`Publisher`] are stored as trait objects because
+//! which one runs is chosen at start from the configuration; the storage
+//! ports ([`ReadModel`], [`Outbox`]) are generic like [`crate::Store`].
 
 use std::future::Future;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -32,13 +33,49 @@ pub trait Notifications: Send + Sync + std::fmt::Debug {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("event not published: {0}")]
+#[error("message not published: {0}")]
 pub struct PublishError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
-/// Tells other systems about allocations (channel `line_allocated`).
+/// A message for other systems (channel `line_allocated`). It is written to
+/// the outbox in the same transaction as the allocation it announces, and
+/// published by the relay afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// Unique per message and the same on every re-send: delivery is at
+    /// least once, so consumers drop duplicates by it.
+    pub message_id: String,
+    pub event: Allocated,
+}
+
+/// A message a relay has claimed: where it sits in the outbox, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedMessage {
+    pub position: i64,
+    pub message: OutboxMessage,
+}
+
+/// Publishes outbox messages to other systems (Redis in production).
 #[async_trait]
 pub trait Publisher: Send + Sync + std::fmt::Debug {
-    async fn publish_allocated(&self, event: &Allocated) -> Result<(), PublishError>;
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError>;
+}
+
+/// The outbox as the relay sees it: committed messages waiting to go out.
+pub trait Outbox: Clone + Send + Sync + 'static {
+    /// Claims up to `limit` unsent messages, oldest first, for `lease`:
+    /// other relays skip them until it ends, so that in normal operation
+    /// each message is published once even with several relays running.
+    fn claim(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<ClaimedMessage>, StoreError>> + Send;
+
+    /// Records that these messages went out; they are never claimed again.
+    fn mark_sent(&self, positions: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Gives claimed messages back before their lease ends.
+    fn release(&self, positions: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// One row of `GET /allocations/<orderid>`.

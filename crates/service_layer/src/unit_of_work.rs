@@ -16,6 +16,8 @@ use std::future::Future;
 
 use domain::{BatchRef, Event, OrderId, Product, Sku};
 
+use crate::ports::OutboxMessage;
+
 /// The storage failed, or refused a commit that raced with another one.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,6 +84,8 @@ pub trait StoreTransaction: Send {
 pub struct ChangeSet {
     pub products: Vec<ProductChanges>,
     pub views: Vec<ViewChange>,
+    /// Messages for other systems, published by the relay after commit.
+    pub outbox: Vec<OutboxMessage>,
 }
 
 /// What happened to one product: its events, in order, say what to write.
@@ -249,12 +253,14 @@ impl<T: StoreTransaction> Repository<T> {
 }
 
 /// One atomic piece of work (book chapter 6): products through
-/// [`UnitOfWork::products`], read-model changes through [`UnitOfWork::views`],
-/// all written by [`UnitOfWork::commit`] or none.
+/// [`UnitOfWork::products`], read-model changes and outgoing messages
+/// through [`UnitOfWork::update_view`] and [`UnitOfWork::add_to_outbox`], all
+/// written by [`UnitOfWork::commit`] or none.
 #[derive(Debug)]
 pub struct UnitOfWork<T> {
     products: Repository<T>,
     views: Vec<ViewChange>,
+    outbox: Vec<OutboxMessage>,
 }
 
 impl<T: StoreTransaction> UnitOfWork<T> {
@@ -265,6 +271,7 @@ impl<T: StoreTransaction> UnitOfWork<T> {
                 seen: HashMap::new(),
             },
             views: Vec::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -275,6 +282,11 @@ impl<T: StoreTransaction> UnitOfWork<T> {
     /// Records a read-model change to write with this unit of work.
     pub fn update_view(&mut self, change: ViewChange) {
         self.views.push(change);
+    }
+
+    /// Records a message to publish once this unit of work has committed.
+    pub fn add_to_outbox(&mut self, message: OutboxMessage) {
+        self.outbox.push(message);
     }
 
     /// Takes the events recorded by every product seen so far (book:
@@ -290,6 +302,7 @@ impl<T: StoreTransaction> UnitOfWork<T> {
         let changes = ChangeSet {
             products,
             views: self.views,
+            outbox: self.outbox,
         };
         transaction.commit(changes).await
     }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use domain::commands::{Allocate, CreateBatch, Deallocate};
 use domain::{BatchRef, OrderId, OrderLine, Product, Quantity, Sku};
-use service_layer::handlers::update_read_model;
-use service_layer::memory::{RecordingNotifications, RecordingPublisher};
-use service_layer::ports::{AllocationView, BatchView, ReadModel};
+use service_layer::handlers::handle_in_transaction;
+use service_layer::memory::RecordingNotifications;
+use service_layer::ports::{AllocationView, BatchView, Outbox, ReadModel};
 use service_layer::unit_of_work::Lines;
 use service_layer::{Error, MessageBus, RetryPolicy, Store, StoreTransaction, UnitOfWork};
 pub use test_support::unique;
@@ -59,7 +59,7 @@ pub async fn allocate_in<T: StoreTransaction>(
         .allocate(line(orderid, sku, units))
         .expect("allocate");
     for event in uow.collect_new_events() {
-        update_read_model(&event, uow);
+        handle_in_transaction(&event, uow);
     }
     allocated
 }
@@ -68,7 +68,6 @@ pub async fn allocate_in<T: StoreTransaction>(
 pub struct Bus<S> {
     pub bus: MessageBus<S>,
     pub notifications: Arc<RecordingNotifications>,
-    pub publisher: Arc<RecordingPublisher>,
 }
 
 pub fn bus<S: Store>(store: &S) -> Bus<S> {
@@ -77,18 +76,9 @@ pub fn bus<S: Store>(store: &S) -> Bus<S> {
 
 pub fn bus_with<S: Store>(store: &S, retry: RetryPolicy) -> Bus<S> {
     let notifications = Arc::new(RecordingNotifications::new());
-    let publisher = Arc::new(RecordingPublisher::new());
-    let bus = MessageBus::new(
-        store.clone(),
-        notifications.clone(),
-        publisher.clone(),
-        retry,
-    );
-    Bus {
-        bus,
-        notifications,
-        publisher,
-    }
+    let outbox_written = Arc::new(tokio::sync::Notify::new());
+    let bus = MessageBus::new(store.clone(), notifications.clone(), outbox_written, retry);
+    Bus { bus, notifications }
 }
 
 impl<S: Store> Bus<S> {
@@ -222,4 +212,21 @@ pub async fn batch_views<S: ReadModel>(store: &S, sku: &Sku) -> Vec<BatchView> {
 
 pub fn allocated_totals(views: &[BatchView]) -> Vec<u64> {
     views.iter().map(|b| b.allocated).collect()
+}
+
+/// `(orderid, batchref)` of every message waiting in the outbox, oldest first.
+pub async fn outbox_of<O: Outbox>(outbox: &O) -> Vec<(OrderId, BatchRef)> {
+    let claimed = outbox
+        .claim(10_000, std::time::Duration::from_secs(60))
+        .await
+        .expect("outbox readable");
+    claimed
+        .into_iter()
+        .map(|claimed| {
+            (
+                claimed.message.event.orderid,
+                claimed.message.event.batchref,
+            )
+        })
+        .collect()
 }

@@ -1,5 +1,7 @@
-//! Entrypoints: the thin edges where the outside world talks to the service.
+//! Entrypoints: the thin edges where the outside world talks to the service
+//! (HTTP, Redis).
 //! Each parses its input into commands, hands them to the message bus (or
 //! asks the read model), and renders the answer.
 
 pub mod http;
+pub mod redis;

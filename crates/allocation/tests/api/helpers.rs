@@ -24,9 +24,9 @@ pub fn in_process_app() -> (Router, MemoryStore) {
         notifications: Arc::new(RecordingNotifications::new()),
         publisher: Arc::new(RecordingPublisher::new()),
     };
-    let bus = Arc::new(bootstrap(store.clone(), outside));
+    let service = bootstrap(store.clone(), outside);
     let app = router(AppState {
-        bus,
+        bus: service.bus,
         read_model: store.clone(),
     });
     (app, store)

@@ -363,7 +363,8 @@ mod change_batch_quantity {
     fn setting_the_same_quantity_again_changes_nothing() {
         let mut p = product_with("LAMP", &[("b1", 10, None)]);
         let version = p.version();
-        p.change_batch_quantity(&batchref("b1"), qty(10)).expect("accepted");
+        p.change_batch_quantity(&batchref("b1"), qty(10))
+            .expect("accepted");
         assert_eq!(p.version(), version);
         assert!(p.take_events().is_empty());
     }
