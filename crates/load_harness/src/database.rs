@@ -46,6 +46,8 @@ pub struct Database {
     pub url: String,
     /// The file, for SQLite.
     pub sqlite_path: Option<PathBuf>,
+    /// The database's name, for PostgreSQL.
+    pub name: Option<String>,
 }
 
 /// The databases of one run; [`Databases::drop_all`] removes them.
@@ -128,6 +130,7 @@ impl Databases {
                 Ok(Database {
                     url: url.to_string(),
                     sqlite_path: None,
+                    name: Some(name),
                 })
             }
             Backend::Sqlite => {
@@ -140,9 +143,15 @@ impl Databases {
                 Ok(Database {
                     url,
                     sqlite_path: Some(path),
+                    name: None,
                 })
             }
         }
+    }
+
+    /// The URL to connect to for server-wide queries (PostgreSQL only).
+    pub fn admin_url(&self) -> Option<&str> {
+        (self.backend == Backend::Postgres).then_some(self.admin_url.as_str())
     }
 
     /// Drops every database this run created; reports (and does not stop

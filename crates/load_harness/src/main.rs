@@ -14,8 +14,9 @@
 //! - `raw`: the hand-written SQL transactions;
 //! - `service`: starting and stopping the `allocation` binary;
 //! - `database`: fresh databases, migrations, seeding, final counts;
-//! - `stats`, `report`: the figures and how they are shown.
+//! - `stats`, `cpu`, `report`: the figures and how they are shown.
 
+mod cpu;
 mod database;
 mod http;
 mod raw;
@@ -304,7 +305,15 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         args.skus
     );
     http.add_batches(workload.batches()).await?;
-    let service_phase = Arc::new(Phase::new("service (HTTP)", Target::Http(http)));
+    let service_cpu = cpu::Sources {
+        service_pid: resources.service.as_ref().and_then(ServiceProcess::pid),
+        database_name: service_database.as_ref().and_then(|d| d.name.clone()),
+    };
+    let service_phase = Arc::new(Phase::new(
+        "service (HTTP)",
+        Target::Http(http),
+        service_cpu,
+    ));
 
     // Each raw variant: its own fresh database, same schema, same batches.
     let mut raw_databases = Vec::new();
@@ -313,7 +322,11 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         database::migrate(&database).await?;
         database::seed(&database, &workload.batches()).await?;
         let target = RawTarget::connect(variant, backend, &database, args.max_connections).await?;
-        let phase = Arc::new(Phase::new(variant.label(), Target::Raw(target)));
+        let sources = cpu::Sources {
+            service_pid: None,
+            database_name: database.name.clone(),
+        };
+        let phase = Arc::new(Phase::new(variant.label(), Target::Raw(target), sources));
         resources.raw_targets.push(phase.clone());
         raw_databases.push((variant, database, phase));
     }
@@ -334,6 +347,7 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
 
     let mut phases = vec![service_phase.clone()];
     phases.extend(raw_databases.iter().map(|(_, _, phase)| phase.clone()));
+    let mut probe = cpu::Probe::new(databases.admin_url()).await;
     let mut levels = Vec::new();
     for &concurrency in &args.concurrency {
         if args.warmup > 0 {
@@ -345,6 +359,7 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
             }
         }
         let mut recorders: Vec<Recorder> = phases.iter().map(|_| Recorder::default()).collect();
+        let mut usages: Vec<cpu::Usage> = phases.iter().map(|_| cpu::Usage::default()).collect();
         for round in 0..args.rounds {
             // Rotate the order each round: nobody always goes first.
             let count = phases.len();
@@ -357,14 +372,21 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
                     args.rounds,
                     phase.name
                 );
+                let before = probe.sample(&phase.cpu_sources).await;
                 let recorded =
                     workload::drive(phase, &workload, concurrency, limit(args.rounds, round))
                         .await?;
+                let after = probe.sample(&phase.cpu_sources).await;
+                usages[index].add(&before, &after);
                 recorders[index].merge(recorded);
                 check_service(resources)?;
             }
         }
-        let mut summaries = recorders.into_iter().map(Recorder::summary);
+        let mut summaries = recorders.into_iter().zip(&usages).map(|(recorder, usage)| {
+            let mut summary = recorder.summary();
+            summary.cpu = usage.per_request(summary.requests);
+            summary
+        });
         let service = summaries.next().context("no service phase")?;
         let raw = raw_databases
             .iter()
@@ -393,6 +415,8 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         }
         levels.push(level);
     }
+
+    probe.close().await;
 
     // Each database must hold exactly what its phase answered.
     let mut consistency = Vec::new();

@@ -93,14 +93,19 @@ impl Level {
 }
 
 fn row(backend: &str, concurrency: u32, phase: &str, s: &Summary, extra: &str) -> String {
+    let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
     format!(
-        "{backend:<9} {concurrency:>5}  {phase:<20} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7}{extra}",
+        "{backend:<9} {concurrency:>5}  {phase:<20} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7}{extra}",
         s.per_second,
         s.p50_ms,
         s.p99_ms,
         s.max_ms,
         s.non_2xx,
-        s.failed + s.not_allocated
+        s.failed + s.not_allocated,
+        us(s.cpu.client_us),
+        us(s.cpu.service_us),
+        us(s.cpu.database_us),
+        us(s.cpu.total_us),
     )
 }
 
@@ -109,8 +114,9 @@ impl Report {
     pub fn print(&self) {
         let backend = self.backend.name();
         println!();
+        println!("{:>91}", "CPU us per request");
         println!(
-            "{:<9} {:>5}  {:<20} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
+            "{:<9} {:>5}  {:<20} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7}",
             "backend",
             "conc",
             "phase",
@@ -119,7 +125,11 @@ impl Report {
             "p99 ms",
             "max ms",
             "non-2xx",
-            "errors"
+            "errors",
+            "client",
+            "service",
+            "db",
+            "total"
         );
         for level in &self.levels {
             println!(

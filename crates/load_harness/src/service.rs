@@ -7,7 +7,6 @@
 //! child is killed on drop as a last resort; [`ServiceProcess::stop`] kills
 //! it and waits for it.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -15,15 +14,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStderr, Command};
 use tokio::task::JoinHandle;
 
 /// How long the service may take to migrate its schema and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Lines of the child's log kept to explain a failed start.
+/// Lines of the child's log shown to explain a failed start.
 const KEPT_LINES: usize = 30;
+
+/// Bytes of the end of the child's log kept for that.
+const TAIL_BYTES: usize = 8 * 1024;
 
 /// The file name of the service binary on this platform.
 fn binary_name() -> String {
@@ -126,7 +128,7 @@ impl ServiceProcess {
             ),
             None => None,
         };
-        let kept = Arc::new(Mutex::new(VecDeque::with_capacity(KEPT_LINES)));
+        let kept = Arc::new(Mutex::new(Vec::new()));
         let drain = tokio::spawn(drain(stderr, log, kept.clone()));
         let mut service = Self {
             child,
@@ -152,7 +154,7 @@ impl ServiceProcess {
 
     /// Polls `GET /healthz` until it answers 200; fails with the last log
     /// lines when the service exits first.
-    async fn wait_until_ready(&mut self, kept: &Mutex<VecDeque<String>>) -> anyhow::Result<()> {
+    async fn wait_until_ready(&mut self, kept: &Mutex<Vec<u8>>) -> anyhow::Result<()> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(2))
@@ -192,6 +194,10 @@ impl ServiceProcess {
         }
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -208,36 +214,57 @@ async fn free_port() -> anyhow::Result<SocketAddr> {
         .context("cannot read the free port's address")
 }
 
-fn last_lines(kept: &Mutex<VecDeque<String>>) -> String {
-    let kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
-    kept.iter().map(String::as_str).collect()
+/// The end of the log kept so far: its last [`KEPT_LINES`] lines.
+fn last_lines(tail: &Mutex<Vec<u8>>) -> String {
+    let tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+    let text = String::from_utf8_lossy(&tail);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(KEPT_LINES);
+    lines[start..]
+        .iter()
+        .map(|line| format!("{line}\n"))
+        .collect()
 }
 
-/// Copies the log to the file (or nowhere), keeping its last lines to
-/// explain a failed start.
-async fn drain(
-    stderr: ChildStderr,
-    mut log: Option<tokio::fs::File>,
-    kept: Arc<Mutex<VecDeque<String>>>,
-) {
-    let mut reader = BufReader::new(stderr);
-    let mut line = String::new();
+/// Copies the log to the file (or nowhere), keeping its end to explain a
+/// failed start. Chunks, not lines: at the default log level the service
+/// writes a line per allocation, and this runs on the harness's cores.
+async fn drain(stderr: ChildStderr, mut log: Option<tokio::fs::File>, tail: Arc<Mutex<Vec<u8>>>) {
+    let mut stderr = stderr;
+    let mut buffer = vec![0; 64 * 1024];
     loop {
-        line.clear();
-        match reader.read_line(&mut line).await {
+        let read = match stderr.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
+            Ok(read) => read,
+        };
+        let chunk = &buffer[..read];
         if let Some(file) = log.as_mut() {
-            let _ = file.write_all(line.as_bytes()).await;
+            let _ = file.write_all(chunk).await;
         }
-        let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
-        if kept.len() == KEPT_LINES {
-            kept.pop_front();
+        let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+        tail.extend_from_slice(chunk);
+        if tail.len() > 2 * TAIL_BYTES {
+            let excess = tail.len() - TAIL_BYTES;
+            tail.drain(..excess);
         }
-        kept.push_back(line.clone());
     }
     if let Some(mut file) = log {
         let _ = file.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_start_shows_the_last_lines_of_the_log() {
+        let text: String = (1..=40).map(|n| format!("line {n}\n")).collect();
+        let tail = Mutex::new(text.into_bytes());
+        let shown = last_lines(&tail);
+        assert!(shown.starts_with("line 11\n"));
+        assert!(shown.ends_with("line 40\n"));
+        assert_eq!(shown.lines().count(), KEPT_LINES);
+        assert_eq!(last_lines(&Mutex::new(Vec::new())), "");
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::cpu::CpuPerRequest;
+
 /// How one allocation ended, as the load driver counts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -119,6 +121,7 @@ impl Recorder {
             p90_ms: ms(percentile(&self.latencies_ns, 90.0)),
             p99_ms: ms(percentile(&self.latencies_ns, 99.0)),
             max_ms: ms(self.latencies_ns.last().copied().unwrap_or(0)),
+            cpu: CpuPerRequest::default(),
             error_examples: self.examples,
         }
     }
@@ -143,6 +146,8 @@ pub struct Summary {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// CPU time per request, by process (filled in by the caller).
+    pub cpu: CpuPerRequest,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub error_examples: Vec<String>,
 }

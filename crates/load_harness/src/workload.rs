@@ -130,6 +130,8 @@ impl Target {
 pub struct Phase {
     pub name: String,
     pub target: Target,
+    /// Where its CPU time is counted.
+    pub cpu_sources: crate::cpu::Sources,
     next_line: AtomicU64,
     /// Lines that were allocated, warm-up included: what its database
     /// should hold at the end.
@@ -138,10 +140,11 @@ pub struct Phase {
 }
 
 impl Phase {
-    pub fn new(name: impl Into<String>, target: Target) -> Self {
+    pub fn new(name: impl Into<String>, target: Target, cpu_sources: crate::cpu::Sources) -> Self {
         Self {
             name: name.into(),
             target,
+            cpu_sources,
             next_line: AtomicU64::new(0),
             allocated_total: AtomicU64::new(0),
             allocated_qty_total: AtomicU64::new(0),
