@@ -359,23 +359,60 @@ impl Outbox for MemoryStore {
     }
 }
 
-/// Fails the first `failures` calls, then succeeds: for retry tests.
-#[derive(Debug, Default)]
-struct Flaky {
+/// A fake for the after-commit ports: records what it is given, and can be
+/// told to fail its first calls, for retry tests.
+#[derive(Debug)]
+pub struct Recorder<T> {
+    records: Mutex<Vec<T>>,
     failures_left: AtomicU32,
 }
 
-impl Flaky {
-    fn new(failures: u32) -> Self {
+/// Records every notification it is asked to send.
+pub type RecordingNotifications = Recorder<Notification>;
+
+/// Records every message it is asked to publish.
+pub type RecordingPublisher = Recorder<OutboxMessage>;
+
+impl<T: Clone> Default for Recorder<T> {
+    fn default() -> Self {
+        Self::failing(0)
+    }
+}
+
+impl<T: Clone> Recorder<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fails the first `failures` calls, then records as usual.
+    pub fn failing(failures: u32) -> Self {
         Self {
+            records: Mutex::default(),
             failures_left: AtomicU32::new(failures),
         }
     }
 
-    fn should_fail(&self) -> bool {
-        self.failures_left
+    /// What it was given, in order.
+    pub fn records(&self) -> Vec<T> {
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, item: &T) -> Result<(), SimulatedFailure> {
+        let fail = self
+            .failures_left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
+            .is_ok();
+        if fail {
+            return Err(SimulatedFailure);
+        }
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(item.clone());
+        Ok(())
     }
 }
 
@@ -383,86 +420,30 @@ impl Flaky {
 #[error("simulated failure")]
 struct SimulatedFailure;
 
-/// Records every notification it is asked to send.
-#[derive(Debug, Default)]
-pub struct RecordingNotifications {
-    sent: Mutex<Vec<Notification>>,
-    flaky: Flaky,
-}
-
-impl RecordingNotifications {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Fails the first `failures` sends, then records as usual.
-    pub fn failing(failures: u32) -> Self {
-        Self {
-            sent: Mutex::default(),
-            flaky: Flaky::new(failures),
-        }
-    }
-
+impl Recorder<Notification> {
     pub fn sent(&self) -> Vec<Notification> {
-        self.sent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.records()
     }
 }
 
 #[async_trait]
-impl Notifications for RecordingNotifications {
+impl Notifications for Recorder<Notification> {
     async fn send(&self, notification: &Notification) -> Result<(), NotificationError> {
-        if self.flaky.should_fail() {
-            return Err(NotificationError(Box::new(SimulatedFailure)));
-        }
-        self.sent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(notification.clone());
-        Ok(())
+        self.record(notification)
+            .map_err(|failure| NotificationError(Box::new(failure)))
     }
 }
 
-/// Records every message it is asked to publish.
-#[derive(Debug, Default)]
-pub struct RecordingPublisher {
-    published: Mutex<Vec<OutboxMessage>>,
-    flaky: Flaky,
-}
-
-impl RecordingPublisher {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Fails the first `failures` publishes, then records as usual.
-    pub fn failing(failures: u32) -> Self {
-        Self {
-            published: Mutex::default(),
-            flaky: Flaky::new(failures),
-        }
-    }
-
+impl Recorder<OutboxMessage> {
     pub fn published(&self) -> Vec<OutboxMessage> {
-        self.published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.records()
     }
 }
 
 #[async_trait]
-impl Publisher for RecordingPublisher {
+impl Publisher for Recorder<OutboxMessage> {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        if self.flaky.should_fail() {
-            return Err(PublishError(Box::new(SimulatedFailure)));
-        }
-        self.published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(message.clone());
-        Ok(())
+        self.record(message)
+            .map_err(|failure| PublishError(Box::new(failure)))
     }
 }

@@ -42,6 +42,13 @@ fn product_with(product: &str, batches: &[(&str, u32, Option<NaiveDate>)]) -> Pr
     p
 }
 
+/// Product LAMP as a repository reads it: one batch `b1` with its totals
+/// and no lines loaded.
+fn stored_lamp(version: u64, purchased: u32, allocated: u64) -> Product {
+    let batch = Batch::restore(batchref("b1"), sku("LAMP"), None, qty(purchased), allocated);
+    Product::restore(sku("LAMP"), version, vec![batch])
+}
+
 fn allocated_to(p: &Product, reference: &str) -> u64 {
     p.batch(&batchref(reference))
         .expect("batch exists")
@@ -233,17 +240,7 @@ mod allocate {
 
     #[test]
     fn recognises_an_allocation_loaded_from_storage() {
-        let mut p = Product::restore(
-            sku("LAMP"),
-            7,
-            vec![Batch::restore(
-                batchref("b1"),
-                sku("LAMP"),
-                None,
-                qty(10),
-                4,
-            )],
-        );
+        let mut p = stored_lamp(7, 10, 4);
         p.load_lines(&batchref("b1"), [line("o1", "LAMP", 4)]);
         assert_eq!(p.allocate(line("o1", "LAMP", 4)), Ok(Some(batchref("b1"))));
         assert_eq!(allocated_to(&p, "b1"), 4);
@@ -252,17 +249,7 @@ mod allocate {
 
     #[test]
     fn loading_the_same_lines_twice_keeps_one_copy() {
-        let mut p = Product::restore(
-            sku("LAMP"),
-            1,
-            vec![Batch::restore(
-                batchref("b1"),
-                sku("LAMP"),
-                None,
-                qty(10),
-                4,
-            )],
-        );
+        let mut p = stored_lamp(1, 10, 4);
         p.load_lines(&batchref("b1"), [line("o1", "LAMP", 4)]);
         p.load_lines(&batchref("b1"), [line("o1", "LAMP", 4)]);
         assert_eq!(p.batches()[0].loaded_lines().len(), 1);
@@ -382,17 +369,7 @@ mod change_batch_quantity {
 
     #[test]
     fn refuses_to_shrink_a_batch_whose_lines_were_not_loaded() {
-        let mut p = Product::restore(
-            sku("LAMP"),
-            3,
-            vec![Batch::restore(
-                batchref("b1"),
-                sku("LAMP"),
-                None,
-                qty(10),
-                10,
-            )],
-        );
+        let mut p = stored_lamp(3, 10, 10);
         assert_eq!(
             p.change_batch_quantity(&batchref("b1"), qty(5)),
             Err(DomainError::LinesNotLoaded {

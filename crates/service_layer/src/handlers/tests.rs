@@ -102,6 +102,16 @@ fn outbox_of(store: &MemoryStore) -> Vec<(String, String)> {
 }
 
 impl<S: Store> App<S> {
+    async fn add_batch(&self, reference: &str, product: &str, units: u32, eta: Option<NaiveDate>) {
+        let command = create_batch(reference, product, units, eta);
+        self.bus.handle(command).await.expect("batch created");
+    }
+
+    async fn allocate(&self, order: &str, product: &str, units: u32) -> Option<BatchRef> {
+        let command = allocate(order, product, units);
+        self.bus.handle(command).await.expect("line handled")
+    }
+
     async fn allocated_to(&self, product: &str, reference: &str) -> u64 {
         let batches = self.store.batches(&sku(product)).await.expect("query");
         batches
@@ -129,10 +139,7 @@ mod add_batch {
     #[tokio::test]
     async fn for_new_product() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "CRUNCHY-ARMCHAIR", 100, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "CRUNCHY-ARMCHAIR", 100, None).await;
         let batches = app
             .store
             .batches(&sku("CRUNCHY-ARMCHAIR"))
@@ -145,14 +152,8 @@ mod add_batch {
     #[tokio::test]
     async fn for_existing_product() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "GARISH-RUG", 100, None))
-            .await
-            .expect("created");
-        app.bus
-            .handle(create_batch("b2", "GARISH-RUG", 99, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "GARISH-RUG", 100, None).await;
+        app.add_batch("b2", "GARISH-RUG", 99, None).await;
         let batches = app.store.batches(&sku("GARISH-RUG")).await.expect("query");
         let refs: Vec<_> = batches.iter().map(|b| b.reference.to_string()).collect();
         assert_eq!(refs, ["b1", "b2"]);
@@ -161,10 +162,7 @@ mod add_batch {
     #[tokio::test]
     async fn the_same_batch_twice_is_accepted_once() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "LAMP", 10, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "LAMP", 10, None).await;
         app.bus
             .handle(create_batch("b1", "LAMP", 10, None))
             .await
@@ -178,10 +176,7 @@ mod add_batch {
     #[tokio::test]
     async fn a_reference_taken_by_another_sku_is_refused() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "LAMP", 10, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "LAMP", 10, None).await;
         let refused = app.bus.handle(create_batch("b1", "TABLE", 10, None)).await;
         assert!(
             matches!(
@@ -206,10 +201,7 @@ mod allocate {
     #[tokio::test]
     async fn allocates_and_updates_the_read_model() {
         let app = app();
-        app.bus
-            .handle(create_batch("batch1", "COMPLICATED-LAMP", 100, None))
-            .await
-            .expect("created");
+        app.add_batch("batch1", "COMPLICATED-LAMP", 100, None).await;
         let batch = app
             .bus
             .handle(allocate("o1", "COMPLICATED-LAMP", 10))
@@ -226,10 +218,7 @@ mod allocate {
     #[tokio::test]
     async fn errors_for_invalid_sku() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "AREALSKU", 100, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "AREALSKU", 100, None).await;
         let result = app.bus.handle(allocate("o1", "NONEXISTENTSKU", 10)).await;
         assert!(matches!(&result, Err(Error::InvalidSku(s)) if s.as_str() == "NONEXISTENTSKU"));
         assert_eq!(
@@ -241,14 +230,8 @@ mod allocate {
     #[tokio::test]
     async fn puts_allocated_events_in_the_outbox_and_wakes_the_relay() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "LAMP", 10, None))
-            .await
-            .expect("created");
-        app.bus
-            .handle(allocate("o1", "LAMP", 3))
-            .await
-            .expect("allocated");
+        app.add_batch("b1", "LAMP", 10, None).await;
+        app.allocate("o1", "LAMP", 3).await;
         assert_eq!(outbox_of(&app.store), [("o1".into(), "b1".into())]);
         let messages = app.store.unsent_messages();
         assert!(!messages[0].message_id.is_empty());
@@ -264,10 +247,7 @@ mod allocate {
     #[tokio::test]
     async fn sends_email_on_out_of_stock() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "POPULAR-CURTAINS", 9, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "POPULAR-CURTAINS", 9, None).await;
         let batch = app
             .bus
             .handle(allocate("o1", "POPULAR-CURTAINS", 10))
@@ -283,10 +263,7 @@ mod allocate {
     #[tokio::test]
     async fn the_same_line_twice_is_allocated_once() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "LAMP", 10, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "LAMP", 10, None).await;
         app.bus
             .handle(create_batch("b2", "LAMP", 10, Some(tomorrow())))
             .await
@@ -310,14 +287,8 @@ mod allocate {
     #[tokio::test]
     async fn the_same_line_with_another_quantity_is_refused() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "LAMP", 10, None))
-            .await
-            .expect("created");
-        app.bus
-            .handle(allocate("o1", "LAMP", 6))
-            .await
-            .expect("allocated");
+        app.add_batch("b1", "LAMP", 10, None).await;
+        app.allocate("o1", "LAMP", 6).await;
         let refused = app.bus.handle(allocate("o1", "LAMP", 2)).await;
         assert!(matches!(
             refused,
@@ -333,18 +304,9 @@ mod deallocate {
     #[tokio::test]
     async fn frees_stock_without_reallocating() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "LAMP", 10, None))
-            .await
-            .expect("created");
-        app.bus
-            .handle(create_batch("b2", "LAMP", 10, None))
-            .await
-            .expect("created");
-        app.bus
-            .handle(allocate("o1", "LAMP", 10))
-            .await
-            .expect("allocated");
+        app.add_batch("b1", "LAMP", 10, None).await;
+        app.add_batch("b2", "LAMP", 10, None).await;
+        app.allocate("o1", "LAMP", 10).await;
 
         let from = app
             .bus
@@ -365,10 +327,7 @@ mod deallocate {
     #[tokio::test]
     async fn an_order_that_is_not_allocated_is_refused() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "LAMP", 10, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "LAMP", 10, None).await;
         let refused = app
             .bus
             .handle(Deallocate {
@@ -389,10 +348,7 @@ mod change_batch_quantity {
     #[tokio::test]
     async fn changes_available_quantity() {
         let app = app();
-        app.bus
-            .handle(create_batch("batch1", "ADORABLE-SETTEE", 100, None))
-            .await
-            .expect("created");
+        app.add_batch("batch1", "ADORABLE-SETTEE", 100, None).await;
         app.bus
             .handle(change_quantity("batch1", 50))
             .await
@@ -408,10 +364,7 @@ mod change_batch_quantity {
     #[tokio::test]
     async fn reallocates_if_necessary() {
         let app = app();
-        app.bus
-            .handle(create_batch("batch1", "INDIFFERENT-TABLE", 50, None))
-            .await
-            .expect("created");
+        app.add_batch("batch1", "INDIFFERENT-TABLE", 50, None).await;
         app.bus
             .handle(create_batch(
                 "batch2",
@@ -421,14 +374,8 @@ mod change_batch_quantity {
             ))
             .await
             .expect("created");
-        app.bus
-            .handle(allocate("order1", "INDIFFERENT-TABLE", 20))
-            .await
-            .expect("allocated");
-        app.bus
-            .handle(allocate("order2", "INDIFFERENT-TABLE", 20))
-            .await
-            .expect("allocated");
+        app.allocate("order1", "INDIFFERENT-TABLE", 20).await;
+        app.allocate("order2", "INDIFFERENT-TABLE", 20).await;
         assert_eq!(app.allocated_to("INDIFFERENT-TABLE", "batch1").await, 40);
 
         app.bus
@@ -449,19 +396,13 @@ mod change_batch_quantity {
     #[tokio::test]
     async fn several_lines_bumped_by_one_change_are_all_reallocated() {
         let app = app();
-        app.bus
-            .handle(create_batch("wh", "SOFA", 30, None))
-            .await
-            .expect("created");
+        app.add_batch("wh", "SOFA", 30, None).await;
         app.bus
             .handle(create_batch("ship", "SOFA", 30, Some(tomorrow())))
             .await
             .expect("created");
         for order in ["o1", "o2", "o3"] {
-            app.bus
-                .handle(allocate(order, "SOFA", 10))
-                .await
-                .expect("allocated");
+            app.allocate(order, "SOFA", 10).await;
         }
 
         app.bus
@@ -479,14 +420,8 @@ mod change_batch_quantity {
     #[tokio::test]
     async fn a_bumped_line_with_nowhere_to_go_is_reported_out_of_stock() {
         let app = app();
-        app.bus
-            .handle(create_batch("only", "SOFA", 10, None))
-            .await
-            .expect("created");
-        app.bus
-            .handle(allocate("o1", "SOFA", 10))
-            .await
-            .expect("allocated");
+        app.add_batch("only", "SOFA", 10, None).await;
+        app.allocate("o1", "SOFA", 10).await;
 
         app.bus
             .handle(change_quantity("only", 5))
@@ -609,11 +544,7 @@ mod retries {
 
     async fn app_with_conflicts(conflicts: u32) -> (App<ConflictingStore>, ConflictingStore) {
         let setup = app();
-        setup
-            .bus
-            .handle(create_batch("b1", "LAMP", 10, None))
-            .await
-            .expect("created");
+        setup.add_batch("b1", "LAMP", 10, None).await;
         let store = setup.store;
         let conflicting = ConflictingStore::new(store.clone(), conflicts);
         let app = wire(conflicting.clone(), store, RecordingNotifications::new());
@@ -655,10 +586,7 @@ mod retries {
     #[tokio::test]
     async fn two_units_of_work_on_one_product_conflict_at_commit() {
         let app = app();
-        app.bus
-            .handle(create_batch("b1", "LAMP", 10, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "LAMP", 10, None).await;
         let mut first = app.store.start().await.expect("begin");
         let mut second = app.store.start().await.expect("begin");
         for (uow, order) in [(&mut first, "o1"), (&mut second, "o2")] {
@@ -684,10 +612,7 @@ mod retries {
     #[tokio::test(start_paused = true)]
     async fn a_failing_event_handler_is_retried_and_never_fails_the_command() {
         let app = app_with(RecordingNotifications::failing(2));
-        app.bus
-            .handle(create_batch("b1", "LAMP", 1, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "LAMP", 1, None).await;
         let result = app.bus.handle(allocate("o1", "LAMP", 5)).await;
         assert_eq!(result.expect("command succeeds"), None);
         assert_eq!(
@@ -701,10 +626,7 @@ mod retries {
     async fn an_event_handler_that_keeps_failing_is_given_up_on() {
         let started = tokio::time::Instant::now();
         let app = app_with(RecordingNotifications::failing(u32::MAX));
-        app.bus
-            .handle(create_batch("b1", "LAMP", 2, None))
-            .await
-            .expect("created");
+        app.add_batch("b1", "LAMP", 2, None).await;
         let batch = app
             .bus
             .handle(allocate("o1", "LAMP", 5))
