@@ -262,15 +262,19 @@ pub struct Contents {
     pub view_rows: i64,
     pub allocated_qty_in_lines: i64,
     pub allocated_qty_in_batches: i64,
+    /// Messages not yet published: all of them for a raw phase (nothing
+    /// relays them), what the relay has not caught up with for the service.
+    pub outbox_rows: i64,
 }
 
 pub async fn contents(database: &Database) -> anyhow::Result<Contents> {
     let pool = any_pool(&database.url).await?;
-    let row: (i64, i64, i64, i64) = sqlx::query_as(
+    let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM allocations), \
                 (SELECT COUNT(*) FROM allocations_view), \
                 (SELECT CAST(COALESCE(SUM(qty), 0) AS BIGINT) FROM allocations), \
-                (SELECT CAST(COALESCE(SUM(allocated_quantity), 0) AS BIGINT) FROM batches)",
+                (SELECT CAST(COALESCE(SUM(allocated_quantity), 0) AS BIGINT) FROM batches), \
+                (SELECT COUNT(*) FROM outbox)",
     )
     .fetch_one(&pool)
     .await
@@ -286,5 +290,6 @@ pub async fn contents(database: &Database) -> anyhow::Result<Contents> {
         view_rows: row.1,
         allocated_qty_in_lines: row.2,
         allocated_qty_in_batches: row.3,
+        outbox_rows: row.4,
     })
 }

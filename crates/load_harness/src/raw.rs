@@ -9,31 +9,34 @@
 //!   batch and changes nothing; otherwise picks the preferred batch that can
 //!   take the line (warehouse first, then earliest ETA, ties by creation
 //!   order), inserts the allocation row, bumps the batch's
-//!   `allocated_quantity` and the product's version number, and writes the
-//!   `allocations_view` row, all in one transaction.
+//!   `allocated_quantity` and the product's version number, writes the
+//!   `allocations_view` row and the `line_allocated` message in the
+//!   `outbox` (CONTRACT.md section 3: in the same transaction), all in one
+//!   transaction. Publishing the outbox (the service's relay) is not part
+//!   of it: that is background work, measured on the service side only.
 //!   - PostgreSQL, 4 round trips: `BEGIN`; `UPDATE products SET
 //!     version_number = version_number + 1` (locks the product row, the
 //!     aggregate's lock, like `SELECT ... FOR UPDATE` but bumping the
 //!     version in the same trip); one statement with data-modifying CTEs
 //!     that checks for an existing line, picks the batch, updates it and
-//!     inserts both rows; `COMMIT`. Under READ COMMITTED that statement's
+//!     inserts the three rows; `COMMIT`. Under READ COMMITTED that statement's
 //!     snapshot is taken after the lock is held, so it sees the last
 //!     committed state of the product's batches.
-//!   - SQLite, 6 statements: `BEGIN IMMEDIATE` (the database write lock);
+//!   - SQLite, 7 statements: `BEGIN IMMEDIATE` (the database write lock);
 //!     `UPDATE batches ... WHERE id = (SELECT the preferred batch, unless the
-//!     line exists) RETURNING`; two `INSERT`s; `UPDATE products`; `COMMIT`.
+//!     line exists) RETURNING`; three `INSERT`s; `UPDATE products`; `COMMIT`.
 //!     SQLite has no data-modifying CTEs, so this is as short as it gets.
 //! - `service-sql`: the very statements the service's `SqlStore` issues for
 //!   one allocation (load the product and its batches, load the order's line,
-//!   version-checked `UPDATE products`, `UPDATE batches ... RETURNING`, two
-//!   `INSERT`s), with its optimistic retry on a version conflict, through the
+//!   version-checked `UPDATE products`, `UPDATE batches ... RETURNING`,
+//!   three `INSERT`s), with its optimistic retry on a version conflict, through the
 //!   native driver with sqlx's default pool (ping on checkout). Tells apart
 //!   the cost of the service's round trips from everything else.
 //! - `service-sql-any`: the same through sqlx's `Any` driver, as the service
 //!   runs them: tells apart the cost of the `Any` driver.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
@@ -215,7 +218,7 @@ const POSTGRES_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 const SQLITE_BEGIN: &str = "BEGIN IMMEDIATE";
 
 /// Everything after the product lock, in one statement: `$1` sku, `$2`
-/// orderid, `$3` qty. Returns the batch and whether the line is new; no row
+/// orderid, `$3` qty, `$4` message id, `$5` creation time. Returns the batch and whether the line is new; no row
 /// when out of stock.
 const PG_ALLOCATE: &str = "\
 WITH existing AS (
@@ -237,6 +240,9 @@ WITH existing AS (
 ), new_view_row AS (
     INSERT INTO allocations_view (orderid, sku, batchref)
     SELECT $2, $1, reference FROM bumped
+), new_message AS (
+    INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at)
+    SELECT $4, $2, $1, $3, reference, $5 FROM bumped
 )
 SELECT reference, TRUE AS is_new FROM bumped
 UNION ALL
@@ -256,6 +262,8 @@ async fn pg_minimal(pool: &PgPool, line: &Line) -> Result<Outcome, sqlx::Error> 
         .bind(&line.sku)
         .bind(&line.orderid)
         .bind(line.qty)
+        .bind(message_id())
+        .bind(unix_millis())
         .fetch_optional(&mut *transaction)
         .await?;
     match chosen {
@@ -309,6 +317,15 @@ async fn sqlite_minimal(pool: &SqlitePool, line: &Line) -> Result<Outcome, sqlx:
         .bind(&reference)
         .execute(&mut *transaction)
         .await?;
+    sqlx::query(OUTBOX_INSERT)
+        .bind(message_id())
+        .bind(&line.orderid)
+        .bind(&line.sku)
+        .bind(line.qty)
+        .bind(&reference)
+        .bind(unix_millis())
+        .execute(&mut *transaction)
+        .await?;
     let bumped =
         sqlx::query("UPDATE products SET version_number = version_number + 1 WHERE sku = ?1")
             .bind(&line.sku)
@@ -319,6 +336,24 @@ async fn sqlite_minimal(pool: &SqlitePool, line: &Line) -> Result<Outcome, sqlx:
     }
     transaction.commit().await?;
     Ok(Outcome::Allocated)
+}
+
+/// The service's outbox row (`write_outbox_message`): `$1` message id,
+/// `$2` orderid, `$3` sku, `$4` qty, `$5` batch, `$6` creation time.
+const OUTBOX_INSERT: &str = "INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// A unique message id, as long as the service's UUIDs.
+fn message_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The outbox's `created_at`: unix milliseconds.
+fn unix_millis() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How many times the service runs a conflicting command
@@ -431,6 +466,15 @@ macro_rules! service_sql {
                 .bind(&reference)
                 .execute(&mut *transaction)
                 .await?;
+                sqlx::query(OUTBOX_INSERT)
+                    .bind(message_id())
+                    .bind(&line.orderid)
+                    .bind(&line.sku)
+                    .bind(line.qty)
+                    .bind(&reference)
+                    .bind(unix_millis())
+                    .execute(&mut *transaction)
+                    .await?;
                 transaction.commit().await?;
                 return Ok(Outcome::Allocated);
             }

@@ -200,8 +200,11 @@ impl Report {
         for check in &self.consistency {
             if check.ok {
                 println!(
-                    "consistency {}: ok ({} allocations, {} units)",
-                    check.phase, check.expected_allocations, check.expected_quantity
+                    "consistency {}: ok ({} allocations, {} units, {} messages not yet relayed)",
+                    check.phase,
+                    check.expected_allocations,
+                    check.expected_quantity,
+                    check.contents.outbox_rows
                 );
             } else {
                 println!(
