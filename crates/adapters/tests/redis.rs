@@ -15,153 +15,21 @@
 //! the shared Redis) never see each other's messages. Waits are bounded
 //! polls, never fixed sleeps.
 
-use std::io::Write;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use adapters::messages::{self, ALLOCATE};
 use adapters::{Incoming, RedisPublisher, Subscription, subscribe, subscribe_forever};
 use futures::StreamExt;
-use rand::Rng;
+use test_support::process::free_port;
+use test_support::redis::{RedisServer, redis_server_program, shared_redis};
+use test_support::unique;
 use tokio::sync::{mpsc, watch};
 
 /// Far above what any step needs on loopback; a bound, not an expectation.
 const BOUND: Duration = Duration::from_secs(20);
 
-/// The shared Redis from `REDIS_URL`: run when set; when not, fail under
-/// `CI=true` (CI must run every test) and skip with a notice elsewhere.
-/// A local copy of `test_support::require_service`'s rule, to be replaced
-/// by it once that crate is settled.
-fn shared_redis() -> Option<String> {
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        return Some(url);
-    }
-    let thread = std::thread::current();
-    let test = thread.name().unwrap_or("a test");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: CI=true but REDIS_URL is not set: tests that need Redis must run in CI, \
-         not skip (export REDIS_URL=redis://..., as .ci/run does)"
-    );
-    // Straight to stderr, past libtest's capture (which takes `eprintln!`),
-    // so that a skipped test does not pass unnoticed.
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped {test}: REDIS_URL is not set (set REDIS_URL=redis://... to run it)"
-    );
-    None
-}
-
-/// The `redis-server` program, under the same rule as [`shared_redis`].
-fn redis_server_program() -> Option<String> {
-    let program = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let found = Command::new(&program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if found {
-        return Some(program);
-    }
-    let thread = std::thread::current();
-    let test = thread.name().unwrap_or("a test");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: CI=true but {program:?} cannot be run: this test starts its own Redis server \
-         (install redis-server, or set REDIS_SERVER to its path)"
-    );
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped {test}: {program:?} cannot be run (install redis-server to run it)"
-    );
-    None
-}
-
 fn unique_channel(prefix: &str) -> String {
-    format!("{prefix}-test-{:016x}", rand::rng().random::<u64>())
-}
-
-/// A port nobody listens on right now (the OS picks it; the listener is
-/// closed again before the port is used).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// A `redis-server` child process, killed when dropped.
-struct RedisServer {
-    child: Child,
-    /// Its working directory, removed with it.
-    dir: PathBuf,
-}
-
-impl RedisServer {
-    /// Starts one on `port` and waits until it answers PING.
-    async fn start(program: &str, port: u16) -> Self {
-        // Its own working directory, and no persistence: nothing it does
-        // outlives the test.
-        let dir = std::env::temp_dir().join(unique_channel("redis-server"));
-        std::fs::create_dir_all(&dir).expect("a temporary directory");
-        let child = Command::new(program)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let server = Self { child, dir };
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("valid URL");
-        let deadline = Instant::now() + BOUND;
-        loop {
-            let ping = async {
-                let mut connection = client.get_multiplexed_async_connection().await?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-            };
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), ping).await {
-                return server;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} did not answer within {BOUND:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Sends `signal` to the server (`STOP` freezes it, `CONT` resumes it).
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .expect("the kill program runs");
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
-    /// SIGKILL: Redis vanishes as in a crash, closing its connections.
-    fn kill(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    unique(&format!("{prefix}-test"))
 }
 
 /// Polls `subscription` in a task of its own, as the service's consumer

@@ -9,7 +9,15 @@
 //!   and dropped with the value;
 //! - [`per_backend!`]: one `#[tokio::test]` per test per backend, so that a
 //!   test body is written once;
-//! - [`unique`]: identifiers no other test (or earlier run) uses.
+//! - [`unique`]: identifiers no other test (or earlier run) uses;
+//! - [`redis`]: the shared Redis of `REDIS_URL`, and `redis-server`
+//!   processes of a test's own (to stop and restart at will);
+//! - [`smtp`]: an SMTP sink that records what it is sent;
+//! - [`process`]: signals for child processes, and free ports.
+
+pub mod process;
+pub mod redis;
+pub mod smtp;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -23,6 +31,12 @@ pub const POSTGRES: &[&str] = &["postgres", "postgresql"];
 
 /// The environment variable that names the PostgreSQL server tests may use.
 pub const DATABASE_URL: &str = "DATABASE_URL";
+
+/// The URL schemes of Redis, for [`require_service`] and [`service_url`].
+pub const REDIS: &[&str] = &["redis", "rediss"];
+
+/// The environment variable that names the Redis server tests may share.
+pub const REDIS_URL: &str = "REDIS_URL";
 
 /// A random number, different on every call and in every process (std's
 /// hasher keys are random per process and per `RandomState`).
@@ -75,12 +89,17 @@ pub fn require_service(var: &str, schemes: &[&str]) -> Option<String> {
              (export {var}={wanted}://..., as .ci/run does)"
         );
     }
-    // Best effort: a notice that cannot be written is no reason to fail.
-    let _ = writeln!(
-        std::io::stderr(),
+    notice(&format!(
         "skipped {test}: {state} (set {var}={wanted}://... to run it)"
-    );
+    ));
     None
+}
+
+/// Writes `text` straight to stderr, past libtest's capture (which takes
+/// `eprintln!`), so that a skipped test does not pass unnoticed. Best
+/// effort: a notice that cannot be written is no reason to fail.
+fn notice(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 /// A database that exists for one test, or one benchmark, and no longer.

@@ -6,6 +6,8 @@
 //! - `scenarios`: what every backend must do, one test per backend each;
 //! - `concurrency`: a version conflict between two instances, forced and
 //!   retried through the message bus, and two instances under load;
+//! - `outbox`: what commits write to the outbox, how relays claim, release
+//!   and mark it sent, and two relays draining one outbox at once;
 //! - `query_plans`: the lookups a request makes are index lookups;
 //! - `specific`: what only SQLite or only PostgreSQL has to show.
 //!
@@ -15,6 +17,7 @@
 mod backends;
 mod concurrency;
 mod helpers;
+mod outbox;
 mod query_plans;
 mod scenarios;
 mod specific;

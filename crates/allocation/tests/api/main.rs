@@ -1,8 +1,14 @@
 //! The allocation service's API tests, in one test binary: bad input
 //! answered in-process against the in-memory store, and end-to-end runs of
 //! the real binary over HTTP against a temporary SQLite file and, when
-//! `DATABASE_URL` is a `postgres://` URL, a fresh PostgreSQL database.
+//! `DATABASE_URL` is a `postgres://` URL, a fresh PostgreSQL database; with
+//! Redis (the shared one of `REDIS_URL`, or `redis-server`s of the tests'
+//! own) for messages, and an SMTP sink for email.
 
 mod bad_input;
+mod delivery;
 mod end_to_end;
+mod external_events;
 mod helpers;
+mod notifications;
+mod shutdown;
