@@ -254,6 +254,9 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         Some(_) => None,
         None => Some(service::find_binary(args.binary.as_deref())?),
     };
+    if let (Some(binary), None) = (&binary, &args.binary) {
+        service::warn_if_stale(binary);
+    }
     let external = match &args.url {
         Some(url) => Some(http::ensure_loopback(url).await?),
         None => None,

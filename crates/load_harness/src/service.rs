@@ -63,6 +63,65 @@ pub fn find_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The service's sources in this workspace, as they were when the harness
+/// was built: what a stale binary would not contain.
+const SOURCE_DIRECTORIES: [&str; 5] = [
+    "domain/src",
+    "service_layer/src",
+    "adapters/src",
+    "adapters/migrations",
+    "allocation/src",
+];
+
+/// When the binary found next to the harness is older than a source file
+/// of the service, the figures would describe old code: says so, and how
+/// to rebuild. Silent when the sources are not there (a harness binary
+/// copied elsewhere).
+pub fn warn_if_stale(binary: &Path) {
+    let Ok(built) = std::fs::metadata(binary).and_then(|m| m.modified()) else {
+        return;
+    };
+    let Some(crates) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() else {
+        return;
+    };
+    let newer = SOURCE_DIRECTORIES
+        .iter()
+        .filter_map(|directory| newest_file(&crates.join(directory)))
+        .filter(|(modified, _)| *modified > built)
+        .max_by_key(|(modified, _)| *modified);
+    if let Some((_, path)) = newer {
+        eprintln!(
+            "warning: {} is older than {}; rebuild it (cargo build --release -p allocation) \
+             or the figures describe old code",
+            binary.display(),
+            path.display()
+        );
+    }
+}
+
+/// The most recently modified file under `directory`, recursively.
+fn newest_file(directory: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(directory).ok()?.flatten() {
+        let path = entry.path();
+        let found = if path.is_dir() {
+            newest_file(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|modified| (modified, path))
+        };
+        if let Some(found) = found {
+            if newest.as_ref().is_none_or(|(time, _)| found.0 > *time) {
+                newest = Some(found);
+            }
+        }
+    }
+    newest
+}
+
 /// How to start the service.
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
