@@ -174,9 +174,12 @@ impl SqlStore {
     pub async fn connect(url: &str, settings: PoolSettings) -> Result<SqlStore, SqlError> {
         sqlx::any::install_default_drivers();
         let target = DatabaseUrl::parse(url)?;
+        // No ping on every checkout: it costs a round trip per transaction,
+        // and a connection that died is reported by the query that uses it.
         let mut options = PoolOptions::<Any>::new()
             .max_connections(settings.max_connections.max(1))
-            .acquire_timeout(settings.acquire_timeout);
+            .acquire_timeout(settings.acquire_timeout)
+            .test_before_acquire(false);
         if target.in_memory {
             options = options
                 .max_connections(1)
@@ -268,15 +271,25 @@ pub struct SqlTransaction {
 impl StoreTransaction for SqlTransaction {
     async fn load(&mut self, sku: &Sku, lines: Lines<'_>) -> Result<Option<Product>, StoreError> {
         let conn = &mut *self.transaction;
-        // The product and its batches in one round trip; a product without
-        // batches still gives one row, with NULL batch columns.
+        // The product, its batches and, when a command concerns one order,
+        // that order's line, in one round trip: the hot path of allocation.
+        // A product without batches still gives one row, with NULL batch
+        // columns; `line_qty` is set on the row of the batch holding the line.
+        let orderid = match lines {
+            Lines::OfOrder(orderid) => Some(orderid.as_str()),
+            Lines::None | Lines::OfBatch(_) => None,
+        };
         let rows = sqlx::query(
-            "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, b.allocated_quantity \
-             FROM products p LEFT JOIN batches b ON b.sku = p.sku \
+            "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
+                    b.allocated_quantity, a.qty AS line_qty \
+             FROM products p \
+             LEFT JOIN batches b ON b.sku = p.sku \
+             LEFT JOIN allocations a ON a.batch_id = b.id AND a.orderid = $2 AND a.sku = $1 \
              WHERE p.sku = $1 \
              ORDER BY b.id",
         )
         .bind(sku.as_str())
+        .bind(orderid)
         .fetch_all(&mut *conn)
         .await
         .map_err(StoreError::backend)?;
@@ -285,12 +298,22 @@ impl StoreTransaction for SqlTransaction {
         };
         let version = to_u64(get::<i64>(first, "version_number")?, "version_number")?;
         let mut batches = Vec::with_capacity(rows.len());
+        let mut order_line = None;
         for row in &rows {
             let Some(reference) = get::<Option<String>>(row, "reference")? else {
                 continue;
             };
+            let reference = identifier(&reference, BatchRef::parse)?;
+            if let (Some(orderid), Some(qty)) = (orderid, get::<Option<i64>>(row, "line_qty")?) {
+                let line = OrderLine {
+                    orderid: identifier(orderid, OrderId::parse)?,
+                    sku: sku.clone(),
+                    qty: quantity_from_db(qty)?,
+                };
+                order_line = Some((reference.clone(), line));
+            }
             batches.push(Batch::restore(
-                identifier(&reference, BatchRef::parse)?,
+                reference,
                 sku.clone(),
                 eta_from_db(get(row, "eta")?)?,
                 quantity_from_db(get(row, "purchased_quantity")?)?,
@@ -298,7 +321,12 @@ impl StoreTransaction for SqlTransaction {
             ));
         }
         let mut product = Product::restore(sku.clone(), version, batches);
-        load_lines(conn, &mut product, lines).await?;
+        if let Some((reference, line)) = order_line {
+            product.load_lines(&reference, [line]);
+        }
+        if let Lines::OfBatch(reference) = lines {
+            load_lines_of_batch(conn, &mut product, reference).await?;
+        }
         Ok(Some(product))
     }
 
@@ -327,63 +355,36 @@ impl StoreTransaction for SqlTransaction {
     }
 }
 
-/// Attaches the order lines a command asked for. Both queries are index
-/// lookups (`UNIQUE (orderid, sku)`, `allocations (batch_id, id)`), so they
-/// cost the same however many lines the product has.
-async fn load_lines(
+/// Attaches all lines of batch `reference`, oldest first: what shrinking it
+/// needs. An index range scan (`allocations (batch_id, id)`).
+async fn load_lines_of_batch(
     conn: &mut AnyConnection,
     product: &mut Product,
-    lines: Lines<'_>,
+    reference: &BatchRef,
 ) -> Result<(), StoreError> {
     let sku = product.sku().clone();
-    let line = |orderid: OrderId, qty: i64| -> Result<OrderLine, StoreError> {
-        Ok(OrderLine {
-            orderid,
-            sku: sku.clone(),
-            qty: quantity_from_db(qty)?,
+    let rows = sqlx::query(
+        "SELECT a.orderid, a.qty \
+         FROM batches b JOIN allocations a ON a.batch_id = b.id \
+         WHERE b.reference = $1 AND b.sku = $2 \
+         ORDER BY a.id",
+    )
+    .bind(reference.as_str())
+    .bind(sku.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(StoreError::backend)?;
+    let loaded = rows
+        .iter()
+        .map(|row| {
+            Ok(OrderLine {
+                orderid: identifier(&get::<String>(row, "orderid")?, OrderId::parse)?,
+                sku: sku.clone(),
+                qty: quantity_from_db(get(row, "qty")?)?,
+            })
         })
-    };
-    match lines {
-        Lines::None => {}
-        Lines::OfOrder(orderid) => {
-            let row = sqlx::query(
-                "SELECT b.reference, a.qty \
-                 FROM allocations a JOIN batches b ON b.id = a.batch_id \
-                 WHERE a.orderid = $1 AND a.sku = $2",
-            )
-            .bind(orderid.as_str())
-            .bind(sku.as_str())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(StoreError::backend)?;
-            if let Some(row) = row {
-                let reference = identifier(&get::<String>(&row, "reference")?, BatchRef::parse)?;
-                let loaded = line(orderid.clone(), get(&row, "qty")?)?;
-                product.load_lines(&reference, [loaded]);
-            }
-        }
-        Lines::OfBatch(reference) => {
-            let rows = sqlx::query(
-                "SELECT a.orderid, a.qty \
-                 FROM batches b JOIN allocations a ON a.batch_id = b.id \
-                 WHERE b.reference = $1 AND b.sku = $2 \
-                 ORDER BY a.id",
-            )
-            .bind(reference.as_str())
-            .bind(sku.as_str())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(StoreError::backend)?;
-            let loaded = rows
-                .iter()
-                .map(|row| {
-                    let orderid = identifier(&get::<String>(row, "orderid")?, OrderId::parse)?;
-                    line(orderid, get(row, "qty")?)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            product.load_lines(reference, loaded);
-        }
-    }
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    product.load_lines(reference, loaded);
     Ok(())
 }
 
@@ -625,13 +626,13 @@ impl Outbox for SqlStore {
     }
 
     async fn mark_sent(&self, positions: &[i64]) -> Result<(), StoreError> {
-        self.for_each_row("DELETE FROM outbox WHERE id = $1", positions)
+        self.for_rows("DELETE FROM outbox WHERE id IN", positions)
             .await
     }
 
     async fn release(&self, positions: &[i64]) -> Result<(), StoreError> {
-        self.for_each_row(
-            "UPDATE outbox SET claimed_until = NULL WHERE id = $1",
+        self.for_rows(
+            "UPDATE outbox SET claimed_until = NULL WHERE id IN",
             positions,
         )
         .await
@@ -639,24 +640,25 @@ impl Outbox for SqlStore {
 }
 
 impl SqlStore {
-    /// Runs `statement` once per row id, all in one transaction.
-    async fn for_each_row(&self, statement: &'static str, ids: &[i64]) -> Result<(), StoreError> {
+    /// Runs `statement`, which ends in `WHERE id IN`, for all `ids` in one
+    /// round trip. Not cached as a prepared statement: its text changes
+    /// with the number of ids.
+    async fn for_rows(&self, statement: &str, ids: &[i64]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut transaction = self
-            .pool
-            .begin_with(self.dialect.begin_statement())
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!("{statement} ({})", placeholders.join(", "));
+        let query = ids
+            .iter()
+            .fold(sqlx::query(&sql).persistent(false), |query, id| {
+                query.bind(*id)
+            });
+        query
+            .execute(&self.pool)
             .await
             .map_err(StoreError::backend)?;
-        for id in ids {
-            sqlx::query(statement)
-                .bind(id)
-                .execute(&mut *transaction)
-                .await
-                .map_err(StoreError::backend)?;
-        }
-        transaction.commit().await.map_err(StoreError::backend)
+        Ok(())
     }
 }
 

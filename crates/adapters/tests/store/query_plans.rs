@@ -43,23 +43,21 @@ const LOOKUPS: &[Lookup] = &[
         sqlite_indexes: &["batches_sku_id"],
     },
     Lookup {
-        what: "a product with its batches (every command)",
-        sql: "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, b.allocated_quantity \
-              FROM products p LEFT JOIN batches b ON b.sku = p.sku \
+        what: "a product with its batches and one order's line (every command)",
+        sql: "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
+                     b.allocated_quantity, a.qty AS line_qty \
+              FROM products p \
+              LEFT JOIN batches b ON b.sku = p.sku \
+              LEFT JOIN allocations a ON a.batch_id = b.id AND a.orderid = $2 AND a.sku = $1 \
               WHERE p.sku = $1 \
               ORDER BY b.id",
-        params: &["sku-4243"],
-        postgres_indexes: &["products_pkey", "batches_sku_id"],
-        sqlite_indexes: &["sqlite_autoindex_products_1", "batches_sku_id"],
-    },
-    Lookup {
-        what: "an order's line (Allocate, Deallocate)",
-        sql: "SELECT b.reference, a.qty \
-              FROM allocations a JOIN batches b ON b.id = a.batch_id \
-              WHERE a.orderid = $1 AND a.sku = $2",
-        params: &["order-4242", "sku-4243"],
-        postgres_indexes: &["allocations_orderid_sku_key", "batches_pkey"],
-        sqlite_indexes: &["sqlite_autoindex_allocations_1"],
+        params: &["sku-4243", "order-4242"],
+        postgres_indexes: &["products_pkey", "batches_sku_id", "allocations_orderid_sku_key"],
+        sqlite_indexes: &[
+            "sqlite_autoindex_products_1",
+            "batches_sku_id",
+            "sqlite_autoindex_allocations_1",
+        ],
     },
     Lookup {
         what: "a batch's lines (ChangeBatchQuantity)",
