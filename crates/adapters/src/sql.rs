@@ -35,6 +35,36 @@ use sqlx::{Any, AnyConnection, AnyPool, Executor, Row};
 use database_url::DatabaseUrl;
 pub use database_url::redact as redact_url;
 
+/// The lookups the service makes, named so that the query-plan tests check
+/// these very statements against the indexes they need.
+pub mod queries {
+    /// A product, its batches in creation order, and (with `$2`) the line of
+    /// order `$2`: what every command loads.
+    pub const PRODUCT_WITH_ORDER_LINE: &str = "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
+         b.allocated_quantity, a.qty AS line_qty \
+         FROM products p \
+         LEFT JOIN batches b ON b.sku = p.sku \
+         LEFT JOIN allocations a ON a.batch_id = b.id AND a.orderid = $2 AND a.sku = $1 \
+         WHERE p.sku = $1 \
+         ORDER BY b.id";
+
+    /// The lines of batch `$1` (of product `$2`), oldest first: what
+    /// shrinking a batch loads.
+    pub const LINES_OF_BATCH: &str = "SELECT a.orderid, a.qty \
+         FROM batches b JOIN allocations a ON a.batch_id = b.id \
+         WHERE b.reference = $1 AND b.sku = $2 \
+         ORDER BY a.id";
+
+    /// An order's allocations, from the read model.
+    pub const ALLOCATIONS_OF_ORDER: &str =
+        "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY sku";
+
+    /// A product's batches, from the write tables (they are the read model
+    /// of the product query).
+    pub const BATCHES_OF_PRODUCT: &str = "SELECT reference, eta, purchased_quantity, allocated_quantity \
+         FROM batches WHERE sku = $1 ORDER BY id";
+}
+
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -279,20 +309,12 @@ impl StoreTransaction for SqlTransaction {
             Lines::OfOrder(orderid) => Some(orderid.as_str()),
             Lines::None | Lines::OfBatch(_) => None,
         };
-        let rows = sqlx::query(
-            "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
-                    b.allocated_quantity, a.qty AS line_qty \
-             FROM products p \
-             LEFT JOIN batches b ON b.sku = p.sku \
-             LEFT JOIN allocations a ON a.batch_id = b.id AND a.orderid = $2 AND a.sku = $1 \
-             WHERE p.sku = $1 \
-             ORDER BY b.id",
-        )
-        .bind(sku.as_str())
-        .bind(orderid)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(StoreError::backend)?;
+        let rows = sqlx::query(queries::PRODUCT_WITH_ORDER_LINE)
+            .bind(sku.as_str())
+            .bind(orderid)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(StoreError::backend)?;
         let Some(first) = rows.first() else {
             return Ok(None);
         };
@@ -363,17 +385,12 @@ async fn load_lines_of_batch(
     reference: &BatchRef,
 ) -> Result<(), StoreError> {
     let sku = product.sku().clone();
-    let rows = sqlx::query(
-        "SELECT a.orderid, a.qty \
-         FROM batches b JOIN allocations a ON a.batch_id = b.id \
-         WHERE b.reference = $1 AND b.sku = $2 \
-         ORDER BY a.id",
-    )
-    .bind(reference.as_str())
-    .bind(sku.as_str())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(StoreError::backend)?;
+    let rows = sqlx::query(queries::LINES_OF_BATCH)
+        .bind(reference.as_str())
+        .bind(sku.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::backend)?;
     let loaded = rows
         .iter()
         .map(|row| {
@@ -664,13 +681,11 @@ impl SqlStore {
 
 impl ReadModel for SqlStore {
     async fn allocations(&self, orderid: &OrderId) -> Result<Vec<AllocationView>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY sku",
-        )
-        .bind(orderid.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::backend)?;
+        let rows = sqlx::query(queries::ALLOCATIONS_OF_ORDER)
+            .bind(orderid.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
         rows.iter()
             .map(|row| {
                 Ok(AllocationView {
@@ -682,14 +697,11 @@ impl ReadModel for SqlStore {
     }
 
     async fn batches(&self, sku: &Sku) -> Result<Vec<BatchView>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT reference, eta, purchased_quantity, allocated_quantity \
-             FROM batches WHERE sku = $1 ORDER BY id",
-        )
-        .bind(sku.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::backend)?;
+        let rows = sqlx::query(queries::BATCHES_OF_PRODUCT)
+            .bind(sku.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
         rows.iter()
             .map(|row| {
                 Ok(BatchView {

@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use adapters::sql::queries;
 use serde_json::Value;
 use sqlx::query::Query;
 use sqlx::{Connection, Database, Encode, Row, Type};
@@ -29,30 +30,27 @@ struct Lookup {
 const LOOKUPS: &[Lookup] = &[
     Lookup {
         what: "an order's allocations (read model, GET /allocations/<orderid>)",
-        sql: "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY sku",
+        sql: queries::ALLOCATIONS_OF_ORDER,
         params: &["order-4242"],
         postgres_indexes: &["allocations_view_pkey"],
         sqlite_indexes: &["sqlite_autoindex_allocations_view_1"],
     },
     Lookup {
         what: "a product's batches (read model, GET /products/<sku>/batches)",
-        sql: "SELECT reference, eta, purchased_quantity, allocated_quantity \
-              FROM batches WHERE sku = $1 ORDER BY id",
+        sql: queries::BATCHES_OF_PRODUCT,
         params: &["sku-4243"],
         postgres_indexes: &["batches_sku_id"],
         sqlite_indexes: &["batches_sku_id"],
     },
     Lookup {
         what: "a product with its batches and one order's line (every command)",
-        sql: "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
-                     b.allocated_quantity, a.qty AS line_qty \
-              FROM products p \
-              LEFT JOIN batches b ON b.sku = p.sku \
-              LEFT JOIN allocations a ON a.batch_id = b.id AND a.orderid = $2 AND a.sku = $1 \
-              WHERE p.sku = $1 \
-              ORDER BY b.id",
+        sql: queries::PRODUCT_WITH_ORDER_LINE,
         params: &["sku-4243", "order-4242"],
-        postgres_indexes: &["products_pkey", "batches_sku_id", "allocations_orderid_sku_key"],
+        postgres_indexes: &[
+            "products_pkey",
+            "batches_sku_id",
+            "allocations_orderid_sku_key",
+        ],
         sqlite_indexes: &[
             "sqlite_autoindex_products_1",
             "batches_sku_id",
@@ -61,10 +59,7 @@ const LOOKUPS: &[Lookup] = &[
     },
     Lookup {
         what: "a batch's lines (ChangeBatchQuantity)",
-        sql: "SELECT a.orderid, a.qty \
-              FROM batches b JOIN allocations a ON a.batch_id = b.id \
-              WHERE b.reference = $1 AND b.sku = $2 \
-              ORDER BY a.id",
+        sql: queries::LINES_OF_BATCH,
         params: &["batch-4242", "sku-4243"],
         postgres_indexes: &["batches_reference_key", "allocations_batch_id_id"],
         sqlite_indexes: &["sqlite_autoindex_batches_1", "allocations_batch_id_id"],
