@@ -6,6 +6,8 @@
 
 pub mod commands;
 pub mod events;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod model;
 pub mod values;
 

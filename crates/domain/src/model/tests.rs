@@ -4,19 +4,8 @@
 use chrono::NaiveDate;
 
 use super::*;
+use crate::fixtures::{batchref, orderid, qty, sku};
 
-fn sku(raw: &str) -> Sku {
-    Sku::parse(raw).expect("valid sku")
-}
-fn batchref(raw: &str) -> BatchRef {
-    BatchRef::parse(raw).expect("valid ref")
-}
-fn orderid(raw: &str) -> OrderId {
-    OrderId::parse(raw).expect("valid orderid")
-}
-fn qty(units: u32) -> Quantity {
-    Quantity::parse(units.into(), "qty").expect("valid qty")
-}
 fn line(order: &str, product: &str, units: u32) -> OrderLine {
     OrderLine {
         orderid: orderid(order),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
-use domain::{BatchRef, Command, DomainError, OrderId, Quantity, Sku};
+use domain::fixtures::{batchref, orderid, qty, sku};
+use domain::{BatchRef, Command, DomainError, Sku};
 
 use crate::memory::{MemoryStore, MemoryTransaction, RecordingNotifications};
 use crate::ports::OutboxMessage;
@@ -16,18 +17,6 @@ use crate::unit_of_work::{ChangeSet, Lines, Store, StoreError, StoreTransaction}
 use crate::{Error, MessageBus, RetryPolicy};
 use tokio::sync::Notify;
 
-fn sku(raw: &str) -> Sku {
-    Sku::parse(raw).expect("valid sku")
-}
-fn batchref(raw: &str) -> BatchRef {
-    BatchRef::parse(raw).expect("valid ref")
-}
-fn orderid(raw: &str) -> OrderId {
-    OrderId::parse(raw).expect("valid orderid")
-}
-fn qty(units: u32) -> Quantity {
-    Quantity::parse(units.into(), "qty").expect("valid qty")
-}
 fn tomorrow() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 26).expect("valid date")
 }
