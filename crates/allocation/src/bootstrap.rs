@@ -37,18 +37,17 @@ impl Outside {
     /// The adapters the configuration asks for. Fails on a malformed URL;
     /// an unreachable server is not an error here (it may come up later).
     pub fn from_config(args: &OutsideArgs) -> anyhow::Result<Self> {
-        let defaults = Self::default();
         let notifications: Arc<dyn Notifications> = match &args.smtp_url {
             Some(url) => Arc::new(EmailNotifications::new(
                 url,
                 &args.notify_email,
                 &args.notify_from,
             )?),
-            None => defaults.notifications,
+            None => Arc::new(LogNotifications),
         };
         let publisher: Arc<dyn Publisher> = match &args.redis_url {
             Some(url) => Arc::new(RedisPublisher::connect(url)?),
-            None => defaults.publisher,
+            None => Arc::new(LogPublisher),
         };
         Ok(Self {
             notifications,

@@ -201,7 +201,7 @@ async fn main() -> ExitCode {
         let run = AssertUnwindSafe(run(&args, &mut resources)).catch_unwind();
         tokio::select! {
             finished = run => finished.unwrap_or_else(|_| Err(anyhow!("the harness panicked"))),
-            () = interrupted() => Err(anyhow!("interrupted")),
+            () = allocation::shutdown_signal() => Err(anyhow!("interrupted")),
         }
     };
     resources.clean_up().await;
@@ -211,31 +211,6 @@ async fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
     }
 }
 
