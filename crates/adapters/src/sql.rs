@@ -29,8 +29,10 @@ use service_layer::unit_of_work::{
 };
 use sqlx::any::AnyRow;
 use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::pool::PoolConnection;
 use sqlx::pool::PoolOptions;
-use sqlx::{Any, AnyConnection, AnyPool, Executor, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Executor, Row};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use database_url::DatabaseUrl;
 pub use database_url::redact as redact_url;
@@ -54,6 +56,31 @@ pub mod queries {
          FROM batches b JOIN allocations a ON a.batch_id = b.id \
          WHERE b.reference = $1 AND b.sku = $2 \
          ORDER BY a.id";
+
+    /// PostgreSQL, one statement: bump product `$2`'s version from `$3` to
+    /// `$1`, add `$4` to batch `$5`'s allocated quantity, and insert order
+    /// `$6`'s line, its read-model row and its outbox message (`$7`, created
+    /// at `$8`). Every write hangs off the version check (`FROM product`),
+    /// so a conflict writes nothing and returns no row. A batch that is not
+    /// stored leaves the line's `batch_id` NULL, which its NOT NULL
+    /// constraint refuses, failing the whole statement.
+    pub const WRITE_ALLOCATION: &str = "WITH product AS (\
+             UPDATE products SET version_number = $1 \
+             WHERE sku = $2 AND version_number = $3 RETURNING sku), \
+         batch AS (\
+             UPDATE batches SET allocated_quantity = allocated_quantity + $4 \
+             WHERE reference = $5 AND sku = (SELECT sku FROM product) RETURNING id), \
+         line AS (\
+             INSERT INTO allocations (orderid, sku, batch_id, qty) \
+             SELECT $6, sku, (SELECT id FROM batch), $4 FROM product), \
+         view AS (\
+             INSERT INTO allocations_view (orderid, sku, batchref) \
+             SELECT $6, sku, $5 FROM product \
+             ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref), \
+         message AS (\
+             INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
+             SELECT $7, $6, sku, $4, $5, $8 FROM product) \
+         SELECT 1 AS versioned FROM product";
 
     /// An order's allocations, from the read model.
     pub const ALLOCATIONS_OF_ORDER: &str =
@@ -95,24 +122,6 @@ impl Dialect {
         }
     }
 
-    /// How a unit of work's transaction begins.
-    ///
-    /// SQLite: a plain (deferred) `BEGIN` takes the write lock only at the
-    /// first write. If another connection committed since this one started
-    /// reading, that upgrade fails at once with SQLITE_BUSY whatever the
-    /// busy timeout (waiting cannot refresh a stale snapshot). `BEGIN
-    /// IMMEDIATE` takes the write lock up front, where the busy timeout does
-    /// wait, so write transactions queue instead of failing. Writers are thus
-    /// serialised, and never hit a version conflict.
-    ///
-    /// PostgreSQL: READ COMMITTED, spelled out so that a server configured
-    /// with another default does not change the behaviour. Concurrent writers
-    /// to one product are caught by the version check at commit.
-    ///
-    /// Both go through `Pool::begin_with` (sqlx 0.8.4 and later, hence the
-    /// workspace's version floor). Through `Any` it hands the statement to
-    /// the backend's own transaction manager, which still tracks the
-    /// transaction, so dropping it rolls back as usual.
     /// Claims a batch of outbox rows for a lease. On PostgreSQL, `FOR UPDATE
     /// SKIP LOCKED` lets relays of several instances claim side by side,
     /// each skipping the rows another is claiming right now. SQLite runs one
@@ -134,6 +143,26 @@ impl Dialect {
         }
     }
 
+    /// How a unit of work's transaction begins.
+    ///
+    /// SQLite: a plain (deferred) `BEGIN` takes the write lock only at the
+    /// first write. If another connection committed since this one started
+    /// reading, that upgrade fails at once with SQLITE_BUSY whatever the
+    /// busy timeout (waiting cannot refresh a stale snapshot). `BEGIN
+    /// IMMEDIATE` takes the write lock up front, where the busy timeout does
+    /// wait, so write transactions queue instead of failing. Writers are thus
+    /// serialised, and never hit a version conflict.
+    ///
+    /// PostgreSQL: a unit of work reads outside any transaction (see
+    /// `Connection::Optimistic`); a commit that needs several statements
+    /// runs them in READ COMMITTED, spelled out so that a server configured
+    /// with another default does not change the behaviour. Concurrent writers
+    /// to one product are caught by the version check at commit.
+    ///
+    /// Both go through `Pool::begin_with` (sqlx 0.8.4 and later, hence the
+    /// workspace's version floor). Through `Any` it hands the statement to
+    /// the backend's own transaction manager, which still tracks the
+    /// transaction, so dropping it rolls back as usual.
     fn begin_statement(self) -> &'static str {
         match self {
             Self::Sqlite => "BEGIN IMMEDIATE",
@@ -181,6 +210,9 @@ pub struct SqlStore {
     dialect: Dialect,
     /// The URL without its password, for messages.
     url: Arc<str>,
+    /// SQLite lets one connection write at a time: this process's writers
+    /// take turns here (see `Store::begin`).
+    write_turn: Option<Arc<Semaphore>>,
 }
 
 impl fmt::Debug for SqlStore {
@@ -227,10 +259,12 @@ impl SqlStore {
                 url: target.redacted.clone(),
                 cause,
             })?;
+        let write_turn = (target.dialect == Dialect::Sqlite).then(|| Arc::new(Semaphore::new(1)));
         let store = SqlStore {
             pool,
             dialect: target.dialect,
             url: target.redacted.into(),
+            write_turn,
         };
         store.migrate().await?;
         tracing::debug!(backend = store.backend(), url = %store.url, "database ready");
@@ -264,6 +298,21 @@ impl SqlStore {
         Ok(())
     }
 
+    /// On SQLite, waits until no other writer of this process holds the
+    /// database's write lock (see `Store::begin`); the turn lasts as long as
+    /// the permit. PostgreSQL locks rows, not the database: no turn.
+    async fn wait_for_write_turn(&self) -> Result<Option<OwnedSemaphorePermit>, StoreError> {
+        match &self.write_turn {
+            Some(turn) => Ok(Some(
+                turn.clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(StoreError::backend)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         self.dialect.name()
@@ -282,25 +331,69 @@ impl Store for SqlStore {
     type Transaction = SqlTransaction;
 
     async fn begin(&self) -> Result<SqlTransaction, StoreError> {
-        let transaction = self
-            .pool
-            .begin_with(self.dialect.begin_statement())
-            .await
-            .map_err(StoreError::backend)?;
-        Ok(SqlTransaction { transaction })
+        let connection = match self.dialect {
+            Dialect::Sqlite => {
+                // Wait for this process's turn before asking SQLite for its
+                // write lock: a queue here instead of `busy_timeout`'s
+                // sleep-and-poll, which left writers idle for milliseconds
+                // after the lock came free.
+                let turn = self.wait_for_write_turn().await?;
+                let transaction = self
+                    .pool
+                    .begin_with(self.dialect.begin_statement())
+                    .await
+                    .map_err(StoreError::backend)?;
+                Connection::Locked {
+                    transaction,
+                    _turn: turn,
+                }
+            }
+            Dialect::Postgres => {
+                Connection::Optimistic(self.pool.acquire().await.map_err(StoreError::backend)?)
+            }
+        };
+        Ok(SqlTransaction { connection })
     }
 }
 
-/// One open database transaction. Dropping it rolls back (sqlx queues the
-/// rollback on the connection before it goes back to the pool).
+/// One unit of work's hold on the database. Dropping it rolls back.
 #[derive(Debug)]
 pub struct SqlTransaction {
-    transaction: sqlx::Transaction<'static, Any>,
+    connection: Connection,
+}
+
+/// How a unit of work reads, which depends on how the database lets writers
+/// wait for each other.
+#[derive(Debug)]
+enum Connection {
+    /// SQLite: the database's write lock, taken up front (see
+    /// `Dialect::begin_statement`), so reads and writes are one serialised
+    /// transaction.
+    Locked {
+        transaction: sqlx::Transaction<'static, Any>,
+        _turn: Option<OwnedSemaphorePermit>,
+    },
+    /// PostgreSQL: reads run on their own, outside any transaction, and the
+    /// commit opens one just for the writes. The version check at commit
+    /// (optimistic offline lock, book chapter 7) is what makes this safe: a
+    /// product read here and changed by anyone before the commit fails that
+    /// check, and the command runs again. It saves the `BEGIN` round trip,
+    /// and holds no transaction open while the handler thinks.
+    Optimistic(PoolConnection<Any>),
+}
+
+impl Connection {
+    fn reader(&mut self) -> &mut AnyConnection {
+        match self {
+            Self::Locked { transaction, .. } => transaction,
+            Self::Optimistic(connection) => connection,
+        }
+    }
 }
 
 impl StoreTransaction for SqlTransaction {
     async fn load(&mut self, sku: &Sku, lines: Lines<'_>) -> Result<Option<Product>, StoreError> {
-        let conn = &mut *self.transaction;
+        let conn = self.connection.reader();
         // The product, its batches and, when a command concerns one order,
         // that order's line, in one round trip: the hot path of allocation.
         // A product without batches still gives one row, with NULL batch
@@ -355,25 +448,147 @@ impl StoreTransaction for SqlTransaction {
     async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {
         let row = sqlx::query("SELECT sku FROM batches WHERE reference = $1")
             .bind(reference.as_str())
-            .fetch_optional(&mut *self.transaction)
+            .fetch_optional(self.connection.reader())
             .await
             .map_err(StoreError::backend)?;
         row.map(|row| identifier(&get::<String>(&row, "sku")?, Sku::parse))
             .transpose()
     }
 
-    async fn commit(mut self, changes: ChangeSet) -> Result<(), StoreError> {
-        let conn = &mut *self.transaction;
-        for product in &changes.products {
-            write_product(conn, product).await?;
+    async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {
+        match self.connection {
+            Connection::Locked {
+                mut transaction, ..
+            } => {
+                write_changes(&mut transaction, &changes).await?;
+                transaction.commit().await.map_err(StoreError::backend)
+            }
+            Connection::Optimistic(mut connection) => {
+                if changes.is_empty() {
+                    return Ok(());
+                }
+                if let Some(allocation) = SingleAllocation::of(&changes) {
+                    return allocation.write(&mut connection).await;
+                }
+                let mut transaction = connection
+                    .begin_with(Dialect::Postgres.begin_statement())
+                    .await
+                    .map_err(StoreError::backend)?;
+                write_changes(&mut transaction, &changes).await?;
+                transaction.commit().await.map_err(StoreError::backend)
+            }
         }
-        for view in &changes.views {
-            write_view(conn, view).await?;
+    }
+}
+
+/// Writes a change set statement by statement, inside the caller's
+/// transaction: each product's version check first, then its events, the
+/// read model and the outbox.
+async fn write_changes(conn: &mut AnyConnection, changes: &ChangeSet) -> Result<(), StoreError> {
+    for product in &changes.products {
+        write_product(conn, product).await?;
+    }
+    for view in &changes.views {
+        write_view(conn, view).await?;
+    }
+    for message in &changes.outbox {
+        write_outbox_message(conn, message).await?;
+    }
+    Ok(())
+}
+
+/// The change set of the hot path, `Allocate`, on PostgreSQL: one stored
+/// product's version bump and at most one allocation, with its read-model
+/// row and its outbox message. It is written as a single statement, whose
+/// data-modifying CTEs all hang off the version check, so that PostgreSQL
+/// runs it atomically without `BEGIN` and `COMMIT`: one round trip instead
+/// of seven.
+#[derive(Debug)]
+struct SingleAllocation<'a> {
+    product: &'a ProductChanges,
+    stored_version: u64,
+    allocation: Option<(&'a Allocated, &'a OutboxMessage)>,
+}
+
+impl<'a> SingleAllocation<'a> {
+    /// The change set in this shape, if it is; anything else takes the
+    /// general path.
+    fn of(changes: &'a ChangeSet) -> Option<Self> {
+        let [product] = changes.products.as_slice() else {
+            return None;
+        };
+        let stored_version = product.stored_version?;
+        let mut allocated = product.events.iter().filter_map(|event| match event {
+            Event::Allocated(e) => Some(Some(e)),
+            Event::OutOfStock(_) => None,
+            _ => Some(None),
+        });
+        let allocation = match (allocated.next(), allocated.next()) {
+            (None, _) => None,
+            (Some(Some(e)), None) => Some(e),
+            _ => return None,
+        };
+        match (
+            allocation,
+            changes.views.as_slice(),
+            changes.outbox.as_slice(),
+        ) {
+            (None, [], []) => Some(Self {
+                product,
+                stored_version,
+                allocation: None,
+            }),
+            (Some(e), [view], [message])
+                if message.event == *e
+                    && *view
+                        == (ViewChange::Allocated {
+                            orderid: e.orderid.clone(),
+                            sku: e.sku.clone(),
+                            batchref: e.batchref.clone(),
+                        }) =>
+            {
+                Some(Self {
+                    product,
+                    stored_version,
+                    allocation: Some((e, message)),
+                })
+            }
+            _ => None,
         }
-        for message in &changes.outbox {
-            write_outbox_message(conn, message).await?;
+    }
+
+    async fn write(self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+        let sku = &self.product.sku;
+        let versions = (
+            to_i64(self.product.new_version, "version_number")?,
+            to_i64(self.stored_version, "version_number")?,
+        );
+        let query = match self.allocation {
+            None => sqlx::query(
+                "UPDATE products SET version_number = $1 WHERE sku = $2 AND version_number = $3 \
+                 RETURNING 1",
+            )
+            .bind(versions.0)
+            .bind(sku.as_str())
+            .bind(versions.1),
+            Some((allocated, message)) => sqlx::query(queries::WRITE_ALLOCATION)
+                .bind(versions.0)
+                .bind(sku.as_str())
+                .bind(versions.1)
+                .bind(i64::from(allocated.qty.get()))
+                .bind(allocated.batchref.as_str())
+                .bind(allocated.orderid.as_str())
+                .bind(message.message_id.as_str())
+                .bind(unix_millis(SystemTime::now())),
+        };
+        let versioned = query
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| write_error(e, sku))?;
+        match versioned {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Conflict { sku: sku.clone() }),
         }
-        self.transaction.commit().await.map_err(StoreError::backend)
     }
 }
 
@@ -610,6 +825,7 @@ fn unix_millis(time: SystemTime) -> i64 {
 
 impl Outbox for SqlStore {
     async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let _turn = self.wait_for_write_turn().await?;
         let now = SystemTime::now();
         let rows = sqlx::query(self.dialect.claim_outbox_statement())
             .bind(unix_millis(now + lease))
@@ -664,6 +880,7 @@ impl SqlStore {
         if ids.is_empty() {
             return Ok(());
         }
+        let _turn = self.wait_for_write_turn().await?;
         let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
         let sql = format!("{statement} ({})", placeholders.join(", "));
         let query = ids

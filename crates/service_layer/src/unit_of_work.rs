@@ -47,7 +47,9 @@ pub enum Lines<'a> {
 pub trait Store: Clone + Send + Sync + 'static {
     type Transaction: StoreTransaction;
 
-    /// Starts a transaction in which reads and the final write are atomic.
+    /// Starts a transaction. Its reads need not hold locks: the commit checks
+    /// every product's version, so a product changed since it was read fails
+    /// the commit with [`StoreError::Conflict`] (optimistic concurrency).
     fn begin(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send;
 
     /// Starts a unit of work: a transaction with an empty identity map.
@@ -86,6 +88,14 @@ pub struct ChangeSet {
     pub views: Vec<ViewChange>,
     /// Messages for other systems, published by the relay after commit.
     pub outbox: Vec<OutboxMessage>,
+}
+
+impl ChangeSet {
+    /// Whether there is nothing to write (a command that changed nothing,
+    /// such as allocating a line that is already allocated).
+    pub fn is_empty(&self) -> bool {
+        self.products.is_empty() && self.views.is_empty() && self.outbox.is_empty()
+    }
 }
 
 /// What happened to one product: its events, in order, say what to write.

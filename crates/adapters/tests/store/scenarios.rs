@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use domain::commands::{ChangeBatchQuantity, CreateBatch};
-use domain::{BatchRef, DomainError, OrderId, Product, Sku};
-use service_layer::ports::{BatchView, Outbox, ReadModel};
+use domain::events::Allocated;
+use domain::{BatchRef, DomainError, Event, OrderId, Product, Sku};
+use service_layer::ports::{BatchView, Outbox, OutboxMessage, ReadModel};
 use service_layer::unit_of_work::{ChangeSet, Lines, ProductChanges, ViewChange};
 use service_layer::{Error, RetryPolicy, Store, StoreError, StoreTransaction, UnitOfWork};
 use test_support::per_backend;
@@ -39,8 +40,12 @@ per_backend!(mod interleaving_backends on [memory, postgres] via one_store {
 
 // The memory store returns an order's allocations in the order they were
 // made; the SQL stores sort them by SKU as `ReadModel::allocations` says.
+// The SQL stores also guard against change sets that contradict the stored
+// rows (with constraints, as a second line behind the version check); the
+// memory store relies on the version check alone.
 per_backend!(mod sql_backends on [sqlite, postgres] via one_store {
     an_orders_allocations_come_back_by_sku,
+    a_commit_naming_a_batch_that_is_not_stored_writes_nothing,
 });
 
 async fn a_created_product_reloads_with_its_batches_in_creation_order<S: Store + ReadModel>(
@@ -347,21 +352,35 @@ async fn a_failing_handler_writes_nothing<S: Store + ReadModel>(store: S) {
     );
 }
 
-/// What a unit of work would write for `product` at commit.
+/// What a unit of work would write for `product` at commit: its events, the
+/// given read-model changes, and (as `handlers::add_to_outbox` does) a
+/// message per allocation. That is the shape the PostgreSQL store writes in
+/// a single statement.
 fn changes_of(
     product: &mut Product,
     stored_version: Option<u64>,
     views: Vec<ViewChange>,
 ) -> ChangeSet {
+    let events = product.take_events();
+    let outbox = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Allocated(allocated) => Some(OutboxMessage {
+                message_id: format!("{}-{}", allocated.orderid, product.version()),
+                event: allocated.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
     ChangeSet {
         products: vec![ProductChanges {
             sku: product.sku().clone(),
             stored_version,
             new_version: product.version(),
-            events: product.take_events(),
+            events,
         }],
         views,
-        outbox: Vec::new(),
+        outbox,
     }
 }
 
@@ -369,7 +388,9 @@ fn changes_of(
 /// commit wins, the other is refused and writes nothing. (Each load runs in
 /// its own transaction so that this also runs on SQLite, whose write
 /// transactions cannot overlap.)
-async fn a_commit_from_a_stale_version_conflicts_and_writes_nothing<S: Store + ReadModel>(
+async fn a_commit_from_a_stale_version_conflicts_and_writes_nothing<
+    S: Store + ReadModel + Outbox,
+>(
     store: S,
 ) {
     let bus = bus(&store);
@@ -436,6 +457,61 @@ async fn a_commit_from_a_stale_version_conflicts_and_writes_nothing<S: Store + R
     assert_eq!(loaded_lines(&loaded), vec![]);
     assert_eq!(allocations(&store, &second).await, vec![]);
     assert_eq!(allocations(&store, &first).await, vec![view(&sku, &batch)]);
+    assert_eq!(outbox_of(&store).await, vec![(first, batch)]);
+}
+
+/// A commit whose events name a batch that is not stored (which the version
+/// check should make impossible) fails as a whole: the version bump, the
+/// read-model row and the message are not written either.
+async fn a_commit_naming_a_batch_that_is_not_stored_writes_nothing<
+    S: Store + ReadModel + Outbox,
+>(
+    store: S,
+) {
+    let bus = bus(&store);
+    let (sku, batch, ghost, order) = (sku(), batchref("b"), batchref("ghost"), orderid("o"));
+    bus.add_batch(&batch, &sku, 10, None).await;
+    let stored = load(&store, &sku, Lines::None).await.expect("stored");
+
+    let allocated = Allocated {
+        orderid: order.clone(),
+        sku: sku.clone(),
+        qty: qty(2),
+        batchref: ghost.clone(),
+    };
+    let changes = ChangeSet {
+        products: vec![ProductChanges {
+            sku: sku.clone(),
+            stored_version: Some(stored.version),
+            new_version: stored.version + 1,
+            events: vec![Event::Allocated(allocated.clone())],
+        }],
+        views: vec![ViewChange::Allocated {
+            orderid: order.clone(),
+            sku: sku.clone(),
+            batchref: ghost,
+        }],
+        outbox: vec![OutboxMessage {
+            message_id: "ghost-message".into(),
+            event: allocated,
+        }],
+    };
+    let transaction = store.begin().await.expect("begin");
+    assert!(
+        transaction.commit(changes).await.is_err(),
+        "a commit naming a missing batch must fail"
+    );
+
+    let loaded = load(&store, &sku, Lines::OfOrder(&order))
+        .await
+        .expect("stored");
+    assert_eq!(
+        (loaded.version, loaded.batches[0].allocated),
+        (stored.version, 0)
+    );
+    assert_eq!(loaded_lines(&loaded), vec![]);
+    assert_eq!(allocations(&store, &order).await, vec![]);
+    assert_eq!(outbox_of(&store).await, vec![]);
 }
 
 async fn a_new_product_whose_sku_was_taken_meanwhile_conflicts<S: Store + ReadModel>(store: S) {
