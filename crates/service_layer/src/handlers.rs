@@ -33,10 +33,20 @@ pub trait CommandHandler: fmt::Debug + Send + Sync {
         &self,
         uow: &mut UnitOfWork<T>,
     ) -> impl Future<Output = Result<Self::Reply, Error>> + Send;
+
+    /// The product the command changes, when the command names it: the bus
+    /// then runs it in that product's turn (see `product_turns`).
+    fn product(&self) -> Option<&Sku> {
+        None
+    }
 }
 
 impl CommandHandler for CreateBatch {
     type Reply = ();
+
+    fn product(&self) -> Option<&Sku> {
+        Some(&self.sku)
+    }
 
     async fn handle<T: StoreTransaction>(&self, uow: &mut UnitOfWork<T>) -> Result<(), Error> {
         let products = uow.products();
@@ -64,6 +74,10 @@ impl CommandHandler for CreateBatch {
 impl CommandHandler for Allocate {
     /// The batch the line went to, or `None` when it is out of stock.
     type Reply = Option<BatchRef>;
+
+    fn product(&self) -> Option<&Sku> {
+        Some(&self.sku)
+    }
 
     async fn handle<T: StoreTransaction>(
         &self,
@@ -101,6 +115,10 @@ impl CommandHandler for ChangeBatchQuantity {
 impl CommandHandler for Deallocate {
     /// The batch the line was taken off.
     type Reply = BatchRef;
+
+    fn product(&self) -> Option<&Sku> {
+        Some(&self.sku)
+    }
 
     async fn handle<T: StoreTransaction>(
         &self,

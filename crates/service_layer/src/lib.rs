@@ -10,6 +10,7 @@ pub mod handlers;
 pub mod memory;
 pub mod messagebus;
 pub mod ports;
+mod product_turns;
 pub mod relay;
 pub mod unit_of_work;
 

@@ -2,9 +2,9 @@
 //!
 //! [`MessageBus::handle`] runs a command in a fresh unit of work, runs the
 //! transactional event handlers (read model, outbox) in that same unit of
-//! work, and commits. A
-//! version conflict at commit runs the whole command again, a bounded number
-//! of times with jittered backoff. After the commit, the events are handled
+//! work, and commits. Commands on one product take turns within the process.
+//! A version conflict at commit (another instance got there first) runs the
+//! whole command again, a bounded number of times with jittered backoff. After the commit, the events are handled
 //! breadth-first, including the events of the follow-up commands they start.
 //! A command's error goes to its caller; an event handler's error is logged
 //! and retried with exponential backoff, and never fails the command.
@@ -20,6 +20,7 @@ use tracing::{debug, error, warn};
 
 use crate::handlers::{self, CommandHandler};
 use crate::ports::{NotificationError, Notifications};
+use crate::product_turns::ProductTurns;
 use crate::unit_of_work::{Store, StoreError};
 
 /// Why a command failed.
@@ -113,6 +114,7 @@ pub struct MessageBus<S> {
     /// Tells the outbox relay that a commit just wrote to the outbox.
     outbox_written: Arc<Notify>,
     retry: RetryPolicy,
+    product_turns: ProductTurns,
 }
 
 impl<S: Store> MessageBus<S> {
@@ -127,6 +129,7 @@ impl<S: Store> MessageBus<S> {
             notifications,
             outbox_written,
             retry,
+            product_turns: ProductTurns::new(),
         }
     }
 
@@ -150,7 +153,8 @@ impl<S: Store> MessageBus<S> {
         }
     }
 
-    /// The command and the transactional event handlers, committed together.
+    /// The command and the transactional event handlers, committed together,
+    /// with the command run again from scratch after a version conflict.
     /// Returns the reply and the events for the after-commit handlers.
     async fn run_in_unit_of_work<C: CommandHandler>(
         &self,
@@ -158,26 +162,42 @@ impl<S: Store> MessageBus<S> {
     ) -> Result<(C::Reply, Vec<Event>), Error> {
         let mut attempt = 1;
         loop {
-            let mut uow = self.store.start().await?;
-            let reply = command.handle(&mut uow).await?;
-            let events = uow.collect_new_events();
-            for event in &events {
-                handlers::handle_in_transaction(event, &mut uow);
-            }
-            match uow.commit().await {
-                Ok(()) => return Ok((reply, events)),
-                Err(StoreError::Conflict { sku }) if attempt < self.retry.command_attempts => {
+            match self.run_once(command).await {
+                Err(Error::Store(StoreError::Conflict { sku }))
+                    if attempt < self.retry.command_attempts =>
+                {
                     debug!(%sku, attempt, ?command, "version conflict, running the command again");
                     tokio::time::sleep(self.retry.conflict_wait(attempt)).await;
                     attempt += 1;
                 }
-                Err(StoreError::Conflict { sku }) => {
+                Err(Error::Store(StoreError::Conflict { sku })) => {
                     warn!(%sku, attempts = attempt, ?command, "giving up on a contended command");
                     return Err(Error::Contention { attempts: attempt });
                 }
-                Err(error) => return Err(error.into()),
+                outcome => return outcome,
             }
         }
+    }
+
+    /// One attempt, in the product's turn when the command names its product:
+    /// commands on a hot product queue in this process rather than conflict.
+    /// The turn ends before any backoff, so others go meanwhile.
+    async fn run_once<C: CommandHandler>(
+        &self,
+        command: &C,
+    ) -> Result<(C::Reply, Vec<Event>), Error> {
+        let _turn = match command.product() {
+            Some(sku) => Some(self.product_turns.wait_for(sku).await),
+            None => None,
+        };
+        let mut uow = self.store.start().await?;
+        let reply = command.handle(&mut uow).await?;
+        let events = uow.collect_new_events();
+        for event in &events {
+            handlers::handle_in_transaction(event, &mut uow);
+        }
+        uow.commit().await?;
+        Ok((reply, events))
     }
 
     /// Breadth-first: the command's events, then the events of what they

@@ -30,6 +30,12 @@ pub struct RelaySettings {
     pub idle_poll: Duration,
     /// Longest wait between attempts while publishing keeps failing.
     pub max_backoff: Duration,
+    /// How long to wait after a commit's wake-up before claiming, so that
+    /// the commits landing meanwhile go out in the same round. Under load a
+    /// round per commit would cost the database more statements than the
+    /// commits themselves; this bounds the rounds to one per linger, for
+    /// that much more latency on each message.
+    pub linger: Duration,
 }
 
 impl Default for RelaySettings {
@@ -39,6 +45,7 @@ impl Default for RelaySettings {
             lease: Duration::from_secs(30),
             idle_poll: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
+            linger: Duration::from_millis(10),
         }
     }
 }
@@ -110,12 +117,18 @@ impl<O: Outbox> OutboxRelay<O> {
                 self.outbox.release(&unsent).await?;
                 return Err(error.into());
             }
+            // A short batch took everything there was: asking again would
+            // only find what was committed since, which its wake-up brings.
+            if claimed.len() < self.settings.batch_size as usize {
+                return Ok(published);
+            }
         }
     }
 
     /// Relays until `shutdown` resolves, then publishes what is pending one
-    /// last time. Waits for a commit's wake-up (or the idle poll) when there
-    /// is nothing to do, and backs off exponentially while failing.
+    /// last time. Waits for a commit's wake-up (then lingers) or the idle
+    /// poll when there is nothing to do, and backs off exponentially while
+    /// failing.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut backoff = Duration::ZERO;
@@ -138,7 +151,12 @@ impl<O: Outbox> OutboxRelay<O> {
             };
             tokio::select! {
                 () = &mut shutdown => break,
-                () = self.wakeup.notified(), if backoff.is_zero() => {}
+                () = self.wakeup.notified(), if backoff.is_zero() => {
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(self.settings.linger) => {}
+                    }
+                }
                 () = tokio::time::sleep(pause) => {}
             }
         }
