@@ -505,7 +505,11 @@ impl StoreTransaction for ConflictingTransaction {
         sku: &Sku,
         lines: Lines<'_>,
     ) -> Result<Option<domain::Product>, StoreError> {
-        self.inner.load(sku, lines).await
+        let product = self.inner.load(sku, lines).await;
+        // Let other commands run between read and commit, as a database
+        // round trip would.
+        tokio::task::yield_now().await;
+        product
     }
 
     async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {
@@ -596,6 +600,25 @@ mod retries {
         let lost = second.commit().await;
         assert!(matches!(lost, Err(StoreError::Conflict { .. })), "{lost:?}");
         assert_eq!(app.allocated_to("LAMP", "b1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn commands_on_one_product_take_turns_instead_of_conflicting() {
+        let (app, store) = app_with_conflicts(0).await;
+        // Ten lines of one unit each: exactly the batch's stock.
+        let orders: Vec<String> = (0..10).map(|n| format!("o{n}")).collect();
+        let allocations = orders
+            .iter()
+            .map(|order| app.bus.handle(allocate(order, "LAMP", 1)));
+        for batch in futures::future::join_all(allocations).await {
+            assert_eq!(batch.expect("allocated"), Some(batchref("b1")));
+        }
+        assert_eq!(
+            store.commits_tried.load(Ordering::SeqCst),
+            10,
+            "one commit per command: none conflicted"
+        );
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 10);
     }
 
     #[tokio::test(start_paused = true)]
