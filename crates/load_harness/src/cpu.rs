@@ -27,6 +27,20 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
     parse_stat(&stat)
 }
 
+/// The most memory the process `pid` ever had resident (`VmHWM`, its peak
+/// RSS), in bytes, if this is Linux and the process exists.
+pub fn process_peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_peak_rss(&status)
+}
+
+/// `VmHWM:   12345 kB` from a `/proc/<pid>/status` text.
+fn parse_peak_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// utime + stime from a `/proc/<pid>/stat` line. The command name (field
 /// 2) is in parentheses and may hold spaces, so fields are counted from the
 /// last `)`.
@@ -181,6 +195,14 @@ pub struct CpuPerRequest {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn peak_rss_is_read_from_vm_hwm() {
+        let status =
+            "Name:\tallocation\nVmPeak:\t  900000 kB\nVmHWM:\t   21504 kB\nVmRSS:\t   20000 kB\n";
+        assert_eq!(parse_peak_rss(status), Some(21504 * 1024));
+        assert_eq!(parse_peak_rss("Name:\tx\n"), None);
+    }
     use super::*;
 
     #[test]

@@ -452,6 +452,11 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         },
         levels,
         consistency,
+        service_peak_rss_bytes: resources
+            .service
+            .as_ref()
+            .and_then(ServiceProcess::pid)
+            .and_then(cpu::process_peak_rss),
     };
     report.print();
     println!(

@@ -21,6 +21,9 @@ pub struct Report {
     pub settings: Settings,
     pub levels: Vec<Level>,
     pub consistency: Vec<Consistency>,
+    /// The service process's peak resident memory over the whole run
+    /// (`VmHWM`), when the harness started it on Linux.
+    pub service_peak_rss_bytes: Option<u64>,
 }
 
 /// The run's flags, as they were understood.
@@ -197,6 +200,12 @@ impl Report {
             );
         }
 
+        if let Some(bytes) = self.service_peak_rss_bytes {
+            println!(
+                "service peak RSS: {:.1} MiB",
+                bytes as f64 / (1024.0 * 1024.0)
+            );
+        }
         for check in &self.consistency {
             if check.ok {
                 println!(
