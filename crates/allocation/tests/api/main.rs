@@ -10,5 +10,6 @@ mod delivery;
 mod end_to_end;
 mod external_events;
 mod helpers;
+mod maintenance;
 mod notifications;
 mod shutdown;
