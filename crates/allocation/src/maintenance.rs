@@ -21,13 +21,30 @@ pub const EXIT_INCONSISTENT: u8 = 2;
 /// The error `check` ends with when it found differences: its report is
 /// already printed, and [`exit_code`] maps it to [`EXIT_INCONSISTENT`].
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "not consistent: {read_model} read-model difference(s) (`allocation rebuild-read-model` \
-     repairs them), {write_model} write-model violation(s) (these need a person)"
-)]
 pub struct Inconsistent {
     pub read_model: u64,
     pub write_model: u64,
+}
+
+impl Display for Inconsistent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not consistent:")?;
+        if self.read_model > 0 {
+            write!(
+                f,
+                " {} read-model difference(s), which `allocation rebuild-read-model` repairs;",
+                self.read_model
+            )?;
+        }
+        if self.write_model > 0 {
+            write!(
+                f,
+                " {} write-model violation(s), which need a person;",
+                self.write_model
+            )?;
+        }
+        write!(f, " see the report")
+    }
 }
 
 /// The process exit code for a command that failed with `error`.
