@@ -1,11 +1,13 @@
 //! The maintenance of a live database, on SQLite and PostgreSQL: the
 //! consistency check reports exactly the damage done to the tables with
 //! plain SQL, the rebuild repairs the read model's share of it, and a
-//! rebuild while commands run leaves everything consistent.
+//! rebuild while commands run leaves everything consistent. On PostgreSQL,
+//! the rebuild of a product waits for a commit in progress on it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use adapters::SqlStore;
 use adapters::sql::maintenance::{
@@ -13,7 +15,7 @@ use adapters::sql::maintenance::{
     RebuildReport, ViewRow, WrongBatch,
 };
 use domain::{BatchRef, OrderId, Sku};
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Row};
 use test_support::{TestDatabase, on_database, per_backend};
 
 use crate::backends::{connect_directly, open};
@@ -24,6 +26,10 @@ per_backend!(mod on_every_sql_backend on [sqlite, postgres] via on_database {
     check_reports_exactly_the_damage_and_rebuild_repairs_the_read_model,
     broken_rules_of_the_write_model_are_reported,
     a_rebuild_during_concurrent_commands_leaves_everything_consistent,
+});
+
+per_backend!(mod on_postgres on [postgres] via on_database {
+    a_rebuild_waits_for_a_commit_in_progress_on_its_product,
 });
 
 /// Runs `statements` on a connection of its own, as someone poking at the
@@ -389,5 +395,69 @@ async fn a_rebuild_during_concurrent_commands_leaves_everything_consistent(db: T
         db.backend(),
         rounds.len(),
         kept.len()
+    );
+}
+
+/// What makes the rebuild safe on PostgreSQL, shown directly: a command
+/// in the middle of its commit holds its product's row, and the rebuild of
+/// that product waits for it rather than reading around its uncommitted
+/// rows. Here the "command" is an allocation written by hand and left
+/// uncommitted, as `SqlTransaction::commit` writes it.
+async fn a_rebuild_waits_for_a_commit_in_progress_on_its_product(db: TestDatabase) {
+    let store = open(db.url()).await;
+    let s = stock(&store).await;
+    let order = orderid("mid-commit");
+    let mut command = connect_directly(db.url()).await;
+    damage(
+        &mut command,
+        &format!(
+            "BEGIN; \
+             UPDATE products SET version_number = version_number + 1 WHERE sku = '{chairs}'; \
+             UPDATE batches SET allocated_quantity = allocated_quantity + 1 \
+             WHERE reference = '{warehouse}'; \
+             INSERT INTO allocations (orderid, sku, batch_id, qty) \
+             SELECT '{order}', '{chairs}', id, 1 FROM batches WHERE reference = '{warehouse}'; \
+             INSERT INTO allocations_view (orderid, sku, batchref) \
+             VALUES ('{order}', '{chairs}', '{warehouse}');",
+            chairs = s.chairs,
+            warehouse = s.warehouse,
+        ),
+    )
+    .await;
+
+    let rebuilding = tokio::spawn({
+        let store = store.clone();
+        async move { store.rebuild_read_model().await }
+    });
+    let mut observer = connect_directly(db.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query(
+            "SELECT COUNT(*) AS waiting FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .expect("pg_stat_activity")
+        .get("waiting");
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !rebuilding.is_finished() && Instant::now() < deadline,
+            "the rebuild did not wait for the commit in progress on its product"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!rebuilding.is_finished());
+
+    damage(&mut command, "COMMIT;").await;
+    let rebuilt = rebuilding.await.expect("rebuild task").expect("rebuild");
+    assert_eq!(rebuilt.changes(), 0, "{rebuilt:?}");
+    let report = check(&store).await;
+    assert!(report.is_consistent(), "{report:#?}");
+    assert_eq!(
+        allocations(&store, &order).await,
+        vec![view(&s.chairs, &s.warehouse)]
     );
 }
