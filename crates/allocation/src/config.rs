@@ -43,7 +43,8 @@ pub enum Command {
     RebuildReadModel(MaintenanceArgs),
     /// Compare the read model with the allocations, and check the stock
     /// totals, in one snapshot; report the differences and the outbox
-    /// backlog. Read-only. Exit code 0: consistent; 2: differences found.
+    /// backlog. Read-only. Exit code 0: consistent; 2: differences found;
+    /// 1: could not check.
     Check(MaintenanceArgs),
 }
 
