@@ -13,6 +13,7 @@
 //! command touched are written.
 
 mod database_url;
+pub mod maintenance;
 
 use std::fmt;
 use std::sync::Arc;

@@ -38,6 +38,14 @@ pub enum Command {
     Relay(WorkerArgs),
     /// Bring the database schema up to date, then exit. Safe to run twice.
     Migrate(DatabaseArgs),
+    /// Rebuild the read model (what `GET /allocations/<orderid>` shows) from
+    /// the allocations, and report what changed. Safe while the service runs.
+    RebuildReadModel(MaintenanceArgs),
+    /// Compare the read model with the allocations, and check the stock
+    /// totals, in one snapshot; report the differences and the outbox
+    /// backlog. Read-only. Exit code 0: consistent; 2: differences found;
+    /// 1: could not check.
+    Check(MaintenanceArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +79,16 @@ pub struct WorkerArgs {
 
     #[command(flatten)]
     pub outside: OutsideArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MaintenanceArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Print the report as JSON (on stdout), for scripts and monitoring.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The systems the service talks to besides its database.

@@ -6,6 +6,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod entrypoints;
+pub mod maintenance;
 
 use std::sync::Arc;
 
@@ -60,6 +61,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             info!(database = %database.database_url, "schema is up to date");
             Ok(())
         }
+        Command::RebuildReadModel(args) => maintenance::rebuild_read_model(&args).await,
+        Command::Check(args) => maintenance::check(&args).await,
     }
 }
 

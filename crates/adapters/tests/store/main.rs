@@ -8,6 +8,8 @@
 //!   retried through the message bus, and two instances under load;
 //! - `outbox`: what commits write to the outbox, how relays claim, release
 //!   and mark it sent, and two relays draining one outbox at once;
+//! - `maintenance`: the consistency check and the read-model rebuild, on
+//!   damaged tables and during concurrent commands;
 //! - `query_plans`: the lookups a request makes are index lookups;
 //! - `specific`: what only SQLite or only PostgreSQL has to show.
 //!
@@ -17,6 +19,7 @@
 mod backends;
 mod concurrency;
 mod helpers;
+mod maintenance;
 mod outbox;
 mod query_plans;
 mod scenarios;

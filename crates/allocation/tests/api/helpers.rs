@@ -45,7 +45,7 @@ pub const BOUND: Duration = Duration::from_secs(30);
 /// The environment the binary could read its settings from: cleared, so
 /// that each test passes exactly the settings it means (under CI,
 /// `DATABASE_URL` and `REDIS_URL` are set for the tests themselves).
-const SETTINGS_FROM_ENV: &[&str] = &[
+pub const SETTINGS_FROM_ENV: &[&str] = &[
     "DATABASE_URL",
     "REDIS_URL",
     "SMTP_URL",

@@ -6,9 +6,11 @@
 //! own) for messages, and an SMTP sink for email.
 
 mod bad_input;
+mod crash;
 mod delivery;
 mod end_to_end;
 mod external_events;
 mod helpers;
+mod maintenance;
 mod notifications;
 mod shutdown;

@@ -1,0 +1,484 @@
+//! Maintenance of a live database: rebuilding the read model from the write
+//! tables (book chapter 12's sidebar), and checking that the two agree.
+//!
+//! Both are safe while the service runs. The rebuild works one product at a
+//! time, holding that product the way a command does (by bumping its
+//! version), so no command's writes can interleave with it; the check reads
+//! one consistent snapshot and writes nothing.
+
+use std::time::{Duration, SystemTime};
+
+use futures::TryStreamExt;
+use serde::Serialize;
+use service_layer::StoreError;
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyConnection, Transaction};
+
+use super::{Dialect, SqlStore, get, to_u64, unix_millis};
+
+/// How many examples of each kind of difference a report lists; all are
+/// counted. A badly broken database should not make the report unreadable.
+pub const EXAMPLES_PER_KIND: usize = 100;
+
+/// How often the final pass of a rebuild starts again after a concurrent
+/// command changed a row it meant to delete (PostgreSQL only).
+const ORPHAN_PASS_ATTEMPTS: u32 = 10;
+
+/// What a rebuild of the read model changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RebuildReport {
+    /// Products whose rows were rebuilt.
+    pub products: u64,
+    /// Rows added for allocated lines the read model did not show.
+    pub added: u64,
+    /// Rows that showed another batch than the one the line is on.
+    pub changed: u64,
+    /// Rows removed because no allocated line stands behind them.
+    pub removed: u64,
+}
+
+impl RebuildReport {
+    /// Rows added, changed or removed: zero when the read model was right.
+    pub fn changes(&self) -> u64 {
+        self.added + self.changed + self.removed
+    }
+}
+
+/// How the read model and the write model compare, and whether the write
+/// model keeps its own rules, in one snapshot of the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsistencyReport {
+    pub totals: Totals,
+    /// Allocated lines the read model does not show (`batchref`: the batch
+    /// it should show).
+    pub missing_rows: Findings<ViewRow>,
+    /// Read-model rows with no allocated line behind them.
+    pub extra_rows: Findings<ViewRow>,
+    /// Read-model rows that show another batch than the line is on.
+    pub wrong_batch: Findings<WrongBatch>,
+    /// Batches whose `allocated_quantity` is not the total of their lines.
+    pub allocated_totals: Findings<BatchTotal>,
+    /// Batches with more allocated than purchased.
+    pub over_allocated: Findings<OverAllocated>,
+    /// Order lines `(orderid, sku)` allocated more than once.
+    pub duplicate_lines: Findings<DuplicateLine>,
+    /// Lines allocated to a batch of another SKU.
+    pub lines_on_foreign_batches: Findings<ForeignBatchLine>,
+    /// Not a difference: what the outbox relay has yet to publish.
+    pub outbox: OutboxBacklog,
+}
+
+impl ConsistencyReport {
+    /// Differences between the read and the write model, which a rebuild
+    /// repairs.
+    pub fn read_model_differences(&self) -> u64 {
+        self.missing_rows.count + self.extra_rows.count + self.wrong_batch.count
+    }
+
+    /// Broken rules of the write model itself, which no rebuild repairs.
+    pub fn write_model_violations(&self) -> u64 {
+        self.allocated_totals.count
+            + self.over_allocated.count
+            + self.duplicate_lines.count
+            + self.lines_on_foreign_batches.count
+    }
+
+    pub fn is_consistent(&self) -> bool {
+        self.read_model_differences() == 0 && self.write_model_violations() == 0
+    }
+}
+
+/// How many rows each table held in the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub products: u64,
+    pub batches: u64,
+    pub allocations: u64,
+    pub view_rows: u64,
+}
+
+/// All rows of one kind of difference are counted; the first
+/// [`EXAMPLES_PER_KIND`] are kept, in a stable order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Findings<T> {
+    pub count: u64,
+    pub examples: Vec<T>,
+}
+
+impl<T> Default for Findings<T> {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            examples: Vec::new(),
+        }
+    }
+}
+
+// Identifiers are plain strings here: a report must be able to show stored
+// values that no longer parse as the domain's types.
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViewRow {
+    pub orderid: String,
+    pub sku: String,
+    pub batchref: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WrongBatch {
+    pub orderid: String,
+    pub sku: String,
+    /// What `GET /allocations/<orderid>` shows.
+    pub shown: String,
+    /// Where the line is allocated.
+    pub allocated: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchTotal {
+    pub batchref: String,
+    pub sku: String,
+    pub allocated_quantity: u64,
+    pub lines_total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OverAllocated {
+    pub batchref: String,
+    pub sku: String,
+    pub allocated_quantity: u64,
+    pub purchased_quantity: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DuplicateLine {
+    pub orderid: String,
+    pub sku: String,
+    pub lines: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForeignBatchLine {
+    pub orderid: String,
+    pub sku: String,
+    pub batchref: String,
+    pub batch_sku: String,
+}
+
+/// The outbox at the time of the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutboxBacklog {
+    /// Messages committed and not yet published.
+    pub messages: u64,
+    /// How long the oldest of them has waited, in milliseconds, by this
+    /// process's clock (the outbox records the writer's clock).
+    pub oldest_age_ms: Option<u64>,
+}
+
+impl OutboxBacklog {
+    pub fn oldest_age(&self) -> Option<Duration> {
+        self.oldest_age_ms.map(Duration::from_millis)
+    }
+}
+
+/// The rebuild's statements for one product, `$1` its SKU. They reach the
+/// product's lines through its batches (`batches (sku, id)`, then
+/// `allocations (batch_id, id)`) and the read model by its primary key, so
+/// each product costs what it holds, not what the database holds.
+mod rebuild {
+    /// Takes the product as a command's commit does: on PostgreSQL the row
+    /// lock makes concurrent commits of this product wait, and the new
+    /// version fails their version check, so the bus runs them again on
+    /// what this transaction leaves. (SQLite serialises writers anyway.)
+    pub const TAKE_PRODUCT: &str =
+        "UPDATE products SET version_number = version_number + 1 WHERE sku = $1";
+
+    pub const ADD_MISSING_ROWS: &str = "INSERT INTO allocations_view (orderid, sku, batchref) \
+         SELECT a.orderid, a.sku, b.reference \
+         FROM batches b JOIN allocations a ON a.batch_id = b.id \
+         WHERE b.sku = $1 AND NOT EXISTS (\
+         SELECT 1 FROM allocations_view v WHERE v.orderid = a.orderid AND v.sku = a.sku)";
+
+    pub const FIX_WRONG_BATCHES: &str = "UPDATE allocations_view SET batchref = b.reference \
+         FROM batches b JOIN allocations a ON a.batch_id = b.id \
+         WHERE b.sku = $1 \
+         AND allocations_view.orderid = a.orderid AND allocations_view.sku = a.sku \
+         AND allocations_view.batchref <> b.reference";
+
+    /// Rows with no line behind them, for every product at once: one pass
+    /// over the read model, each row checked by `allocations (orderid, sku)`.
+    pub const REMOVE_ORPHANS: &str = "DELETE FROM allocations_view WHERE NOT EXISTS (\
+         SELECT 1 FROM allocations a \
+         WHERE a.orderid = allocations_view.orderid AND a.sku = allocations_view.sku)";
+}
+
+/// The check's queries, each run once over the whole snapshot.
+mod check {
+    pub const TOTALS: &str = "SELECT \
+         (SELECT COUNT(*) FROM products) AS products, \
+         (SELECT COUNT(*) FROM batches) AS batches, \
+         (SELECT COUNT(*) FROM allocations) AS allocations, \
+         (SELECT COUNT(*) FROM allocations_view) AS view_rows";
+
+    pub const MISSING_ROWS: &str = "SELECT a.orderid, a.sku, b.reference AS batchref \
+         FROM allocations a JOIN batches b ON b.id = a.batch_id \
+         WHERE NOT EXISTS (\
+         SELECT 1 FROM allocations_view v WHERE v.orderid = a.orderid AND v.sku = a.sku) \
+         ORDER BY a.sku, a.orderid";
+
+    pub const EXTRA_ROWS: &str = "SELECT v.orderid, v.sku, v.batchref \
+         FROM allocations_view v \
+         WHERE NOT EXISTS (\
+         SELECT 1 FROM allocations a WHERE a.orderid = v.orderid AND a.sku = v.sku) \
+         ORDER BY v.sku, v.orderid";
+
+    pub const WRONG_BATCH: &str = "SELECT v.orderid, v.sku, v.batchref AS shown, b.reference AS allocated \
+         FROM allocations_view v \
+         JOIN allocations a ON a.orderid = v.orderid AND a.sku = v.sku \
+         JOIN batches b ON b.id = a.batch_id \
+         WHERE v.batchref <> b.reference \
+         ORDER BY v.sku, v.orderid";
+
+    /// `SUM` of BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode.
+    pub const ALLOCATED_TOTALS: &str = "SELECT b.reference, b.sku, b.allocated_quantity, \
+         CAST(COALESCE(SUM(a.qty), 0) AS BIGINT) AS lines_total \
+         FROM batches b LEFT JOIN allocations a ON a.batch_id = b.id \
+         GROUP BY b.id, b.reference, b.sku, b.allocated_quantity \
+         HAVING b.allocated_quantity <> COALESCE(SUM(a.qty), 0) \
+         ORDER BY b.id";
+
+    pub const OVER_ALLOCATED: &str = "SELECT reference, sku, allocated_quantity, purchased_quantity \
+         FROM batches WHERE allocated_quantity > purchased_quantity ORDER BY id";
+
+    pub const DUPLICATE_LINES: &str = "SELECT orderid, sku, COUNT(*) AS lines \
+         FROM allocations GROUP BY orderid, sku HAVING COUNT(*) > 1 \
+         ORDER BY sku, orderid";
+
+    pub const LINES_ON_FOREIGN_BATCHES: &str = "SELECT a.orderid, a.sku, b.reference, b.sku AS batch_sku \
+         FROM allocations a JOIN batches b ON b.id = a.batch_id \
+         WHERE a.sku <> b.sku ORDER BY a.id";
+
+    pub const OUTBOX: &str =
+        "SELECT COUNT(*) AS messages, MIN(created_at) AS oldest_created_at FROM outbox";
+}
+
+impl Dialect {
+    /// A transaction that only reads, all from one snapshot. SQLite in WAL
+    /// mode gives a deferred transaction the snapshot of its first read, and
+    /// keeps it until the end without blocking writers.
+    fn snapshot_statement(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN",
+            Self::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        }
+    }
+
+    /// The rebuild's final pass. On PostgreSQL, REPEATABLE READ turns "a
+    /// command changed this row since my snapshot" into a serialization
+    /// failure (retried), where READ COMMITTED would delete a row that a
+    /// concurrent allocation had just made right again.
+    fn orphan_pass_statement(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        }
+    }
+}
+
+impl SqlStore {
+    /// Makes the read model (`allocations_view`) show exactly the allocated
+    /// lines, changing only the rows that differ. Safe while the service
+    /// runs: one short transaction per product, which holds the product
+    /// like a command does, then one pass removing rows of no line.
+    /// Commands on the product being rebuilt wait a moment, or are retried
+    /// by the message bus.
+    pub async fn rebuild_read_model(&self) -> Result<RebuildReport, StoreError> {
+        let mut report = RebuildReport::default();
+        // Products created after this list have been kept right by their
+        // commands; only existing rows can be wrong.
+        let skus: Vec<String> = sqlx::query_scalar("SELECT sku FROM products ORDER BY sku")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        for sku in &skus {
+            let mut transaction = self.begin_with(self.dialect.begin_statement()).await?;
+            let conn = &mut *transaction;
+            execute(conn, rebuild::TAKE_PRODUCT, sku).await?;
+            report.added += execute(conn, rebuild::ADD_MISSING_ROWS, sku).await?;
+            report.changed += execute(conn, rebuild::FIX_WRONG_BATCHES, sku).await?;
+            transaction.commit().await.map_err(StoreError::backend)?;
+            report.products += 1;
+        }
+        report.removed = self.remove_orphan_rows().await?;
+        Ok(report)
+    }
+
+    async fn remove_orphan_rows(&self) -> Result<u64, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let mut transaction = self
+                .begin_with(self.dialect.orphan_pass_statement())
+                .await?;
+            let deleted = sqlx::query(rebuild::REMOVE_ORPHANS)
+                .execute(&mut *transaction)
+                .await;
+            let outcome = match deleted {
+                Ok(deleted) => transaction.commit().await.map(|()| deleted.rows_affected()),
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(removed) => return Ok(removed),
+                Err(error)
+                    if is_serialization_failure(&error) && attempt < ORPHAN_PASS_ATTEMPTS =>
+                {
+                    tracing::debug!(attempt, "a command changed the read model meanwhile; again");
+                    attempt += 1;
+                }
+                Err(error) => return Err(StoreError::backend(error)),
+            }
+        }
+    }
+
+    /// Compares the read model with the allocations, and checks the rules
+    /// the write tables keep, all in one snapshot; writes nothing.
+    pub async fn check_consistency(&self) -> Result<ConsistencyReport, StoreError> {
+        let mut transaction = self.begin_with(self.dialect.snapshot_statement()).await?;
+        let conn = &mut *transaction;
+        let totals = sqlx::query(check::TOTALS)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(StoreError::backend)?;
+        let totals = Totals {
+            products: count(&totals, "products")?,
+            batches: count(&totals, "batches")?,
+            allocations: count(&totals, "allocations")?,
+            view_rows: count(&totals, "view_rows")?,
+        };
+        let view_row = |row: &AnyRow| {
+            Ok(ViewRow {
+                orderid: get(row, "orderid")?,
+                sku: get(row, "sku")?,
+                batchref: get(row, "batchref")?,
+            })
+        };
+        let missing_rows = findings(conn, check::MISSING_ROWS, view_row).await?;
+        let extra_rows = findings(conn, check::EXTRA_ROWS, view_row).await?;
+        let wrong_batch = findings(conn, check::WRONG_BATCH, |row| {
+            Ok(WrongBatch {
+                orderid: get(row, "orderid")?,
+                sku: get(row, "sku")?,
+                shown: get(row, "shown")?,
+                allocated: get(row, "allocated")?,
+            })
+        })
+        .await?;
+        let allocated_totals = findings(conn, check::ALLOCATED_TOTALS, |row| {
+            Ok(BatchTotal {
+                batchref: get(row, "reference")?,
+                sku: get(row, "sku")?,
+                allocated_quantity: count(row, "allocated_quantity")?,
+                lines_total: count(row, "lines_total")?,
+            })
+        })
+        .await?;
+        let over_allocated = findings(conn, check::OVER_ALLOCATED, |row| {
+            Ok(OverAllocated {
+                batchref: get(row, "reference")?,
+                sku: get(row, "sku")?,
+                allocated_quantity: count(row, "allocated_quantity")?,
+                purchased_quantity: count(row, "purchased_quantity")?,
+            })
+        })
+        .await?;
+        let duplicate_lines = findings(conn, check::DUPLICATE_LINES, |row| {
+            Ok(DuplicateLine {
+                orderid: get(row, "orderid")?,
+                sku: get(row, "sku")?,
+                lines: count(row, "lines")?,
+            })
+        })
+        .await?;
+        let lines_on_foreign_batches = findings(conn, check::LINES_ON_FOREIGN_BATCHES, |row| {
+            Ok(ForeignBatchLine {
+                orderid: get(row, "orderid")?,
+                sku: get(row, "sku")?,
+                batchref: get(row, "reference")?,
+                batch_sku: get(row, "batch_sku")?,
+            })
+        })
+        .await?;
+        let outbox = sqlx::query(check::OUTBOX)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(StoreError::backend)?;
+        let now = unix_millis(SystemTime::now());
+        let outbox = OutboxBacklog {
+            messages: count(&outbox, "messages")?,
+            oldest_age_ms: get::<Option<i64>>(&outbox, "oldest_created_at")?
+                .map(|created| u64::try_from(now.saturating_sub(created)).unwrap_or_default()),
+        };
+        // Nothing was written; ending it either way releases the snapshot.
+        transaction.rollback().await.map_err(StoreError::backend)?;
+        Ok(ConsistencyReport {
+            totals,
+            missing_rows,
+            extra_rows,
+            wrong_batch,
+            allocated_totals,
+            over_allocated,
+            duplicate_lines,
+            lines_on_foreign_batches,
+            outbox,
+        })
+    }
+
+    async fn begin_with(
+        &self,
+        statement: &'static str,
+    ) -> Result<Transaction<'static, Any>, StoreError> {
+        self.pool
+            .begin_with(statement)
+            .await
+            .map_err(StoreError::backend)
+    }
+}
+
+/// Runs a statement of one product, `$1` its SKU: how many rows it changed.
+async fn execute(conn: &mut AnyConnection, statement: &str, sku: &str) -> Result<u64, StoreError> {
+    let done = sqlx::query(statement)
+        .bind(sku)
+        .execute(conn)
+        .await
+        .map_err(StoreError::backend)?;
+    Ok(done.rows_affected())
+}
+
+/// Counts every row `query` gives, keeping the first [`EXAMPLES_PER_KIND`]:
+/// streamed, so that memory stays bounded however many there are.
+async fn findings<T>(
+    conn: &mut AnyConnection,
+    query: &str,
+    decode: impl Fn(&AnyRow) -> Result<T, StoreError>,
+) -> Result<Findings<T>, StoreError> {
+    let mut found = Findings::default();
+    let mut rows = sqlx::query(query).fetch(conn);
+    while let Some(row) = rows.try_next().await.map_err(StoreError::backend)? {
+        found.count += 1;
+        if found.examples.len() < EXAMPLES_PER_KIND {
+            found.examples.push(decode(&row)?);
+        }
+    }
+    Ok(found)
+}
+
+fn count(row: &AnyRow, column: &str) -> Result<u64, StoreError> {
+    to_u64(get(row, column)?, column)
+}
+
+/// PostgreSQL's "could not serialize access": another transaction changed
+/// what this one meant to change; running it again is the remedy.
+fn is_serialization_failure(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|db| db.code().as_deref() == Some("40001"))
+}
