@@ -11,4 +11,5 @@ mod end_to_end;
 mod external_events;
 mod helpers;
 mod notifications;
+mod openapi;
 mod shutdown;

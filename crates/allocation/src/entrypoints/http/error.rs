@@ -6,7 +6,15 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use domain::{DomainError, ValueError};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Why the request was refused, for people.
+    pub message: String,
+}
 
 /// Everything an HTTP handler can answer with besides success.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +55,10 @@ impl IntoResponse for ApiError {
             Self::Unavailable(reason) => tracing::warn!(%reason, "request failed"),
             _ => tracing::debug!(%status, message = %self, "request refused"),
         }
-        (status, Json(json!({ "message": self.to_string() }))).into_response()
+        let body = ErrorBody {
+            message: self.to_string(),
+        };
+        (status, Json(body)).into_response()
     }
 }
 
