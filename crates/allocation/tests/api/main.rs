@@ -10,6 +10,7 @@ mod delivery;
 mod end_to_end;
 mod external_events;
 mod helpers;
+mod metrics;
 mod notifications;
 mod openapi;
 mod shutdown;

@@ -21,6 +21,7 @@ const ROUTES: &[&str] = &[
     "GET /products/{sku}/batches",
     "GET /healthz",
     "GET /readyz",
+    "GET /metrics",
     "GET /openapi.json",
 ];
 

@@ -9,16 +9,20 @@
 //! (see [`documented`]), so the OpenAPI document at `GET /openapi.json` is
 //! derived from the same list as the router and cannot leave a route out.
 
+mod auth;
 mod error;
+mod observe;
 mod openapi;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::handler::Handler;
 use axum::http::StatusCode;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse;
 use axum::routing::MethodRouter;
 use axum::{Json, Router};
@@ -27,7 +31,7 @@ use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
 use domain::{BatchRef, OrderId, Quantity, Sku, ValueError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use service_layer::ports::{AllocationView, ReadModel};
+use service_layer::ports::{AllocationView, Outbox, ReadModel};
 use service_layer::{MessageBus, Store};
 use tower_http::trace::TraceLayer;
 use utoipa::ToSchema;
@@ -35,6 +39,7 @@ use utoipa::openapi::path::Paths;
 use utoipa_axum::PathItemExt;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
+pub use auth::ApiTokens;
 pub use error::{ApiError, ErrorBody};
 pub use openapi::ApiDoc;
 
@@ -57,9 +62,42 @@ impl<S: Clone> Clone for AppState<S> {
     }
 }
 
+/// Limits and access control (`serve --request-timeout`, `--api-token`).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub request_timeout: Duration,
+    /// `None`: no authentication.
+    pub api_tokens: Option<ApiTokens>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            api_tokens: None,
+        }
+    }
+}
+
+/// The whole API with the default settings, ready to serve.
+pub fn router<S: Store + ReadModel + Outbox>(state: AppState<S>) -> Router {
+    router_with(state, &HttpSettings::default())
+}
+
 /// The whole API, ready to serve.
-pub fn router<S: Store + ReadModel>(state: AppState<S>) -> Router {
+pub fn router_with<S: Store + ReadModel + Outbox>(
+    state: AppState<S>,
+    settings: &HttpSettings,
+) -> Router {
     let (routes, document) = documented_routes::<S>().split_for_parts();
+    // Installed now, so that the first scrape already has every `# HELP`.
+    crate::metrics::prometheus();
+    let routes = match settings.api_tokens.clone() {
+        Some(tokens) => routes.layer(from_fn_with_state(tokens, auth::require_token)),
+        None => routes,
+    };
+    // Outermost last: the span, then the metrics (which see the final
+    // status, 401 and 503 included), the time limit, the token check.
     routes
         .fallback(|| async { ApiError::NotFound("No such route".into()) })
         .method_not_allowed_fallback(|| async {
@@ -70,13 +108,18 @@ pub fn router<S: Store + ReadModel>(state: AppState<S>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(Extension(Arc::new(document)))
-        .layer(TraceLayer::new_for_http())
+        .layer(from_fn_with_state(
+            settings.request_timeout,
+            observe::time_limit,
+        ))
+        .layer(from_fn(observe::record_request))
+        .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
         .with_state(state)
 }
 
 /// Every route of the API with its OpenAPI description: one list for both,
 /// so that no route is served undocumented. Add routes here, nowhere else.
-fn documented_routes<S: Store + ReadModel>() -> OpenApiRouter<AppState<S>> {
+fn documented_routes<S: Store + ReadModel + Outbox>() -> OpenApiRouter<AppState<S>> {
     OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .routes(documented::<__path_add_batch, _, _, _>(add_batch::<S>))
         .routes(documented::<__path_allocate, _, _, _>(allocate::<S>))
@@ -92,6 +135,9 @@ fn documented_routes<S: Store + ReadModel>() -> OpenApiRouter<AppState<S>> {
         ))
         .routes(documented::<__path_healthz, _, _, _>(healthz))
         .routes(documented::<__path_readyz, _, _, _>(readyz::<S>))
+        .routes(documented::<__path_prometheus_metrics, _, _, _>(
+            prometheus_metrics::<S>,
+        ))
         .routes(documented::<__path_openapi_document, _, _, _>(
             openapi_document,
         ))
@@ -182,6 +228,8 @@ async fn add_batch<S: Store>(
         qty: quantity(body.qty)?,
         eta: body.eta,
     };
+    observe::record_id("batchref", command.reference.as_str());
+    observe::record_id("sku", command.sku.as_str());
     let created = BatchCreatedResponse {
         reference: command.reference.to_string(),
         sku: command.sku.to_string(),
@@ -232,6 +280,8 @@ async fn allocate<S: Store>(
         sku: Sku::parse(&body.sku)?,
         qty: quantity(body.qty)?,
     };
+    observe::record_id("orderid", command.orderid.as_str());
+    observe::record_id("sku", command.sku.as_str());
     let sku = command.sku.clone();
     let answer = match state.bus.handle(command).await? {
         Some(batchref) => AllocateResponse {
@@ -269,6 +319,7 @@ async fn allocations_of_order<S: ReadModel>(
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(orderid) = orderid.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let orderid = OrderId::parse(&orderid)?;
+    observe::record_id("orderid", orderid.as_str());
     let rows = state.read_model.allocations(&orderid).await?;
     if rows.is_empty() {
         return Err(ApiError::NotFound(format!(
@@ -322,6 +373,8 @@ async fn deallocate<S: Store>(
         orderid: OrderId::parse(&body.orderid)?,
         sku: Sku::parse(&body.sku)?,
     };
+    observe::record_id("orderid", command.orderid.as_str());
+    observe::record_id("sku", command.sku.as_str());
     let (orderid, sku) = (command.orderid.to_string(), command.sku.to_string());
     let batchref = state.bus.handle(command).await?;
     Ok(Json(DeallocatedResponse {
@@ -368,6 +421,7 @@ async fn change_batch_quantity<S: Store>(
         reference: BatchRef::parse(&body.batchref)?,
         qty: quantity(body.qty)?,
     };
+    observe::record_id("batchref", command.reference.as_str());
     let answer = BatchQuantityResponse {
         batchref: command.reference.to_string(),
         qty: command.qty.get(),
@@ -409,6 +463,7 @@ async fn batches_of_product<S: ReadModel>(
 ) -> Result<impl IntoResponse, ApiError> {
     let Path(sku) = sku.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let sku = Sku::parse(&sku)?;
+    observe::record_id("sku", sku.as_str());
     let batches = state.read_model.batches(&sku).await?;
     if batches.is_empty() {
         return Err(ApiError::NotFound(format!("Unknown sku {sku}")));
@@ -478,4 +533,33 @@ async fn openapi_document(
     Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>,
 ) -> impl IntoResponse {
     Json(document)
+}
+
+/// Prometheus metrics. The outbox gauges are sampled now, from the store,
+/// so that they are exact at each scrape and cost nothing between scrapes.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
+)]
+async fn prometheus_metrics<S: Outbox>(State(state): State<AppState<S>>) -> impl IntoResponse {
+    use crate::metrics::{OUTBOX_MESSAGES, OUTBOX_OLDEST_AGE};
+    match state.read_model.backlog().await {
+        Ok(backlog) => {
+            metrics::gauge!(OUTBOX_MESSAGES).set(backlog.messages as f64);
+            let age = backlog.oldest_age.unwrap_or_default();
+            metrics::gauge!(OUTBOX_OLDEST_AGE).set(age.as_secs_f64());
+        }
+        // The other series are still worth serving; the gauges keep their
+        // last value and the log says why.
+        Err(error) => tracing::warn!(%error, "cannot sample the outbox for /metrics"),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::prometheus().render(),
+    )
 }
