@@ -115,9 +115,21 @@ async fn bodies_errors_and_references_are_described() {
         post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/AllocateRequest"
     );
-    for status in ["202", "400", "409", "413", "415", "503"] {
+    for status in ["202", "400", "401", "409", "413", "415", "503"] {
         assert!(post["responses"][status].is_object(), "/allocate {status}");
     }
+    // The token is optional: `{}` (none) or the bearer token.
+    assert_eq!(
+        post["security"],
+        serde_json::json!([{}, { "api_token": [] }])
+    );
+    let scheme = &document["components"]["securitySchemes"]["api_token"];
+    assert_eq!(
+        (&scheme["type"], &scheme["scheme"]),
+        (&"http".into(), &"bearer".into())
+    );
+    let get = &document["paths"]["/allocations/{orderid}"]["get"];
+    assert!(get["security"].is_null(), "reads are open: {get}");
     let error = &post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"];
     assert_eq!(error, "#/components/schemas/ErrorBody");
     let add_batch = &document["components"]["schemas"]["AddBatchRequest"];

@@ -56,7 +56,8 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(source) => tracing::error!(error = %source, "request failed"),
             Self::Unavailable(reason) => tracing::warn!(%reason, "request failed"),
-            _ => tracing::debug!(%status, message = %self, "request refused"),
+            // Not `message`: that is the name of the log line's own text.
+            _ => tracing::debug!(%status, reason = %self, "request refused"),
         }
         let body = ErrorBody {
             message: self.to_string(),

@@ -214,7 +214,8 @@ struct BatchCreatedResponse {
         (status = 409, description = "The reference exists with different data", body = ErrorBody),
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 503, description = "Concurrent changes to the product kept conflicting; try again", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token (only with --api-token)", body = ErrorBody),
+        (status = 503, description = "Concurrent changes kept conflicting, or the request timed out; try again", body = ErrorBody),
     ),
     security((), ("api_token" = []))
 )]
@@ -267,7 +268,8 @@ struct AllocateResponse {
         (status = 409, description = "The order line is already allocated", body = ErrorBody),
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 503, description = "Concurrent changes to the product kept conflicting; try again", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token (only with --api-token)", body = ErrorBody),
+        (status = 503, description = "Concurrent changes kept conflicting, or the request timed out; try again", body = ErrorBody),
     ),
     security((), ("api_token" = []))
 )]
@@ -311,6 +313,7 @@ struct AllocationResponse {
         (status = 200, description = "The order's allocations, from the read model", body = Vec<AllocationResponse>),
         (status = 400, description = "Invalid order id", body = ErrorBody),
         (status = 404, description = "The order has no allocations", body = ErrorBody),
+        (status = 503, description = "The request timed out", body = ErrorBody),
     )
 )]
 async fn allocations_of_order<S: ReadModel>(
@@ -361,7 +364,8 @@ struct DeallocatedResponse {
         (status = 404, description = "The order has no line for this SKU", body = ErrorBody),
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 503, description = "Concurrent changes to the product kept conflicting; try again", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token (only with --api-token)", body = ErrorBody),
+        (status = 503, description = "Concurrent changes kept conflicting, or the request timed out; try again", body = ErrorBody),
     ),
     security((), ("api_token" = []))
 )]
@@ -409,7 +413,8 @@ struct BatchQuantityResponse {
         (status = 404, description = "No such batch", body = ErrorBody),
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
-        (status = 503, description = "Concurrent changes to the product kept conflicting; try again", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token (only with --api-token)", body = ErrorBody),
+        (status = 503, description = "Concurrent changes kept conflicting, or the request timed out; try again", body = ErrorBody),
     ),
     security((), ("api_token" = []))
 )]
@@ -455,6 +460,7 @@ struct ProductResponse {
         (status = 200, description = "The product's batches in creation order, from the read model", body = ProductResponse),
         (status = 400, description = "Invalid SKU", body = ErrorBody),
         (status = 404, description = "Unknown SKU", body = ErrorBody),
+        (status = 503, description = "The request timed out", body = ErrorBody),
     )
 )]
 async fn batches_of_product<S: ReadModel>(

@@ -1,11 +1,11 @@
-//! `GET /metrics`, scraped from the real binary: a process of its own, so
-//! that the counts are exactly those of the test's requests (the recorder
-//! is process-wide).
+//! What the real binary tells operators: `GET /metrics` (scraped from a
+//! process of its own, so that the counts are exactly those of the test's
+//! requests: the recorder is process-wide), and its JSON log lines.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use test_support::TestDatabase;
 use test_support::redis::shared_redis;
 
@@ -222,4 +222,30 @@ async fn the_redis_consumer_reports_its_connection_and_messages() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_redis_message_is_logged_in_a_span_with_its_ids() {
+    let Some(redis_url) = shared_redis() else {
+        return;
+    };
+    let db = TestDatabase::sqlite();
+    let app =
+        RunningApp::start_with(&db, &["--redis-url", &redis_url, "--log-format", "json"]).await;
+    app.log().wait_for("subscribed to Redis", 1).await;
+    let batchref = unique("no-such-batch");
+    let payload = json!({ "batchref": batchref, "qty": 5 }).to_string();
+    publish(&redis_url, "change_batch_quantity", &payload).await;
+
+    app.log().wait_for(&batchref, 1).await;
+    let log = app.log().text();
+    let refused: Value = log
+        .lines()
+        .filter(|line| line.contains(&batchref) && line.contains("message refused"))
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("no JSON 'message refused' line:\n{log}"));
+    let span = &refused["span"];
+    assert_eq!(span["name"], "message", "{refused}");
+    assert_eq!(span["channel"], "change_batch_quantity", "{refused}");
+    assert_eq!(span["batchref"], batchref.as_str(), "{refused}");
 }
