@@ -73,8 +73,7 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct HttpArgs {
     /// Longest a request may take, in seconds; a slower one is answered 503
-    /// (its command may still have taken effect: commands are idempotent,
-    /// so retrying is safe).
+    /// (its command may still have taken effect).
     #[arg(long, env = "ALLOCATION_REQUEST_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
     pub request_timeout: u64,
 
