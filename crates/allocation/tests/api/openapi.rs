@@ -172,3 +172,33 @@ fn collect_references(value: &Value, into: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[tokio::test]
+async fn the_documented_bounds_are_the_domain_values() {
+    let document = document().await;
+    let schemas = &document["components"]["schemas"];
+    for (schema, field) in [
+        ("AddBatchRequest", "ref"),
+        ("AddBatchRequest", "sku"),
+        ("AllocateRequest", "orderid"),
+        ("DeallocateRequest", "sku"),
+        ("ChangeBatchQuantityRequest", "batchref"),
+    ] {
+        let property = &schemas[schema]["properties"][field];
+        assert_eq!(property["minLength"], 1, "{schema}.{field}");
+        assert_eq!(
+            property["maxLength"],
+            domain::values::MAX_IDENTIFIER_LEN,
+            "{schema}.{field}"
+        );
+    }
+    for schema in [
+        "AddBatchRequest",
+        "AllocateRequest",
+        "ChangeBatchQuantityRequest",
+    ] {
+        let qty = &schemas[schema]["properties"]["qty"];
+        assert_eq!(qty["minimum"], 1, "{schema}");
+        assert_eq!(qty["maximum"], domain::Quantity::MAX, "{schema}");
+    }
+}

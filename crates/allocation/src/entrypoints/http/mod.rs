@@ -185,9 +185,12 @@ fn quantity(value: i64) -> Result<Quantity, ValueError> {
 struct AddBatchRequest {
     /// The batch reference (1 to 255 characters).
     #[serde(rename = "ref")]
+    #[schema(min_length = 1, max_length = 255)]
     reference: String,
+    #[schema(min_length = 1, max_length = 255)]
     sku: String,
     /// Units purchased: a positive integer.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     qty: i64,
     /// Expected arrival; `null` for stock already in the warehouse.
     #[serde(default)]
@@ -243,9 +246,12 @@ async fn add_batch<S: Store>(
 
 #[derive(Debug, Deserialize, ToSchema)]
 struct AllocateRequest {
+    #[schema(min_length = 1, max_length = 255)]
     orderid: String,
+    #[schema(min_length = 1, max_length = 255)]
     sku: String,
     /// Units ordered: a positive integer.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     qty: i64,
 }
 
@@ -341,7 +347,9 @@ async fn allocations_of_order<S: ReadModel>(
 
 #[derive(Debug, Deserialize, ToSchema)]
 struct DeallocateRequest {
+    #[schema(min_length = 1, max_length = 255)]
     orderid: String,
+    #[schema(min_length = 1, max_length = 255)]
     sku: String,
 }
 
@@ -391,8 +399,10 @@ async fn deallocate<S: Store>(
 /// The same payload as the `change_batch_quantity` Redis message.
 #[derive(Debug, Deserialize, ToSchema)]
 struct ChangeBatchQuantityRequest {
+    #[schema(min_length = 1, max_length = 255)]
     batchref: String,
     /// The batch's new purchased quantity: a positive integer.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     qty: i64,
 }
 
