@@ -23,7 +23,7 @@ use chrono::NaiveDate;
 use domain::events::{Allocated, AllocationCancelled, Deallocated};
 use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
 use service_layer::ports::{
-    AllocationView, BatchView, ClaimedMessage, Outbox, OutboxMessage, ReadModel,
+    AllocationView, BatchView, ClaimedMessage, Outbox, OutboxBacklog, OutboxMessage, ReadModel,
 };
 use service_layer::unit_of_work::{
     ChangeSet, Lines, ProductChanges, Store, StoreError, StoreTransaction, ViewChange,
@@ -870,6 +870,23 @@ impl Outbox for SqlStore {
             positions,
         )
         .await
+    }
+
+    async fn backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS messages, MIN(created_at) AS oldest FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        let messages: i64 = get(&row, "messages")?;
+        let oldest: Option<i64> = get(&row, "oldest")?;
+        let now = unix_millis(SystemTime::now());
+        Ok(OutboxBacklog {
+            messages: u64::try_from(messages).unwrap_or_default(),
+            // Clocks of several hosts may disagree a little: never negative.
+            oldest_age: oldest.map(|written| {
+                Duration::from_millis(u64::try_from(now - written).unwrap_or_default())
+            }),
+        })
     }
 }
 

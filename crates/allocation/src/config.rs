@@ -12,6 +12,8 @@ use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::entrypoints::http::{ApiTokens, HttpSettings};
+
 /// Allocates customer order lines to batches of stock, and answers queries
 /// about allocations (the "Architecture Patterns with Python" service).
 #[derive(Debug, Parser)]
@@ -70,6 +72,40 @@ pub struct ServeArgs {
         value_name = "ADDR:PORT"
     )]
     pub bind: SocketAddr,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Limits and access control of the HTTP API.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Longest a request may take, in seconds; a slower one is answered 503
+    /// (its command may still have taken effect).
+    #[arg(long, env = "ALLOCATION_REQUEST_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
+    pub request_timeout: u64,
+
+    /// Bearer token required on the write (POST) routes; several,
+    /// comma-separated, are all accepted (to rotate tokens without
+    /// downtime). Reads, probes, /metrics and /openapi.json stay open.
+    /// Unset: no authentication.
+    #[arg(
+        long,
+        env = "ALLOCATION_API_TOKEN",
+        value_name = "TOKEN[,TOKEN...]",
+        value_parser = ApiTokensParser,
+        hide_env_values = true
+    )]
+    pub api_token: Option<ApiTokens>,
+}
+
+impl HttpArgs {
+    pub fn settings(&self) -> HttpSettings {
+        HttpSettings {
+            request_timeout: Duration::from_secs(self.request_timeout),
+            api_tokens: self.api_token.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -91,8 +127,9 @@ pub struct MaintenanceArgs {
     pub json: bool,
 }
 
-/// The systems the service talks to besides its database.
-#[derive(Debug, Clone, Args)]
+/// The systems the service talks to besides its database. Its `Debug` hides
+/// the passwords of the URLs.
+#[derive(Clone, Args)]
 pub struct OutsideArgs {
     /// Redis for messages: consume `allocate` and `change_batch_quantity`,
     /// publish `line_allocated`. Without it, messages are only logged.
@@ -121,6 +158,18 @@ pub struct OutsideArgs {
     /// The sender of out-of-stock emails.
     #[arg(long, env = "NOTIFY_FROM", default_value = adapters::email::DEFAULT_SENDER, value_name = "ADDRESS")]
     pub notify_from: String,
+}
+
+impl fmt::Debug for OutsideArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |url: &Option<String>| url.as_deref().map(redact_url);
+        f.debug_struct("OutsideArgs")
+            .field("redis_url", &redacted(&self.redis_url))
+            .field("smtp_url", &redacted(&self.smtp_url))
+            .field("notify_email", &self.notify_email)
+            .field("notify_from", &self.notify_from)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -238,6 +287,30 @@ impl TypedValueParser for DatabaseUrlParser {
     }
 }
 
+/// Parses `--api-token` without echoing the value in errors, as clap would.
+#[derive(Debug, Clone)]
+struct ApiTokensParser;
+
+impl TypedValueParser for ApiTokensParser {
+    type Value = ApiTokens;
+
+    fn parse_ref(
+        &self,
+        _: &clap::Command,
+        _: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<ApiTokens, clap::Error> {
+        let invalid = |message: &str| {
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid --api-token: {message}\n"),
+            )
+        };
+        let tokens = value.to_str().ok_or_else(|| invalid("not valid UTF-8"))?;
+        tokens.parse().map_err(|error: String| invalid(&error))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +354,52 @@ mod tests {
         );
         let refused = "mysql://u:pw@h/d".parse::<DatabaseUrl>();
         assert!(matches!(&refused, Err(e) if e.contains("mysql://u:***@h/d") && !e.contains("pw")));
+    }
+
+    #[test]
+    fn debug_output_shows_no_password_and_no_token() {
+        let cli = Cli::try_parse_from([
+            "allocation",
+            "serve",
+            "--database-url",
+            "postgres://app:db-secret@db/alloc",
+            "--redis-url",
+            "redis://:redis-secret@cache:6379",
+            "--smtp-url",
+            "smtp://mail:smtp-secret@mail:25",
+            "--api-token",
+            "token-secret-1,token-secret-2",
+        ])
+        .expect("valid settings");
+        let shown = format!("{cli:?} {cli:#?}");
+        for secret in ["db-secret", "redis-secret", "smtp-secret", "token-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("redis://:***@cache:6379"), "{shown}");
+    }
+
+    #[test]
+    fn http_settings_default_to_a_timeout_and_no_authentication() {
+        let cli = Cli::try_parse_from(["allocation", "serve"]).expect("defaults");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        let settings = args.http.settings();
+        assert_eq!(settings.request_timeout, Duration::from_secs(10));
+        assert!(settings.api_tokens.is_none());
+    }
+
+    #[test]
+    fn a_bad_token_list_is_refused_without_echoing_it() {
+        for bad in ["", "good-token,,other", "has space"] {
+            let error = Cli::try_parse_from(["allocation", "serve", "--api-token", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(error.starts_with("error: invalid --api-token"), "{error}");
+            if !bad.is_empty() {
+                assert!(!error.contains(bad), "{error}");
+            }
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod entrypoints;
 pub mod maintenance;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -92,10 +93,14 @@ impl WithStore for Serve {
         let address = listener
             .local_addr()
             .context("cannot read the bound address")?;
-        let app = http::router(AppState {
-            bus: service.bus.clone(),
-            read_model: service.store.clone(),
-        });
+        let app = http::router_with(
+            AppState {
+                bus: service.bus.clone(),
+                read_model: service.store.clone(),
+            },
+            &args.http.settings(),
+        );
+        let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
         let workers = Workers::start(&service, args.outside.redis_url.clone());
         info!(database = %args.database.database_url, "listening on http://{address}");
         let stop_intake = workers.stop_intake.clone();
@@ -106,6 +111,7 @@ impl WithStore for Serve {
             })
             .await
             .context("HTTP server failed")?;
+        upkeep.abort();
         workers.finish().await?;
         info!("shut down cleanly");
         Ok(())

@@ -17,7 +17,7 @@ use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku}
 
 use crate::ports::{
     AllocationView, BatchView, ClaimedMessage, Notification, NotificationError, Notifications,
-    Outbox, OutboxMessage, PublishError, Publisher, ReadModel,
+    Outbox, OutboxBacklog, OutboxMessage, PublishError, Publisher, ReadModel,
 };
 use crate::unit_of_work::{ChangeSet, Lines, Store, StoreError, StoreTransaction, ViewChange};
 
@@ -41,6 +41,7 @@ struct Tables {
 struct OutboxRow {
     message: OutboxMessage,
     claimed_until: Option<Instant>,
+    written_at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -171,6 +172,7 @@ impl Tables {
             let row = OutboxRow {
                 message,
                 claimed_until: None,
+                written_at: Instant::now(),
             };
             self.outbox.insert(self.next_outbox_position, row);
         }
@@ -356,6 +358,16 @@ impl Outbox for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        let tables = self.lock();
+        // Positions grow with time: the first row is the oldest.
+        let oldest = tables.outbox.values().next();
+        Ok(OutboxBacklog {
+            messages: tables.outbox.len() as u64,
+            oldest_age: oldest.map(|row| row.written_at.elapsed()),
+        })
     }
 }
 

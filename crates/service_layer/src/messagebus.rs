@@ -136,7 +136,14 @@ impl<S: Store> MessageBus<S> {
     /// Handles a command and everything that follows from it, and returns
     /// the command's reply once its changes are committed.
     pub async fn handle<C: CommandHandler>(&self, command: C) -> Result<C::Reply, Error> {
-        let (reply, events) = self.run_in_unit_of_work(&command).await?;
+        let result = self.run_in_unit_of_work(&command).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) if error.is_transient() => "failed",
+            Err(_) => "rejected",
+        };
+        count_handled("command", command_name::<C>(), outcome);
+        let (reply, events) = result?;
         self.handle_events(events).await;
         Ok(reply)
     }
@@ -167,6 +174,7 @@ impl<S: Store> MessageBus<S> {
                     if attempt < self.retry.command_attempts =>
                 {
                     debug!(%sku, attempt, ?command, "version conflict, running the command again");
+                    metrics::counter!("allocation_version_conflict_retries_total", "command" => command_name::<C>()).increment(1);
                     tokio::time::sleep(self.retry.conflict_wait(attempt)).await;
                     attempt += 1;
                 }
@@ -213,16 +221,22 @@ impl<S: Store> MessageBus<S> {
         let mut attempt = 1;
         loop {
             match self.handle_event(event).await {
-                Ok(follow_up_events) => return follow_up_events,
+                Ok(follow_up_events) => {
+                    count_handled("event", event.name(), "ok");
+                    return follow_up_events;
+                }
                 Err(error)
                     if error.is_transient() && attempt < self.retry.event_handler_attempts =>
                 {
                     warn!(event = event.name(), attempt, %error, "event handler failed, retrying");
+                    metrics::counter!("allocation_event_handler_retries_total", "event" => event.name()).increment(1);
                     tokio::time::sleep(self.retry.event_handler_wait(attempt)).await;
                     attempt += 1;
                 }
                 Err(error) => {
                     error!(?event, attempts = attempt, %error, "event handler failed, giving up");
+                    metrics::counter!("allocation_event_handler_give_ups_total", "event" => event.name()).increment(1);
+                    count_handled("event", event.name(), "failed");
                     return Vec::new();
                 }
             }
@@ -249,4 +263,18 @@ impl<S: Store> MessageBus<S> {
         }
         Ok(Vec::new())
     }
+}
+
+/// Counts a handled message (`allocation_messages_handled_total`) by kind
+/// (`command`, `event`), name and outcome (`ok`, `rejected`, `failed`).
+fn count_handled(kind: &'static str, name: &'static str, outcome: &'static str) {
+    metrics::counter!("allocation_messages_handled_total", "kind" => kind, "name" => name, "outcome" => outcome).increment(1);
+}
+
+/// `CreateBatch` for `domain::commands::CreateBatch`: a label, like `Event::name`.
+fn command_name<C>() -> &'static str {
+    std::any::type_name::<C>()
+        .rsplit("::")
+        .next()
+        .unwrap_or_default()
 }

@@ -76,6 +76,17 @@ pub trait Outbox: Clone + Send + Sync + 'static {
 
     /// Gives claimed messages back before their lease ends.
     fn release(&self, positions: &[i64]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// How far publishing lags behind: for the metrics.
+    fn backlog(&self) -> impl Future<Output = Result<OutboxBacklog, StoreError>> + Send;
+}
+
+/// The messages committed and not yet sent (claimed ones included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxBacklog {
+    pub messages: u64,
+    /// How long the oldest of them has waited; `None` when there are none.
+    pub oldest_age: Option<Duration>,
 }
 
 /// One row of `GET /allocations/<orderid>`.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use domain::{BatchRef, OrderId, Sku};
 use service_layer::Store;
 use service_layer::memory::RecordingPublisher;
-use service_layer::ports::{ClaimedMessage, Outbox};
+use service_layer::ports::{ClaimedMessage, Outbox, OutboxBacklog};
 use service_layer::relay::{OutboxRelay, RelaySettings};
 use test_support::per_backend;
 use tokio::sync::Notify;
@@ -26,6 +26,7 @@ per_backend!(mod outbox_on_every_backend on [memory, sqlite, postgres] via one_s
     released_messages_are_claimable_at_once,
     sent_messages_are_gone_for_good,
     an_expired_lease_makes_messages_claimable_again,
+    the_backlog_counts_unsent_messages_and_ages_the_oldest,
 });
 
 per_backend!(mod relays_side_by_side on [memory, postgres] via two_instances {
@@ -252,4 +253,31 @@ async fn two_relays_publish_each_message_exactly_once<S: Store + Outbox>(one: S,
     assert_eq!(published, committed, "every committed message, none other");
     assert_eq!(all.len(), MESSAGES);
     assert_eq!(claim(&one, 1000, Duration::ZERO).await, vec![], "drained");
+}
+
+async fn the_backlog_counts_unsent_messages_and_ages_the_oldest<S: Store + Outbox>(store: S) {
+    let backlog = || async { store.backlog().await.expect("backlog") };
+    assert_eq!(backlog().await, OutboxBacklog::default());
+
+    let before = Instant::now();
+    allocated_orders(&store, 3).await;
+    let waiting = backlog().await;
+    assert_eq!(waiting.messages, 3);
+    let age = waiting.oldest_age.expect("the oldest message's age");
+    // Written after `before`; SQL stores milliseconds, so allow one more.
+    assert!(
+        age <= before.elapsed() + Duration::from_millis(1),
+        "{age:?}"
+    );
+
+    let claimed = claim(&store, 2, LONG).await;
+    assert_eq!(backlog().await.messages, 3, "claimed is not sent");
+    store
+        .mark_sent(&positions(&claimed))
+        .await
+        .expect("mark sent");
+    assert_eq!(backlog().await.messages, 1);
+    let rest = claim(&store, 100, LONG).await;
+    store.mark_sent(&positions(&rest)).await.expect("mark sent");
+    assert_eq!(backlog().await, OutboxBacklog::default());
 }

@@ -12,9 +12,14 @@ use std::time::Duration;
 
 use adapters::messages;
 use adapters::redis::{Incoming, subscribe_forever};
+use domain::Command;
 use futures::StreamExt;
 use service_layer::{MessageBus, Store};
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tokio::sync::watch;
+use tracing::field::Empty;
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
+
+use crate::metrics::{REDIS_CONNECTED, REDIS_PROCESSED, REDIS_RECEIVED};
 
 /// Attempts at a message whose command failed for a reason that may pass
 /// (the database unreachable, endless contention). Pub/sub never delivers
@@ -43,6 +48,7 @@ pub async fn consume<S: Store>(
 ) -> anyhow::Result<()> {
     let mut subscription = subscribe_forever(redis_url, &messages::INCOMING)?;
     info!(channels = ?messages::INCOMING, "consuming Redis messages");
+    tokio::spawn(report_connection(subscription.connected()));
     tokio::pin!(shutdown);
     loop {
         let message = tokio::select! {
@@ -51,11 +57,58 @@ pub async fn consume<S: Store>(
         };
         // The subscription reconnects forever; it ends only if dropped.
         let Some(message) = message else { break };
-        let span = info_span!("message", channel = %message.channel);
+        metrics::counter!(REDIS_RECEIVED, "channel" => message.channel.clone()).increment(1);
+        let span = info_span!(
+            "message",
+            channel = %message.channel,
+            orderid = Empty,
+            sku = Empty,
+            batchref = Empty,
+        );
         handle(&bus, &stats, message).instrument(span).await;
     }
     info!("Redis consumer stopped");
     Ok(())
+}
+
+/// Mirrors the subscription's state in a gauge until the subscription is
+/// dropped (the consumer stopped): then it is disconnected for good.
+async fn report_connection(mut connected: watch::Receiver<bool>) {
+    loop {
+        let now = f64::from(u8::from(*connected.borrow_and_update()));
+        metrics::gauge!(REDIS_CONNECTED).set(now);
+        if connected.changed().await.is_err() {
+            break;
+        }
+    }
+    metrics::gauge!(REDIS_CONNECTED).set(0.0);
+}
+
+/// Adds the ids of the command to the message's span, for its log lines.
+fn record_ids(command: &Command) {
+    let span = Span::current();
+    match command {
+        Command::Allocate(c) => {
+            span.record("orderid", c.orderid.as_str());
+            span.record("sku", c.sku.as_str());
+        }
+        Command::ChangeBatchQuantity(c) => {
+            span.record("batchref", c.reference.as_str());
+        }
+        Command::CreateBatch(c) => {
+            span.record("batchref", c.reference.as_str());
+            span.record("sku", c.sku.as_str());
+        }
+        Command::Deallocate(c) => {
+            span.record("orderid", c.orderid.as_str());
+            span.record("sku", c.sku.as_str());
+        }
+    }
+}
+
+fn count_processed(channel: &str, outcome: &'static str) {
+    metrics::counter!(REDIS_PROCESSED, "channel" => channel.to_owned(), "outcome" => outcome)
+        .increment(1);
 }
 
 async fn handle<S: Store>(bus: &MessageBus<S>, stats: &ConsumerStats, message: Incoming) {
@@ -63,20 +116,24 @@ async fn handle<S: Store>(bus: &MessageBus<S>, stats: &ConsumerStats, message: I
         Ok(command) => command,
         Err(reason) => {
             stats.malformed.fetch_add(1, Ordering::Relaxed);
+            count_processed(&message.channel, "malformed");
             warn!(%reason, "skipping malformed message");
             return;
         }
     };
+    record_ids(&command);
     let mut attempt = 1;
     loop {
         match bus.dispatch(command.clone()).await {
             Ok(()) => {
                 stats.handled.fetch_add(1, Ordering::Relaxed);
+                count_processed(&message.channel, "handled");
                 debug!(command = ?command, "message handled");
                 return;
             }
             Err(error) if !error.is_transient() => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
+                count_processed(&message.channel, "refused");
                 warn!(command = ?command, %error, "message refused");
                 return;
             }
@@ -87,6 +144,7 @@ async fn handle<S: Store>(bus: &MessageBus<S>, stats: &ConsumerStats, message: I
             }
             Err(error) => {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
+                count_processed(&message.channel, "failed");
                 error!(command = ?command, %error, attempts = attempt, "message failed, giving up");
                 return;
             }

@@ -53,6 +53,8 @@ pub const SETTINGS_FROM_ENV: &[&str] = &[
     "NOTIFY_FROM",
     "ALLOCATION_BIND",
     "LOG_FORMAT",
+    "ALLOCATION_REQUEST_TIMEOUT",
+    "ALLOCATION_API_TOKEN",
 ];
 
 /// What a process wrote to its log (stderr) so far, line by line, kept as

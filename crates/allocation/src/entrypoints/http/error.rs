@@ -6,13 +6,23 @@ use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use domain::{DomainError, ValueError};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Why the request was refused, for people.
+    pub message: String,
+}
 
 /// Everything an HTTP handler can answer with besides success.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -30,6 +40,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Body { status, .. } => *status,
@@ -45,9 +56,13 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(source) => tracing::error!(error = %source, "request failed"),
             Self::Unavailable(reason) => tracing::warn!(%reason, "request failed"),
-            _ => tracing::debug!(%status, message = %self, "request refused"),
+            // Not `message`: that is the name of the log line's own text.
+            _ => tracing::debug!(%status, reason = %self, "request refused"),
         }
-        (status, Json(json!({ "message": self.to_string() }))).into_response()
+        let body = ErrorBody {
+            message: self.to_string(),
+        };
+        (status, Json(body)).into_response()
     }
 }
 

@@ -1,0 +1,104 @@
+//! Prometheus metrics: the one recorder of the process, which the `metrics`
+//! macros here and in the service layer write to and `GET /metrics` renders.
+//!
+//! The macros reach the recorder through a process-global, like `tracing`'s
+//! dispatcher, so there is exactly one per process, installed on first use:
+//! by the binary at start, or by the first app a test builds. Every app in a
+//! process renders that same recorder; tests that need exact counts run the
+//! binary, a process of their own.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Request latencies, in seconds: from an in-memory answer to the timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub const HTTP_REQUESTS: &str = "allocation_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "allocation_http_request_duration_seconds";
+pub const OUTBOX_MESSAGES: &str = "allocation_outbox_messages";
+pub const OUTBOX_OLDEST_AGE: &str = "allocation_outbox_oldest_message_age_seconds";
+pub const REDIS_CONNECTED: &str = "allocation_redis_consumer_connected";
+pub const REDIS_RECEIVED: &str = "allocation_redis_messages_received_total";
+pub const REDIS_PROCESSED: &str = "allocation_redis_messages_processed_total";
+
+/// The process's recorder, installed on the first call.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION.into()), LATENCY_BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            // Whoever embeds the service installed theirs first: the
+            // metrics go there, and /metrics shows only what this recorder
+            // has (nothing).
+            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
+        }
+        describe();
+        handle
+    })
+}
+
+/// Keeps the recorder's memory bounded between scrapes (rendering does the
+/// same work, so this matters only when nobody scrapes).
+pub async fn upkeep_forever() {
+    let handle = prometheus();
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        handle.run_upkeep();
+    }
+}
+
+/// The `# HELP` lines: what each series means, for whoever reads /metrics.
+fn describe() {
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by method, route template and status"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "HTTP request latency, by method, route template and status"
+    );
+    describe_counter!(
+        "allocation_messages_handled_total",
+        "Commands and events handled by the message bus, by kind, name and outcome"
+    );
+    describe_counter!(
+        "allocation_version_conflict_retries_total",
+        "Commands run again after a version conflict at commit, by command"
+    );
+    describe_counter!(
+        "allocation_event_handler_retries_total",
+        "Event handlers retried after a transient failure, by event"
+    );
+    describe_counter!(
+        "allocation_event_handler_give_ups_total",
+        "Event handlers abandoned after their last attempt, by event"
+    );
+    describe_gauge!(
+        OUTBOX_MESSAGES,
+        "Committed line_allocated messages not yet published (at scrape time)"
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "How long the oldest unpublished outbox message has waited (0 when none)"
+    );
+    describe_gauge!(
+        REDIS_CONNECTED,
+        "1 while the Redis consumer is connected and subscribed, else 0"
+    );
+    describe_counter!(REDIS_RECEIVED, "Redis messages received, by channel");
+    describe_counter!(
+        REDIS_PROCESSED,
+        "Redis messages done with, by channel and outcome (handled, refused, malformed, failed)"
+    );
+}

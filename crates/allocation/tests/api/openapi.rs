@@ -1,0 +1,204 @@
+//! The OpenAPI document at `GET /openapi.json`: well-formed, complete, and
+//! true to the router (every documented operation is served; the router has
+//! no route the document leaves out).
+
+use std::collections::BTreeSet;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Method, Request, StatusCode};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::helpers::in_process_app;
+
+/// Every route the service serves, as `METHOD path`.
+const ROUTES: &[&str] = &[
+    "POST /add_batch",
+    "POST /allocate",
+    "GET /allocations/{orderid}",
+    "POST /deallocate",
+    "POST /change_batch_quantity",
+    "GET /products/{sku}/batches",
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+    "GET /openapi.json",
+];
+
+async fn document() -> Value {
+    let (app, _) = in_process_app();
+    let response = app
+        .oneshot(
+            Request::get("/openapi.json")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    serde_json::from_slice(&bytes).expect("the document is JSON")
+}
+
+fn operations(document: &Value) -> BTreeSet<String> {
+    let paths = document["paths"].as_object().expect("paths");
+    paths
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().expect("a path item").keys();
+            methods.map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_document_lists_every_route_with_its_method() {
+    let document = document().await;
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    assert_eq!(document["info"]["title"], "allocation");
+    let expected: BTreeSet<String> = ROUTES.iter().map(|r| r.to_string()).collect();
+    assert_eq!(operations(&document), expected);
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_served() {
+    let document = document().await;
+    let (app, _) = in_process_app();
+    for operation in operations(&document) {
+        let (method, path) = operation.split_once(' ').expect("METHOD path");
+        let path = path
+            .replace("{orderid}", "some-order")
+            .replace("{sku}", "SOME-SKU");
+        let request = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).expect("method"))
+            .uri(&path)
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let body = String::from_utf8_lossy(&bytes);
+        // The fallbacks answer these; a routed request gets anything else
+        // (an empty body is a 415 or 400 from the handler's extractor).
+        assert_ne!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{operation}: {body}"
+        );
+        assert!(!body.contains("No such route"), "{operation} is not served");
+    }
+}
+
+#[tokio::test]
+async fn an_undocumented_path_is_not_served() {
+    let (app, _) = in_process_app();
+    let response = app
+        .oneshot(Request::get("/admin").body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn bodies_errors_and_references_are_described() {
+    let document = document().await;
+    let post = &document["paths"]["/allocate"]["post"];
+    assert_eq!(
+        post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/AllocateRequest"
+    );
+    for status in ["202", "400", "401", "409", "413", "415", "503"] {
+        assert!(post["responses"][status].is_object(), "/allocate {status}");
+    }
+    // The token is optional: `{}` (none) or the bearer token.
+    assert_eq!(
+        post["security"],
+        serde_json::json!([{}, { "api_token": [] }])
+    );
+    let scheme = &document["components"]["securitySchemes"]["api_token"];
+    assert_eq!(
+        (&scheme["type"], &scheme["scheme"]),
+        (&"http".into(), &"bearer".into())
+    );
+    let get = &document["paths"]["/allocations/{orderid}"]["get"];
+    assert!(get["security"].is_null(), "reads are open: {get}");
+    let error = &post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"];
+    assert_eq!(error, "#/components/schemas/ErrorBody");
+    let add_batch = &document["components"]["schemas"]["AddBatchRequest"];
+    let required: BTreeSet<&str> = add_batch["required"]
+        .as_array()
+        .expect("required fields")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(required, BTreeSet::from(["ref", "sku", "qty"]));
+    assert_eq!(
+        document["paths"]["/allocations/{orderid}"]["get"]["parameters"][0]["name"],
+        "orderid"
+    );
+
+    // Every reference points at a schema the document defines.
+    let schemas = document["components"]["schemas"]
+        .as_object()
+        .expect("schemas");
+    let mut references = Vec::new();
+    collect_references(&document, &mut references);
+    assert!(!references.is_empty());
+    for reference in references {
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected reference {reference}"));
+        assert!(schemas.contains_key(name), "{reference} is not defined");
+    }
+}
+
+fn collect_references(value: &Value, into: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("$ref") {
+                into.push(reference.clone());
+            }
+            map.values().for_each(|v| collect_references(v, into));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_references(v, into)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_documented_bounds_are_the_domain_values() {
+    let document = document().await;
+    let schemas = &document["components"]["schemas"];
+    for (schema, field) in [
+        ("AddBatchRequest", "ref"),
+        ("AddBatchRequest", "sku"),
+        ("AllocateRequest", "orderid"),
+        ("DeallocateRequest", "sku"),
+        ("ChangeBatchQuantityRequest", "batchref"),
+    ] {
+        let property = &schemas[schema]["properties"][field];
+        assert_eq!(property["minLength"], 1, "{schema}.{field}");
+        assert_eq!(
+            property["maxLength"],
+            domain::values::MAX_IDENTIFIER_LEN,
+            "{schema}.{field}"
+        );
+    }
+    for schema in [
+        "AddBatchRequest",
+        "AllocateRequest",
+        "ChangeBatchQuantityRequest",
+    ] {
+        let qty = &schemas[schema]["properties"]["qty"];
+        assert_eq!(qty["minimum"], 1, "{schema}");
+        assert_eq!(qty["maximum"], domain::Quantity::MAX, "{schema}");
+    }
+}
