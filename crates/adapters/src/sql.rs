@@ -58,31 +58,6 @@ pub mod queries {
          WHERE b.reference = $1 AND b.sku = $2 \
          ORDER BY a.id";
 
-    /// PostgreSQL, one statement: bump product `$2`'s version from `$3` to
-    /// `$1`, add `$4` to batch `$5`'s allocated quantity, and insert order
-    /// `$6`'s line, its read-model row and its outbox message (`$7`, created
-    /// at `$8`). Every write hangs off the version check (`FROM product`),
-    /// so a conflict writes nothing and returns no row. A batch that is not
-    /// stored leaves the line's `batch_id` NULL, which its NOT NULL
-    /// constraint refuses, failing the whole statement.
-    pub const WRITE_ALLOCATION: &str = "WITH product AS (\
-             UPDATE products SET version_number = $1 \
-             WHERE sku = $2 AND version_number = $3 RETURNING sku), \
-         batch AS (\
-             UPDATE batches SET allocated_quantity = allocated_quantity + $4 \
-             WHERE reference = $5 AND sku = (SELECT sku FROM product) RETURNING id), \
-         line AS (\
-             INSERT INTO allocations (orderid, sku, batch_id, qty) \
-             SELECT $6, sku, (SELECT id FROM batch), $4 FROM product), \
-         view AS (\
-             INSERT INTO allocations_view (orderid, sku, batchref) \
-             SELECT $6, sku, $5 FROM product \
-             ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref), \
-         message AS (\
-             INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
-             SELECT $7, $6, sku, $4, $5, $8 FROM product) \
-         SELECT 1 AS versioned FROM product";
-
     /// An order's allocations, from the read model.
     pub const ALLOCATIONS_OF_ORDER: &str =
         "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY sku";
@@ -140,6 +115,57 @@ impl Dialect {
                  SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until <= $2 \
                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  RETURNING id, message_id, orderid, sku, qty, batchref"
+            }
+        }
+    }
+
+    /// Writes `Allocate`'s change set (see `SingleAllocation`) at once:
+    /// bumps product `$2`'s version from `$3` to `$1`, adds `$4` to batch
+    /// `$5`'s allocated quantity, and inserts order `$6`'s line, its
+    /// read-model row and its outbox message (`$7`, created at `$8`).
+    ///
+    /// PostgreSQL: one statement, atomic without a transaction. Every write
+    /// hangs off the version check (`FROM product`), so a conflict writes
+    /// nothing and returns no row. A batch that is not stored leaves the
+    /// line's `batch_id` NULL, which its NOT NULL constraint refuses,
+    /// failing the whole statement.
+    ///
+    /// SQLite: no data-modifying CTEs, but one call may carry several
+    /// statements (`$n` means the same argument in each). After the version
+    /// check, on its own, the four writes go in one call inside the unit of
+    /// work's `BEGIN IMMEDIATE`, and must change four rows; fewer means the
+    /// rows were not as loaded, and the caller rolls back. Two calls instead
+    /// of five: each is a hop to sqlx's SQLite thread and back.
+    fn write_allocation_statement(self) -> &'static str {
+        match self {
+            Self::Postgres => {
+                "WITH product AS (\
+                     UPDATE products SET version_number = $1 \
+                     WHERE sku = $2 AND version_number = $3 RETURNING sku), \
+                 batch AS (\
+                     UPDATE batches SET allocated_quantity = allocated_quantity + $4 \
+                     WHERE reference = $5 AND sku = (SELECT sku FROM product) RETURNING id), \
+                 line AS (\
+                     INSERT INTO allocations (orderid, sku, batch_id, qty) \
+                     SELECT $6, sku, (SELECT id FROM batch), $4 FROM product), \
+                 view AS (\
+                     INSERT INTO allocations_view (orderid, sku, batchref) \
+                     SELECT $6, sku, $5 FROM product \
+                     ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref), \
+                 message AS (\
+                     INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
+                     SELECT $7, $6, sku, $4, $5, $8 FROM product) \
+                 SELECT 1 AS versioned FROM product"
+            }
+            Self::Sqlite => {
+                "UPDATE batches SET allocated_quantity = allocated_quantity + $4 \
+                 WHERE reference = $5 AND sku = $2; \
+                 INSERT INTO allocations (orderid, sku, batch_id, qty) \
+                 SELECT $6, $2, id, $4 FROM batches WHERE reference = $5 AND sku = $2; \
+                 INSERT INTO allocations_view (orderid, sku, batchref) VALUES ($6, $2, $5) \
+                 ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref; \
+                 INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
+                 VALUES ($7, $6, $2, $4, $5, $8)"
             }
         }
     }
@@ -461,7 +487,12 @@ impl StoreTransaction for SqlTransaction {
             Connection::Locked {
                 mut transaction, ..
             } => {
-                write_changes(&mut transaction, &changes).await?;
+                match SingleAllocation::of(&changes) {
+                    Some(allocation) => {
+                        allocation.write(&mut transaction, Dialect::Sqlite).await?;
+                    }
+                    None => write_changes(&mut transaction, &changes).await?,
+                }
                 transaction.commit().await.map_err(StoreError::backend)
             }
             Connection::Optimistic(mut connection) => {
@@ -469,7 +500,7 @@ impl StoreTransaction for SqlTransaction {
                     return Ok(());
                 }
                 if let Some(allocation) = SingleAllocation::of(&changes) {
-                    return allocation.write(&mut connection).await;
+                    return allocation.write(&mut connection, Dialect::Postgres).await;
                 }
                 let mut transaction = connection
                     .begin_with(Dialect::Postgres.begin_statement())
@@ -498,12 +529,11 @@ async fn write_changes(conn: &mut AnyConnection, changes: &ChangeSet) -> Result<
     Ok(())
 }
 
-/// The change set of the hot path, `Allocate`, on PostgreSQL: one stored
-/// product's version bump and at most one allocation, with its read-model
-/// row and its outbox message. It is written as a single statement, whose
-/// data-modifying CTEs all hang off the version check, so that PostgreSQL
-/// runs it atomically without `BEGIN` and `COMMIT`: one round trip instead
-/// of seven.
+/// The change set of the hot path, `Allocate`: one stored product's version
+/// bump and at most one allocation, with its read-model row and its outbox
+/// message. It is written in one call (`Dialect::write_allocation_statement`)
+/// instead of a statement per row: one round trip instead of five, and on
+/// PostgreSQL no `BEGIN`/`COMMIT` either.
 #[derive(Debug)]
 struct SingleAllocation<'a> {
     product: &'a ProductChanges,
@@ -558,38 +588,74 @@ impl<'a> SingleAllocation<'a> {
         }
     }
 
-    async fn write(self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+    /// Writes the change set with `Dialect::write_allocation_statement`
+    /// (or just the version bump), failing with a conflict when the product
+    /// is no longer at the version it was loaded at.
+    async fn write(self, conn: &mut AnyConnection, dialect: Dialect) -> Result<(), StoreError> {
         let sku = &self.product.sku;
-        let versions = (
-            to_i64(self.product.new_version, "version_number")?,
-            to_i64(self.stored_version, "version_number")?,
-        );
-        let query = match self.allocation {
-            None => sqlx::query(
-                "UPDATE products SET version_number = $1 WHERE sku = $2 AND version_number = $3 \
-                 RETURNING 1",
-            )
-            .bind(versions.0)
-            .bind(sku.as_str())
-            .bind(versions.1),
-            Some((allocated, message)) => sqlx::query(queries::WRITE_ALLOCATION)
-                .bind(versions.0)
-                .bind(sku.as_str())
-                .bind(versions.1)
-                .bind(i64::from(allocated.qty.get()))
-                .bind(allocated.batchref.as_str())
-                .bind(allocated.orderid.as_str())
-                .bind(message.message_id.as_str())
-                .bind(unix_millis(SystemTime::now())),
+        let new_version = to_i64(self.product.new_version, "version_number")?;
+        let stored_version = to_i64(self.stored_version, "version_number")?;
+        let Some((allocated, message)) = self.allocation else {
+            return bump_version(conn, sku, stored_version, new_version).await;
         };
-        let versioned = query
-            .fetch_optional(conn)
-            .await
-            .map_err(|e| write_error(e, sku))?;
-        match versioned {
-            Some(_) => Ok(()),
-            None => Err(StoreError::Conflict { sku: sku.clone() }),
+        if dialect == Dialect::Sqlite {
+            bump_version(&mut *conn, sku, stored_version, new_version).await?;
         }
+        let query = sqlx::query(dialect.write_allocation_statement())
+            .bind(new_version)
+            .bind(sku.as_str())
+            .bind(stored_version)
+            .bind(i64::from(allocated.qty.get()))
+            .bind(allocated.batchref.as_str())
+            .bind(allocated.orderid.as_str())
+            .bind(message.message_id.as_str())
+            .bind(unix_millis(SystemTime::now()));
+        match dialect {
+            Dialect::Postgres => {
+                let versioned = query
+                    .fetch_optional(conn)
+                    .await
+                    .map_err(|e| write_error(e, sku))?;
+                match versioned {
+                    Some(_) => Ok(()),
+                    None => Err(StoreError::Conflict { sku: sku.clone() }),
+                }
+            }
+            Dialect::Sqlite => {
+                let written = query.execute(conn).await.map_err(|e| write_error(e, sku))?;
+                match written.rows_affected() {
+                    4 => Ok(()),
+                    // The caller's transaction is dropped, hence rolled back.
+                    rows => Err(mismatch(format!(
+                        "allocating order {} to batch {} of {sku} wrote {rows} rows, not 4",
+                        allocated.orderid, allocated.batchref
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// The version check on its own: bumps product `sku` from `stored` to `new`,
+/// or fails with a conflict if it is no longer at `stored`.
+async fn bump_version(
+    conn: &mut AnyConnection,
+    sku: &Sku,
+    stored: i64,
+    new: i64,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE products SET version_number = $1 WHERE sku = $2 AND version_number = $3",
+    )
+    .bind(new)
+    .bind(sku.as_str())
+    .bind(stored)
+    .execute(conn)
+    .await
+    .map_err(|e| write_error(e, sku))?;
+    match updated.rows_affected() {
+        1 => Ok(()),
+        _ => Err(StoreError::Conflict { sku: sku.clone() }),
     }
 }
 
@@ -640,18 +706,7 @@ async fn write_product(
                 .map_err(|e| write_error(e, sku))?;
         }
         Some(stored) => {
-            let updated = sqlx::query(
-                "UPDATE products SET version_number = $1 WHERE sku = $2 AND version_number = $3",
-            )
-            .bind(new_version)
-            .bind(sku.as_str())
-            .bind(to_i64(stored, "version_number")?)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| write_error(e, sku))?;
-            if updated.rows_affected() != 1 {
-                return Err(StoreError::Conflict { sku: sku.clone() });
-            }
+            bump_version(conn, sku, to_i64(stored, "version_number")?, new_version).await?;
         }
     }
     for event in &changes.events {
