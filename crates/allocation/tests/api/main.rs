@@ -9,6 +9,7 @@ mod bad_input;
 mod delivery;
 mod end_to_end;
 mod external_events;
+mod fuzz_inputs;
 mod helpers;
 mod notifications;
 mod shutdown;
