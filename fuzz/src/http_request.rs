@@ -108,9 +108,9 @@ pub async fn check(input: &[u8]) {
     }
 }
 
-/// The whole store, as text: two equal snapshots mean nothing changed. Its
-/// maps are only compared with themselves, unchanged, so their iteration
-/// order is stable.
+/// The whole store (products, read model, outbox) as text: equal snapshots
+/// mean nothing changed. A hash map iterates in the same order as long as
+/// it is not modified, so an unchanged store prints the same.
 fn snapshot(store: &MemoryStore) -> String {
     format!("{store:?}")
 }
