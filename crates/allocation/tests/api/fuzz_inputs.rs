@@ -42,6 +42,7 @@ async fn http_seeds_pass_the_fuzz_checks() {
             http_request::parse(&input).is_some(),
             "{name} is not a request the target would send"
         );
+        // Shown with a failure: which seed it was.
         eprintln!("seed {name}");
         http_request::check(&input).await;
     }
@@ -50,6 +51,7 @@ async fn http_seeds_pass_the_fuzz_checks() {
 #[test]
 fn redis_seeds_pass_the_fuzz_checks() {
     for (name, input) in seeds("redis_message") {
+        // Shown with a failure: which seed it was.
         eprintln!("seed {name}");
         redis_message::check(&input);
     }
