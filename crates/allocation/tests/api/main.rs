@@ -10,6 +10,7 @@ mod crash;
 mod delivery;
 mod end_to_end;
 mod external_events;
+mod fuzz_inputs;
 mod helpers;
 mod http_edge;
 mod maintenance;
