@@ -26,7 +26,8 @@
 //!     `UPDATE batches ... WHERE id = (SELECT the preferred batch, unless the
 //!     line exists) RETURNING`; three `INSERT`s; `UPDATE products`; `COMMIT`.
 //!     SQLite has no data-modifying CTEs, so this is as short as it gets.
-//! - `service-sql`: the very statements the service's `SqlStore` issues for
+//! - `service-sql`: the statements the service's `SqlStore` issued (before
+//!   it wrote `Allocate` as one statement; kept as a reference point) for
 //!   one allocation (load the product and its batches, load the order's line,
 //!   version-checked `UPDATE products`, `UPDATE batches ... RETURNING`,
 //!   three `INSERT`s), with its optimistic retry on a version conflict, through the
