@@ -25,6 +25,41 @@ const FONT_CANDIDATES: [&str; 6] = [
     "/System/Library/Fonts/Supplemental/Arial.ttf",
 ];
 
+/// Line colours, told apart easily (Tableau 10); reused past ten lines.
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// One of the two charts: which figure of the points it shows.
+#[derive(Debug, Clone, Copy)]
+struct Chart {
+    caption: &'static str,
+    y_label: &'static str,
+    value: fn(&Point) -> f64,
+}
+
+const CHARTS: [Chart; 2] = [
+    Chart {
+        caption: "Throughput",
+        y_label: "requests (or transactions) / s",
+        value: |p| p.per_second,
+    },
+    Chart {
+        caption: "Latency",
+        y_label: "p99 latency, ms",
+        value: |p| p.p99_ms,
+    },
+];
+
 /// The image's size in pixels: two charts side by side.
 const SIZE: (u32, u32) = (1400, 560);
 
@@ -136,13 +171,15 @@ pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
         .map_err(|e| fail(&e))?;
     let (left, right) = root.split_horizontally(SIZE.0 / 2);
     let x_range = concurrency_range(&lines);
-    let charts: [(&DrawingArea<_, _>, &str, &str, fn(&Point) -> f64); 2] = [
-        (&left, "Throughput", "requests (or transactions) / s", |p| {
-            p.per_second
-        }),
-        (&right, "Latency", "p99 latency, ms", |p| p.p99_ms),
-    ];
-    for (area, caption, y_label, value) in charts {
+    for (
+        area,
+        Chart {
+            caption,
+            y_label,
+            value,
+        },
+    ) in [left, right].iter().zip(CHARTS)
+    {
         let y_range = value_range(lines.iter().flat_map(|s| s.points.iter().map(value)));
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 20))
@@ -153,6 +190,7 @@ pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
             .map_err(|e| fail(&e))?;
         chart
             .configure_mesh()
+            .light_line_style(WHITE)
             .x_desc("concurrent clients")
             .y_desc(y_label)
             .x_label_formatter(&|x| format!("{x:.0}"))
@@ -160,7 +198,7 @@ pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
             .draw()
             .map_err(|e| fail(&e))?;
         for (index, line) in lines.iter().enumerate() {
-            let color = Palette99::pick(index).to_rgba();
+            let color = COLORS[index % COLORS.len()];
             let points: Vec<(f64, f64)> = line
                 .points
                 .iter()
