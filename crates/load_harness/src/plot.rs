@@ -63,6 +63,8 @@ pub struct Chart {
     /// At most this many labelled ticks on the x axis: few enough for whole
     /// numbers where only whole numbers make sense (instances).
     pub x_ticks: usize,
+    /// Where the legend hides the least: latency rises to the right.
+    pub legend: SeriesLabelPosition,
     pub lines: Vec<Line>,
 }
 
@@ -153,6 +155,7 @@ pub fn charts(levels: &[Level]) -> Vec<Chart> {
             x_label: "concurrent clients",
             y_label: "requests (or transactions) / s",
             x_ticks: CONCURRENCY_TICKS,
+            legend: SeriesLabelPosition::LowerRight,
             lines: by_concurrency(levels, |s| s.per_second),
         },
         Chart {
@@ -160,6 +163,7 @@ pub fn charts(levels: &[Level]) -> Vec<Chart> {
             x_label: "concurrent clients",
             y_label: "p99 latency, ms",
             x_ticks: CONCURRENCY_TICKS,
+            legend: SeriesLabelPosition::UpperLeft,
             lines: by_concurrency(levels, |s| s.p99_ms),
         },
     ];
@@ -174,6 +178,7 @@ pub fn charts(levels: &[Level]) -> Vec<Chart> {
             x_label: "service instances",
             y_label: "requests / s",
             x_ticks: usize::try_from(most).unwrap_or(1) + 1,
+            legend: SeriesLabelPosition::LowerRight,
             lines: by_instances(levels),
         });
     }
@@ -197,9 +202,10 @@ pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (width, CHART_SIZE.1)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(&e))?;
     let title = format!(
-        "POST /allocate on {}: {} SKUs, {} cores shared by harness, service and database",
+        "POST /allocate on {}: {} SKU{}, {} cores shared by harness, service and database",
         report.backend.name(),
         report.settings.skus,
+        if report.settings.skus == 1 { "" } else { "s" },
         report.cpus
     );
     let root = root
@@ -249,7 +255,7 @@ fn draw_chart<'a>(area: &Area<'a>, chart: &Chart) -> Result<(), DrawError<'a>> {
         )?;
     }
     plot.configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(chart.legend.clone())
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 16))
