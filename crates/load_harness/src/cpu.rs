@@ -27,6 +27,16 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
     parse_stat(&stat)
 }
 
+/// CPU time used so far by all of `pids` together; `None` when there are
+/// none, or one cannot be read (a sum that silently lost a process would
+/// make the instances look cheaper than they are).
+fn processes_cpu(pids: &[u32]) -> Option<Duration> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| process_cpu(pid)).sum()
+}
+
 /// The most memory the process `pid` ever had resident (`VmHWM`, its peak
 /// RSS), in bytes, if this is Linux and the process exists.
 pub fn process_peak_rss(pid: u32) -> Option<u64> {
@@ -56,8 +66,9 @@ fn parse_stat(stat: &str) -> Option<Duration> {
 /// Where to look for the CPU time of one phase.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
-    /// The service process, for the HTTP phase the harness started.
-    pub service_pid: Option<u32>,
+    /// The service processes (one per instance), for an HTTP phase the
+    /// harness started.
+    pub service_pids: Vec<u32>,
     /// The phase's PostgreSQL database, whose backends are counted.
     pub database_name: Option<String>,
 }
@@ -109,7 +120,7 @@ impl Probe {
         };
         Sample {
             client: process_cpu(std::process::id()),
-            service: sources.service_pid.and_then(process_cpu),
+            service: processes_cpu(&sources.service_pids),
             // No backend readable here: the server is elsewhere.
             backends: backends.filter(|b| !b.is_empty()),
         }
@@ -216,6 +227,19 @@ mod tests {
     fn this_process_has_a_cpu_time_on_linux() {
         if cfg!(target_os = "linux") {
             assert!(process_cpu(std::process::id()).is_some());
+        }
+    }
+
+    #[test]
+    fn service_cpu_is_summed_over_the_instances_or_not_given() {
+        assert_eq!(processes_cpu(&[]), None);
+        if cfg!(target_os = "linux") {
+            let me = std::process::id();
+            let once = process_cpu(me).expect("this process is readable");
+            let twice = processes_cpu(&[me, me]).expect("readable");
+            assert!(twice >= once * 2);
+            // pid 0 has no /proc entry: the sum is not given rather than short.
+            assert_eq!(processes_cpu(&[me, 0]), None);
         }
     }
 

@@ -265,16 +265,29 @@ pub struct Contents {
     /// Messages not yet published: all of them for a raw phase (nothing
     /// relays them), what the relay has not caught up with for the service.
     pub outbox_rows: i64,
+    /// Batches with more units allocated than purchased (oversold): 0.
+    pub over_allocated_batches: i64,
+    /// Batches whose `allocated_quantity` is not the sum of their
+    /// allocations' units (a lost or doubled update): 0.
+    pub batches_off_their_lines: i64,
+    /// Allocations without the read-model row naming their batch: 0.
+    pub allocations_missing_from_view: i64,
 }
 
 pub async fn contents(database: &Database) -> anyhow::Result<Contents> {
     let pool = any_pool(&database.url).await?;
-    let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
+    let row: (i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM allocations), \
                 (SELECT COUNT(*) FROM allocations_view), \
                 (SELECT CAST(COALESCE(SUM(qty), 0) AS BIGINT) FROM allocations), \
                 (SELECT CAST(COALESCE(SUM(allocated_quantity), 0) AS BIGINT) FROM batches), \
-                (SELECT COUNT(*) FROM outbox)",
+                (SELECT COUNT(*) FROM outbox), \
+                (SELECT COUNT(*) FROM batches WHERE allocated_quantity > purchased_quantity), \
+                (SELECT COUNT(*) FROM batches b WHERE b.allocated_quantity <> \
+                    (SELECT COALESCE(SUM(a.qty), 0) FROM allocations a WHERE a.batch_id = b.id)), \
+                (SELECT COUNT(*) FROM allocations a JOIN batches b ON b.id = a.batch_id \
+                    WHERE NOT EXISTS (SELECT 1 FROM allocations_view v \
+                        WHERE v.orderid = a.orderid AND v.sku = a.sku AND v.batchref = b.reference))",
     )
     .fetch_one(&pool)
     .await
@@ -291,5 +304,8 @@ pub async fn contents(database: &Database) -> anyhow::Result<Contents> {
         allocated_qty_in_lines: row.2,
         allocated_qty_in_batches: row.3,
         outbox_rows: row.4,
+        over_allocated_batches: row.5,
+        batches_off_their_lines: row.6,
+        allocations_missing_from_view: row.7,
     })
 }

@@ -13,17 +13,27 @@ use tokio::task::JoinSet;
 use crate::stats::Outcome;
 use crate::workload::{BatchSpec, Line};
 
-/// A client for one service: keeps one connection per worker alive.
+/// The counter the message bus increments each time it runs a command
+/// again after a version conflict at commit. With one instance the bus
+/// queues commands on a product in turn, so conflicts come from other
+/// instances (or other writers) of the same database.
+pub const CONFLICT_RETRIES: &str = "allocation_version_conflict_retries_total";
+
+/// A client for one or more instances of the service on one database:
+/// keeps one connection per worker and instance alive.
 #[derive(Debug, Clone)]
 pub struct HttpTarget {
     client: Client,
-    base: Url,
-    allocate: Url,
+    bases: Vec<Url>,
+    allocate: Vec<Url>,
 }
 
 impl HttpTarget {
-    /// `base` must already have passed [`ensure_loopback`].
-    pub fn new(base: Url, concurrency: usize) -> anyhow::Result<Self> {
+    /// `bases` (at least one) must already have passed [`ensure_loopback`].
+    pub fn new(bases: Vec<Url>, concurrency: usize) -> anyhow::Result<Self> {
+        if bases.is_empty() {
+            bail!("no service instance to send requests to");
+        }
         let client = Client::builder()
             // Never through a proxy from the environment: the target is local.
             .no_proxy()
@@ -32,28 +42,32 @@ impl HttpTarget {
             .timeout(Duration::from_secs(30))
             .build()
             .context("cannot build the HTTP client")?;
-        let allocate = base.join("allocate").context("bad service URL")?;
+        let allocate = bases
+            .iter()
+            .map(|base| base.join("allocate").context("bad service URL"))
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             client,
-            base,
+            bases,
             allocate,
         })
     }
 
+    /// The first instance's URL (the only one unless several were started).
     pub fn base(&self) -> &Url {
-        &self.base
+        &self.bases[0]
     }
 
-    /// Sends one allocation and classifies the answer.
+    pub fn bases(&self) -> &[Url] {
+        &self.bases
+    }
+
+    /// Sends one allocation to the instance whose turn it is, and
+    /// classifies the answer.
     pub async fn allocate(&self, line: &Line) -> Outcome {
         let body = json!({ "orderid": line.orderid, "sku": line.sku, "qty": line.qty });
-        let response = match self
-            .client
-            .post(self.allocate.clone())
-            .json(&body)
-            .send()
-            .await
-        {
+        let url = &self.allocate[instance_for(line.seq, self.allocate.len())];
+        let response = match self.client.post(url.clone()).json(&body).send().await {
             Ok(response) => response,
             Err(error) => return Outcome::Failed(format!("POST /allocate: {error}")),
         };
@@ -74,18 +88,40 @@ impl HttpTarget {
         }
     }
 
-    /// `GET /healthz` answers 200.
+    /// `GET /healthz` answers 200 on every instance.
     pub async fn is_alive(&self) -> bool {
-        let Ok(url) = self.base.join("healthz") else {
-            return false;
-        };
-        matches!(self.client.get(url).send().await, Ok(r) if r.status().is_success())
+        for base in &self.bases {
+            let Ok(url) = base.join("healthz") else {
+                return false;
+            };
+            if !matches!(self.client.get(url).send().await, Ok(r) if r.status().is_success()) {
+                return false;
+            }
+        }
+        true
     }
 
-    /// Creates the batches through `POST /add_batch`, a few at a time but
+    /// The version conflicts retried so far, summed over the instances
+    /// (`GET /metrics`); `None` when an instance does not answer with
+    /// metrics (a service started elsewhere, without the endpoint).
+    pub async fn conflict_retries(&self) -> Option<u64> {
+        let mut total = 0;
+        for base in &self.bases {
+            let url = base.join("metrics").ok()?;
+            let response = self.client.get(url).send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let text = response.text().await.ok()?;
+            total += counter_total(&text, CONFLICT_RETRIES);
+        }
+        Some(total)
+    }
+
+    /// Creates the batches through the first instance's `POST /add_batch`, a few at a time but
     /// each product's in order (creation order breaks preference ties).
     pub async fn add_batches(&self, batches: Vec<BatchSpec>) -> anyhow::Result<()> {
-        let url = self.base.join("add_batch").context("bad service URL")?;
+        let url = self.base().join("add_batch").context("bad service URL")?;
         let mut per_sku: Vec<Vec<BatchSpec>> = Vec::new();
         for batch in batches {
             match per_sku.last_mut() {
@@ -127,6 +163,41 @@ impl HttpTarget {
         }
         Ok(())
     }
+}
+
+/// Which of `instances` gets order line number `seq`: round-robin per
+/// request rather than a client sticking to one instance, so that every
+/// instance gets the same share whatever the concurrency (8 sticky clients
+/// over 3 instances would load them 3, 3 and 2), as a round-robin load
+/// balancer in front of them would.
+pub fn instance_for(seq: u64, instances: usize) -> usize {
+    let instances = u64::try_from(instances.max(1)).unwrap_or(1);
+    usize::try_from(seq % instances).unwrap_or(0)
+}
+
+/// The sum of a counter's samples, all label sets together, in the
+/// Prometheus text format: `name{labels} value [timestamp]` lines, with
+/// `#` comments. A counter that was never incremented has no sample: 0.
+pub fn counter_total(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            // Not a longer name that starts with this one.
+            let value = if let Some(labelled) = rest.strip_prefix('{') {
+                // Label values may hold `}` in quotes; the value follows
+                // the last one.
+                &labelled[labelled.rfind('}')? + 1..]
+            } else if rest.starts_with([' ', '\t']) {
+                rest
+            } else {
+                return None;
+            };
+            let value: f64 = value.split_whitespace().next()?.parse().ok()?;
+            // Counters are whole numbers here; a float keeps the format's syntax.
+            (value.is_finite() && value >= 0.0).then_some(value as u64)
+        })
+        .sum()
 }
 
 /// Parses `--url` and refuses anything but plain HTTP to a loopback
@@ -190,6 +261,48 @@ mod tests {
         ] {
             assert!(ensure_loopback(refused).await.is_err(), "{refused}");
         }
+    }
+
+    #[test]
+    fn requests_go_round_robin_over_the_instances() {
+        let shares = |instances: usize| {
+            let mut counts = vec![0; instances];
+            for seq in 0..300 {
+                counts[instance_for(seq, instances)] += 1;
+            }
+            counts
+        };
+        assert_eq!(shares(1), vec![300]);
+        assert_eq!(shares(3), vec![100, 100, 100]);
+        // Consecutive lines (sent by different clients) go to different instances.
+        assert_eq!(
+            (0..4).map(|seq| instance_for(seq, 2)).collect::<Vec<_>>(),
+            vec![0, 1, 0, 1]
+        );
+        assert_eq!(instance_for(5, 0), 0);
+    }
+
+    #[test]
+    fn a_counter_is_summed_over_its_label_sets() {
+        let text = "\
+# HELP allocation_version_conflict_retries_total Commands run again
+# TYPE allocation_version_conflict_retries_total counter
+allocation_version_conflict_retries_total{command=\"allocate\"} 12
+allocation_version_conflict_retries_total{command=\"odd}name\"} 3 1700000000000
+allocation_version_conflict_retries_total_extra 100
+allocation_version_conflict_retries 100
+allocation_version_conflict_retries_total 5
+http_requests_total{route=\"/allocate\"} 9000
+";
+        assert_eq!(counter_total(text, CONFLICT_RETRIES), 20);
+        assert_eq!(counter_total("# only comments\n", CONFLICT_RETRIES), 0);
+        assert_eq!(
+            counter_total(
+                &format!("{CONFLICT_RETRIES} not-a-number\n"),
+                CONFLICT_RETRIES
+            ),
+            0
+        );
     }
 
     #[tokio::test]

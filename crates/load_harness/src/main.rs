@@ -14,11 +14,12 @@
 //! - `raw`: the hand-written SQL transactions;
 //! - `service`: starting and stopping the `allocation` binary;
 //! - `database`: fresh databases, migrations, seeding, final counts;
-//! - `stats`, `cpu`, `report`: the figures and how they are shown.
+//! - `stats`, `cpu`, `report`, `plot`: the figures and how they are shown.
 
 mod cpu;
 mod database;
 mod http;
+mod plot;
 mod raw;
 mod report;
 mod service;
@@ -36,10 +37,10 @@ use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use futures::FutureExt;
 
-use crate::database::{Database, Databases};
+use crate::database::{Backend, Database, Databases};
 use crate::http::HttpTarget;
 use crate::raw::{RawTarget, RawVariant};
-use crate::report::{Consistency, Level, RawResult, Report, Settings};
+use crate::report::{Consistency, Level, RawResult, Report, ServiceMeasure, Settings};
 use crate::service::{ServiceProcess, ServiceSettings};
 use crate::stats::Recorder;
 use crate::workload::{BATCHES_PER_SKU, Limit, Phase, Target, Workload};
@@ -113,9 +114,19 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     skus: u32,
 
+    /// Service instances sharing one database (PostgreSQL only), one
+    /// service phase per value, e.g. `1,2,3`: each value gets a fresh
+    /// database of its own and that many `allocation serve` processes on
+    /// it, and the clients send each request to the next instance in turn.
+    /// Shows how throughput scales out, and the version conflicts the
+    /// instances cause each other (from their `/metrics`).
+    #[arg(long, value_delimiter = ',', default_value = "1", value_name = "N[,N...]",
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    instances: Vec<u32>,
+
     /// Database connections: the raw phases' pool size, and the service's
     /// `--database-max-connections` when the harness starts it (the
-    /// service's own default is 10).
+    /// service's own default is 10), per instance.
     #[arg(long, default_value_t = 10, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_connections: u32,
@@ -158,6 +169,16 @@ struct Args {
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
+
+    /// Also draw throughput and p99 latency against concurrency, one line
+    /// per phase, as a PNG image in this file.
+    #[arg(long, value_name = "FILE.png")]
+    plot: Option<PathBuf>,
+
+    /// The TrueType font for the plot's text. Default: the first of a few
+    /// usual paths (DejaVu Sans, Liberation Sans) that exists.
+    #[arg(long, value_name = "FILE.ttf", requires = "plot")]
+    plot_font: Option<PathBuf>,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -172,14 +193,14 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 /// What has to be undone at the end, whatever happens.
 #[derive(Debug, Default)]
 struct Resources {
-    service: Option<ServiceProcess>,
+    services: Vec<ServiceProcess>,
     databases: Option<Databases>,
     raw_targets: Vec<Arc<Phase>>,
 }
 
 impl Resources {
     async fn clean_up(&mut self) {
-        if let Some(service) = self.service.take() {
+        for service in self.services.drain(..) {
             service.stop().await;
         }
         for phase in self.raw_targets.drain(..) {
@@ -223,8 +244,17 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
             "note: this is a debug build of the harness; measure with `cargo run --release -p load_harness`"
         );
     }
-    // Fail fast, before creating anything, when the binary is missing or
-    // the target is not local.
+    let instance_counts = instance_counts(&args.instances);
+    if args.url.is_some() && instance_counts != [1] {
+        bail!(
+            "--instances needs the harness to start the service; with --url it loads the one instance given"
+        );
+    }
+    // Fail fast, before creating anything, when the binary is missing, the
+    // target is not local, or the plot could not be written.
+    if args.plot.is_some() {
+        plot::register_font(args.plot_font.as_deref())?;
+    }
     let binary = match &args.url {
         Some(_) => None,
         None => Some(service::find_binary(args.binary.as_deref())?),
@@ -241,57 +271,98 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         .databases
         .insert(Databases::open(&args.database_url, &tag).await?);
     let backend = databases.backend;
+    if backend == Backend::Sqlite && instance_counts.iter().any(|&count| count > 1) {
+        bail!(
+            "--instances above 1 needs PostgreSQL: SQLite serves one instance (one writer, \
+             and the service's locks live in its process); pass --database-url postgres://..."
+        );
+    }
     let workload = Arc::new(Workload::new(tag.clone(), args.skus));
     let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
 
-    // The service, on a fresh database (or the one given by --url).
-    let mut service_database: Option<Database> = None;
-    let http = match (&external, &binary) {
-        (Some(base), _) => HttpTarget::new(base.clone(), max_concurrency as usize)?,
-        (None, Some(binary)) => {
-            let database = databases.create("service").await?;
-            let settings = ServiceSettings {
-                binary: binary.clone(),
-                max_connections: args.max_connections,
-                log_level: args.service_log_level.clone(),
-                log_file: args.service_log.clone(),
-            };
-            eprintln!(
-                "starting {} on a fresh {} database",
-                binary.display(),
-                backend.name()
+    // The service: for each instance count, a fresh database with that many
+    // processes on it (or the one service given by --url).
+    let mut service_phases: Vec<(u32, Option<Database>, Arc<Phase>)> = Vec::new();
+    for &count in &instance_counts {
+        let (http, database, pids) = match (&external, &binary) {
+            (Some(base), _) => (
+                HttpTarget::new(vec![base.clone()], max_concurrency as usize)?,
+                None,
+                Vec::new(),
+            ),
+            (None, Some(binary)) => {
+                let label = match count {
+                    1 => "service".to_owned(),
+                    _ => format!("service{count}"),
+                };
+                let database = databases.create(&label).await?;
+                let settings = ServiceSettings {
+                    binary: binary.clone(),
+                    max_connections: args.max_connections,
+                    log_level: args.service_log_level.clone(),
+                    log_file: None,
+                };
+                let processes = match count {
+                    1 => String::new(),
+                    _ => format!("{count} x "),
+                };
+                eprintln!(
+                    "starting {processes}{} on a fresh {} database",
+                    binary.display(),
+                    backend.name()
+                );
+                let mut bases = Vec::new();
+                let mut pids = Vec::new();
+                // One after the other: the first migrates the schema, the
+                // others find it done.
+                for instance in 0..count {
+                    let settings = ServiceSettings {
+                        log_file: args
+                            .service_log
+                            .as_deref()
+                            .map(|path| instance_log(path, &instance_counts, count, instance)),
+                        ..settings.clone()
+                    };
+                    let process = ServiceProcess::start(&settings, &database.url).await?;
+                    bases.push(
+                        reqwest::Url::parse(&format!("http://{}/", process.address))
+                            .context("the service reported an invalid address")?,
+                    );
+                    pids.extend(process.pid());
+                    resources.services.push(process);
+                }
+                let http = HttpTarget::new(bases, max_concurrency as usize)?;
+                (http, Some(database), pids)
+            }
+            (None, None) => bail!("neither --url nor a service binary"),
+        };
+        if !http.is_alive().await {
+            bail!(
+                "the service at {} does not answer GET /healthz",
+                http.bases()
+                    .iter()
+                    .map(reqwest::Url::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
-            let process = resources
-                .service
-                .insert(ServiceProcess::start(&settings, &database.url).await?);
-            service_database = Some(database);
-            let base = reqwest::Url::parse(&format!("http://{}/", process.address))
-                .context("the service reported an invalid address")?;
-            HttpTarget::new(base, max_concurrency as usize)?
         }
-        (None, None) => bail!("neither --url nor a service binary"),
-    };
-    if !http.is_alive().await {
-        bail!(
-            "the service at {} does not answer GET /healthz",
-            http.base()
+        eprintln!(
+            "creating {} batches of {} products through POST /add_batch",
+            args.skus as usize * BATCHES_PER_SKU,
+            args.skus
         );
+        http.add_batches(workload.batches()).await?;
+        let sources = cpu::Sources {
+            service_pids: pids,
+            database_name: database.as_ref().and_then(|d| d.name.clone()),
+        };
+        let phase = Arc::new(Phase::new(
+            report::service_label(count),
+            Target::Http(http),
+            sources,
+        ));
+        service_phases.push((count, database, phase));
     }
-    eprintln!(
-        "creating {} batches of {} products through POST /add_batch",
-        args.skus as usize * BATCHES_PER_SKU,
-        args.skus
-    );
-    http.add_batches(workload.batches()).await?;
-    let service_cpu = cpu::Sources {
-        service_pid: resources.service.as_ref().and_then(ServiceProcess::pid),
-        database_name: service_database.as_ref().and_then(|d| d.name.clone()),
-    };
-    let service_phase = Arc::new(Phase::new(
-        "service (HTTP)",
-        Target::Http(http),
-        service_cpu,
-    ));
 
     // Each raw variant: its own fresh database, same schema, same batches.
     let mut raw_databases = Vec::new();
@@ -301,7 +372,7 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         database::seed(&database, &workload.batches()).await?;
         let target = RawTarget::connect(variant, backend, &database, args.max_connections).await?;
         let sources = cpu::Sources {
-            service_pid: None,
+            service_pids: Vec::new(),
             database_name: database.name.clone(),
         };
         let phase = Arc::new(Phase::new(variant.label(), Target::Raw(target), sources));
@@ -323,7 +394,10 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         }
     };
 
-    let mut phases = vec![service_phase.clone()];
+    let mut phases: Vec<Arc<Phase>> = service_phases
+        .iter()
+        .map(|(_, _, phase)| phase.clone())
+        .collect();
     phases.extend(raw_databases.iter().map(|(_, _, phase)| phase.clone()));
     let mut probe = cpu::Probe::new(databases.admin_url()).await;
     let mut levels = Vec::new();
@@ -338,6 +412,7 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         }
         let mut recorders: Vec<Recorder> = phases.iter().map(|_| Recorder::default()).collect();
         let mut usages: Vec<cpu::Usage> = phases.iter().map(|_| cpu::Usage::default()).collect();
+        let mut conflict_retries: Vec<Option<u64>> = phases.iter().map(|_| Some(0)).collect();
         for round in 0..args.rounds {
             // Rotate the order each round: nobody always goes first.
             let count = phases.len();
@@ -350,12 +425,22 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
                     args.rounds,
                     phase.name
                 );
+                // Scraped outside the CPU samples: not part of the load.
+                let retries_before = scrape_conflict_retries(phase).await;
                 let before = probe.sample(&phase.cpu_sources).await;
                 let recorded =
                     workload::drive(phase, &workload, concurrency, limit(args.rounds, round))
                         .await?;
                 let after = probe.sample(&phase.cpu_sources).await;
+                let retries_after = scrape_conflict_retries(phase).await;
                 usages[index].add(&before, &after);
+                conflict_retries[index] =
+                    match (conflict_retries[index], retries_before, retries_after) {
+                        (Some(total), Some(before), Some(after)) => {
+                            Some(total + after.saturating_sub(before))
+                        }
+                        _ => None,
+                    };
                 recorders[index].merge(recorded);
                 check_service(resources)?;
             }
@@ -365,7 +450,16 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
             summary.cpu = usage.per_request(summary.requests);
             summary
         });
-        let service = summaries.next().context("no service phase")?;
+        let service = service_phases
+            .iter()
+            .zip(summaries.by_ref())
+            .zip(&conflict_retries)
+            .map(|(((count, _, _), summary), &retries)| ServiceMeasure {
+                instances: *count,
+                summary,
+                conflict_retries: retries,
+            })
+            .collect();
         let raw = raw_databases
             .iter()
             .zip(summaries)
@@ -379,12 +473,7 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
             })
             .collect();
         let level = Level::new(concurrency, service, raw);
-        let failures = level.service.unsuccessful()
-            + level
-                .raw
-                .iter()
-                .map(|r| r.summary.unsuccessful())
-                .sum::<u64>();
+        let failures = level.failures();
         if failures > 0 {
             eprintln!("c={concurrency:<4} warning: {failures} requests did not allocate");
         }
@@ -400,33 +489,27 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
     let mut consistency = Vec::new();
     // (name, database, phase, whether every message is still in the outbox)
     let mut checked: Vec<(String, &Database, &Arc<Phase>, bool)> = Vec::new();
-    if let Some(database) = &service_database {
-        checked.push(("service".to_owned(), database, &service_phase, false));
+    for (count, database, phase) in &service_phases {
+        if let Some(database) = database {
+            let name = match count {
+                1 => "service".to_owned(),
+                _ => format!("service x{count}"),
+            };
+            checked.push((name, database, phase, false));
+        }
     }
     for (variant, database, phase) in &raw_databases {
         checked.push((variant.label().to_owned(), database, phase, true));
     }
     for (name, database, phase, unrelayed) in checked {
         let contents = database::contents(database).await?;
-        let expected = phase.allocated_total.load(Ordering::Relaxed);
-        let expected_qty = phase.allocated_qty_total.load(Ordering::Relaxed);
-        let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let ok = contents.allocations == as_i64(expected)
-            && contents.view_rows == as_i64(expected)
-            && contents.allocated_qty_in_lines == as_i64(expected_qty)
-            && contents.allocated_qty_in_batches == as_i64(expected_qty)
-            && if unrelayed {
-                contents.outbox_rows == as_i64(expected)
-            } else {
-                contents.outbox_rows <= as_i64(expected)
-            };
-        consistency.push(Consistency {
-            phase: name,
-            expected_allocations: expected,
-            expected_quantity: expected_qty,
+        consistency.push(Consistency::judge(
+            name,
+            phase.allocated_total.load(Ordering::Relaxed),
+            phase.allocated_qty_total.load(Ordering::Relaxed),
             contents,
-            ok,
-        });
+            unrelayed,
+        ));
     }
 
     let report = Report {
@@ -438,7 +521,10 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         settings: Settings {
             started_service: binary.is_some(),
             service_binary: binary.as_ref().map(|b| b.display().to_string()),
-            service_url: service_phase_url(&service_phase),
+            service_url: service_phases
+                .first()
+                .map(|(_, _, phase)| service_phase_url(phase))
+                .unwrap_or_default(),
             service_log_level: binary.as_ref().map(|_| args.service_log_level.clone()),
             requests_per_phase: args.duration.is_none().then_some(args.requests),
             duration_per_phase_s: args.duration,
@@ -447,16 +533,18 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
             skus: args.skus,
             batches_per_sku: BATCHES_PER_SKU,
             max_connections: args.max_connections,
+            instances: instance_counts.clone(),
             raw_variants: args.raw.clone(),
             debug_build: cfg!(debug_assertions),
         },
         levels,
         consistency,
         service_peak_rss_bytes: resources
-            .service
-            .as_ref()
-            .and_then(ServiceProcess::pid)
-            .and_then(cpu::process_peak_rss),
+            .services
+            .iter()
+            .filter_map(ServiceProcess::pid)
+            .filter_map(cpu::process_peak_rss)
+            .max(),
     };
     report.print();
     println!(
@@ -466,6 +554,10 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
     );
     if let Some(path) = &args.output {
         report.write_json(path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(path, &report)?;
         eprintln!("wrote {}", path.display());
     }
     if report.consistency.iter().any(|check| !check.ok) {
@@ -481,14 +573,42 @@ fn service_phase_url(phase: &Phase) -> String {
     }
 }
 
-/// Fails when the service the harness started has died.
+/// Fails when a service process the harness started has died.
 fn check_service(resources: &mut Resources) -> anyhow::Result<()> {
-    if let Some(service) = resources.service.as_mut() {
-        if !service.is_running() {
-            bail!("the service exited during the run (see --service-log)");
-        }
+    if resources.services.iter_mut().any(|s| !s.is_running()) {
+        bail!("the service exited during the run (see --service-log)");
     }
     Ok(())
+}
+
+/// The conflicts an HTTP phase's instances have retried so far.
+async fn scrape_conflict_retries(phase: &Phase) -> Option<u64> {
+    match &phase.target {
+        Target::Http(http) => http.conflict_retries().await,
+        Target::Raw(_) => None,
+    }
+}
+
+/// `--instances` as measured: each count once, fewest first (the
+/// reference the others are compared with).
+fn instance_counts(given: &[u32]) -> Vec<u32> {
+    let mut counts = given.to_vec();
+    counts.sort_unstable();
+    counts.dedup();
+    counts
+}
+
+/// Where instance `instance` (from 0) of the phase with `count` instances
+/// writes its log: `--service-log` itself when the run starts a single
+/// process, else that path with `.<count>x<instance>` appended, one file
+/// per process.
+fn instance_log(path: &std::path::Path, counts: &[u32], count: u32, instance: u32) -> PathBuf {
+    if counts == [1] {
+        return path.to_owned();
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{count}x{instance}"));
+    PathBuf::from(name)
 }
 
 /// A short id for this run's database names, SKUs and order ids.
@@ -530,5 +650,30 @@ mod tests {
             Args::try_parse_from(["load", "--url", "http://127.0.0.1:1", "--binary", "x"]).is_err()
         );
         assert!(Args::try_parse_from(["load", "--duration", "-1"]).is_err());
+    }
+
+    #[test]
+    fn instances_take_a_list_measured_fewest_first_once_each() {
+        let default = Args::try_parse_from(["load"]).expect("parses");
+        assert_eq!(instance_counts(&default.instances), vec![1]);
+        let args = Args::try_parse_from(["load", "--instances", "3,1,2,3"]).expect("parses");
+        assert_eq!(instance_counts(&args.instances), vec![1, 2, 3]);
+        assert!(Args::try_parse_from(["load", "--instances", "0"]).is_err());
+        assert!(Args::try_parse_from(["load", "--instances", "17"]).is_err());
+        assert!(Args::try_parse_from(["load", "--plot-font", "f.ttf"]).is_err());
+    }
+
+    #[test]
+    fn each_instance_logs_to_a_file_of_its_own() {
+        let path = std::path::Path::new("/tmp/service.log");
+        assert_eq!(instance_log(path, &[1], 1, 0), path);
+        assert_eq!(
+            instance_log(path, &[1, 2], 2, 1),
+            PathBuf::from("/tmp/service.log.2x1")
+        );
+        assert_eq!(
+            instance_log(path, &[1, 2], 1, 0),
+            PathBuf::from("/tmp/service.log.1x0")
+        );
     }
 }

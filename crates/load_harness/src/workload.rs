@@ -32,6 +32,8 @@ pub const BATCH_QTY: i64 = 1_000_000_000;
 /// One order line to allocate.
 #[derive(Debug, Clone)]
 pub struct Line {
+    /// Its number in the phase's sequence (which instance gets it).
+    pub seq: u64,
     pub orderid: String,
     pub sku: String,
     pub qty: i64,
@@ -93,6 +95,7 @@ impl Workload {
         let mixed = splitmix64(seq);
         let sku = u32::try_from(mixed % u64::from(self.skus)).unwrap_or(0);
         Line {
+            seq,
             orderid: format!("load-{}-{seq}", self.tag),
             sku: self.sku(sku),
             qty: 1 + i64::try_from((mixed >> 40) % 3).unwrap_or(0),
