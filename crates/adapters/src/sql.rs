@@ -181,8 +181,8 @@ impl Dialect {
     /// serialised, and never hit a version conflict.
     ///
     /// PostgreSQL: a unit of work reads outside any transaction (see
-    /// `Connection::Optimistic`); a commit that needs several statements
-    /// runs them in READ COMMITTED, spelled out so that a server configured
+    /// `Connection::Optimistic`); a commit that needs several statements,
+    /// and a locking unit of work, run in READ COMMITTED, spelled out so that a server configured
     /// with another default does not change the behaviour. Concurrent writers
     /// to one product are caught by the version check at commit.
     ///
@@ -358,8 +358,19 @@ impl Store for SqlStore {
     type Transaction = SqlTransaction;
 
     async fn begin(&self) -> Result<SqlTransaction, StoreError> {
-        let connection = match self.dialect {
-            Dialect::Sqlite => {
+        self.begin_unit_of_work(false).await
+    }
+
+    async fn begin_locking(&self) -> Result<SqlTransaction, StoreError> {
+        self.begin_unit_of_work(true).await
+    }
+}
+
+impl SqlStore {
+    async fn begin_unit_of_work(&self, lock_products: bool) -> Result<SqlTransaction, StoreError> {
+        let connection = match (self.dialect, lock_products) {
+            // SQLite transactions exclude each other already: no row locks.
+            (Dialect::Sqlite, _) => {
                 // Wait for this process's turn before asking SQLite for its
                 // write lock: a queue here instead of `busy_timeout`'s
                 // sleep-and-poll, which left writers idle for milliseconds
@@ -370,16 +381,29 @@ impl Store for SqlStore {
                     .begin_with(self.dialect.begin_statement())
                     .await
                     .map_err(StoreError::backend)?;
-                Connection::Locked {
+                Connection::Transaction {
                     transaction,
+                    lock_products: false,
                     _turn: turn,
                 }
             }
-            Dialect::Postgres => {
+            (Dialect::Postgres, false) => {
                 Connection::Optimistic(self.pool.acquire().await.map_err(StoreError::backend)?)
             }
+            (Dialect::Postgres, true) => Connection::Transaction {
+                transaction: self
+                    .pool
+                    .begin_with(self.dialect.begin_statement())
+                    .await
+                    .map_err(StoreError::backend)?,
+                lock_products: true,
+                _turn: None,
+            },
         };
-        Ok(SqlTransaction { connection })
+        Ok(SqlTransaction {
+            connection,
+            dialect: self.dialect,
+        })
     }
 }
 
@@ -387,17 +411,21 @@ impl Store for SqlStore {
 #[derive(Debug)]
 pub struct SqlTransaction {
     connection: Connection,
+    dialect: Dialect,
 }
 
 /// How a unit of work reads, which depends on how the database lets writers
 /// wait for each other.
 #[derive(Debug)]
 enum Connection {
-    /// SQLite: the database's write lock, taken up front (see
-    /// `Dialect::begin_statement`), so reads and writes are one serialised
-    /// transaction.
-    Locked {
+    /// A transaction around the whole unit of work. On SQLite it holds the
+    /// database's write lock from the start (see `Dialect::begin_statement`),
+    /// so reads and writes are one serialised transaction. On PostgreSQL it
+    /// is a locking unit of work (`Store::begin_locking`): each product's
+    /// row is locked before the product is read.
+    Transaction {
         transaction: sqlx::Transaction<'static, Any>,
+        lock_products: bool,
         _turn: Option<OwnedSemaphorePermit>,
     },
     /// PostgreSQL: reads run on their own, outside any transaction, and the
@@ -412,15 +440,38 @@ enum Connection {
 impl Connection {
     fn reader(&mut self) -> &mut AnyConnection {
         match self {
-            Self::Locked { transaction, .. } => transaction,
+            Self::Transaction { transaction, .. } => transaction,
             Self::Optimistic(connection) => connection,
         }
+    }
+
+    fn locks_products(&self) -> bool {
+        matches!(
+            self,
+            Self::Transaction {
+                lock_products: true,
+                ..
+            }
+        )
     }
 }
 
 impl StoreTransaction for SqlTransaction {
     async fn load(&mut self, sku: &Sku, lines: Lines<'_>) -> Result<Option<Product>, StoreError> {
+        let lock_first = self.connection.locks_products();
         let conn = self.connection.reader();
+        if lock_first {
+            // Lock, then read: under READ COMMITTED the next statement's
+            // snapshot is taken once the lock is held, so it sees the last
+            // committed state of the product. (`FOR UPDATE` on the load
+            // itself would not: rows joined to a row it waited for would
+            // come from the snapshot taken before the wait.)
+            sqlx::query("SELECT version_number FROM products WHERE sku = $1 FOR UPDATE")
+                .bind(sku.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| write_error(e, sku))?;
+        }
         // The product, its batches and, when a command concerns one order,
         // that order's line, in one round trip: the hot path of allocation.
         // A product without batches still gives one row, with NULL batch
@@ -484,13 +535,11 @@ impl StoreTransaction for SqlTransaction {
 
     async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {
         match self.connection {
-            Connection::Locked {
+            Connection::Transaction {
                 mut transaction, ..
             } => {
                 match SingleAllocation::of(&changes) {
-                    Some(allocation) => {
-                        allocation.write(&mut transaction, Dialect::Sqlite).await?;
-                    }
+                    Some(allocation) => allocation.write(&mut transaction, self.dialect).await?,
                     None => write_changes(&mut transaction, &changes).await?,
                 }
                 transaction.commit().await.map_err(StoreError::backend)
@@ -500,10 +549,10 @@ impl StoreTransaction for SqlTransaction {
                     return Ok(());
                 }
                 if let Some(allocation) = SingleAllocation::of(&changes) {
-                    return allocation.write(&mut connection, Dialect::Postgres).await;
+                    return allocation.write(&mut connection, self.dialect).await;
                 }
                 let mut transaction = connection
-                    .begin_with(Dialect::Postgres.begin_statement())
+                    .begin_with(self.dialect.begin_statement())
                     .await
                     .map_err(StoreError::backend)?;
                 write_changes(&mut transaction, &changes).await?;

@@ -4,8 +4,10 @@
 //! transactional event handlers (read model, outbox) in that same unit of
 //! work, and commits. Commands on one product take turns within the process.
 //! A version conflict at commit (another instance got there first) runs the
-//! whole command again, a bounded number of times with jittered backoff. After the commit, the events are handled
-//! breadth-first, including the events of the follow-up commands they start.
+//! whole command again, a bounded number of times with jittered backoff, and
+//! with the product locked as it is read so that the retry does not lose
+//! again. After the commit, the events are handled breadth-first, including
+//! the events of the follow-up commands they start.
 //! A command's error goes to its caller; an event handler's error is logged
 //! and retried with exponential backoff, and never fails the command.
 
@@ -169,7 +171,7 @@ impl<S: Store> MessageBus<S> {
     ) -> Result<(C::Reply, Vec<Event>), Error> {
         let mut attempt = 1;
         loop {
-            match self.run_once(command).await {
+            match self.run_once(command, attempt).await {
                 Err(Error::Store(StoreError::Conflict { sku }))
                     if attempt < self.retry.command_attempts =>
                 {
@@ -189,16 +191,23 @@ impl<S: Store> MessageBus<S> {
 
     /// One attempt, in the product's turn when the command names its product:
     /// commands on a hot product queue in this process rather than conflict.
-    /// The turn ends before any backoff, so others go meanwhile.
+    /// The turn ends before any backoff, so others go meanwhile. The first
+    /// attempt is optimistic; after a conflict, the product is locked as it
+    /// is read, so that other instances' writers wait for this one instead
+    /// of beating it again.
     async fn run_once<C: CommandHandler>(
         &self,
         command: &C,
+        attempt: u32,
     ) -> Result<(C::Reply, Vec<Event>), Error> {
         let _turn = match command.product() {
             Some(sku) => Some(self.product_turns.wait_for(sku).await),
             None => None,
         };
-        let mut uow = self.store.start().await?;
+        let mut uow = match attempt {
+            1 => self.store.start().await?,
+            _ => self.store.start_locking().await?,
+        };
         let reply = command.handle(&mut uow).await?;
         let events = uow.collect_new_events();
         for event in &events {

@@ -58,6 +58,23 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<UnitOfWork<Self::Transaction>, StoreError>> + Send {
         async { Ok(UnitOfWork::new(self.begin().await?)) }
     }
+
+    /// Starts a transaction that locks each product as it loads it, until
+    /// it ends: other writers to those products wait instead of racing it.
+    /// For a command that already lost a race (a version conflict), so that
+    /// its next attempt does not lose again however hot the product. A
+    /// backend whose transactions already exclude each other keeps this
+    /// default.
+    fn begin_locking(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send {
+        self.begin()
+    }
+
+    /// A unit of work over [`Store::begin_locking`].
+    fn start_locking(
+        &self,
+    ) -> impl Future<Output = Result<UnitOfWork<Self::Transaction>, StoreError>> + Send {
+        async { Ok(UnitOfWork::new(self.begin_locking().await?)) }
+    }
 }
 
 /// One open transaction of a backend. Dropping it rolls back.
