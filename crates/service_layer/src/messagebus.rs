@@ -175,6 +175,7 @@ impl<S: Store> MessageBus<S> {
                 Err(Error::Store(StoreError::Conflict { sku }))
                     if attempt < self.retry.command_attempts =>
                 {
+                    self.product_turns.mark_contended(&sku);
                     debug!(%sku, attempt, ?command, "version conflict, running the command again");
                     metrics::counter!("allocation_version_conflict_retries_total", "command" => command_name::<C>()).increment(1);
                     tokio::time::sleep(self.retry.conflict_wait(attempt)).await;
@@ -194,7 +195,9 @@ impl<S: Store> MessageBus<S> {
     /// The turn ends before any backoff, so others go meanwhile. The first
     /// attempt is optimistic; after a conflict, the product is locked as it
     /// is read, so that other instances' writers wait for this one instead
-    /// of beating it again.
+    /// of beating it again. So is every command on a product that conflicted
+    /// in the last second: other instances are fighting over it, and a lost
+    /// race would only waste an attempt.
     async fn run_once<C: CommandHandler>(
         &self,
         command: &C,
@@ -204,9 +207,13 @@ impl<S: Store> MessageBus<S> {
             Some(sku) => Some(self.product_turns.wait_for(sku).await),
             None => None,
         };
-        let mut uow = match attempt {
-            1 => self.store.start().await?,
-            _ => self.store.start_locking().await?,
+        let contended = command
+            .product()
+            .is_some_and(|sku| self.product_turns.is_contended(sku));
+        let mut uow = if attempt == 1 && !contended {
+            self.store.start().await?
+        } else {
+            self.store.start_locking().await?
         };
         let reply = command.handle(&mut uow).await?;
         let events = uow.collect_new_events();

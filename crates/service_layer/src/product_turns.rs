@@ -1,41 +1,74 @@
 //! Turns per product within one process: commands on the same product run
 //! one after another, so that a hot product (a flash sale) makes them queue
-//! here instead of colliding at commit and running again.
+//! here instead of colliding at commit and running again. And a memory of
+//! which products other instances are fighting over, so that commands on
+//! them lock the product from the start instead of losing a race first.
 //!
 //! Correctness never depends on it: instances share nothing but the
-//! database, where the version check still decides. It only keeps one
-//! instance from conflicting with itself.
+//! database, where the version check still decides.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use domain::Sku;
 use tokio::sync::{Mutex, MutexGuard};
 
-/// A fixed set of locks that products hash onto. Two products may share a
-/// lock and then take turns needlessly; with many more locks than commands
+/// A fixed set of slots that products hash onto. Two products may share a
+/// slot and then take turns needlessly; with many more slots than commands
 /// in flight that is rare, and the set never grows with the catalogue.
 #[derive(Debug)]
 pub(crate) struct ProductTurns {
     locks: Box<[Mutex<()>]>,
+    /// Per slot: until when (milliseconds after `epoch`) its products count
+    /// as contended by another instance.
+    contended_until: Box<[AtomicU64]>,
+    epoch: Instant,
     hasher: RandomState,
 }
 
 impl ProductTurns {
-    /// Enough locks that a few hundred commands in flight rarely share one.
-    const LOCKS: usize = 1024;
+    /// Enough slots that a few hundred commands in flight rarely share one.
+    const SLOTS: usize = 1024;
+
+    /// How long a conflict marks a product as contended. Long enough to
+    /// cover a flash sale's burst, short enough that a product other
+    /// instances have left alone goes back to lock-free reads soon.
+    const CONTENTION_MEMORY: Duration = Duration::from_secs(1);
 
     pub(crate) fn new() -> Self {
         Self {
-            locks: (0..Self::LOCKS).map(|_| Mutex::new(())).collect(),
+            locks: (0..Self::SLOTS).map(|_| Mutex::new(())).collect(),
+            contended_until: (0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
             hasher: RandomState::new(),
         }
+    }
+
+    fn slot(&self, sku: &Sku) -> usize {
+        self.hasher.hash_one(sku) as usize % Self::SLOTS
+    }
+
+    fn now_millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Waits for `sku`'s turn (first come, first served); the turn lasts
     /// until the guard is dropped.
     pub(crate) async fn wait_for(&self, sku: &Sku) -> MutexGuard<'_, ()> {
-        let slot = self.hasher.hash_one(sku) as usize % self.locks.len();
-        self.locks[slot].lock().await
+        self.locks[self.slot(sku)].lock().await
+    }
+
+    /// Records that a commit on `sku` lost a race with another instance.
+    pub(crate) fn mark_contended(&self, sku: &Sku) {
+        let until = self.now_millis() + Self::CONTENTION_MEMORY.as_millis() as u64;
+        self.contended_until[self.slot(sku)].fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether a commit on `sku` lost a race within the last
+    /// `CONTENTION_MEMORY`.
+    pub(crate) fn is_contended(&self, sku: &Sku) -> bool {
+        self.contended_until[self.slot(sku)].load(Ordering::Relaxed) > self.now_millis()
     }
 }
 
@@ -61,6 +94,21 @@ mod tests {
         assert!(
             turns.wait_for(&sku("LAMP")).now_or_never().is_some(),
             "LAMP's turn did not come back"
+        );
+    }
+
+    #[test]
+    fn a_conflict_marks_its_product_as_contended_for_a_while() {
+        let turns = ProductTurns::new();
+        assert!(!turns.is_contended(&sku("LAMP")));
+        turns.mark_contended(&sku("LAMP"));
+        assert!(turns.is_contended(&sku("LAMP")));
+        let others = (0..100)
+            .filter(|n| turns.is_contended(&sku(&format!("TABLE-{n}"))))
+            .count();
+        assert!(
+            others <= 5,
+            "{others} of 100 other products count as contended"
         );
     }
 

@@ -470,6 +470,8 @@ struct ConflictingStore {
     inner: MemoryStore,
     conflicts_left: Arc<AtomicU32>,
     commits_tried: Arc<AtomicU32>,
+    /// Units of work started with `begin_locking`.
+    locking_begins: Arc<AtomicU32>,
 }
 
 impl ConflictingStore {
@@ -478,6 +480,7 @@ impl ConflictingStore {
             inner,
             conflicts_left: Arc::new(AtomicU32::new(conflicts)),
             commits_tried: Arc::default(),
+            locking_begins: Arc::default(),
         }
     }
 }
@@ -496,6 +499,10 @@ impl Store for ConflictingStore {
             inner: self.inner.begin().await?,
             store: self.clone(),
         })
+    }
+    async fn begin_locking(&self) -> Result<ConflictingTransaction, StoreError> {
+        self.locking_begins.fetch_add(1, Ordering::SeqCst);
+        self.begin().await
     }
 }
 
@@ -600,6 +607,30 @@ mod retries {
         let lost = second.commit().await;
         assert!(matches!(lost, Err(StoreError::Conflict { .. })), "{lost:?}");
         assert_eq!(app.allocated_to("LAMP", "b1").await, 1);
+    }
+
+    #[tokio::test]
+    async fn after_a_conflict_commands_on_the_product_lock_it_from_the_start() {
+        let (app, store) = app_with_conflicts(1).await;
+        app.bus
+            .handle(allocate("o1", "LAMP", 1))
+            .await
+            .expect("allocated on the second attempt");
+        assert_eq!(
+            store.locking_begins.load(Ordering::SeqCst),
+            1,
+            "the retry locks the product"
+        );
+        app.bus
+            .handle(allocate("o2", "LAMP", 1))
+            .await
+            .expect("allocated");
+        assert_eq!(
+            store.locking_begins.load(Ordering::SeqCst),
+            2,
+            "the next command on the contended product locks it at once"
+        );
+        assert_eq!(store.commits_tried.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
