@@ -22,10 +22,12 @@
 //!     inserts the three rows; `COMMIT`. Under READ COMMITTED that statement's
 //!     snapshot is taken after the lock is held, so it sees the last
 //!     committed state of the product's batches.
-//!   - SQLite, 7 statements: `BEGIN IMMEDIATE` (the database write lock);
+//!   - SQLite, 4 calls: `BEGIN IMMEDIATE` (the database write lock);
 //!     `UPDATE batches ... WHERE id = (SELECT the preferred batch, unless the
-//!     line exists) RETURNING`; three `INSERT`s; `UPDATE products`; `COMMIT`.
-//!     SQLite has no data-modifying CTEs, so this is as short as it gets.
+//!     line exists) RETURNING`; one call carrying three `INSERT`s and the
+//!     `UPDATE products`; `COMMIT`. SQLite has no data-modifying CTEs, but a
+//!     call may carry several statements, each call being a hop to sqlx's
+//!     SQLite thread.
 //! - `service-sql`: the statements the service's `SqlStore` issued (before
 //!   it wrote `Allocate` as one statement; kept as a reference point) for
 //!   one allocation (load the product and its batches, load the order's line,
@@ -305,39 +307,37 @@ async fn sqlite_minimal(pool: &SqlitePool, line: &Line) -> Result<Outcome, sqlx:
         transaction.rollback().await?;
         return Ok(Outcome::NotAllocated);
     };
-    sqlx::query("INSERT INTO allocations (orderid, sku, batch_id, qty) VALUES (?1, ?2, ?3, ?4)")
+    // One call for the four writes, as the service makes one (SQLite takes
+    // several statements per call; `$n` is the same argument in each).
+    let written = sqlx::query(SQLITE_WRITE_LINE)
         .bind(&line.orderid)
         .bind(&line.sku)
         .bind(batch_id)
         .bind(line.qty)
-        .execute(&mut *transaction)
-        .await?;
-    sqlx::query("INSERT INTO allocations_view (orderid, sku, batchref) VALUES (?1, ?2, ?3)")
-        .bind(&line.orderid)
-        .bind(&line.sku)
         .bind(&reference)
-        .execute(&mut *transaction)
-        .await?;
-    sqlx::query(OUTBOX_INSERT)
         .bind(message_id())
-        .bind(&line.orderid)
-        .bind(&line.sku)
-        .bind(line.qty)
-        .bind(&reference)
         .bind(unix_millis())
         .execute(&mut *transaction)
         .await?;
-    let bumped =
-        sqlx::query("UPDATE products SET version_number = version_number + 1 WHERE sku = ?1")
-            .bind(&line.sku)
-            .execute(&mut *transaction)
-            .await?;
-    if bumped.rows_affected() != 1 {
-        return Ok(Outcome::Failed(format!("unknown sku {}", line.sku)));
+    if written.rows_affected() != 4 {
+        return Ok(Outcome::Failed(format!(
+            "unknown sku {} ({} rows written, not 4)",
+            line.sku,
+            written.rows_affected()
+        )));
     }
     transaction.commit().await?;
     Ok(Outcome::Allocated)
 }
+
+/// The line, its read-model row, its outbox message and the product's
+/// version bump, in one call: `$1` orderid, `$2` sku, `$3` batch id, `$4`
+/// qty, `$5` batch reference, `$6` message id, `$7` creation time.
+const SQLITE_WRITE_LINE: &str = "INSERT INTO allocations (orderid, sku, batch_id, qty) VALUES ($1, $2, $3, $4); \
+     INSERT INTO allocations_view (orderid, sku, batchref) VALUES ($1, $2, $5); \
+     INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
+     VALUES ($6, $1, $2, $4, $5, $7); \
+     UPDATE products SET version_number = version_number + 1 WHERE sku = $2";
 
 /// The service's outbox row (`write_outbox_message`): `$1` message id,
 /// `$2` orderid, `$3` sku, `$4` qty, `$5` batch, `$6` creation time.
