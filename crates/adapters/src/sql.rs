@@ -110,10 +110,16 @@ impl Dialect {
                  ORDER BY id LIMIT $3) \
                  RETURNING id, message_id, orderid, sku, qty, batchref"
             }
+            // `= ANY(ARRAY(...))` rather than `IN (...)`: the ids are
+            // picked first and then updated through the primary key. With
+            // `IN`, the planner may hash-join against a scan of the whole
+            // table, whose size is mostly the dead rows the relay leaves
+            // behind until vacuum: the claim would slow down as the outbox
+            // churns.
             Self::Postgres => {
-                "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
+                "UPDATE outbox SET claimed_until = $1 WHERE id = ANY(ARRAY(\
                  SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until <= $2 \
-                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)) \
                  RETURNING id, message_id, orderid, sku, qty, batchref"
             }
         }
