@@ -604,16 +604,16 @@ impl<'a> SingleAllocation<'a> {
             return None;
         };
         let stored_version = product.stored_version?;
-        let mut allocated = product.events.iter().filter_map(|event| match event {
-            Event::Allocated(e) => Some(Some(e)),
-            Event::OutOfStock(_) => None,
-            _ => Some(None),
-        });
-        let allocation = match (allocated.next(), allocated.next()) {
-            (None, _) => None,
-            (Some(Some(e)), None) => Some(e),
-            _ => return None,
-        };
+        // At most one allocation; out of stock writes nothing; any other
+        // event takes the general path.
+        let mut allocation = None;
+        for event in &product.events {
+            match event {
+                Event::OutOfStock(_) => {}
+                Event::Allocated(e) if allocation.is_none() => allocation = Some(e),
+                _ => return None,
+            }
+        }
         match (
             allocation,
             changes.views.as_slice(),
