@@ -137,11 +137,13 @@ impl Dialect {
     /// failing the whole statement.
     ///
     /// SQLite: no data-modifying CTEs, but one call may carry several
-    /// statements (`$n` means the same argument in each). After the version
-    /// check, on its own, the four writes go in one call inside the unit of
-    /// work's `BEGIN IMMEDIATE`, and must change four rows; fewer means the
-    /// rows were not as loaded, and the caller rolls back. Two calls instead
-    /// of five: each is a hop to sqlx's SQLite thread and back.
+    /// statements (`$n` means the same argument in each): one call instead of
+    /// five, each a hop to sqlx's SQLite thread and back. `changes()` is the
+    /// number of rows the previous statement changed, so each statement runs
+    /// only if the one before changed its one row: the version check gates
+    /// the rest, as `FROM product` does on PostgreSQL. All five rows, or the
+    /// caller (inside `BEGIN IMMEDIATE`) rolls back: none means a conflict,
+    /// some means the rows were not as loaded.
     fn write_allocation_statement(self) -> &'static str {
         match self {
             Self::Postgres => {
@@ -164,14 +166,17 @@ impl Dialect {
                  SELECT 1 AS versioned FROM product"
             }
             Self::Sqlite => {
-                "UPDATE batches SET allocated_quantity = allocated_quantity + $4 \
-                 WHERE reference = $5 AND sku = $2; \
+                "UPDATE products SET version_number = $1 WHERE sku = $2 AND version_number = $3; \
+                 UPDATE batches SET allocated_quantity = allocated_quantity + $4 \
+                 WHERE reference = $5 AND sku = $2 AND changes() = 1; \
                  INSERT INTO allocations (orderid, sku, batch_id, qty) \
-                 SELECT $6, $2, id, $4 FROM batches WHERE reference = $5 AND sku = $2; \
-                 INSERT INTO allocations_view (orderid, sku, batchref) VALUES ($6, $2, $5) \
+                 SELECT $6, $2, id, $4 FROM batches \
+                 WHERE reference = $5 AND sku = $2 AND changes() = 1; \
+                 INSERT INTO allocations_view (orderid, sku, batchref) \
+                 SELECT $6, $2, $5 WHERE changes() = 1 \
                  ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref; \
                  INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
-                 VALUES ($7, $6, $2, $4, $5, $8)"
+                 SELECT $7, $6, $2, $4, $5, $8 WHERE changes() = 1"
             }
         }
     }
@@ -653,9 +658,6 @@ impl<'a> SingleAllocation<'a> {
         let Some((allocated, message)) = self.allocation else {
             return bump_version(conn, sku, stored_version, new_version).await;
         };
-        if dialect == Dialect::Sqlite {
-            bump_version(&mut *conn, sku, stored_version, new_version).await?;
-        }
         let query = sqlx::query(dialect.write_allocation_statement())
             .bind(new_version)
             .bind(sku.as_str())
@@ -676,13 +678,14 @@ impl<'a> SingleAllocation<'a> {
                     None => Err(StoreError::Conflict { sku: sku.clone() }),
                 }
             }
+            // The caller's transaction is dropped on error, hence rolled back.
             Dialect::Sqlite => {
                 let written = query.execute(conn).await.map_err(|e| write_error(e, sku))?;
                 match written.rows_affected() {
-                    4 => Ok(()),
-                    // The caller's transaction is dropped, hence rolled back.
+                    5 => Ok(()),
+                    0 => Err(StoreError::Conflict { sku: sku.clone() }),
                     rows => Err(mismatch(format!(
-                        "allocating order {} to batch {} of {sku} wrote {rows} rows, not 4",
+                        "allocating order {} to batch {} of {sku} wrote {rows} rows, not 5",
                         allocated.orderid, allocated.batchref
                     ))),
                 }
