@@ -379,37 +379,23 @@ impl Store for SqlStore {
 
 impl SqlStore {
     async fn begin_unit_of_work(&self, lock_products: bool) -> Result<SqlTransaction, StoreError> {
-        let connection = match (self.dialect, lock_products) {
-            // SQLite transactions exclude each other already: no row locks.
-            (Dialect::Sqlite, _) => {
-                // Wait for this process's turn before asking SQLite for its
-                // write lock: a queue here instead of `busy_timeout`'s
-                // sleep-and-poll, which left writers idle for milliseconds
-                // after the lock came free.
-                let turn = self.wait_for_write_turn().await?;
-                let transaction = self
-                    .pool
-                    .begin_with(self.dialect.begin_statement())
-                    .await
-                    .map_err(StoreError::backend)?;
-                Connection::Transaction {
-                    transaction,
-                    lock_products: false,
-                    _turn: turn,
-                }
+        let connection = if self.dialect == Dialect::Postgres && !lock_products {
+            Connection::Optimistic(self.pool.acquire().await.map_err(StoreError::backend)?)
+        } else {
+            // SQLite: wait for this process's turn before asking SQLite for
+            // its write lock, a queue here instead of `busy_timeout`'s
+            // sleep-and-poll, which left writers idle for milliseconds after
+            // the lock came free. (PostgreSQL has no turns.)
+            let turn = self.wait_for_write_turn().await?;
+            let transaction = self
+                .pool
+                .begin_with(self.dialect.begin_statement())
+                .await
+                .map_err(StoreError::backend)?;
+            Connection::Transaction {
+                transaction,
+                _turn: turn,
             }
-            (Dialect::Postgres, false) => {
-                Connection::Optimistic(self.pool.acquire().await.map_err(StoreError::backend)?)
-            }
-            (Dialect::Postgres, true) => Connection::Transaction {
-                transaction: self
-                    .pool
-                    .begin_with(self.dialect.begin_statement())
-                    .await
-                    .map_err(StoreError::backend)?,
-                lock_products: true,
-                _turn: None,
-            },
         };
         Ok(SqlTransaction {
             connection,
@@ -436,7 +422,6 @@ enum Connection {
     /// row is locked before the product is read.
     Transaction {
         transaction: sqlx::Transaction<'static, Any>,
-        lock_products: bool,
         _turn: Option<OwnedSemaphorePermit>,
     },
     /// PostgreSQL: reads run on their own, outside any transaction, and the
@@ -455,21 +440,14 @@ impl Connection {
             Self::Optimistic(connection) => connection,
         }
     }
-
-    fn locks_products(&self) -> bool {
-        matches!(
-            self,
-            Self::Transaction {
-                lock_products: true,
-                ..
-            }
-        )
-    }
 }
 
 impl StoreTransaction for SqlTransaction {
     async fn load(&mut self, sku: &Sku, lines: Lines<'_>) -> Result<Option<Product>, StoreError> {
-        let lock_first = self.connection.locks_products();
+        // A PostgreSQL unit of work holds a transaction only when it locks
+        // its products (SQLite's lock covers the whole database already).
+        let lock_first = self.dialect == Dialect::Postgres
+            && matches!(self.connection, Connection::Transaction { .. });
         let conn = self.connection.reader();
         if lock_first {
             // Lock, then read: under READ COMMITTED the next statement's
@@ -488,12 +466,12 @@ impl StoreTransaction for SqlTransaction {
         // A product without batches still gives one row, with NULL batch
         // columns; `line_qty` is set on the row of the batch holding the line.
         let orderid = match lines {
-            Lines::OfOrder(orderid) => Some(orderid.as_str()),
+            Lines::OfOrder(orderid) => Some(orderid),
             Lines::None | Lines::OfBatch(_) => None,
         };
         let rows = sqlx::query(queries::PRODUCT_WITH_ORDER_LINE)
             .bind(sku.as_str())
-            .bind(orderid)
+            .bind(orderid.map(OrderId::as_str))
             .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::backend)?;
@@ -510,7 +488,7 @@ impl StoreTransaction for SqlTransaction {
             let reference = identifier(&reference, BatchRef::parse)?;
             if let (Some(orderid), Some(qty)) = (orderid, get::<Option<i64>>(row, "line_qty")?) {
                 let line = OrderLine {
-                    orderid: identifier(orderid, OrderId::parse)?,
+                    orderid: orderid.clone(),
                     sku: sku.clone(),
                     qty: quantity_from_db(qty)?,
                 };

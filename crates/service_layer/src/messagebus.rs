@@ -203,13 +203,11 @@ impl<S: Store> MessageBus<S> {
         command: &C,
         attempt: u32,
     ) -> Result<(C::Reply, Vec<Event>), Error> {
-        let _turn = match command.product() {
+        let turn = match command.product() {
             Some(sku) => Some(self.product_turns.wait_for(sku).await),
             None => None,
         };
-        let contended = command
-            .product()
-            .is_some_and(|sku| self.product_turns.is_contended(sku));
+        let contended = turn.as_ref().is_some_and(|turn| turn.contended);
         let mut uow = if attempt == 1 && !contended {
             self.store.start().await?
         } else {

@@ -54,9 +54,14 @@ impl ProductTurns {
     }
 
     /// Waits for `sku`'s turn (first come, first served); the turn lasts
-    /// until the guard is dropped.
-    pub(crate) async fn wait_for(&self, sku: &Sku) -> MutexGuard<'_, ()> {
-        self.locks[self.slot(sku)].lock().await
+    /// until it is dropped.
+    pub(crate) async fn wait_for(&self, sku: &Sku) -> Turn<'_> {
+        let slot = self.slot(sku);
+        let guard = self.locks[slot].lock().await;
+        Turn {
+            _guard: guard,
+            contended: self.contended_until[slot].load(Ordering::Relaxed) > self.now_millis(),
+        }
     }
 
     /// Records that a commit on `sku` lost a race with another instance.
@@ -64,12 +69,15 @@ impl ProductTurns {
         let until = self.now_millis() + Self::CONTENTION_MEMORY.as_millis() as u64;
         self.contended_until[self.slot(sku)].fetch_max(until, Ordering::Relaxed);
     }
+}
 
-    /// Whether a commit on `sku` lost a race within the last
-    /// `CONTENTION_MEMORY`.
-    pub(crate) fn is_contended(&self, sku: &Sku) -> bool {
-        self.contended_until[self.slot(sku)].load(Ordering::Relaxed) > self.now_millis()
-    }
+/// A product's turn, held until dropped.
+#[derive(Debug)]
+pub(crate) struct Turn<'a> {
+    _guard: MutexGuard<'a, ()>,
+    /// Whether a commit on the product lost a race with another instance
+    /// within the last `ProductTurns::CONTENTION_MEMORY`.
+    pub(crate) contended: bool,
 }
 
 #[cfg(test)]
@@ -97,15 +105,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_conflict_marks_its_product_as_contended_for_a_while() {
+    #[tokio::test]
+    async fn a_conflict_marks_its_product_as_contended_for_a_while() {
         let turns = ProductTurns::new();
-        assert!(!turns.is_contended(&sku("LAMP")));
+        assert!(!turns.wait_for(&sku("LAMP")).await.contended);
         turns.mark_contended(&sku("LAMP"));
-        assert!(turns.is_contended(&sku("LAMP")));
-        let others = (0..100)
-            .filter(|n| turns.is_contended(&sku(&format!("TABLE-{n}"))))
-            .count();
+        assert!(turns.wait_for(&sku("LAMP")).await.contended);
+        let mut others = 0;
+        for n in 0..100 {
+            others += usize::from(turns.wait_for(&sku(&format!("TABLE-{n}"))).await.contended);
+        }
         assert!(
             others <= 5,
             "{others} of 100 other products count as contended"
