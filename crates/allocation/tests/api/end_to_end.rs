@@ -239,7 +239,16 @@ async fn help_documents_every_setting() {
         .await
         .expect("the binary runs");
     let help = String::from_utf8_lossy(&output.stdout);
-    for setting in ["--database-url", "DATABASE_URL", "--bind", "127.0.0.1:5005"] {
+    for setting in [
+        "--database-url",
+        "DATABASE_URL",
+        "--bind",
+        "127.0.0.1:5005",
+        "--request-timeout",
+        "ALLOCATION_REQUEST_TIMEOUT",
+        "--api-token",
+        "ALLOCATION_API_TOKEN",
+    ] {
         assert!(help.contains(setting), "{setting} missing from:\n{help}");
     }
 }

@@ -242,21 +242,3 @@ async fn the_binary_takes_its_token_from_the_command_line_and_never_logs_it() {
     assert_eq!(app.get("/products/LAMP/batches").await.0, 200);
     assert!(!app.log().text().contains(secret), "{}", app.log().text());
 }
-
-#[tokio::test]
-async fn serve_help_documents_the_http_settings() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_allocation"))
-        .args(["serve", "--help"])
-        .output()
-        .await
-        .expect("the binary runs");
-    let help = String::from_utf8_lossy(&output.stdout);
-    for setting in [
-        "--request-timeout",
-        "ALLOCATION_REQUEST_TIMEOUT",
-        "--api-token",
-        "ALLOCATION_API_TOKEN",
-    ] {
-        assert!(help.contains(setting), "{setting} missing from:\n{help}");
-    }
-}
