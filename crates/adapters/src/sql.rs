@@ -904,6 +904,26 @@ async fn write_outbox_message(
     Ok(())
 }
 
+/// How many messages wait in the outbox, and for how long the oldest has:
+/// for the metrics (`Outbox::backlog`) and for `check`, in its snapshot.
+async fn read_outbox_backlog<'e>(
+    executor: impl Executor<'e, Database = Any>,
+) -> Result<OutboxBacklog, StoreError> {
+    let row = sqlx::query("SELECT COUNT(*) AS messages, MIN(created_at) AS oldest FROM outbox")
+        .fetch_one(executor)
+        .await
+        .map_err(StoreError::backend)?;
+    let messages: i64 = get(&row, "messages")?;
+    let oldest: Option<i64> = get(&row, "oldest")?;
+    let now = unix_millis(SystemTime::now());
+    Ok(OutboxBacklog {
+        messages: u64::try_from(messages).unwrap_or_default(),
+        // Clocks of several hosts may disagree a little: never negative.
+        oldest_age: oldest
+            .map(|written| Duration::from_millis(u64::try_from(now - written).unwrap_or_default())),
+    })
+}
+
 /// Leases use the clock of the process, not of the database, so that the
 /// same statements work on both; instances' clocks need only roughly agree
 /// (a skew shortens or lengthens a lease, it never loses a message).
@@ -964,20 +984,7 @@ impl Outbox for SqlStore {
     }
 
     async fn backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS messages, MIN(created_at) AS oldest FROM outbox")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(StoreError::backend)?;
-        let messages: i64 = get(&row, "messages")?;
-        let oldest: Option<i64> = get(&row, "oldest")?;
-        let now = unix_millis(SystemTime::now());
-        Ok(OutboxBacklog {
-            messages: u64::try_from(messages).unwrap_or_default(),
-            // Clocks of several hosts may disagree a little: never negative.
-            oldest_age: oldest.map(|written| {
-                Duration::from_millis(u64::try_from(now - written).unwrap_or_default())
-            }),
-        })
+        read_outbox_backlog(&self.pool).await
     }
 }
 

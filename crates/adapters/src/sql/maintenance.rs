@@ -6,15 +6,15 @@
 //! version), so no command's writes can interleave with it; the check reads
 //! one consistent snapshot and writes nothing.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use serde::Serialize;
-use service_layer::StoreError;
+use service_layer::{StoreError, ports};
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, Transaction};
 
-use super::{Dialect, SqlStore, get, to_u64, unix_millis};
+use super::{Dialect, SqlStore, get, read_outbox_backlog, to_u64};
 
 /// How many examples of each kind of difference a report lists; all are
 /// counted. A badly broken database should not make the report unreadable.
@@ -175,6 +175,17 @@ pub struct OutboxBacklog {
     pub oldest_age_ms: Option<u64>,
 }
 
+impl From<ports::OutboxBacklog> for OutboxBacklog {
+    fn from(backlog: ports::OutboxBacklog) -> Self {
+        Self {
+            messages: backlog.messages,
+            oldest_age_ms: backlog
+                .oldest_age
+                .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
 impl OutboxBacklog {
     pub fn oldest_age(&self) -> Option<Duration> {
         self.oldest_age_ms.map(Duration::from_millis)
@@ -257,9 +268,6 @@ mod check {
     pub const LINES_ON_FOREIGN_BATCHES: &str = "SELECT a.orderid, a.sku, b.reference, b.sku AS batch_sku \
          FROM allocations a JOIN batches b ON b.id = a.batch_id \
          WHERE a.sku <> b.sku ORDER BY a.id";
-
-    pub const OUTBOX: &str =
-        "SELECT COUNT(*) AS messages, MIN(created_at) AS oldest_created_at FROM outbox";
 }
 
 impl Dialect {
@@ -407,16 +415,7 @@ impl SqlStore {
             })
         })
         .await?;
-        let outbox = sqlx::query(check::OUTBOX)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(StoreError::backend)?;
-        let now = unix_millis(SystemTime::now());
-        let outbox = OutboxBacklog {
-            messages: count(&outbox, "messages")?,
-            oldest_age_ms: get::<Option<i64>>(&outbox, "oldest_created_at")?
-                .map(|created| u64::try_from(now.saturating_sub(created)).unwrap_or_default()),
-        };
+        let outbox = read_outbox_backlog(&mut *conn).await?.into();
         // Nothing was written; ending it either way releases the snapshot.
         transaction.rollback().await.map_err(StoreError::backend)?;
         Ok(ConsistencyReport {
