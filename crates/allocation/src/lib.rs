@@ -9,8 +9,6 @@ pub mod entrypoints;
 pub mod maintenance;
 pub mod metrics;
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use service_layer::Store;
 use service_layer::memory::MemoryStore;
@@ -22,7 +20,7 @@ use tracing::info;
 use crate::bootstrap::{Outside, Service, bootstrap, open_sql_store};
 use crate::config::{Backend, Cli, Command, DatabaseArgs, ServeArgs, WorkerArgs};
 use crate::entrypoints::http::{self, AppState};
-use crate::entrypoints::redis::{ConsumerStats, consume};
+use crate::entrypoints::redis::consume;
 
 /// Runs the command the user asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -156,8 +154,7 @@ impl Workers {
         let (stop_relay, relay_stopped) = watch::channel(false);
         let consumer = redis_url.map(|url| {
             let bus = service.bus.clone();
-            let stats = Arc::new(ConsumerStats::default());
-            tokio::spawn(async move { consume(bus, &url, stats, stopped(intake_stopped)).await })
+            tokio::spawn(async move { consume(bus, &url, stopped(intake_stopped)).await })
         });
         let relay = {
             let relay = service.relay.clone();

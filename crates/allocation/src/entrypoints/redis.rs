@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use adapters::messages;
@@ -26,24 +25,11 @@ use crate::metrics::{REDIS_CONNECTED, REDIS_PROCESSED, REDIS_RECEIVED};
 /// it again, so giving up loses it: try a little before that.
 const ATTEMPTS: u32 = 3;
 
-/// What the consumer did with the messages it received.
-#[derive(Debug, Default)]
-pub struct ConsumerStats {
-    pub handled: AtomicU64,
-    /// Well-formed, but the domain refused the command (e.g. unknown batch).
-    pub refused: AtomicU64,
-    /// Not a valid message for its channel.
-    pub malformed: AtomicU64,
-    /// Valid, but handling failed even after retries.
-    pub failed: AtomicU64,
-}
-
 /// Consumes messages until `shutdown` resolves; the message being handled
 /// then is finished first.
 pub async fn consume<S: Store>(
     bus: Arc<MessageBus<S>>,
     redis_url: &str,
-    stats: Arc<ConsumerStats>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut subscription = subscribe_forever(redis_url, &messages::INCOMING)?;
@@ -65,7 +51,7 @@ pub async fn consume<S: Store>(
             sku = Empty,
             batchref = Empty,
         );
-        handle(&bus, &stats, message).instrument(span).await;
+        handle(&bus, message).instrument(span).await;
     }
     info!("Redis consumer stopped");
     Ok(())
@@ -111,11 +97,10 @@ fn count_processed(channel: &str, outcome: &'static str) {
         .increment(1);
 }
 
-async fn handle<S: Store>(bus: &MessageBus<S>, stats: &ConsumerStats, message: Incoming) {
+async fn handle<S: Store>(bus: &MessageBus<S>, message: Incoming) {
     let command = match messages::decode(&message.channel, &message.payload) {
         Ok(command) => command,
         Err(reason) => {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
             count_processed(&message.channel, "malformed");
             warn!(%reason, "skipping malformed message");
             return;
@@ -126,13 +111,11 @@ async fn handle<S: Store>(bus: &MessageBus<S>, stats: &ConsumerStats, message: I
     loop {
         match bus.dispatch(command.clone()).await {
             Ok(()) => {
-                stats.handled.fetch_add(1, Ordering::Relaxed);
                 count_processed(&message.channel, "handled");
                 debug!(command = ?command, "message handled");
                 return;
             }
             Err(error) if !error.is_transient() => {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
                 count_processed(&message.channel, "refused");
                 warn!(command = ?command, %error, "message refused");
                 return;
@@ -143,7 +126,6 @@ async fn handle<S: Store>(bus: &MessageBus<S>, stats: &ConsumerStats, message: I
                 attempt += 1;
             }
             Err(error) => {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
                 count_processed(&message.channel, "failed");
                 error!(command = ?command, %error, attempts = attempt, "message failed, giving up");
                 return;

@@ -2,7 +2,7 @@
 //! `{"message"}`. Internal details are logged, never shown to the client.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use domain::{DomainError, ValueError};
@@ -69,6 +69,12 @@ impl IntoResponse for ApiError {
 impl From<ValueError> for ApiError {
     fn from(error: ValueError) -> Self {
         Self::BadRequest(error.to_string())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
     }
 }
 

@@ -47,19 +47,10 @@ pub use openapi::ApiDoc;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// What every handler can reach: the bus for writes, the read model for reads.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AppState<S> {
     pub bus: Arc<MessageBus<S>>,
     pub read_model: S,
-}
-
-impl<S: Clone> Clone for AppState<S> {
-    fn clone(&self) -> Self {
-        Self {
-            bus: self.bus.clone(),
-            read_model: self.read_model.clone(),
-        }
-    }
 }
 
 /// Limits and access control (`serve --request-timeout`, `--api-token`).
@@ -326,7 +317,7 @@ async fn allocations_of_order<S: ReadModel>(
     State(state): State<AppState<S>>,
     orderid: Result<Path<String>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Path(orderid) = orderid.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Path(orderid) = orderid?;
     let orderid = OrderId::parse(&orderid)?;
     observe::record_id("orderid", orderid.as_str());
     let rows = state.read_model.allocations(&orderid).await?;
@@ -477,7 +468,7 @@ async fn batches_of_product<S: ReadModel>(
     State(state): State<AppState<S>>,
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Path(sku) = sku.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Path(sku) = sku?;
     let sku = Sku::parse(&sku)?;
     observe::record_id("sku", sku.as_str());
     let batches = state.read_model.batches(&sku).await?;

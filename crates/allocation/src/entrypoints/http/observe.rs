@@ -16,12 +16,11 @@ use crate::metrics::{HTTP_REQUEST_DURATION, HTTP_REQUESTS};
 
 /// The route template (`/allocations/{orderid}`), never the raw path: ids
 /// would make a series per order. Requests no route matched share one label.
-fn route_of(request: &Request) -> String {
+fn route_of(request: &Request) -> &str {
     request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
-        .to_owned()
 }
 
 /// A label for the method, from a fixed set whatever the client sends.
@@ -55,16 +54,15 @@ pub fn request_span(request: &Request) -> Span {
 /// Counts each request and records its latency, by method, route and status.
 pub async fn record_request(request: Request, next: Next) -> Response {
     let method = method_label(request.method());
-    let route = route_of(&request);
+    let route = route_of(&request).to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
-    let labels = [
-        ("method", method.to_owned()),
-        ("route", route),
-        ("status", response.status().as_u16().to_string()),
-    ];
-    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(HTTP_REQUEST_DURATION, &labels).record(started.elapsed());
+    let status = response.status().as_str().to_owned();
+    // Labels given with `=>` are moved in; a `&'static str` is not copied.
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status.clone())
+        .increment(1);
+    metrics::histogram!(HTTP_REQUEST_DURATION, "method" => method, "route" => route, "status" => status)
+        .record(started.elapsed());
     response
 }
 
