@@ -133,7 +133,7 @@ pub fn decode(channel: &str, payload: &[u8]) -> Result<Command, DecodeError> {
 fn decode_inner(channel: &str, payload: &[u8]) -> Result<Command, DecodeReason> {
     // The channel first: a message on a channel we do not handle is not
     // worth parsing, and its reason should say so rather than "bad JSON".
-    if channel != ALLOCATE && channel != CHANGE_BATCH_QUANTITY {
+    if !INCOMING.contains(&channel) {
         return Err(DecodeReason::UnknownChannel);
     }
     // serde_json checks UTF-8 itself, but only reports it as a generic
@@ -149,10 +149,9 @@ fn decode_inner(channel: &str, payload: &[u8]) -> Result<Command, DecodeReason> 
     };
     if channel == ALLOCATE {
         Ok(Command::Allocate(Allocate {
-            orderid: OrderId::parse(string_field(&fields, "orderid")?)
-                .map_err(|error| renamed(error, "orderid"))?,
-            sku: Sku::parse(string_field(&fields, "sku")?)
-                .map_err(|error| renamed(error, "sku"))?,
+            // The domain's own field names are this channel's: no renaming.
+            orderid: OrderId::parse(string_field(&fields, "orderid")?)?,
+            sku: Sku::parse(string_field(&fields, "sku")?)?,
             qty: quantity_field(&fields, "qty")?,
         }))
     } else {

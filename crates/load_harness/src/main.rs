@@ -491,11 +491,7 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
     let mut checked: Vec<(String, &Database, &Arc<Phase>, bool)> = Vec::new();
     for (count, database, phase) in &service_phases {
         if let Some(database) = database {
-            let name = match count {
-                1 => "service".to_owned(),
-                _ => format!("service x{count}"),
-            };
-            checked.push((name, database, phase, false));
+            checked.push((report::service_name(*count), database, phase, false));
         }
     }
     for (variant, database, phase) in &raw_databases {

@@ -91,12 +91,17 @@ pub struct ServiceMeasure {
 
 /// The name of the service phase with `instances` processes: the single
 /// instance keeps the name it has always had.
-pub fn service_label(instances: u32) -> String {
+pub fn service_name(instances: u32) -> String {
     if instances == 1 {
-        "service (HTTP)".to_owned()
+        "service".to_owned()
     } else {
-        format!("service x{instances} (HTTP)")
+        format!("service x{instances}")
     }
+}
+
+/// The service phase's label in tables: its name and what it drives.
+pub fn service_label(instances: u32) -> String {
+    format!("{} (HTTP)", service_name(instances))
 }
 
 #[derive(Debug, Serialize)]
