@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -93,7 +94,7 @@ pub struct HttpArgs {
         long,
         env = "ALLOCATION_API_TOKEN",
         value_name = "TOKEN[,TOKEN...]",
-        value_parser = ApiTokensParser,
+        value_parser = SecretValueParser::<ApiTokens>::new(),
         hide_env_values = true
     )]
     pub api_token: Option<ApiTokens>,
@@ -182,7 +183,7 @@ pub struct DatabaseArgs {
         env = "DATABASE_URL",
         default_value = "sqlite://allocation.db",
         value_name = "URL",
-        value_parser = DatabaseUrlParser,
+        value_parser = SecretValueParser::<DatabaseUrl>::new(),
         hide_env_values = true
     )]
     pub database_url: DatabaseUrl,
@@ -262,52 +263,38 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Parses `--database-url` without echoing the value in errors, as clap
-/// would: it may hold a password.
-#[derive(Debug, Clone)]
-struct DatabaseUrlParser;
+/// Parses a flag's value without echoing it in errors, as clap would: it
+/// may be a secret (a password in `--database-url`, an `--api-token`).
+#[derive(Debug, Clone, Copy)]
+struct SecretValueParser<T>(PhantomData<fn() -> T>);
 
-impl TypedValueParser for DatabaseUrlParser {
-    type Value = DatabaseUrl;
-
-    fn parse_ref(
-        &self,
-        _: &clap::Command,
-        _: Option<&clap::Arg>,
-        value: &OsStr,
-    ) -> Result<DatabaseUrl, clap::Error> {
-        let invalid = |message: &str| {
-            clap::Error::raw(
-                ErrorKind::ValueValidation,
-                format!("invalid --database-url: {message}\n"),
-            )
-        };
-        let url = value.to_str().ok_or_else(|| invalid("not valid UTF-8"))?;
-        url.parse().map_err(|message: String| invalid(&message))
+impl<T> SecretValueParser<T> {
+    const fn new() -> Self {
+        Self(PhantomData)
     }
 }
 
-/// Parses `--api-token` without echoing the value in errors, as clap would.
-#[derive(Debug, Clone)]
-struct ApiTokensParser;
-
-impl TypedValueParser for ApiTokensParser {
-    type Value = ApiTokens;
+impl<T> TypedValueParser for SecretValueParser<T>
+where
+    T: FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    type Value = T;
 
     fn parse_ref(
         &self,
         _: &clap::Command,
-        _: Option<&clap::Arg>,
+        arg: Option<&clap::Arg>,
         value: &OsStr,
-    ) -> Result<ApiTokens, clap::Error> {
+    ) -> Result<T, clap::Error> {
+        let flag = arg.and_then(clap::Arg::get_long).unwrap_or("value");
         let invalid = |message: &str| {
             clap::Error::raw(
                 ErrorKind::ValueValidation,
-                format!("invalid --api-token: {message}\n"),
+                format!("invalid --{flag}: {message}\n"),
             )
         };
-        let tokens = value.to_str().ok_or_else(|| invalid("not valid UTF-8"))?;
-        tokens.parse().map_err(|error: String| invalid(&error))
+        let text = value.to_str().ok_or_else(|| invalid("not valid UTF-8"))?;
+        text.parse().map_err(|message: String| invalid(&message))
     }
 }
 
