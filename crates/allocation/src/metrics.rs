@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use service_layer::messagebus::metric_names;
 
 /// Request latencies, in seconds: from an in-memory answer to the timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -68,19 +69,19 @@ fn describe() {
         "HTTP request latency, by method, route template and status"
     );
     describe_counter!(
-        "allocation_messages_handled_total",
+        metric_names::MESSAGES_HANDLED,
         "Commands and events handled by the message bus, by kind, name and outcome"
     );
     describe_counter!(
-        "allocation_version_conflict_retries_total",
+        metric_names::CONFLICT_RETRIES,
         "Commands run again after a version conflict at commit, by command"
     );
     describe_counter!(
-        "allocation_event_handler_retries_total",
+        metric_names::EVENT_HANDLER_RETRIES,
         "Event handlers retried after a transient failure, by event"
     );
     describe_counter!(
-        "allocation_event_handler_give_ups_total",
+        metric_names::EVENT_HANDLER_GIVE_UPS,
         "Event handlers abandoned after their last attempt, by event"
     );
     describe_gauge!(

@@ -25,6 +25,15 @@ use crate::ports::{NotificationError, Notifications};
 use crate::product_turns::ProductTurns;
 use crate::unit_of_work::{Store, StoreError};
 
+/// The metrics the bus records (through the `metrics` facade); the binary
+/// describes and exports them.
+pub mod metric_names {
+    pub const MESSAGES_HANDLED: &str = "allocation_messages_handled_total";
+    pub const CONFLICT_RETRIES: &str = "allocation_version_conflict_retries_total";
+    pub const EVENT_HANDLER_RETRIES: &str = "allocation_event_handler_retries_total";
+    pub const EVENT_HANDLER_GIVE_UPS: &str = "allocation_event_handler_give_ups_total";
+}
+
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -177,7 +186,7 @@ impl<S: Store> MessageBus<S> {
                 {
                     self.product_turns.mark_contended(&sku);
                     debug!(%sku, attempt, ?command, "version conflict, running the command again");
-                    metrics::counter!("allocation_version_conflict_retries_total", "command" => command_name::<C>()).increment(1);
+                    metrics::counter!(metric_names::CONFLICT_RETRIES, "command" => command_name::<C>()).increment(1);
                     tokio::time::sleep(self.retry.conflict_wait(attempt)).await;
                     attempt += 1;
                 }
@@ -243,13 +252,14 @@ impl<S: Store> MessageBus<S> {
                     if error.is_transient() && attempt < self.retry.event_handler_attempts =>
                 {
                     warn!(event = event.name(), attempt, %error, "event handler failed, retrying");
-                    metrics::counter!("allocation_event_handler_retries_total", "event" => event.name()).increment(1);
+                    metrics::counter!(metric_names::EVENT_HANDLER_RETRIES, "event" => event.name())
+                        .increment(1);
                     tokio::time::sleep(self.retry.event_handler_wait(attempt)).await;
                     attempt += 1;
                 }
                 Err(error) => {
                     error!(?event, attempts = attempt, %error, "event handler failed, giving up");
-                    metrics::counter!("allocation_event_handler_give_ups_total", "event" => event.name()).increment(1);
+                    metrics::counter!(metric_names::EVENT_HANDLER_GIVE_UPS, "event" => event.name()).increment(1);
                     count_handled("event", event.name(), "failed");
                     return Vec::new();
                 }
@@ -282,7 +292,7 @@ impl<S: Store> MessageBus<S> {
 /// Counts a handled message (`allocation_messages_handled_total`) by kind
 /// (`command`, `event`), name and outcome (`ok`, `rejected`, `failed`).
 fn count_handled(kind: &'static str, name: &'static str, outcome: &'static str) {
-    metrics::counter!("allocation_messages_handled_total", "kind" => kind, "name" => name, "outcome" => outcome).increment(1);
+    metrics::counter!(metric_names::MESSAGES_HANDLED, "kind" => kind, "name" => name, "outcome" => outcome).increment(1);
 }
 
 /// `CreateBatch` for `domain::commands::CreateBatch`: a label, like `Event::name`.
