@@ -351,6 +351,17 @@ impl SqlStore {
         }
     }
 
+    /// A transaction on a connection of the pool, begun with `statement`.
+    async fn begin_with(
+        &self,
+        statement: &'static str,
+    ) -> Result<sqlx::Transaction<'static, Any>, StoreError> {
+        self.pool
+            .begin_with(statement)
+            .await
+            .map_err(StoreError::backend)
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         self.dialect.name()
@@ -387,11 +398,7 @@ impl SqlStore {
             // sleep-and-poll, which left writers idle for milliseconds after
             // the lock came free. (PostgreSQL has no turns.)
             let turn = self.wait_for_write_turn().await?;
-            let transaction = self
-                .pool
-                .begin_with(self.dialect.begin_statement())
-                .await
-                .map_err(StoreError::backend)?;
+            let transaction = self.begin_with(self.dialect.begin_statement()).await?;
             Connection::Transaction {
                 transaction,
                 _turn: turn,

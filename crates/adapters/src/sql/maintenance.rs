@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use serde::Serialize;
 use service_layer::{StoreError, ports};
+use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyConnection, Transaction};
 
 use super::{Dialect, SqlStore, get, read_outbox_backlog, to_u64};
 
@@ -429,16 +429,6 @@ impl SqlStore {
             lines_on_foreign_batches,
             outbox,
         })
-    }
-
-    async fn begin_with(
-        &self,
-        statement: &'static str,
-    ) -> Result<Transaction<'static, Any>, StoreError> {
-        self.pool
-            .begin_with(statement)
-            .await
-            .map_err(StoreError::backend)
     }
 }
 
