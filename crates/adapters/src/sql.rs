@@ -44,10 +44,36 @@ pub mod queries {
     /// A product, its batches in creation order, and (with `$2`) the line of
     /// order `$2`: what every command loads.
     pub const PRODUCT_WITH_ORDER_LINE: &str = "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
-         b.allocated_quantity, a.qty AS line_qty \
+         b.allocated_quantity, a.orderid AS line_orderid, a.qty AS line_qty \
          FROM products p \
          LEFT JOIN batches b ON b.sku = p.sku \
          LEFT JOIN allocations a ON a.batch_id = b.id AND a.orderid = $2 AND a.sku = $1 \
+         WHERE p.sku = $1 \
+         ORDER BY b.id";
+
+    /// As [`PRODUCT_WITH_ORDER_LINE`], with the lines of every order in `$2`,
+    /// a JSON array of order ids: what a group of allocations loads. SQLite
+    /// reads the array with `json_each`, PostgreSQL with `jsonb`'s functions
+    /// (sqlx's `Any` driver binds no arrays). A batch holding several of the
+    /// lines gives a row per line. `+a.batch_id` keeps both planners off the
+    /// `(batch_id, id)` index, which would read every line the batch ever
+    /// took: the lines are found through `(orderid, sku)`, the order ids.
+    pub const PRODUCT_WITH_ORDER_LINES_SQLITE: &str = "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
+         b.allocated_quantity, a.orderid AS line_orderid, a.qty AS line_qty \
+         FROM products p \
+         LEFT JOIN batches b ON b.sku = p.sku \
+         LEFT JOIN allocations a ON +a.batch_id = b.id AND a.sku = $1 \
+             AND a.orderid IN (SELECT value FROM json_each($2)) \
+         WHERE p.sku = $1 \
+         ORDER BY b.id";
+
+    /// [`PRODUCT_WITH_ORDER_LINES_SQLITE`] for PostgreSQL.
+    pub const PRODUCT_WITH_ORDER_LINES_POSTGRES: &str = "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
+         b.allocated_quantity, a.orderid AS line_orderid, a.qty AS line_qty \
+         FROM products p \
+         LEFT JOIN batches b ON b.sku = p.sku \
+         LEFT JOIN allocations a ON +a.batch_id = b.id AND a.sku = $1 \
+             AND a.orderid = ANY(ARRAY(SELECT jsonb_array_elements_text($2::jsonb))) \
          WHERE p.sku = $1 \
          ORDER BY b.id";
 
@@ -125,7 +151,7 @@ impl Dialect {
         }
     }
 
-    /// Writes `Allocate`'s change set (see `SingleAllocation`) at once:
+    /// Writes one allocation of a change set of allocations (see `Allocations`) at once:
     /// bumps product `$2`'s version from `$3` to `$1`, adds `$4` to batch
     /// `$5`'s allocated quantity, and inserts order `$6`'s line, its
     /// read-model row and its outbox message (`$7`, created at `$8`).
@@ -178,6 +204,48 @@ impl Dialect {
                  INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
                  SELECT $7, $6, $2, $4, $5, $8 WHERE changes() = 1"
             }
+        }
+    }
+
+    /// PostgreSQL only: several allocations of one product in one statement,
+    /// as `write_allocation_statement` writes one: the version moves from `$3`
+    /// to `$1` once, each batch's total once, and the lines, view rows and
+    /// messages come from `$4`, a JSON array (sqlx's `Any` driver binds no
+    /// arrays), in its order (`n`), which is the order their ids are taken
+    /// in. Every part reads `product`, so a failed version check writes
+    /// nothing; a batch that is not stored leaves a line's `batch_id` NULL,
+    /// which fails the statement.
+    const WRITE_ALLOCATIONS_POSTGRES: &str = "WITH product AS (\
+             UPDATE products SET version_number = $1 \
+             WHERE sku = $2 AND version_number = $3 RETURNING sku), \
+         input AS (\
+             SELECT * FROM jsonb_to_recordset($4::jsonb) \
+             AS l(n bigint, orderid text, batchref text, qty bigint, message_id text)), \
+         batch AS (\
+             UPDATE batches b SET allocated_quantity = b.allocated_quantity + t.qty \
+             FROM (SELECT batchref, sum(qty)::bigint AS qty FROM input GROUP BY batchref) t \
+             WHERE b.reference = t.batchref AND b.sku = (SELECT sku FROM product) \
+             RETURNING b.id, b.reference), \
+         line AS (\
+             INSERT INTO allocations (orderid, sku, batch_id, qty) \
+             SELECT l.orderid, product.sku, batch.id, l.qty \
+             FROM input l CROSS JOIN product LEFT JOIN batch ON batch.reference = l.batchref \
+             ORDER BY l.n), \
+         view AS (\
+             INSERT INTO allocations_view (orderid, sku, batchref) \
+             SELECT l.orderid, product.sku, l.batchref FROM input l CROSS JOIN product \
+             ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref), \
+         message AS (\
+             INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
+             SELECT l.message_id, l.orderid, product.sku, l.qty, l.batchref, $5 \
+             FROM input l CROSS JOIN product ORDER BY l.n) \
+         SELECT 1 AS versioned FROM product";
+
+    /// `queries::PRODUCT_WITH_ORDER_LINES_*`: the JSON functions differ.
+    fn product_with_order_lines_statement(self) -> &'static str {
+        match self {
+            Self::Sqlite => queries::PRODUCT_WITH_ORDER_LINES_SQLITE,
+            Self::Postgres => queries::PRODUCT_WITH_ORDER_LINES_POSTGRES,
         }
     }
 
@@ -386,6 +454,20 @@ impl Store for SqlStore {
     async fn begin_locking(&self) -> Result<SqlTransaction, StoreError> {
         self.begin_unit_of_work(true).await
     }
+
+    /// SQLite takes one writer at a time: one lane, so that every
+    /// allocation waiting for the write lock shares the next transaction.
+    /// PostgreSQL writes different products in parallel, and writes one
+    /// product's allocations in one statement, but several products' only
+    /// in a transaction, which costs two more round trips: a lane per
+    /// product (nearly: products share one of 1024 by hash), so that groups
+    /// form on a hot product and others commit alone as soon as they come.
+    fn write_lanes(&self) -> usize {
+        match self.dialect {
+            Dialect::Sqlite => 1,
+            Dialect::Postgres => 1024,
+        }
+    }
 }
 
 impl SqlStore {
@@ -468,17 +550,26 @@ impl StoreTransaction for SqlTransaction {
                 .await
                 .map_err(|e| write_error(e, sku))?;
         }
-        // The product, its batches and, when a command concerns one order,
-        // that order's line, in one round trip: the hot path of allocation.
-        // A product without batches still gives one row, with NULL batch
-        // columns; `line_qty` is set on the row of the batch holding the line.
-        let orderid = match lines {
-            Lines::OfOrder(orderid) => Some(orderid),
-            Lines::None | Lines::OfBatch(_) => None,
+        // The product, its batches and, when a command concerns orders,
+        // their lines, in one round trip: the hot path of allocation. A
+        // product without batches still gives one row, with NULL batch
+        // columns; a line's columns are set on the row of its batch.
+        let orderids_json;
+        let (statement, orders) = match lines {
+            Lines::OfOrder(orderid) => (queries::PRODUCT_WITH_ORDER_LINE, Some(orderid.as_str())),
+            Lines::OfOrders(orderids) => {
+                let orderids: Vec<&str> = orderids.iter().map(OrderId::as_str).collect();
+                orderids_json = serde_json::to_string(&orderids).map_err(StoreError::backend)?;
+                (
+                    self.dialect.product_with_order_lines_statement(),
+                    Some(orderids_json.as_str()),
+                )
+            }
+            Lines::None | Lines::OfBatch(_) => (queries::PRODUCT_WITH_ORDER_LINE, None),
         };
-        let rows = sqlx::query(queries::PRODUCT_WITH_ORDER_LINE)
+        let rows = sqlx::query(statement)
             .bind(sku.as_str())
-            .bind(orderid.map(OrderId::as_str))
+            .bind(orders)
             .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::backend)?;
@@ -486,20 +577,26 @@ impl StoreTransaction for SqlTransaction {
             return Ok(None);
         };
         let version = to_u64(get::<i64>(first, "version_number")?, "version_number")?;
-        let mut batches = Vec::with_capacity(rows.len());
-        let mut order_line = None;
+        let mut batches: Vec<Batch> = Vec::with_capacity(rows.len());
+        let mut order_lines = Vec::new();
         for row in &rows {
             let Some(reference) = get::<Option<String>>(row, "reference")? else {
                 continue;
             };
             let reference = identifier(&reference, BatchRef::parse)?;
-            if let (Some(orderid), Some(qty)) = (orderid, get::<Option<i64>>(row, "line_qty")?) {
+            if let Some(orderid) = get::<Option<String>>(row, "line_orderid")? {
                 let line = OrderLine {
-                    orderid: orderid.clone(),
+                    orderid: identifier(&orderid, OrderId::parse)?,
                     sku: sku.clone(),
-                    qty: quantity_from_db(qty)?,
+                    qty: quantity_from_db(get(row, "line_qty")?)?,
                 };
-                order_line = Some((reference.clone(), line));
+                order_lines.push((reference.clone(), line));
+            }
+            if batches
+                .last()
+                .is_some_and(|batch| batch.reference() == &reference)
+            {
+                continue; // another line of the same batch
             }
             batches.push(Batch::restore(
                 reference,
@@ -510,7 +607,7 @@ impl StoreTransaction for SqlTransaction {
             ));
         }
         let mut product = Product::restore(sku.clone(), version, batches);
-        if let Some((reference, line)) = order_line {
+        for (reference, line) in order_lines {
             product.load_lines(&reference, [line]);
         }
         if let Lines::OfBatch(reference) = lines {
@@ -530,12 +627,13 @@ impl StoreTransaction for SqlTransaction {
     }
 
     async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {
+        let allocations = Allocations::of(&changes);
         match self.connection {
             Connection::Transaction {
                 mut transaction, ..
             } => {
-                match SingleAllocation::of(&changes) {
-                    Some(allocation) => allocation.write(&mut transaction, self.dialect).await?,
+                match allocations {
+                    Some(allocations) => allocations.write(&mut transaction, self.dialect).await?,
                     None => write_changes(&mut transaction, &changes).await?,
                 }
                 transaction.commit().await.map_err(StoreError::backend)
@@ -544,14 +642,23 @@ impl StoreTransaction for SqlTransaction {
                 if changes.is_empty() {
                     return Ok(());
                 }
-                if let Some(allocation) = SingleAllocation::of(&changes) {
-                    return allocation.write(&mut connection, self.dialect).await;
+                // One statement (one product's allocations on PostgreSQL) is
+                // atomic on its own: no `BEGIN`/`COMMIT`.
+                let one_statement = |a: &Allocations<'_>| match self.dialect {
+                    Dialect::Postgres => a.products() == 1,
+                    Dialect::Sqlite => a.steps.len() == 1,
+                };
+                if let Some(allocations) = allocations.as_ref().filter(|a| one_statement(a)) {
+                    return allocations.write(&mut connection, self.dialect).await;
                 }
                 let mut transaction = connection
                     .begin_with(self.dialect.begin_statement())
                     .await
                     .map_err(StoreError::backend)?;
-                write_changes(&mut transaction, &changes).await?;
+                match allocations {
+                    Some(allocations) => allocations.write(&mut transaction, self.dialect).await?,
+                    None => write_changes(&mut transaction, &changes).await?,
+                }
                 transaction.commit().await.map_err(StoreError::backend)
             }
         }
@@ -574,77 +681,178 @@ async fn write_changes(conn: &mut AnyConnection, changes: &ChangeSet) -> Result<
     Ok(())
 }
 
-/// The change set of the hot path, `Allocate`: one stored product's version
-/// bump and at most one allocation, with its read-model row and its outbox
-/// message. It is written in one call (`Dialect::write_allocation_statement`)
-/// instead of a statement per row: one round trip instead of five, and on
-/// PostgreSQL no `BEGIN`/`COMMIT` either.
+/// The change set of the hot path, a group of `Allocate` commands: stored
+/// products that only gained allocations (and maybe ran out of stock, which
+/// writes nothing), each allocation with its read-model row and its outbox
+/// message. Each allocation is written in one call
+/// (`Dialect::write_allocation_statement`) instead of a statement per row,
+/// and a lone one on PostgreSQL needs no `BEGIN`/`COMMIT` either.
 #[derive(Debug)]
-struct SingleAllocation<'a> {
-    product: &'a ProductChanges,
-    stored_version: u64,
-    allocation: Option<(&'a Allocated, &'a OutboxMessage)>,
+struct Allocations<'a> {
+    /// In the order the commands ran, which is the order the lines and the
+    /// messages get their ids in.
+    steps: Vec<AllocationStep<'a>>,
 }
 
-impl<'a> SingleAllocation<'a> {
+/// One allocation: bumps its product from `stored_version` by one.
+#[derive(Debug, Clone, Copy)]
+struct AllocationStep<'a> {
+    sku: &'a Sku,
+    stored_version: u64,
+    allocated: &'a Allocated,
+    message: &'a OutboxMessage,
+}
+
+impl<'a> Allocations<'a> {
     /// The change set in this shape, if it is; anything else takes the
-    /// general path.
+    /// general path. The transactional handlers write a view row and an
+    /// outbox message per allocation, in the order the allocations happened,
+    /// so message `i` and view row `i` belong to allocation `i`, and each
+    /// product's own allocations come in its version order.
     fn of(changes: &'a ChangeSet) -> Option<Self> {
-        let [product] = changes.products.as_slice() else {
+        if changes.outbox.is_empty() || changes.views.len() != changes.outbox.len() {
             return None;
-        };
-        let stored_version = product.stored_version?;
-        // At most one allocation; out of stock writes nothing; any other
-        // event takes the general path.
-        let mut allocation = None;
-        for event in &product.events {
-            match event {
-                Event::OutOfStock(_) => {}
-                Event::Allocated(e) if allocation.is_none() => allocation = Some(e),
-                _ => return None,
+        }
+        let mut next_versions: Vec<(&ProductChanges, u64)> = changes
+            .products
+            .iter()
+            .map(|product| Some((product, product.stored_version?)))
+            .collect::<Option<_>>()?;
+        let mut steps = Vec::with_capacity(changes.outbox.len());
+        for (view, message) in changes.views.iter().zip(&changes.outbox) {
+            let allocated = &message.event;
+            let expected_view = ViewChange::Allocated {
+                orderid: allocated.orderid.clone(),
+                sku: allocated.sku.clone(),
+                batchref: allocated.batchref.clone(),
+            };
+            if *view != expected_view {
+                return None;
+            }
+            let (product, next_version) = next_versions
+                .iter_mut()
+                .find(|(product, _)| product.sku == allocated.sku)?;
+            steps.push(AllocationStep {
+                sku: &product.sku,
+                stored_version: *next_version,
+                allocated,
+                message,
+            });
+            *next_version += 1;
+        }
+        // Each product's events must be exactly its allocations, in order
+        // (out of stock aside), and its version must have moved by them.
+        for (product, next_version) in &next_versions {
+            let mut own_steps = steps.iter().filter(|step| step.sku == &product.sku);
+            for event in &product.events {
+                match event {
+                    Event::OutOfStock(_) => {}
+                    Event::Allocated(e) if own_steps.next()?.allocated == e => {}
+                    _ => return None,
+                }
+            }
+            if own_steps.next().is_some() || product.new_version != *next_version {
+                return None;
             }
         }
-        match (
-            allocation,
-            changes.views.as_slice(),
-            changes.outbox.as_slice(),
-        ) {
-            (None, [], []) => Some(Self {
-                product,
-                stored_version,
-                allocation: None,
-            }),
-            (Some(e), [view], [message])
-                if message.event == *e
-                    && *view
-                        == (ViewChange::Allocated {
-                            orderid: e.orderid.clone(),
-                            sku: e.sku.clone(),
-                            batchref: e.batchref.clone(),
-                        }) =>
-            {
-                Some(Self {
-                    product,
-                    stored_version,
-                    allocation: Some((e, message)),
-                })
-            }
-            _ => None,
-        }
+        Some(Self { steps })
     }
 
-    /// Writes the change set with `Dialect::write_allocation_statement`
-    /// (or just the version bump), failing with a conflict when the product
-    /// is no longer at the version it was loaded at.
-    async fn write(self, conn: &mut AnyConnection, dialect: Dialect) -> Result<(), StoreError> {
-        let sku = &self.product.sku;
-        let new_version = to_i64(self.product.new_version, "version_number")?;
+    /// How many products the allocations touch: more than one needs the
+    /// caller's transaction around the writes.
+    fn products(&self) -> usize {
+        let mut skus: Vec<&Sku> = self.steps.iter().map(|step| step.sku).collect();
+        skus.sort_unstable();
+        skus.dedup();
+        skus.len()
+    }
+
+    /// Writes every allocation, failing with a conflict when a product is
+    /// no longer at the version it was loaded at. On PostgreSQL, one
+    /// statement per product; on SQLite, one call per allocation (calls are
+    /// cheap there: no network, and the transaction holds the lock).
+    /// Several statements need the caller's transaction around them.
+    async fn write(&self, conn: &mut AnyConnection, dialect: Dialect) -> Result<(), StoreError> {
+        match dialect {
+            Dialect::Postgres => {
+                let mut written: Vec<&Sku> = Vec::new();
+                for step in &self.steps {
+                    if written.contains(&step.sku) {
+                        continue;
+                    }
+                    written.push(step.sku);
+                    let of_product: Vec<AllocationStep<'_>> = self
+                        .steps
+                        .iter()
+                        .filter(|other| other.sku == step.sku)
+                        .copied()
+                        .collect();
+                    match of_product.as_slice() {
+                        [single] => single.write(conn, dialect).await?,
+                        several => write_allocations_postgres(conn, several).await?,
+                    }
+                }
+            }
+            Dialect::Sqlite => {
+                for step in &self.steps {
+                    step.write(conn, dialect).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Several allocations of one product with `Dialect::WRITE_ALLOCATIONS_POSTGRES`.
+async fn write_allocations_postgres(
+    conn: &mut AnyConnection,
+    steps: &[AllocationStep<'_>],
+) -> Result<(), StoreError> {
+    let [first, ..] = steps else {
+        return Ok(());
+    };
+    let sku = first.sku;
+    let stored_version = to_i64(first.stored_version, "version_number")?;
+    let lines: Vec<serde_json::Value> = steps
+        .iter()
+        .enumerate()
+        .map(|(n, step)| {
+            serde_json::json!({
+                "n": n,
+                "orderid": step.allocated.orderid.as_str(),
+                "batchref": step.allocated.batchref.as_str(),
+                "qty": step.allocated.qty.get(),
+                "message_id": step.message.message_id,
+            })
+        })
+        .collect();
+    let lines = serde_json::to_string(&lines).map_err(StoreError::backend)?;
+    let versioned = sqlx::query(Dialect::WRITE_ALLOCATIONS_POSTGRES)
+        .bind(stored_version + steps.len() as i64)
+        .bind(sku.as_str())
+        .bind(stored_version)
+        .bind(lines)
+        .bind(unix_millis(SystemTime::now()))
+        .fetch_optional(conn)
+        .await
+        .map_err(|e| write_error(e, sku))?;
+    match versioned {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Conflict { sku: sku.clone() }),
+    }
+}
+
+impl AllocationStep<'_> {
+    async fn write(&self, conn: &mut AnyConnection, dialect: Dialect) -> Result<(), StoreError> {
+        let Self {
+            sku,
+            allocated,
+            message,
+            ..
+        } = *self;
         let stored_version = to_i64(self.stored_version, "version_number")?;
-        let Some((allocated, message)) = self.allocation else {
-            return bump_version(conn, sku, stored_version, new_version).await;
-        };
         let query = sqlx::query(dialect.write_allocation_statement())
-            .bind(new_version)
+            .bind(stored_version + 1)
             .bind(sku.as_str())
             .bind(stored_version)
             .bind(i64::from(allocated.qty.get()))

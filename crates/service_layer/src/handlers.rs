@@ -19,9 +19,9 @@ use domain::events::{Allocated, Deallocated, OutOfStock};
 use domain::{BatchRef, DomainError, Event, OrderId, OrderLine, Product, Sku};
 use uuid::Uuid;
 
-use crate::messagebus::Error;
+use crate::messagebus::{Error, Handled, MessageBus};
 use crate::ports::{Notification, NotificationError, Notifications, OutboxMessage};
-use crate::unit_of_work::{StoreTransaction, UnitOfWork, ViewChange};
+use crate::unit_of_work::{Store, StoreTransaction, UnitOfWork, ViewChange};
 
 /// A command together with its handler: what the bus runs in a unit of work,
 /// again from scratch when the commit hits a version conflict.
@@ -38,6 +38,19 @@ pub trait CommandHandler: fmt::Debug + Send + Sync {
     /// then runs it in that product's turn (see `product_turns`).
     fn product(&self) -> Option<&Sku> {
         None
+    }
+
+    /// How the bus runs the command: in a unit of work of its own, again
+    /// after a version conflict. Commands of a kind that can share a unit of
+    /// work with others of their kind say so here.
+    fn run_on<S: Store>(
+        self,
+        bus: &MessageBus<S>,
+    ) -> impl Future<Output = Handled<Self::Reply>> + Send
+    where
+        Self: Sized,
+    {
+        async move { bus.run_in_unit_of_work(&self).await }
     }
 }
 
@@ -77,6 +90,14 @@ impl CommandHandler for Allocate {
 
     fn product(&self) -> Option<&Sku> {
         Some(&self.sku)
+    }
+
+    /// Committed in groups (see `group_commit`): the hot path. Safe because
+    /// an allocation the model refuses changes nothing, so it cannot spoil
+    /// the others' changes, and because allocating again a line that is
+    /// already allocated changes nothing either.
+    async fn run_on<S: Store>(self, bus: &MessageBus<S>) -> Handled<Option<BatchRef>> {
+        bus.allocate_in_group(self).await
     }
 
     async fn handle<T: StoreTransaction>(

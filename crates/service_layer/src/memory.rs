@@ -226,12 +226,8 @@ impl StoredProduct {
         };
         match lines {
             Lines::None => {}
-            Lines::OfOrder(orderid) => {
-                if let Some(stored) = self.lines.get(orderid) {
-                    let reference = &self.batches[stored.batch].reference;
-                    product.load_lines(reference, [line(orderid, stored)]);
-                }
-            }
+            Lines::OfOrder(orderid) => self.load_order_lines(&mut product, [orderid]),
+            Lines::OfOrders(orderids) => self.load_order_lines(&mut product, orderids),
             Lines::OfBatch(reference) => {
                 if let Some(index) = self.batch_index(reference) {
                     let mut of_batch: Vec<_> = self
@@ -245,6 +241,24 @@ impl StoredProduct {
             }
         }
         product
+    }
+
+    /// Loads the line of each order that has one.
+    fn load_order_lines<'a>(
+        &self,
+        product: &mut Product,
+        orderids: impl IntoIterator<Item = &'a OrderId>,
+    ) {
+        for orderid in orderids {
+            if let Some(stored) = self.lines.get(orderid) {
+                let line = OrderLine {
+                    orderid: orderid.clone(),
+                    sku: product.sku().clone(),
+                    qty: stored.qty,
+                };
+                product.load_lines(&self.batches[stored.batch].reference, [line]);
+            }
+        }
     }
 
     fn batch_index(&self, reference: &BatchRef) -> Option<usize> {

@@ -3,6 +3,9 @@
 //! [`MessageBus::handle`] runs a command in a fresh unit of work, runs the
 //! transactional event handlers (read model, outbox) in that same unit of
 //! work, and commits. Commands on one product take turns within the process.
+//! `Allocate`, the hot path, is committed in groups instead (see
+//! `group_commit`): concurrent allocations share one unit of work and one
+//! commit.
 //! A version conflict at commit (another instance got there first) runs the
 //! whole command again, a bounded number of times with jittered backoff, and
 //! with the product locked as it is read so that the retry does not lose
@@ -11,15 +14,17 @@
 //! A command's error goes to its caller; an event handler's error is logged
 //! and retried with exponential backoff, and never fails the command.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Command, DomainError, Event, Sku};
+use domain::commands::Allocate;
+use domain::{BatchRef, Command, DomainError, Event, OrderId, Sku};
 use rand::Rng;
 use tokio::sync::Notify;
 use tracing::{debug, error, warn};
 
+use crate::group_commit::Lanes;
 use crate::handlers::{self, CommandHandler};
 use crate::ports::{NotificationError, Notifications};
 use crate::product_turns::ProductTurns;
@@ -35,7 +40,7 @@ pub mod metric_names {
 }
 
 /// Why a command failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The command names a SKU the service has no batches for.
     #[error("Invalid sku {0}")]
@@ -126,7 +131,11 @@ pub struct MessageBus<S> {
     outbox_written: Arc<Notify>,
     retry: RetryPolicy,
     product_turns: ProductTurns,
+    allocation_lanes: Lanes<Allocate, Handled<Option<BatchRef>>>,
 }
+
+/// A command's reply and the events it raised, once committed.
+pub(crate) type Handled<R> = Result<(R, Vec<Event>), Error>;
 
 impl<S: Store> MessageBus<S> {
     pub fn new(
@@ -136,18 +145,19 @@ impl<S: Store> MessageBus<S> {
         retry: RetryPolicy,
     ) -> Self {
         Self {
-            store,
             notifications,
             outbox_written,
             retry,
             product_turns: ProductTurns::new(),
+            allocation_lanes: Lanes::new(store.write_lanes()),
+            store,
         }
     }
 
     /// Handles a command and everything that follows from it, and returns
     /// the command's reply once its changes are committed.
     pub async fn handle<C: CommandHandler>(&self, command: C) -> Result<C::Reply, Error> {
-        let result = self.run_in_unit_of_work(&command).await;
+        let result = command.run_on(self).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(error) if error.is_transient() => "failed",
@@ -174,10 +184,10 @@ impl<S: Store> MessageBus<S> {
     /// The command and the transactional event handlers, committed together,
     /// with the command run again from scratch after a version conflict.
     /// Returns the reply and the events for the after-commit handlers.
-    async fn run_in_unit_of_work<C: CommandHandler>(
+    pub(crate) async fn run_in_unit_of_work<C: CommandHandler>(
         &self,
         command: &C,
-    ) -> Result<(C::Reply, Vec<Event>), Error> {
+    ) -> Handled<C::Reply> {
         let mut attempt = 1;
         loop {
             match self.run_once(command, attempt).await {
@@ -207,11 +217,7 @@ impl<S: Store> MessageBus<S> {
     /// of beating it again. So is every command on a product that conflicted
     /// in the last second: other instances are fighting over it, and a lost
     /// race would only waste an attempt.
-    async fn run_once<C: CommandHandler>(
-        &self,
-        command: &C,
-        attempt: u32,
-    ) -> Result<(C::Reply, Vec<Event>), Error> {
+    async fn run_once<C: CommandHandler>(&self, command: &C, attempt: u32) -> Handled<C::Reply> {
         let turn = match command.product() {
             Some(sku) => Some(self.product_turns.wait_for(sku).await),
             None => None,
@@ -229,6 +235,92 @@ impl<S: Store> MessageBus<S> {
         }
         uow.commit().await?;
         Ok((reply, events))
+    }
+
+    /// Queues an allocation in its product's lane; see `group_commit`.
+    /// Running a command again there is harmless: allocating a line that is
+    /// already allocated answers its batch and changes nothing.
+    pub(crate) async fn allocate_in_group(&self, command: Allocate) -> Handled<Option<BatchRef>> {
+        let sku = command.sku.clone();
+        self.allocation_lanes
+            .submit(&sku, command, |group| self.run_group(group))
+            .await
+    }
+
+    /// A group of allocations in one unit of work, with one commit, run
+    /// again from scratch after a version conflict, as `run_in_unit_of_work`
+    /// does for one command. A failure of the store fails every command in
+    /// the group; a command the model refuses fails alone.
+    async fn run_group(&self, group: Vec<Allocate>) -> Vec<Handled<Option<BatchRef>>> {
+        let mut attempt = 1;
+        loop {
+            let failure = match self.run_group_once(&group, attempt).await {
+                Ok(answers) => return answers,
+                Err(StoreError::Conflict { sku }) if attempt < self.retry.command_attempts => {
+                    self.product_turns.mark_contended(&sku);
+                    debug!(%sku, attempt, commands = group.len(), "version conflict, running the group again");
+                    metrics::counter!(metric_names::CONFLICT_RETRIES, "command" => command_name::<Allocate>())
+                        .increment(group.len() as u64);
+                    tokio::time::sleep(self.retry.conflict_wait(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
+                Err(StoreError::Conflict { sku }) => {
+                    warn!(%sku, attempts = attempt, commands = group.len(), "giving up on a contended group");
+                    Error::Contention { attempts: attempt }
+                }
+                Err(error) => Error::Store(error),
+            };
+            return group.iter().map(|_| Err(failure.clone())).collect();
+        }
+    }
+
+    /// One attempt at a group. Each product is loaded once, with the lines
+    /// of every order the group allocates, in SKU order: locking groups of
+    /// several instances then lock their products in the same order, and
+    /// cannot deadlock. Then each command runs as it would alone, and its
+    /// events are handled in the transaction and kept for its caller.
+    async fn run_group_once(
+        &self,
+        group: &[Allocate],
+        attempt: u32,
+    ) -> Result<Vec<Handled<Option<BatchRef>>>, StoreError> {
+        let mut orders: BTreeMap<&Sku, Vec<OrderId>> = BTreeMap::new();
+        for command in group {
+            orders
+                .entry(&command.sku)
+                .or_default()
+                .push(command.orderid.clone());
+        }
+        let contended = orders
+            .keys()
+            .any(|sku| self.product_turns.is_contended(sku));
+        let mut uow = if attempt == 1 && !contended {
+            self.store.start().await?
+        } else {
+            self.store.start_locking().await?
+        };
+        for (sku, orderids) in &orders {
+            uow.products().get_for_orders(sku, orderids).await?;
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        for command in group {
+            match command.handle(&mut uow).await {
+                Ok(reply) => {
+                    let events = uow.collect_new_events();
+                    for event in &events {
+                        handlers::handle_in_transaction(event, &mut uow);
+                    }
+                    answers.push(Ok((reply, events)));
+                }
+                Err(Error::Store(error)) => return Err(error),
+                // Allocate refuses before it changes anything: the rest of
+                // the group stands.
+                Err(refused) => answers.push(Err(refused)),
+            }
+        }
+        uow.commit().await?;
+        Ok(answers)
     }
 
     /// Breadth-first: the command's events, then the events of what they
@@ -278,7 +370,7 @@ impl<S: Store> MessageBus<S> {
                 handlers::send_out_of_stock_notification(e, &*self.notifications).await?
             }
             Event::Deallocated(e) => {
-                let (_, events) = self.run_in_unit_of_work(&handlers::reallocate(e)).await?;
+                let (_, events) = self.allocate_in_group(handlers::reallocate(e)).await?;
                 return Ok(events);
             }
             Event::BatchCreated(_)

@@ -56,12 +56,17 @@ impl ProductTurns {
     /// Waits for `sku`'s turn (first come, first served); the turn lasts
     /// until it is dropped.
     pub(crate) async fn wait_for(&self, sku: &Sku) -> Turn<'_> {
-        let slot = self.slot(sku);
-        let guard = self.locks[slot].lock().await;
+        let guard = self.locks[self.slot(sku)].lock().await;
         Turn {
             _guard: guard,
-            contended: self.contended_until[slot].load(Ordering::Relaxed) > self.now_millis(),
+            contended: self.is_contended(sku),
         }
+    }
+
+    /// Whether a commit on `sku` lost a race with another instance within
+    /// the last `CONTENTION_MEMORY`.
+    pub(crate) fn is_contended(&self, sku: &Sku) -> bool {
+        self.contended_until[self.slot(sku)].load(Ordering::Relaxed) > self.now_millis()
     }
 
     /// Records that a commit on `sku` lost a race with another instance.

@@ -13,24 +13,27 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::future::Future;
+use std::sync::Arc;
 
 use domain::{BatchRef, Event, OrderId, Product, Sku};
 
 use crate::ports::OutboxMessage;
 
 /// The storage failed, or refused a commit that raced with another one.
-#[derive(Debug, thiserror::Error)]
+/// Cheap to clone, so that one failed group commit can answer each of its
+/// commands with it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Another transaction changed what this one read: retry from scratch.
     #[error("product {sku} was changed by a concurrent transaction")]
     Conflict { sku: Sku },
     #[error("storage failed: {0}")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {
     pub fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::Backend(Box::new(error))
+        Self::Backend(Arc::new(error))
     }
 }
 
@@ -40,6 +43,8 @@ impl StoreError {
 pub enum Lines<'a> {
     None,
     OfOrder(&'a OrderId),
+    /// The lines of several orders: what a group of allocations needs.
+    OfOrders(&'a [OrderId]),
     OfBatch(&'a BatchRef),
 }
 
@@ -67,6 +72,14 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// default.
     fn begin_locking(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send {
         self.begin()
+    }
+
+    /// How many groups of allocations the bus commits side by side (see
+    /// `group_commit`): one for a database that takes one writer at a time
+    /// anyway, more for one whose writers to different products run in
+    /// parallel. Fewer lanes make bigger groups, hence fewer commits.
+    fn write_lanes(&self) -> usize {
+        1
     }
 
     /// A unit of work over [`Store::begin_locking`].
@@ -145,8 +158,41 @@ pub enum ViewChange {
 struct Tracked {
     product: Product,
     stored_version: Option<u64>,
+    /// Orders whose lines of this product are loaded: asking for them again
+    /// needs no trip to the store (and must not take one, which would miss
+    /// this unit of work's own changes to them).
+    orders_loaded: Vec<OrderId>,
     /// Events already handed out by `collect_new_events`; still to be written.
     handed_out: Vec<Event>,
+}
+
+impl Tracked {
+    fn new(product: Product, stored_version: Option<u64>) -> Self {
+        Self {
+            product,
+            stored_version,
+            orders_loaded: Vec::new(),
+            handed_out: Vec::new(),
+        }
+    }
+
+    /// Whether everything `lines` names is in the product already.
+    fn holds(&self, lines: Lines<'_>) -> bool {
+        match lines {
+            Lines::None => true,
+            Lines::OfOrder(orderid) => self.orders_loaded.contains(orderid),
+            Lines::OfOrders(orderids) => orderids.iter().all(|o| self.orders_loaded.contains(o)),
+            Lines::OfBatch(_) => false,
+        }
+    }
+
+    fn record_loaded(&mut self, lines: Lines<'_>) {
+        match lines {
+            Lines::OfOrder(orderid) => self.orders_loaded.push(orderid.clone()),
+            Lines::OfOrders(orderids) => self.orders_loaded.extend_from_slice(orderids),
+            Lines::None | Lines::OfBatch(_) => {}
+        }
+    }
 }
 
 /// The repository (book chapter 2) over one transaction, with the identity
@@ -166,14 +212,7 @@ impl<T: StoreTransaction> Repository<T> {
             !self.seen.contains_key(&sku),
             "added a product twice: {sku}"
         );
-        self.seen.insert(
-            sku,
-            Tracked {
-                product,
-                stored_version: None,
-                handed_out: Vec::new(),
-            },
-        );
+        self.seen.insert(sku, Tracked::new(product, None));
     }
 
     /// The product with its batches and none of its order lines.
@@ -189,6 +228,17 @@ impl<T: StoreTransaction> Repository<T> {
         orderid: &OrderId,
     ) -> Result<Option<&mut Product>, StoreError> {
         self.get_with(sku, Lines::OfOrder(orderid)).await
+    }
+
+    /// The product with the lines of every order in `orderids` loaded, in
+    /// one trip to the store: a group of allocations loads each product
+    /// once this way, and then `get_for_order` finds it here.
+    pub async fn get_for_orders(
+        &mut self,
+        sku: &Sku,
+        orderids: &[OrderId],
+    ) -> Result<Option<&mut Product>, StoreError> {
+        self.get_with(sku, Lines::OfOrders(orderids)).await
     }
 
     /// The product holding batch `reference`, with that batch's lines loaded:
@@ -220,8 +270,11 @@ impl<T: StoreTransaction> Repository<T> {
         sku: &Sku,
         lines: Lines<'_>,
     ) -> Result<Option<&mut Product>, StoreError> {
-        let already_seen = self.seen.contains_key(sku);
-        let loaded = if already_seen && matches!(lines, Lines::None) {
+        let holds_already = self
+            .seen
+            .get(sku)
+            .is_some_and(|tracked| tracked.holds(lines));
+        let loaded = if holds_already {
             None
         } else {
             self.transaction.load(sku, lines).await?
@@ -234,14 +287,13 @@ impl<T: StoreTransaction> Repository<T> {
                     let lines = batch.loaded_lines().iter().cloned();
                     tracked.product.load_lines(batch.reference(), lines);
                 }
+                tracked.record_loaded(lines);
                 Ok(Some(&mut tracked.product))
             }
             (Entry::Vacant(entry), Some(product)) => {
-                let tracked = entry.insert(Tracked {
-                    stored_version: Some(product.version()),
-                    product,
-                    handed_out: Vec::new(),
-                });
+                let stored_version = Some(product.version());
+                let tracked = entry.insert(Tracked::new(product, stored_version));
+                tracked.record_loaded(lines);
                 Ok(Some(&mut tracked.product))
             }
             (Entry::Vacant(_), None) => Ok(None),

@@ -20,31 +20,54 @@ use crate::backends::open;
 /// plan must use on each backend.
 struct Lookup {
     what: &'static str,
-    sql: &'static str,
+    sql: Sql,
     params: &'static [&'static str],
     postgres_indexes: &'static [&'static str],
     sqlite_indexes: &'static [&'static str],
+}
+
+/// The query text: the same on both backends, or one for each.
+enum Sql {
+    Both(&'static str),
+    Each {
+        sqlite: &'static str,
+        postgres: &'static str,
+    },
+}
+
+impl Sql {
+    fn sqlite(&self) -> &'static str {
+        match self {
+            Self::Both(sql) | Self::Each { sqlite: sql, .. } => sql,
+        }
+    }
+
+    fn postgres(&self) -> &'static str {
+        match self {
+            Self::Both(sql) | Self::Each { postgres: sql, .. } => sql,
+        }
+    }
 }
 
 /// The values name rows that `fill_postgres` creates.
 const LOOKUPS: &[Lookup] = &[
     Lookup {
         what: "an order's allocations (read model, GET /allocations/<orderid>)",
-        sql: queries::ALLOCATIONS_OF_ORDER,
+        sql: Sql::Both(queries::ALLOCATIONS_OF_ORDER),
         params: &["order-4242"],
         postgres_indexes: &["allocations_view_pkey"],
         sqlite_indexes: &["sqlite_autoindex_allocations_view_1"],
     },
     Lookup {
         what: "a product's batches (read model, GET /products/<sku>/batches)",
-        sql: queries::BATCHES_OF_PRODUCT,
+        sql: Sql::Both(queries::BATCHES_OF_PRODUCT),
         params: &["sku-4243"],
         postgres_indexes: &["batches_sku_id"],
         sqlite_indexes: &["batches_sku_id"],
     },
     Lookup {
         what: "a product with its batches and one order's line (every command)",
-        sql: queries::PRODUCT_WITH_ORDER_LINE,
+        sql: Sql::Both(queries::PRODUCT_WITH_ORDER_LINE),
         params: &["sku-4243", "order-4242"],
         postgres_indexes: &[
             "products_pkey",
@@ -58,8 +81,26 @@ const LOOKUPS: &[Lookup] = &[
         ],
     },
     Lookup {
+        what: "a product with its batches and several orders' lines (a group of allocations)",
+        sql: Sql::Each {
+            sqlite: queries::PRODUCT_WITH_ORDER_LINES_SQLITE,
+            postgres: queries::PRODUCT_WITH_ORDER_LINES_POSTGRES,
+        },
+        params: &["sku-4243", r#"["order-4242", "order-4243"]"#],
+        postgres_indexes: &[
+            "products_pkey",
+            "batches_sku_id",
+            "allocations_orderid_sku_key",
+        ],
+        sqlite_indexes: &[
+            "sqlite_autoindex_products_1",
+            "batches_sku_id",
+            "sqlite_autoindex_allocations_1",
+        ],
+    },
+    Lookup {
         what: "a batch's lines (ChangeBatchQuantity)",
-        sql: queries::LINES_OF_BATCH,
+        sql: Sql::Both(queries::LINES_OF_BATCH),
         params: &["batch-4242", "sku-4243"],
         postgres_indexes: &["batches_reference_key", "allocations_batch_id_id"],
         sqlite_indexes: &["sqlite_autoindex_batches_1", "allocations_batch_id_id"],
@@ -92,7 +133,7 @@ async fn sqlite_lookups_use_indexes() {
         .await
         .expect("open directly");
     for lookup in LOOKUPS {
-        let sql = format!("EXPLAIN QUERY PLAN {}", lookup.sql);
+        let sql = format!("EXPLAIN QUERY PLAN {}", lookup.sql.sqlite());
         let rows = with_params(&sql, lookup)
             .fetch_all(&mut conn)
             .await
@@ -105,10 +146,12 @@ async fn sqlite_lookups_use_indexes() {
                 lookup.what
             );
         }
+        // Reading the bound list of order ids (`json_each`) is no table scan.
+        let table_scan = |d: &String| d.starts_with("SCAN ") && !d.starts_with("SCAN json_each");
         assert!(
             !details
                 .iter()
-                .any(|d| d.starts_with("SCAN ") || d.contains("TEMP B-TREE")),
+                .any(|d| table_scan(d) || d.contains("TEMP B-TREE")),
             "{}: no table scan and no sort: {details:?}",
             lookup.what
         );
@@ -133,7 +176,7 @@ async fn postgres_lookups_use_indexes_on_large_tables() {
     println!("filled and analysed in {:?}", started.elapsed());
 
     for lookup in LOOKUPS {
-        let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", lookup.sql);
+        let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", lookup.sql.postgres());
         let row = with_params(&sql, lookup)
             .fetch_one(&mut conn)
             .await

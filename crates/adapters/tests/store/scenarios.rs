@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use domain::commands::{ChangeBatchQuantity, CreateBatch};
 use domain::events::Allocated;
-use domain::{BatchRef, DomainError, Event, OrderId, Product, Sku};
+use domain::{BatchRef, DomainError, Event, OrderId, OrderLine, Product, Sku};
 use service_layer::ports::{BatchView, Outbox, OutboxMessage, ReadModel};
 use service_layer::unit_of_work::{ChangeSet, Lines, ProductChanges, ViewChange};
 use service_layer::{Error, RetryPolicy, Store, StoreError, StoreTransaction, UnitOfWork};
@@ -30,6 +30,9 @@ per_backend!(mod every_backend on [memory, sqlite, postgres] via one_store {
     the_read_model_is_written_with_the_commit_and_removed_on_deallocation,
     batches_report_purchased_and_allocated_quantities,
     concurrent_allocations_never_over_allocate,
+    several_orders_load_with_their_lines_in_one_go,
+    a_group_of_allocations_commits_as_one,
+    a_conflict_on_any_product_of_a_group_writes_nothing,
 });
 
 // SQLite serialises writers at BEGIN IMMEDIATE, so two units of work cannot
@@ -462,56 +465,76 @@ async fn a_commit_from_a_stale_version_conflicts_and_writes_nothing<
 
 /// A commit whose events name a batch that is not stored (which the version
 /// check should make impossible) fails as a whole: the version bump, the
-/// read-model row and the message are not written either.
+/// read-model rows and the messages are not written either. Alone, and after
+/// an allocation to a real batch (which PostgreSQL writes in one statement
+/// with it).
 async fn a_commit_naming_a_batch_that_is_not_stored_writes_nothing<
     S: Store + ReadModel + Outbox,
 >(
     store: S,
 ) {
     let bus = bus(&store);
-    let (sku, batch, ghost, order) = (sku(), batchref("b"), batchref("ghost"), orderid("o"));
+    let (sku, batch, ghost) = (sku(), batchref("b"), batchref("ghost"));
     bus.add_batch(&batch, &sku, 10, None).await;
     let stored = load(&store, &sku, Lines::None).await.expect("stored");
 
-    let allocated = Allocated {
-        orderid: order.clone(),
-        sku: sku.clone(),
-        qty: qty(2),
-        batchref: ghost.clone(),
-    };
-    let changes = ChangeSet {
-        products: vec![ProductChanges {
-            sku: sku.clone(),
-            stored_version: Some(stored.version),
-            new_version: stored.version + 1,
-            events: vec![Event::Allocated(allocated.clone())],
-        }],
-        views: vec![ViewChange::Allocated {
-            orderid: order.clone(),
-            sku: sku.clone(),
-            batchref: ghost,
-        }],
-        outbox: vec![OutboxMessage {
-            message_id: "ghost-message".into(),
-            event: allocated,
-        }],
-    };
-    let transaction = store.begin().await.expect("begin");
-    assert!(
-        transaction.commit(changes).await.is_err(),
-        "a commit naming a missing batch must fail"
-    );
+    for batches in [vec![&ghost], vec![&batch, &ghost]] {
+        let allocations_made: Vec<Allocated> = batches
+            .iter()
+            .map(|&reference| Allocated {
+                orderid: orderid("o"),
+                sku: sku.clone(),
+                qty: qty(2),
+                batchref: reference.clone(),
+            })
+            .collect();
+        let changes = ChangeSet {
+            products: vec![ProductChanges {
+                sku: sku.clone(),
+                stored_version: Some(stored.version),
+                new_version: stored.version + allocations_made.len() as u64,
+                events: allocations_made
+                    .iter()
+                    .cloned()
+                    .map(Event::Allocated)
+                    .collect(),
+            }],
+            views: allocations_made
+                .iter()
+                .map(|a| ViewChange::Allocated {
+                    orderid: a.orderid.clone(),
+                    sku: sku.clone(),
+                    batchref: a.batchref.clone(),
+                })
+                .collect(),
+            outbox: allocations_made
+                .iter()
+                .map(|a| OutboxMessage {
+                    message_id: unique("message"),
+                    event: a.clone(),
+                })
+                .collect(),
+        };
+        let transaction = store.begin().await.expect("begin");
+        assert!(
+            transaction.commit(changes).await.is_err(),
+            "a commit naming a missing batch must fail"
+        );
 
-    let loaded = load(&store, &sku, Lines::OfOrder(&order))
-        .await
-        .expect("stored");
-    assert_eq!(
-        (loaded.version, loaded.batches[0].allocated),
-        (stored.version, 0)
-    );
-    assert_eq!(loaded_lines(&loaded), vec![]);
-    assert_eq!(allocations(&store, &order).await, vec![]);
-    assert_eq!(outbox_of(&store).await, vec![]);
+        let orders: Vec<OrderId> = allocations_made.iter().map(|a| a.orderid.clone()).collect();
+        let loaded = load(&store, &sku, Lines::OfOrders(&orders))
+            .await
+            .expect("stored");
+        assert_eq!(
+            (loaded.version, loaded.batches[0].allocated),
+            (stored.version, 0)
+        );
+        assert_eq!(loaded_lines(&loaded), vec![]);
+        for order in &orders {
+            assert_eq!(allocations(&store, order).await, vec![]);
+        }
+        assert_eq!(outbox_of(&store).await, vec![]);
+    }
 }
 
 async fn a_new_product_whose_sku_was_taken_meanwhile_conflicts<S: Store + ReadModel>(store: S) {
@@ -752,4 +775,205 @@ async fn interleaved_units_of_work_conflict_and_the_loser_writes_nothing<S: Stor
     assert_eq!((loaded.version, loaded.batches[0].allocated), (2, 6));
     assert_eq!(loaded_lines(&loaded), vec![]);
     assert_eq!(allocations(&store, &second).await, vec![]);
+}
+
+/// What a group of allocations loads: one product with the lines of several
+/// orders, whichever batches hold them (several in one batch included), and
+/// nothing for an order without a line.
+async fn several_orders_load_with_their_lines_in_one_go<S: Store + ReadModel>(store: S) {
+    let bus = bus(&store);
+    let (sku, warehouse, ship) = (sku(), batchref("warehouse"), batchref("ship"));
+    let orders: Vec<OrderId> = (0..4).map(|n| orderid(&format!("o{n}"))).collect();
+    bus.add_batch(&warehouse, &sku, 5, None).await;
+    bus.add_batch(&ship, &sku, 10, Some(date(2031, 1, 1))).await;
+    // o0 and o1 fill the warehouse batch; o2 goes to the ship; o3 is not allocated.
+    for (order, units) in orders.iter().zip([2, 3, 4]) {
+        bus.allocate(order, &sku, units).await;
+    }
+
+    let loaded = load(&store, &sku, Lines::OfOrders(&orders))
+        .await
+        .expect("stored");
+    let lines_by_batch: Vec<Vec<OrderLine>> =
+        loaded.batches.iter().map(|b| b.lines.clone()).collect();
+    assert_eq!(
+        lines_by_batch,
+        vec![
+            vec![line(&orders[0], &sku, 2), line(&orders[1], &sku, 3)],
+            vec![line(&orders[2], &sku, 4)],
+        ]
+    );
+    assert_eq!(
+        (loaded.batches.len(), loaded.batches[0].allocated),
+        (2, 5),
+        "each batch once, with its total"
+    );
+}
+
+/// A group commit's change set: several allocations of one product (each
+/// bumping its version), one of another product, and an out-of-stock that
+/// writes nothing, all in one commit. A product's lines and messages keep
+/// the order its allocations happened in.
+async fn a_group_of_allocations_commits_as_one<S: Store + ReadModel + Outbox>(store: S) {
+    let bus = bus(&store);
+    let (lamp, table) = (sku(), sku());
+    let (lamp_batch, table_batch) = (batchref("lamp"), batchref("table"));
+    bus.add_batch(&lamp_batch, &lamp, 10, None).await;
+    bus.add_batch(&table_batch, &table, 1, None).await;
+    let orders: Vec<OrderId> = (0..5).map(|n| orderid(&format!("o{n}"))).collect();
+
+    let mut uow = store.start().await.expect("start");
+    uow.products()
+        .get_for_orders(&lamp, &orders[..3])
+        .await
+        .expect("load")
+        .expect("stored");
+    uow.products()
+        .get_for_orders(&table, &orders[3..])
+        .await
+        .expect("load")
+        .expect("stored");
+    let group = [
+        (&orders[0], &lamp, 2),
+        (&orders[3], &table, 1),
+        (&orders[1], &lamp, 3),
+        (&orders[4], &table, 1),
+        (&orders[2], &lamp, 4),
+    ];
+    let mut answers = Vec::new();
+    for (order, product, units) in group {
+        answers.push(allocate_in(&mut uow, order, product, units).await);
+    }
+    assert_eq!(
+        answers,
+        [
+            Some(lamp_batch.clone()),
+            Some(table_batch.clone()),
+            Some(lamp_batch.clone()),
+            None,
+            Some(lamp_batch.clone())
+        ]
+    );
+    uow.commit().await.expect("commit");
+
+    let lamp_loaded = load(&store, &lamp, Lines::None).await.expect("stored");
+    let table_loaded = load(&store, &table, Lines::None).await.expect("stored");
+    assert_eq!(
+        (lamp_loaded.version, lamp_loaded.batches[0].allocated),
+        (4, 9)
+    );
+    assert_eq!(
+        (table_loaded.version, table_loaded.batches[0].allocated),
+        (2, 1)
+    );
+    assert_eq!(
+        lines_of_batch(&store, &lamp, &lamp_batch).await,
+        vec![
+            line(&orders[0], &lamp, 2),
+            line(&orders[1], &lamp, 3),
+            line(&orders[2], &lamp, 4)
+        ],
+        "oldest first"
+    );
+    assert_eq!(
+        allocations(&store, &orders[3]).await,
+        vec![view(&table, &table_batch)]
+    );
+    assert_eq!(allocations(&store, &orders[4]).await, vec![]);
+    // Messages of one product keep their order; those of products committed
+    // together may interleave either way.
+    let outbox = outbox_of(&store).await;
+    let messages_of = |batch: &BatchRef| -> Vec<OrderId> {
+        outbox
+            .iter()
+            .filter(|(_, b)| b == batch)
+            .map(|(o, _)| o.clone())
+            .collect()
+    };
+    assert_eq!(messages_of(&lamp_batch), orders[..3].to_vec());
+    assert_eq!(messages_of(&table_batch), vec![orders[3].clone()]);
+    assert_eq!(outbox.len(), 4);
+}
+
+/// A group's commit is all or nothing across its products: when one of them
+/// moved on since it was read, the others' allocations are not written
+/// either. (Each load runs in a transaction of its own, so that this also
+/// runs on SQLite, whose write transactions cannot overlap.)
+async fn a_conflict_on_any_product_of_a_group_writes_nothing<S: Store + ReadModel + Outbox>(
+    store: S,
+) {
+    let bus = bus(&store);
+    let (lamp, table) = (sku(), sku());
+    let (lamp_batch, table_batch) = (batchref("lamp"), batchref("table"));
+    bus.add_batch(&lamp_batch, &lamp, 10, None).await;
+    bus.add_batch(&table_batch, &table, 10, None).await;
+    let (first, second, meanwhile) = (orderid("first"), orderid("second"), orderid("meanwhile"));
+    let loaded = |sku: Sku, order: OrderId| {
+        let store = store.clone();
+        async move {
+            let mut transaction = store.begin().await.expect("begin");
+            transaction
+                .load(&sku, Lines::OfOrder(&order))
+                .await
+                .expect("load")
+                .expect("stored")
+        }
+    };
+    let mut lamp_product = loaded(lamp.clone(), first.clone()).await;
+    let mut table_product = loaded(table.clone(), second.clone()).await;
+    // Another writer changes the table after the group read it.
+    bus.allocate(&meanwhile, &table, 1).await;
+
+    lamp_product
+        .allocate(line(&first, &lamp, 2))
+        .expect("allocates");
+    // Two on the table, so that PostgreSQL writes them in one statement.
+    let third = orderid("third");
+    table_product
+        .allocate(line(&second, &table, 2))
+        .expect("allocates");
+    table_product
+        .allocate(line(&third, &table, 1))
+        .expect("allocates");
+    let mut changes = changes_of(
+        &mut lamp_product,
+        Some(1),
+        vec![ViewChange::Allocated {
+            orderid: first.clone(),
+            sku: lamp.clone(),
+            batchref: lamp_batch.clone(),
+        }],
+    );
+    let table_changes = changes_of(
+        &mut table_product,
+        Some(1),
+        [&second, &third]
+            .map(|order| ViewChange::Allocated {
+                orderid: order.clone(),
+                sku: table.clone(),
+                batchref: table_batch.clone(),
+            })
+            .to_vec(),
+    );
+    changes.products.extend(table_changes.products);
+    changes.views.extend(table_changes.views);
+    changes.outbox.extend(table_changes.outbox);
+    let transaction = store.begin().await.expect("begin");
+    match transaction.commit(changes).await {
+        Err(StoreError::Conflict { sku: conflicted }) => assert_eq!(conflicted, table),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+
+    let lamp_loaded = load(&store, &lamp, Lines::OfOrder(&first))
+        .await
+        .expect("stored");
+    assert_eq!(
+        (lamp_loaded.version, lamp_loaded.batches[0].allocated),
+        (1, 0),
+        "the lamp's allocation went with the table's conflict"
+    );
+    assert_eq!(loaded_lines(&lamp_loaded), vec![]);
+    assert_eq!(allocations(&store, &first).await, vec![]);
+    assert_eq!(allocations(&store, &third).await, vec![]);
+    assert_eq!(outbox_of(&store).await, vec![(meanwhile, table_batch)]);
 }

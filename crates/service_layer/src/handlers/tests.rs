@@ -539,17 +539,19 @@ impl StoreTransaction for ConflictingTransaction {
     }
 }
 
+/// A bus over a [`ConflictingStore`] whose first `conflicts` commits fail,
+/// with batch `b1` of 10 `LAMP`s.
+async fn app_with_conflicts(conflicts: u32) -> (App<ConflictingStore>, ConflictingStore) {
+    let setup = app();
+    setup.add_batch("b1", "LAMP", 10, None).await;
+    let store = setup.store;
+    let conflicting = ConflictingStore::new(store.clone(), conflicts);
+    let app = wire(conflicting.clone(), store, RecordingNotifications::new());
+    (app, conflicting)
+}
+
 mod retries {
     use super::*;
-
-    async fn app_with_conflicts(conflicts: u32) -> (App<ConflictingStore>, ConflictingStore) {
-        let setup = app();
-        setup.add_batch("b1", "LAMP", 10, None).await;
-        let store = setup.store;
-        let conflicting = ConflictingStore::new(store.clone(), conflicts);
-        let app = wire(conflicting.clone(), store, RecordingNotifications::new());
-        (app, conflicting)
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_version_conflict_runs_the_command_again() {
@@ -636,20 +638,25 @@ mod retries {
     #[tokio::test]
     async fn commands_on_one_product_take_turns_instead_of_conflicting() {
         let (app, store) = app_with_conflicts(0).await;
-        // Ten lines of one unit each: exactly the batch's stock.
-        let orders: Vec<String> = (0..10).map(|n| format!("o{n}")).collect();
-        let allocations = orders
-            .iter()
-            .map(|order| app.bus.handle(allocate(order, "LAMP", 1)));
-        for batch in futures::future::join_all(allocations).await {
-            assert_eq!(batch.expect("allocated"), Some(batchref("b1")));
+        for n in 0..10 {
+            app.allocate(&format!("o{n}"), "LAMP", 1).await;
+        }
+        let commits_before = store.commits_tried.load(Ordering::SeqCst);
+        let deallocations = (0..10).map(|n| {
+            app.bus.handle(Deallocate {
+                orderid: orderid(&format!("o{n}")),
+                sku: sku("LAMP"),
+            })
+        });
+        for batch in futures::future::join_all(deallocations).await {
+            assert_eq!(batch.expect("deallocated"), batchref("b1"));
         }
         assert_eq!(
-            store.commits_tried.load(Ordering::SeqCst),
+            store.commits_tried.load(Ordering::SeqCst) - commits_before,
             10,
             "one commit per command: none conflicted"
         );
-        assert_eq!(app.allocated_to("LAMP", "b1").await, 10);
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -679,5 +686,182 @@ mod retries {
         assert!(app.notifications.sent().is_empty());
         // Two waits between three attempts: 100 ms, then 200 ms.
         assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+}
+
+/// Group commit (see `group_commit`): concurrent allocations share one unit
+/// of work and one commit, and each still gets its own answer and events.
+/// The store's loads yield, as a database round trip would, so commands sent
+/// together queue behind the first one's group.
+mod group_commit {
+    use super::*;
+
+    async fn allocate_together(
+        app: &App<ConflictingStore>,
+        lines: &[(&str, &str, u32)],
+    ) -> Vec<Result<Option<BatchRef>, Error>> {
+        let commands = lines
+            .iter()
+            .map(|(order, product, units)| app.bus.handle(allocate(order, product, *units)));
+        futures::future::join_all(commands).await
+    }
+
+    #[tokio::test]
+    async fn concurrent_allocations_share_a_commit() {
+        let (app, store) = app_with_conflicts(0).await;
+        let before = store.commits_tried.load(Ordering::SeqCst);
+        let orders: Vec<String> = (0..10).map(|n| format!("o{n}")).collect();
+        let lines: Vec<_> = orders.iter().map(|o| (o.as_str(), "LAMP", 1)).collect();
+        for answer in allocate_together(&app, &lines).await {
+            assert_eq!(answer.expect("allocated"), Some(batchref("b1")));
+        }
+        assert_eq!(
+            store.commits_tried.load(Ordering::SeqCst) - before,
+            2,
+            "the first command alone, then the nine that queued behind it"
+        );
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 10);
+        assert_eq!(outbox_of(&app.store).len(), 10, "a message per allocation");
+        assert_eq!(app.view_of("o9").await, [("LAMP".into(), "b1".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_allocation_fails_alone() {
+        let (app, _) = app_with_conflicts(0).await;
+        app.allocate("o1", "LAMP", 1).await;
+        let answers = allocate_together(
+            &app,
+            &[
+                ("o0", "LAMP", 1),
+                ("o1", "LAMP", 2),
+                ("o2", "NO-SUCH-SKU", 1),
+                ("o3", "LAMP", 1),
+            ],
+        )
+        .await;
+        assert!(matches!(answers[0], Ok(Some(_))), "{:?}", answers[0]);
+        assert!(
+            matches!(
+                answers[1],
+                Err(Error::Rejected(DomainError::AlreadyAllocated { .. }))
+            ),
+            "{:?}",
+            answers[1]
+        );
+        assert!(
+            matches!(answers[2], Err(Error::InvalidSku(_))),
+            "{:?}",
+            answers[2]
+        );
+        assert!(matches!(answers[3], Ok(Some(_))), "{:?}", answers[3]);
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 3, "o0, o1 once, o3");
+    }
+
+    #[tokio::test]
+    async fn each_command_gets_its_own_events() {
+        let (app, _) = app_with_conflicts(0).await;
+        app.add_batch("c1", "CHAIR", 2, None).await;
+        let answers = allocate_together(
+            &app,
+            &[
+                ("o1", "CHAIR", 1),
+                ("o2", "CHAIR", 1),
+                ("o3", "CHAIR", 1),
+                ("o4", "CHAIR", 1),
+            ],
+        )
+        .await;
+        let answers: Vec<_> = answers.into_iter().map(|a| a.expect("handled")).collect();
+        assert_eq!(
+            answers,
+            [Some(batchref("c1")), Some(batchref("c1")), None, None]
+        );
+        assert_eq!(
+            app.notifications.sent().len(),
+            2,
+            "one out-of-stock notification per command that found no stock"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_same_line_twice_in_a_group_is_allocated_once() {
+        let (app, _) = app_with_conflicts(0).await;
+        let answers = allocate_together(
+            &app,
+            &[("o0", "LAMP", 1), ("o1", "LAMP", 3), ("o1", "LAMP", 3)],
+        )
+        .await;
+        for answer in answers {
+            assert_eq!(answer.expect("allocated"), Some(batchref("b1")));
+        }
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 4);
+        assert_eq!(outbox_of(&app.store).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_group_may_hold_several_products() {
+        let (app, store) = app_with_conflicts(0).await;
+        app.add_batch("t1", "TABLE", 10, None).await;
+        let before = store.commits_tried.load(Ordering::SeqCst);
+        let answers = allocate_together(
+            &app,
+            &[
+                ("o0", "LAMP", 1),
+                ("o1", "TABLE", 2),
+                ("o2", "LAMP", 3),
+                ("o3", "TABLE", 4),
+            ],
+        )
+        .await;
+        let answers: Vec<_> = answers.into_iter().map(|a| a.expect("handled")).collect();
+        assert_eq!(
+            answers,
+            [
+                Some(batchref("b1")),
+                Some(batchref("t1")),
+                Some(batchref("b1")),
+                Some(batchref("t1"))
+            ]
+        );
+        assert_eq!(store.commits_tried.load(Ordering::SeqCst) - before, 2);
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 4);
+        assert_eq!(app.allocated_to("TABLE", "t1").await, 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_runs_the_whole_group_again() {
+        let (app, store) = app_with_conflicts(1).await;
+        let answers = allocate_together(
+            &app,
+            &[("o0", "LAMP", 1), ("o1", "LAMP", 1), ("o2", "LAMP", 1)],
+        )
+        .await;
+        for answer in answers {
+            assert_eq!(answer.expect("allocated"), Some(batchref("b1")));
+        }
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 3, "each exactly once");
+        assert_eq!(outbox_of(&app.store).len(), 3);
+        assert!(
+            store.locking_begins.load(Ordering::SeqCst) >= 1,
+            "the retry locks"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn endless_conflicts_fail_every_command_of_the_group() {
+        let (app, _) = app_with_conflicts(u32::MAX).await;
+        let answers = allocate_together(
+            &app,
+            &[("o0", "LAMP", 1), ("o1", "LAMP", 1), ("o2", "LAMP", 1)],
+        )
+        .await;
+        for answer in answers {
+            assert!(
+                matches!(answer, Err(Error::Contention { .. })),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 0);
+        assert!(outbox_of(&app.store).is_empty());
     }
 }

@@ -1,0 +1,238 @@
+//! Group commit: concurrent commands queue in a lane (chosen by their
+//! product), and whichever of them gets the lane's turn runs everything
+//! queued there as one group, which the bus commits in one unit of work.
+//! The others wait for their answers instead of for turns of their own: a
+//! hot product (a flash sale) costs one commit per group, not per request.
+//!
+//! Leader and followers, as databases do with their log: no thread of its
+//! own, no timer, and a command that arrives at an idle lane runs at once,
+//! in a group of one.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use domain::Sku;
+use tokio::sync::oneshot::{self, error::TryRecvError};
+
+/// A fixed set of lanes that products hash onto: commands on one product
+/// always meet in the same lane, so within a process no two groups ever
+/// hold the same product.
+#[derive(Debug)]
+pub(crate) struct Lanes<C, R> {
+    lanes: Box<[Lane<C, R>]>,
+    hasher: RandomState,
+}
+
+#[derive(Debug)]
+struct Lane<C, R> {
+    queue: Mutex<Vec<Queued<C, R>>>,
+    /// Held by the leader while its group runs.
+    turn: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Queued<C, R> {
+    command: C,
+    answer: oneshot::Sender<R>,
+}
+
+impl<C: Clone, R> Lanes<C, R> {
+    /// The most commands one group takes: bounds a transaction's size when
+    /// a crowd arrives at once. The rest form the next group.
+    const MAX_GROUP: usize = 256;
+
+    pub(crate) fn new(lanes: usize) -> Self {
+        Self {
+            lanes: (0..lanes.max(1))
+                .map(|_| Lane {
+                    queue: Mutex::new(Vec::new()),
+                    turn: tokio::sync::Mutex::new(()),
+                })
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Queues `command` in `sku`'s lane and returns its answer. If the lane
+    /// is free, or becomes free before a leader has taken the command, this
+    /// caller leads: it takes the queue and answers it all with `run`, which
+    /// gets the commands in arrival order and returns their answers in the
+    /// same order.
+    ///
+    /// A leader whose future is dropped (its caller gave up) drops the
+    /// answers of its group unsent; each of those followers then queues its
+    /// command again. So `run` may see a command twice, and must be
+    /// idempotent for it: the command may have committed the first time.
+    pub(crate) async fn submit<F>(&self, sku: &Sku, command: C, run: impl Fn(Vec<C>) -> F) -> R
+    where
+        F: Future<Output = Vec<R>>,
+    {
+        let lane = &self.lanes[self.hasher.hash_one(sku) as usize % self.lanes.len()];
+        let mut answer = lane.enqueue(command.clone());
+        // Held until this caller returns, so that one group runs at a time.
+        let _turn = loop {
+            tokio::select! {
+                biased;
+                answered = &mut answer => match answered {
+                    Ok(answer) => return answer,
+                    // Its leader was dropped mid-group: queue it again.
+                    Err(_) => answer = lane.enqueue(command.clone()),
+                },
+                turn = lane.turn.lock() => break turn,
+            }
+        };
+        loop {
+            match answer.try_recv() {
+                Ok(answer) => return answer,
+                Err(TryRecvError::Closed) => answer = lane.enqueue(command.clone()),
+                // Still queued, or beyond the group just run: lead again.
+                Err(TryRecvError::Empty) => {}
+            }
+            let group = lane.take_group(Self::MAX_GROUP);
+            let (commands, answers): (Vec<C>, Vec<_>) = group
+                .into_iter()
+                .map(|queued| (queued.command, queued.answer))
+                .unzip();
+            let results = run(commands).await;
+            debug_assert_eq!(results.len(), answers.len(), "one answer per command");
+            for (answer, result) in answers.into_iter().zip(results) {
+                // A follower that gave up no longer listens; nothing to do.
+                let _ = answer.send(result);
+            }
+        }
+    }
+}
+
+impl<C, R> Lane<C, R> {
+    fn queue(&self) -> MutexGuard<'_, Vec<Queued<C, R>>> {
+        // The queue is left consistent at every step: a panic elsewhere
+        // while it was held does not make it unusable.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn enqueue(&self, command: C) -> oneshot::Receiver<R> {
+        let (answer, receiver) = oneshot::channel();
+        self.queue().push(Queued { command, answer });
+        receiver
+    }
+
+    fn take_group(&self, limit: usize) -> Vec<Queued<C, R>> {
+        let mut queue = self.queue();
+        if queue.len() <= limit {
+            std::mem::take(&mut *queue)
+        } else {
+            queue.drain(..limit).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::future::join_all;
+
+    use super::*;
+
+    fn sku(raw: &str) -> Sku {
+        Sku::parse(raw).expect("valid sku")
+    }
+
+    /// Runs each group after yielding once, so that commands submitted
+    /// together pile up behind the first leader; records the group sizes.
+    async fn doubled(groups: &Mutex<Vec<usize>>, commands: Vec<u32>) -> Vec<u32> {
+        tokio::task::yield_now().await;
+        groups.lock().expect("groups").push(commands.len());
+        commands.into_iter().map(|n| n * 2).collect()
+    }
+
+    #[tokio::test]
+    async fn commands_that_arrive_together_run_as_one_group() {
+        let lanes = Lanes::new(1);
+        let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
+        let answers =
+            join_all((0..10).map(|n| lanes.submit(&lamp, n, |group| doubled(&groups, group))))
+                .await;
+        assert_eq!(answers, (0..10).map(|n| n * 2).collect::<Vec<_>>());
+        let groups = groups.into_inner().expect("groups");
+        assert_eq!(groups.iter().sum::<usize>(), 10, "each command runs once");
+        assert_eq!(
+            groups,
+            [1, 9],
+            "the first command leads alone; the nine that queued meanwhile form one group"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_at_an_idle_lane_runs_at_once() {
+        let lanes = Lanes::new(4);
+        let groups = Mutex::new(Vec::new());
+        for n in 0..3 {
+            assert_eq!(
+                lanes.submit(&sku("LAMP"), n, |g| doubled(&groups, g)).await,
+                n * 2
+            );
+        }
+        assert_eq!(groups.into_inner().expect("groups"), [1, 1, 1]);
+    }
+
+    #[tokio::test]
+    async fn groups_are_bounded() {
+        let lanes = Lanes::new(1);
+        let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
+        let total = Lanes::<u32, u32>::MAX_GROUP as u32 + 10;
+        let answers =
+            join_all((0..total).map(|n| lanes.submit(&lamp, n, |g| doubled(&groups, g)))).await;
+        assert_eq!(answers, (0..total).map(|n| n * 2).collect::<Vec<_>>());
+        let groups = groups.into_inner().expect("groups");
+        assert!(
+            groups
+                .iter()
+                .all(|&size| size <= Lanes::<u32, u32>::MAX_GROUP),
+            "a group exceeded the limit: {groups:?}"
+        );
+        assert_eq!(groups.iter().sum::<usize>(), total as usize);
+    }
+
+    #[tokio::test]
+    async fn followers_of_a_dropped_leader_run_their_commands_again() {
+        let lanes = Arc::new(Lanes::new(1));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(tokio::sync::Notify::new());
+        // The first group ever run never finishes; later ones double.
+        let run = {
+            let (runs, started) = (runs.clone(), started.clone());
+            move |group: Vec<u32>| {
+                let (runs, started) = (runs.clone(), started.clone());
+                async move {
+                    if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                        started.notify_one();
+                        std::future::pending::<()>().await;
+                    }
+                    group.into_iter().map(|n| n * 2).collect::<Vec<u32>>()
+                }
+            }
+        };
+        // Both queue while the lane is busy, so that one group takes both.
+        let busy = lanes.lanes[0].turn.lock().await;
+        let leader = tokio::spawn({
+            let (lanes, run) = (lanes.clone(), run.clone());
+            async move { lanes.submit(&sku("LAMP"), 1, run).await }
+        });
+        let follower = tokio::spawn({
+            let lanes = lanes.clone();
+            async move { lanes.submit(&sku("LAMP"), 7, run).await }
+        });
+        tokio::task::yield_now().await;
+        drop(busy);
+        started.notified().await;
+        leader.abort();
+        assert_eq!(follower.await.expect("follower answered"), 14);
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "the stuck group, then the follower's command again"
+        );
+    }
+}
