@@ -8,7 +8,9 @@
 //! own, no timer, and a command that arrives at an idle lane runs at once,
 //! in a group of one.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use domain::Sku;
@@ -49,7 +51,7 @@ impl<C: Clone, R> Lanes<C, R> {
                     turn: tokio::sync::Mutex::new(()),
                 })
                 .collect(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 
@@ -68,6 +70,15 @@ impl<C: Clone, R> Lanes<C, R> {
         F: Future<Output = Vec<R>>,
     {
         let lane = &self.lanes[self.hasher.hash_one(sku) as usize % self.lanes.len()];
+        // An idle lane: a group of one, without queueing for it. Commands
+        // arriving meanwhile queue, and one of them leads next.
+        if let Ok(_turn) = lane.turn.try_lock() {
+            if lane.queue().is_empty() {
+                let mut answers = run(vec![command]).await;
+                debug_assert_eq!(answers.len(), 1, "one answer per command");
+                return answers.pop().expect("`run` answers every command");
+            }
+        }
         let mut answer = lane.enqueue(command.clone());
         // Held until this caller returns, so that one group runs at a time.
         let _turn = loop {

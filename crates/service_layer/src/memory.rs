@@ -6,7 +6,9 @@
 //! reads only what a command needs, writes nothing until commit, and a commit
 //! whose products changed since they were read is refused with a conflict.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};

@@ -285,23 +285,24 @@ impl<S: Store> MessageBus<S> {
         group: &[Allocate],
         attempt: u32,
     ) -> Result<Vec<Handled<Option<BatchRef>>>, StoreError> {
-        let mut orders: BTreeMap<&Sku, Vec<OrderId>> = BTreeMap::new();
-        for command in group {
-            orders
-                .entry(&command.sku)
-                .or_default()
-                .push(command.orderid.clone());
-        }
-        let contended = orders
-            .keys()
-            .any(|sku| self.product_turns.is_contended(sku));
+        let contended = group
+            .iter()
+            .any(|command| self.product_turns.is_contended(&command.sku));
         let mut uow = if attempt == 1 && !contended {
             self.store.start().await?
         } else {
             self.store.start_locking().await?
         };
-        for (sku, orderids) in &orders {
-            uow.products().get_for_orders(sku, orderids).await?;
+        // A lone command loads what it needs itself.
+        if group.len() > 1 {
+            let mut orders: BTreeMap<&Sku, Vec<OrderId>> = BTreeMap::new();
+            for command in group {
+                let orderid = command.orderid.clone();
+                orders.entry(&command.sku).or_default().push(orderid);
+            }
+            for (sku, orderids) in &orders {
+                uow.products().get_for_orders(sku, orderids).await?;
+            }
         }
         let mut answers = Vec::with_capacity(group.len());
         for command in group {

@@ -7,7 +7,9 @@
 //! Correctness never depends on it: instances share nothing but the
 //! database, where the version check still decides.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -41,7 +43,7 @@ impl ProductTurns {
             locks: (0..Self::SLOTS).map(|_| Mutex::new(())).collect(),
             contended_until: (0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 

@@ -10,10 +10,11 @@
 //! [`StoreTransaction`]: read a product, and write a [`ChangeSet`] atomically,
 //! checking each product's version number (optimistic concurrency, chapter 7).
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::future::Future;
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use domain::{BatchRef, Event, OrderId, Product, Sku};
 
@@ -347,7 +348,7 @@ impl<T: StoreTransaction> UnitOfWork<T> {
         Self {
             products: Repository {
                 transaction,
-                seen: HashMap::new(),
+                seen: HashMap::default(),
             },
             views: Vec::new(),
             outbox: Vec::new(),
