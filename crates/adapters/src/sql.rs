@@ -207,39 +207,58 @@ impl Dialect {
         }
     }
 
-    /// PostgreSQL only: several allocations of one product in one statement,
-    /// as `write_allocation_statement` writes one: the version moves from `$3`
-    /// to `$1` once, each batch's total once, and the lines, view rows and
-    /// messages come from `$4`, a JSON array (sqlx's `Any` driver binds no
-    /// arrays), in its order (`n`), which is the order their ids are taken
-    /// in. Every part reads `product`, so a failed version check writes
-    /// nothing; a batch that is not stored leaves a line's `batch_id` NULL,
-    /// which fails the statement.
-    const WRITE_ALLOCATIONS_POSTGRES: &str = "WITH product AS (\
-             UPDATE products SET version_number = $1 \
-             WHERE sku = $2 AND version_number = $3 RETURNING sku), \
+    /// PostgreSQL only: a group's allocations, of one product or several, in
+    /// one statement. `$1` lists the products (`sku`, the `stored` version
+    /// checked, the `new` one), `$2` the allocations in the order they were
+    /// made (`n`, which orders their ids), both JSON arrays: sqlx's `Any`
+    /// driver binds no arrays. `$3` is how many products there are.
+    ///
+    /// All or nothing without `BEGIN`/`COMMIT`: `locked` locks the products
+    /// (in SKU order, as every locking writer does, so no deadlock) and, in
+    /// READ COMMITTED, sees their latest committed versions; only if every
+    /// one is as loaded does `product` bump them, and every write hangs off
+    /// `product`. A conflict writes nothing, and names a `stale` product; a
+    /// batch that is not stored leaves a line's `batch_id` NULL, which
+    /// fails the statement.
+    const WRITE_ALLOCATIONS_POSTGRES: &str = "WITH checked AS (\
+             SELECT * FROM jsonb_to_recordset($1::jsonb) AS c(sku text, stored bigint, new bigint)), \
          input AS (\
-             SELECT * FROM jsonb_to_recordset($4::jsonb) \
-             AS l(n bigint, orderid text, batchref text, qty bigint, message_id text)), \
+             SELECT * FROM jsonb_to_recordset($2::jsonb) \
+             AS l(n bigint, sku text, orderid text, batchref text, qty bigint, message_id text)), \
+         locked AS (\
+             SELECT p.sku, p.version_number FROM products p \
+             WHERE p.sku IN (SELECT sku FROM checked) ORDER BY p.sku FOR UPDATE), \
+         current AS (\
+             SELECT count(*) = $3 AS all_current FROM locked \
+             JOIN checked c ON c.sku = locked.sku AND c.stored = locked.version_number), \
+         product AS (\
+             UPDATE products p SET version_number = c.new FROM checked c \
+             WHERE p.sku = c.sku AND p.version_number = c.stored \
+             AND (SELECT all_current FROM current) RETURNING p.sku), \
          batch AS (\
              UPDATE batches b SET allocated_quantity = b.allocated_quantity + t.qty \
-             FROM (SELECT batchref, sum(qty)::bigint AS qty FROM input GROUP BY batchref) t \
-             WHERE b.reference = t.batchref AND b.sku = (SELECT sku FROM product) \
+             FROM (SELECT sku, batchref, sum(qty)::bigint AS qty FROM input GROUP BY sku, batchref) t \
+             JOIN product ON product.sku = t.sku \
+             WHERE b.reference = t.batchref AND b.sku = t.sku \
              RETURNING b.id, b.reference), \
          line AS (\
              INSERT INTO allocations (orderid, sku, batch_id, qty) \
-             SELECT l.orderid, product.sku, batch.id, l.qty \
-             FROM input l CROSS JOIN product LEFT JOIN batch ON batch.reference = l.batchref \
+             SELECT l.orderid, l.sku, batch.id, l.qty \
+             FROM input l JOIN product ON product.sku = l.sku \
+             LEFT JOIN batch ON batch.reference = l.batchref \
              ORDER BY l.n), \
          view AS (\
              INSERT INTO allocations_view (orderid, sku, batchref) \
-             SELECT l.orderid, product.sku, l.batchref FROM input l CROSS JOIN product \
+             SELECT l.orderid, l.sku, l.batchref FROM input l JOIN product ON product.sku = l.sku \
              ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref), \
          message AS (\
              INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
-             SELECT l.message_id, l.orderid, product.sku, l.qty, l.batchref, $5 \
-             FROM input l CROSS JOIN product ORDER BY l.n) \
-         SELECT 1 AS versioned FROM product";
+             SELECT l.message_id, l.orderid, l.sku, l.qty, l.batchref, $4 \
+             FROM input l JOIN product ON product.sku = l.sku ORDER BY l.n) \
+         SELECT (SELECT count(*) FROM product) AS versioned, \
+             (SELECT c.sku FROM checked c LEFT JOIN locked l \
+              ON l.sku = c.sku AND l.version_number = c.stored \
+              WHERE l.sku IS NULL ORDER BY c.sku LIMIT 1) AS stale";
 
     /// `queries::PRODUCT_WITH_ORDER_LINES_*`: the JSON functions differ.
     fn product_with_order_lines_statement(self) -> &'static str {
@@ -457,11 +476,12 @@ impl Store for SqlStore {
 
     /// SQLite takes one writer at a time: one lane, so that every
     /// allocation waiting for the write lock shares the next transaction.
-    /// PostgreSQL writes different products in parallel, and writes one
-    /// product's allocations in one statement, but several products' only
-    /// in a transaction, which costs two more round trips: a lane per
-    /// product (nearly: products share one of 1024 by hash), so that groups
-    /// form on a hot product and others commit alone as soon as they come.
+    /// PostgreSQL writes different products in parallel: a lane per product
+    /// (nearly: products share one of 1024 by hash), so that groups form on
+    /// a hot product and the rest commit alone as soon as they come. Fewer
+    /// lanes (4, 2) made bigger groups of several products but measured no
+    /// faster: PostgreSQL's work per allocation is in its rows, not in its
+    /// statements and commits (docs/BENCHMARKS.md).
     fn write_lanes(&self) -> usize {
         match self.dialect {
             Dialect::Sqlite => 1,
@@ -642,13 +662,10 @@ impl StoreTransaction for SqlTransaction {
                 if changes.is_empty() {
                     return Ok(());
                 }
-                // One statement (one product's allocations on PostgreSQL) is
-                // atomic on its own: no `BEGIN`/`COMMIT`.
-                let one_statement = |a: &Allocations<'_>| match self.dialect {
-                    Dialect::Postgres => a.products() == 1,
-                    Dialect::Sqlite => a.steps.len() == 1,
-                };
-                if let Some(allocations) = allocations.as_ref().filter(|a| one_statement(a)) {
+                // PostgreSQL writes allocations in one statement, atomic on
+                // its own: no `BEGIN`/`COMMIT`. (SQLite never reads outside
+                // a transaction.)
+                if let Some(allocations) = &allocations {
                     return allocations.write(&mut connection, self.dialect).await;
                 }
                 let mut transaction = connection
@@ -758,41 +775,17 @@ impl<'a> Allocations<'a> {
         Some(Self { steps })
     }
 
-    /// How many products the allocations touch: more than one needs the
-    /// caller's transaction around the writes.
-    fn products(&self) -> usize {
-        let mut skus: Vec<&Sku> = self.steps.iter().map(|step| step.sku).collect();
-        skus.sort_unstable();
-        skus.dedup();
-        skus.len()
-    }
-
     /// Writes every allocation, failing with a conflict when a product is
-    /// no longer at the version it was loaded at. On PostgreSQL, one
-    /// statement per product; on SQLite, one call per allocation (calls are
-    /// cheap there: no network, and the transaction holds the lock).
-    /// Several statements need the caller's transaction around them.
+    /// no longer at the version it was loaded at. On PostgreSQL, in one
+    /// statement, atomic on its own; on SQLite, one call per allocation
+    /// (calls are cheap there: no network, and the caller's transaction
+    /// holds the lock).
     async fn write(&self, conn: &mut AnyConnection, dialect: Dialect) -> Result<(), StoreError> {
         match dialect {
-            Dialect::Postgres => {
-                let mut written: Vec<&Sku> = Vec::new();
-                for step in &self.steps {
-                    if written.contains(&step.sku) {
-                        continue;
-                    }
-                    written.push(step.sku);
-                    let of_product: Vec<AllocationStep<'_>> = self
-                        .steps
-                        .iter()
-                        .filter(|other| other.sku == step.sku)
-                        .copied()
-                        .collect();
-                    match of_product.as_slice() {
-                        [single] => single.write(conn, dialect).await?,
-                        several => write_allocations_postgres(conn, several).await?,
-                    }
-                }
-            }
+            Dialect::Postgres => match self.steps.as_slice() {
+                [single] => single.write(conn, dialect).await?,
+                several => write_allocations_postgres(conn, several).await?,
+            },
             Dialect::Sqlite => {
                 for step in &self.steps {
                     step.write(conn, dialect).await?;
@@ -803,22 +796,32 @@ impl<'a> Allocations<'a> {
     }
 }
 
-/// Several allocations of one product with `Dialect::WRITE_ALLOCATIONS_POSTGRES`.
+/// A group's allocations with `Dialect::WRITE_ALLOCATIONS_POSTGRES`.
 async fn write_allocations_postgres(
     conn: &mut AnyConnection,
     steps: &[AllocationStep<'_>],
 ) -> Result<(), StoreError> {
-    let [first, ..] = steps else {
-        return Ok(());
-    };
-    let sku = first.sku;
-    let stored_version = to_i64(first.stored_version, "version_number")?;
+    let mut products: Vec<serde_json::Value> = Vec::new();
+    let mut seen: Vec<&Sku> = Vec::new();
+    for step in steps {
+        if seen.contains(&step.sku) {
+            continue;
+        }
+        seen.push(step.sku);
+        let allocations = steps.iter().filter(|other| other.sku == step.sku).count();
+        products.push(serde_json::json!({
+            "sku": step.sku.as_str(),
+            "stored": step.stored_version,
+            "new": step.stored_version + allocations as u64,
+        }));
+    }
     let lines: Vec<serde_json::Value> = steps
         .iter()
         .enumerate()
         .map(|(n, step)| {
             serde_json::json!({
                 "n": n,
+                "sku": step.sku.as_str(),
                 "orderid": step.allocated.orderid.as_str(),
                 "batchref": step.allocated.batchref.as_str(),
                 "qty": step.allocated.qty.get(),
@@ -826,19 +829,32 @@ async fn write_allocations_postgres(
             })
         })
         .collect();
-    let lines = serde_json::to_string(&lines).map_err(StoreError::backend)?;
+    let to_json = |value: &Vec<serde_json::Value>| serde_json::to_string(value);
+    let Some(&first_sku) = seen.first() else {
+        return Ok(());
+    };
     let versioned = sqlx::query(Dialect::WRITE_ALLOCATIONS_POSTGRES)
-        .bind(stored_version + steps.len() as i64)
-        .bind(sku.as_str())
-        .bind(stored_version)
-        .bind(lines)
+        .bind(to_json(&products).map_err(StoreError::backend)?)
+        .bind(to_json(&lines).map_err(StoreError::backend)?)
+        .bind(products.len() as i64)
         .bind(unix_millis(SystemTime::now()))
-        .fetch_optional(conn)
+        .fetch_one(conn)
         .await
-        .map_err(|e| write_error(e, sku))?;
-    match versioned {
-        Some(_) => Ok(()),
-        None => Err(StoreError::Conflict { sku: sku.clone() }),
+        .map_err(|e| write_error(e, first_sku))?;
+    match get::<i64>(&versioned, "versioned")? {
+        0 => {
+            let stale = get::<Option<String>>(&versioned, "stale")?;
+            let sku = match stale {
+                Some(stale) => identifier(&stale, Sku::parse)?,
+                None => first_sku.clone(),
+            };
+            Err(StoreError::Conflict { sku })
+        }
+        n if n == products.len() as i64 => Ok(()),
+        n => Err(mismatch(format!(
+            "a group commit bumped {n} of {} products",
+            products.len()
+        ))),
     }
 }
 

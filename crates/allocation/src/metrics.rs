@@ -19,6 +19,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Allocations per group commit: 1 when alone, up to the group limit (256).
+const GROUP_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 pub const HTTP_REQUESTS: &str = "allocation_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "allocation_http_request_duration_seconds";
 pub const OUTBOX_MESSAGES: &str = "allocation_outbox_messages";
@@ -33,6 +36,11 @@ pub fn prometheus() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION.into()), LATENCY_BUCKETS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(metric_names::GROUP_COMMIT_SIZE.into()),
+                GROUP_SIZE_BUCKETS,
+            )
             .expect("the bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -83,6 +91,10 @@ fn describe() {
     describe_counter!(
         metric_names::EVENT_HANDLER_GIVE_UPS,
         "Event handlers abandoned after their last attempt, by event"
+    );
+    describe_histogram!(
+        metric_names::GROUP_COMMIT_SIZE,
+        "Allocations committed together in one unit of work (group commit)"
     );
     describe_gauge!(
         OUTBOX_MESSAGES,

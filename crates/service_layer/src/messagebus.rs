@@ -37,6 +37,7 @@ pub mod metric_names {
     pub const CONFLICT_RETRIES: &str = "allocation_version_conflict_retries_total";
     pub const EVENT_HANDLER_RETRIES: &str = "allocation_event_handler_retries_total";
     pub const EVENT_HANDLER_GIVE_UPS: &str = "allocation_event_handler_give_ups_total";
+    pub const GROUP_COMMIT_SIZE: &str = "allocation_group_commit_size";
 }
 
 /// Why a command failed.
@@ -252,6 +253,7 @@ impl<S: Store> MessageBus<S> {
     /// does for one command. A failure of the store fails every command in
     /// the group; a command the model refuses fails alone.
     async fn run_group(&self, group: Vec<Allocate>) -> Vec<Handled<Option<BatchRef>>> {
+        metrics::histogram!(metric_names::GROUP_COMMIT_SIZE).record(group.len() as f64);
         let mut attempt = 1;
         loop {
             let failure = match self.run_group_once(&group, attempt).await {

@@ -185,3 +185,29 @@ impl StoreTransaction for ConflictOnceTransaction {
         }
     }
 }
+
+#[test]
+fn each_group_commit_records_its_size() {
+    let snapshot = counted(|| async {
+        let bus = bus(MemoryStore::new(), RecordingNotifications::new());
+        bus.handle(create_batch(10)).await.expect("created");
+        for order in ["o1", "o2", "o3"] {
+            bus.handle(allocate(order, "LAMP", 1))
+                .await
+                .expect("handled");
+        }
+    });
+    let sizes: Vec<f64> = snapshot
+        .iter()
+        .filter(|(key, _)| key.key().name() == "allocation_group_commit_size")
+        .flat_map(|(_, value)| match value {
+            DebugValue::Histogram(values) => values.iter().map(|v| v.into_inner()).collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [1.0, 1.0, 1.0],
+        "one group of one per allocation made alone"
+    );
+}
