@@ -14,10 +14,12 @@
 //! - `raw`: the hand-written SQL transactions;
 //! - `service`: starting and stopping the `allocation` binary;
 //! - `database`: fresh databases, migrations, seeding, final counts;
-//! - `stats`, `cpu`, `report`, `plot`: the figures and how they are shown.
+//! - `stats`, `cpu`, `report`, `plot`: the figures and how they are shown;
+//! - `history_plot`: `--history-plot`, a chart of another benchmark's figures.
 
 mod cpu;
 mod database;
+mod history_plot;
 mod http;
 mod plot;
 mod raw;
@@ -64,6 +66,7 @@ use crate::workload::{BATCHES_PER_SKU, Limit, Phase, Target, Workload};
 ///   cargo run --release -p load_harness -- --database-url postgres://root@127.0.0.1:5432/test --concurrency 8,32 --requests 20000
 #[derive(Debug, Parser)]
 #[command(name = "load", version, verbatim_doc_comment)]
+#[command(group(clap::ArgGroup::new("drawing").args(["plot", "history_plot"]).multiple(true)))]
 struct Args {
     /// Database server to run on. `postgres://USER[:PASSWORD]@HOST:PORT/DB`:
     /// the harness connects to DB only to create (and at the end drop) fresh
@@ -166,6 +169,13 @@ struct Args {
     )]
     raw: Vec<RawVariant>,
 
+    /// Worker threads of each service the harness starts
+    /// (`TOKIO_WORKER_THREADS`). Default: tokio's, one per core. With
+    /// several instances on few cores, fewer threads per instance means
+    /// fewer threads contending for the cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    service_worker_threads: Option<u32>,
+
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -177,8 +187,19 @@ struct Args {
 
     /// The TrueType font for the plot's text. Default: the first of a few
     /// usual paths (DejaVu Sans, Liberation Sans) that exists.
-    #[arg(long, value_name = "FILE.ttf", requires = "plot")]
+    #[arg(long, value_name = "FILE.ttf", requires = "drawing")]
     plot_font: Option<PathBuf>,
+
+    /// Instead of a load run: draw the allocation-history benchmark's
+    /// figures (latency against a SKU's prior allocations, per backend) as
+    /// a PNG image in this file. Run `cargo bench -p allocation --bench
+    /// allocation_history` first.
+    #[arg(long, value_name = "FILE.png")]
+    history_plot: Option<PathBuf>,
+
+    /// Where `--history-plot` finds criterion's results.
+    #[arg(long, value_name = "DIR", default_value = "target/criterion")]
+    criterion_dir: PathBuf,
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {
@@ -236,6 +257,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
+    if let Some(path) = &args.history_plot {
+        plot::register_font(args.plot_font.as_deref())?;
+        let charts = history_plot::charts(history_plot::read(&args.criterion_dir)?);
+        let title = "Allocating through the message bus against a SKU's history (cargo bench)";
+        plot::draw_charts(path, title, &charts)?;
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
     if args.raw.is_empty() {
         bail!("--raw needs at least one variant");
     }
@@ -301,6 +330,7 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
                     max_connections: args.max_connections,
                     log_level: args.service_log_level.clone(),
                     log_file: None,
+                    worker_threads: args.service_worker_threads,
                 };
                 let processes = match count {
                     1 => String::new(),
@@ -657,6 +687,8 @@ mod tests {
         assert!(Args::try_parse_from(["load", "--instances", "0"]).is_err());
         assert!(Args::try_parse_from(["load", "--instances", "17"]).is_err());
         assert!(Args::try_parse_from(["load", "--plot-font", "f.ttf"]).is_err());
+        let history = ["load", "--history-plot", "h.png", "--plot-font", "f.ttf"];
+        assert!(Args::try_parse_from(history).is_ok());
     }
 
     #[test]

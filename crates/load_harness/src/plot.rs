@@ -65,6 +65,8 @@ pub struct Chart {
     pub x_ticks: usize,
     /// Where the legend hides the least: latency rises to the right.
     pub legend: SeriesLabelPosition,
+    /// Decimals in the y axis's labels.
+    pub y_decimals: usize,
     pub lines: Vec<Line>,
 }
 
@@ -156,6 +158,7 @@ pub fn charts(levels: &[Level]) -> Vec<Chart> {
             y_label: "requests (or transactions) / s",
             x_ticks: CONCURRENCY_TICKS,
             legend: SeriesLabelPosition::LowerRight,
+            y_decimals: 0,
             lines: by_concurrency(levels, |s| s.per_second),
         },
         Chart {
@@ -164,6 +167,7 @@ pub fn charts(levels: &[Level]) -> Vec<Chart> {
             y_label: "p99 latency, ms",
             x_ticks: CONCURRENCY_TICKS,
             legend: SeriesLabelPosition::UpperLeft,
+            y_decimals: 0,
             lines: by_concurrency(levels, |s| s.p99_ms),
         },
     ];
@@ -179,6 +183,7 @@ pub fn charts(levels: &[Level]) -> Vec<Chart> {
             y_label: "requests / s",
             x_ticks: usize::try_from(most).unwrap_or(1) + 1,
             legend: SeriesLabelPosition::LowerRight,
+            y_decimals: 0,
             lines: by_instances(levels),
         });
     }
@@ -193,14 +198,6 @@ fn axis_range(values: impl Iterator<Item = f64>, room: f64) -> std::ops::Range<f
 
 /// Draws the report's charts side by side into `path`.
 pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
-    let charts = charts(&report.levels);
-    if charts.iter().all(|chart| chart.lines.is_empty()) {
-        bail!("nothing to plot");
-    }
-    let fail = |error: &dyn std::fmt::Display| anyhow!("cannot draw {}: {error}", path.display());
-    let width = CHART_SIZE.0 * u32::try_from(charts.len()).unwrap_or(1);
-    let root = BitMapBackend::new(path, (width, CHART_SIZE.1)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| fail(&e))?;
     let title = format!(
         "POST /allocate on {}: {} SKU{}, {} cores shared by harness, service and database",
         report.backend.name(),
@@ -208,11 +205,23 @@ pub fn draw(path: &Path, report: &Report) -> anyhow::Result<()> {
         if report.settings.skus == 1 { "" } else { "s" },
         report.cpus
     );
+    draw_charts(path, &title, &charts(&report.levels))
+}
+
+/// Draws `charts` side by side under `title` into `path`.
+pub fn draw_charts(path: &Path, title: &str, charts: &[Chart]) -> anyhow::Result<()> {
+    if charts.iter().all(|chart| chart.lines.is_empty()) {
+        bail!("nothing to plot");
+    }
+    let fail = |error: &dyn std::fmt::Display| anyhow!("cannot draw {}: {error}", path.display());
+    let width = CHART_SIZE.0 * u32::try_from(charts.len()).unwrap_or(1);
+    let root = BitMapBackend::new(path, (width, CHART_SIZE.1)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
     let root = root
-        .titled(&title, ("sans-serif", 22))
+        .titled(title, ("sans-serif", 22))
         .map_err(|e| fail(&e))?;
     let areas = root.split_evenly((1, charts.len()));
-    for (area, chart) in areas.iter().zip(&charts) {
+    for (area, chart) in areas.iter().zip(charts) {
         draw_chart(area, chart).map_err(|e| fail(&e))?;
     }
     root.present().map_err(|e| fail(&e))?;
@@ -238,7 +247,7 @@ fn draw_chart<'a>(area: &Area<'a>, chart: &Chart) -> Result<(), DrawError<'a>> {
         .x_desc(chart.x_label)
         .y_desc(chart.y_label)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_label_formatter(&|y| format!("{y:.*}", chart.y_decimals))
         .draw()?;
     for (index, line) in chart.lines.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];

@@ -131,6 +131,9 @@ pub struct ServiceSettings {
     pub log_level: String,
     /// Where its log goes; `None` discards it.
     pub log_file: Option<PathBuf>,
+    /// `TOKIO_WORKER_THREADS` for the service; `None` keeps tokio's default
+    /// (one per core).
+    pub worker_threads: Option<u32>,
 }
 
 /// A running service.
@@ -171,6 +174,9 @@ impl ServiceProcess {
             .kill_on_drop(true);
         if let Some(path) = std::env::var_os("PATH") {
             command.env("PATH", path);
+        }
+        if let Some(threads) = settings.worker_threads {
+            command.env("TOKIO_WORKER_THREADS", threads.to_string());
         }
         let mut child = command
             .spawn()

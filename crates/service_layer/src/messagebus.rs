@@ -15,6 +15,7 @@
 //! and retried with exponential backoff, and never fails the command.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,20 +190,41 @@ impl<S: Store> MessageBus<S> {
         &self,
         command: &C,
     ) -> Handled<C::Reply> {
+        self.retrying_conflicts(command_name::<C>(), 1, command, |attempt| {
+            self.run_once(command, attempt)
+        })
+        .await
+    }
+
+    /// Runs `attempt_once` (attempt 1, 2, ...) again after each version
+    /// conflict, with jittered backoff, until it does not conflict or the
+    /// retry policy's attempts are spent (then `Error::Contention`). `name`
+    /// and `commands` are for the retries metric, `subject` for the log.
+    async fn retrying_conflicts<T, F>(
+        &self,
+        name: &'static str,
+        commands: u64,
+        subject: &(dyn fmt::Debug + Sync),
+        attempt_once: impl Fn(u32) -> F,
+    ) -> Result<T, Error>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
         let mut attempt = 1;
         loop {
-            match self.run_once(command, attempt).await {
+            match attempt_once(attempt).await {
                 Err(Error::Store(StoreError::Conflict { sku }))
                     if attempt < self.retry.command_attempts =>
                 {
                     self.product_turns.mark_contended(&sku);
-                    debug!(%sku, attempt, ?command, "version conflict, running the command again");
-                    metrics::counter!(metric_names::CONFLICT_RETRIES, "command" => command_name::<C>()).increment(1);
+                    debug!(%sku, attempt, ?subject, "version conflict, running it again");
+                    metrics::counter!(metric_names::CONFLICT_RETRIES, "command" => name)
+                        .increment(commands);
                     tokio::time::sleep(self.retry.conflict_wait(attempt)).await;
                     attempt += 1;
                 }
                 Err(Error::Store(StoreError::Conflict { sku })) => {
-                    warn!(%sku, attempts = attempt, ?command, "giving up on a contended command");
+                    warn!(%sku, attempts = attempt, ?subject, "giving up on a contended product");
                     return Err(Error::Contention { attempts: attempt });
                 }
                 outcome => return outcome,
@@ -254,26 +276,15 @@ impl<S: Store> MessageBus<S> {
     /// the group; a command the model refuses fails alone.
     async fn run_group(&self, group: Vec<Allocate>) -> Vec<Handled<Option<BatchRef>>> {
         metrics::histogram!(metric_names::GROUP_COMMIT_SIZE).record(group.len() as f64);
-        let mut attempt = 1;
-        loop {
-            let failure = match self.run_group_once(&group, attempt).await {
-                Ok(answers) => return answers,
-                Err(StoreError::Conflict { sku }) if attempt < self.retry.command_attempts => {
-                    self.product_turns.mark_contended(&sku);
-                    debug!(%sku, attempt, commands = group.len(), "version conflict, running the group again");
-                    metrics::counter!(metric_names::CONFLICT_RETRIES, "command" => command_name::<Allocate>())
-                        .increment(group.len() as u64);
-                    tokio::time::sleep(self.retry.conflict_wait(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
-                Err(StoreError::Conflict { sku }) => {
-                    warn!(%sku, attempts = attempt, commands = group.len(), "giving up on a contended group");
-                    Error::Contention { attempts: attempt }
-                }
-                Err(error) => Error::Store(error),
-            };
-            return group.iter().map(|_| Err(failure.clone())).collect();
+        let commands = group.len() as u64;
+        let outcome = self
+            .retrying_conflicts(command_name::<Allocate>(), commands, &group, |attempt| {
+                self.run_group_once(&group, attempt)
+            })
+            .await;
+        match outcome {
+            Ok(answers) => answers,
+            Err(failure) => group.iter().map(|_| Err(failure.clone())).collect(),
         }
     }
 
@@ -286,7 +297,7 @@ impl<S: Store> MessageBus<S> {
         &self,
         group: &[Allocate],
         attempt: u32,
-    ) -> Result<Vec<Handled<Option<BatchRef>>>, StoreError> {
+    ) -> Result<Vec<Handled<Option<BatchRef>>>, Error> {
         let contended = group
             .iter()
             .any(|command| self.product_turns.is_contended(&command.sku));
@@ -316,7 +327,7 @@ impl<S: Store> MessageBus<S> {
                     }
                     answers.push(Ok((reply, events)));
                 }
-                Err(Error::Store(error)) => return Err(error),
+                Err(error @ Error::Store(_)) => return Err(error),
                 // Allocate refuses before it changes anything: the rest of
                 // the group stands.
                 Err(refused) => answers.push(Err(refused)),
