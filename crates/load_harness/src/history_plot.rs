@@ -16,10 +16,19 @@ use crate::plot::{Chart, Line};
 /// The criterion group the benchmark measures in.
 const GROUP: &str = "allocate_after_history";
 
-/// What the plot reads of criterion's `estimates.json`.
+/// What the plot reads of criterion's `estimates.json`: the slope of time
+/// against iterations where criterion fitted one (what its report prints
+/// as `time:`), else the mean.
 #[derive(Debug, Deserialize)]
 struct Estimates {
     mean: Estimate,
+    slope: Option<Estimate>,
+}
+
+impl Estimates {
+    fn per_iteration(&self) -> &Estimate {
+        self.slope.as_ref().unwrap_or(&self.mean)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -28,7 +37,7 @@ struct Estimate {
     point_estimate: f64,
 }
 
-/// Mean latency in µs by prior allocations, per backend, from `criterion_dir`.
+/// Latency in µs by prior allocations, per backend, from `criterion_dir`.
 pub fn read(criterion_dir: &Path) -> anyhow::Result<Vec<Line>> {
     let group = criterion_dir.join(GROUP);
     let backends = std::fs::read_dir(&group).with_context(|| {
@@ -61,7 +70,7 @@ pub fn read(criterion_dir: &Path) -> anyhow::Result<Vec<Line>> {
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let estimates: Estimates = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not criterion's estimates", file.display()))?;
-            points.push((history, estimates.mean.point_estimate / 1_000.0));
+            points.push((history, estimates.per_iteration().point_estimate / 1_000.0));
         }
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         if !points.is_empty() {
@@ -94,7 +103,7 @@ pub fn charts(latencies: Vec<Line>) -> Vec<Chart> {
         Chart {
             caption: "Allocation latency",
             x_label: "prior allocations of the SKU",
-            y_label: "mean µs per allocation",
+            y_label: "µs per allocation",
             x_ticks: 6,
             legend: SeriesLabelPosition::UpperLeft,
             y_decimals: 0,
@@ -123,7 +132,9 @@ mod tests {
             .join(history.to_string())
             .join("new");
         std::fs::create_dir_all(&level).expect("directories");
-        let json = format!(r#"{{"mean": {{"point_estimate": {nanos}, "standard_error": 1.0}}}}"#);
+        let json = format!(
+            r#"{{"mean": {{"point_estimate": 1.0}}, "slope": {{"point_estimate": {nanos}}}}}"#
+        );
         std::fs::write(level.join("estimates.json"), json).expect("estimates");
     }
 
