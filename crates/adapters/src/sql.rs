@@ -151,7 +151,7 @@ impl Dialect {
         }
     }
 
-    /// Writes one allocation of a change set of allocations (see `Allocations`) at once:
+    /// Writes one `AllocationStep` in one call:
     /// bumps product `$2`'s version from `$3` to `$1`, adds `$4` to batch
     /// `$5`'s allocated quantity, and inserts order `$6`'s line, its
     /// read-model row and its outbox message (`$7`, created at `$8`).
@@ -672,10 +672,7 @@ impl StoreTransaction for SqlTransaction {
                     .begin_with(self.dialect.begin_statement())
                     .await
                     .map_err(StoreError::backend)?;
-                match allocations {
-                    Some(allocations) => allocations.write(&mut transaction, self.dialect).await?,
-                    None => write_changes(&mut transaction, &changes).await?,
-                }
+                write_changes(&mut transaction, &changes).await?;
                 transaction.commit().await.map_err(StoreError::backend)
             }
         }
@@ -698,12 +695,13 @@ async fn write_changes(conn: &mut AnyConnection, changes: &ChangeSet) -> Result<
     Ok(())
 }
 
-/// The change set of the hot path, a group of `Allocate` commands: stored
-/// products that only gained allocations (and maybe ran out of stock, which
-/// writes nothing), each allocation with its read-model row and its outbox
-/// message. Each allocation is written in one call
-/// (`Dialect::write_allocation_statement`) instead of a statement per row,
-/// and a lone one on PostgreSQL needs no `BEGIN`/`COMMIT` either.
+/// The change set of the hot path, a group of `Allocate` commands (one or
+/// many): stored products that only gained allocations (and maybe ran out of
+/// stock, which writes nothing), each allocation with its read-model row and
+/// its outbox message. PostgreSQL writes it in one statement, without
+/// `BEGIN`/`COMMIT` (`Dialect::write_allocation_statement` for one
+/// allocation, `Dialect::WRITE_ALLOCATIONS_POSTGRES` for more); SQLite in one
+/// call per allocation, instead of a statement per row.
 #[derive(Debug)]
 struct Allocations<'a> {
     /// In the order the commands ran, which is the order the lines and the
@@ -851,6 +849,8 @@ async fn write_allocations_postgres(
             Err(StoreError::Conflict { sku })
         }
         n if n == products.len() as i64 => Ok(()),
+        // Unreachable: `current` lets all products through or none. Were it
+        // reached, the statement would have committed already.
         n => Err(mismatch(format!(
             "a group commit bumped {n} of {} products",
             products.len()

@@ -7,6 +7,15 @@
 //! Leader and followers, as databases do with their log: no thread of its
 //! own, no timer, and a command that arrives at an idle lane runs at once,
 //! in a group of one.
+//!
+//! The group runs in its leader's future. If the leader's caller gives up
+//! (a request timeout) mid-group, the followers queue again and their
+//! commands run again, which is harmless for the idempotent commands that
+//! use it, but repeats work when the service is already too slow. Running
+//! groups in tasks of their own would avoid that at the cost of a spawn per
+//! group and a bus shared through an `Arc`; timeouts are rare enough that
+//! the simpler shape wins. A caller that gives up while its command is
+//! still queued takes the command out with it: it never runs.
 
 use std::hash::BuildHasher;
 
@@ -18,7 +27,8 @@ use tokio::sync::oneshot::{self, error::TryRecvError};
 
 /// A fixed set of lanes that products hash onto: commands on one product
 /// always meet in the same lane, so within a process no two groups ever
-/// hold the same product.
+/// hold the same product. (Commands of other kinds on the product are kept
+/// out by the bus, which runs a group in its products' turns.)
 #[derive(Debug)]
 pub(crate) struct Lanes<C, R> {
     lanes: Box<[Lane<C, R>]>,
@@ -71,9 +81,11 @@ impl<C: Clone, R> Lanes<C, R> {
     {
         let lane = &self.lanes[self.hasher.hash_one(sku) as usize % self.lanes.len()];
         // An idle lane: a group of one, without queueing for it. Commands
-        // arriving meanwhile queue, and one of them leads next.
+        // arriving meanwhile queue, and one of them leads next. This cannot
+        // jump the queue: tokio's mutex hands itself straight to a waiting
+        // task, so `try_lock` fails while any caller waits for the turn.
         if let Ok(_turn) = lane.turn.try_lock() {
-            if lane.queue().is_empty() {
+            if lane.queue_without_abandoned().is_empty() {
                 let mut answers = run(vec![command]).await;
                 debug_assert_eq!(answers.len(), 1, "one answer per command");
                 return answers.pop().expect("`run` answers every command");
@@ -127,8 +139,17 @@ impl<C, R> Lane<C, R> {
         receiver
     }
 
-    fn take_group(&self, limit: usize) -> Vec<Queued<C, R>> {
+    /// The queue, less the commands whose callers gave up before a group
+    /// took them: those must not commit later, unannounced, when the lane
+    /// next runs (perhaps much later, if their product is quiet).
+    fn queue_without_abandoned(&self) -> MutexGuard<'_, Vec<Queued<C, R>>> {
         let mut queue = self.queue();
+        queue.retain(|queued| !queued.answer.is_closed());
+        queue
+    }
+
+    fn take_group(&self, limit: usize) -> Vec<Queued<C, R>> {
+        let mut queue = self.queue_without_abandoned();
         if queue.len() <= limit {
             std::mem::take(&mut *queue)
         } else {
@@ -142,6 +163,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use futures::FutureExt;
     use futures::future::join_all;
 
     use super::*;
@@ -204,6 +226,23 @@ mod tests {
             "a group exceeded the limit: {groups:?}"
         );
         assert_eq!(groups.iter().sum::<usize>(), total as usize);
+    }
+
+    #[tokio::test]
+    async fn a_command_whose_caller_gave_up_before_its_group_never_runs() {
+        let lanes = Lanes::new(1);
+        let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
+        let busy = lanes.lanes[0].turn.lock().await;
+        // Queued behind the busy lane, then abandoned (a request timeout).
+        let abandoned = lanes.submit(&lamp, 1, |g| doubled(&groups, g));
+        assert!(abandoned.now_or_never().is_none(), "the lane is busy");
+        drop(busy);
+        assert_eq!(lanes.submit(&lamp, 2, |g| doubled(&groups, g)).await, 4);
+        assert_eq!(
+            groups.into_inner().expect("groups"),
+            [1],
+            "only the command still awaited ran"
+        );
     }
 
     #[tokio::test]

@@ -43,7 +43,7 @@ pub trait CommandHandler: fmt::Debug + Send + Sync {
     /// How the bus runs the command: in a unit of work of its own, again
     /// after a version conflict. Commands of a kind that can share a unit of
     /// work with others of their kind say so here.
-    fn run_on<S: Store>(
+    fn submit_to<S: Store>(
         self,
         bus: &MessageBus<S>,
     ) -> impl Future<Output = Handled<Self::Reply>> + Send
@@ -96,7 +96,7 @@ impl CommandHandler for Allocate {
     /// an allocation the model refuses changes nothing, so it cannot spoil
     /// the others' changes, and because allocating again a line that is
     /// already allocated changes nothing either.
-    async fn run_on<S: Store>(self, bus: &MessageBus<S>) -> Handled<Option<BatchRef>> {
+    async fn submit_to<S: Store>(self, bus: &MessageBus<S>) -> Handled<Option<BatchRef>> {
         bus.allocate_in_group(self).await
     }
 

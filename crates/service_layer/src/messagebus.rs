@@ -2,7 +2,8 @@
 //!
 //! [`MessageBus::handle`] runs a command in a fresh unit of work, runs the
 //! transactional event handlers (read model, outbox) in that same unit of
-//! work, and commits. Commands on one product take turns within the process.
+//! work, and commits. Commands on one product take turns within the process
+//! (`product_turns`).
 //! `Allocate`, the hot path, is committed in groups instead (see
 //! `group_commit`): concurrent allocations share one unit of work and one
 //! commit.
@@ -159,7 +160,7 @@ impl<S: Store> MessageBus<S> {
     /// Handles a command and everything that follows from it, and returns
     /// the command's reply once its changes are committed.
     pub async fn handle<C: CommandHandler>(&self, command: C) -> Result<C::Reply, Error> {
-        let result = command.run_on(self).await;
+        let result = command.submit_to(self).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(error) if error.is_transient() => "failed",
@@ -277,8 +278,9 @@ impl<S: Store> MessageBus<S> {
     async fn run_group(&self, group: Vec<Allocate>) -> Vec<Handled<Option<BatchRef>>> {
         metrics::histogram!(metric_names::GROUP_COMMIT_SIZE).record(group.len() as f64);
         let commands = group.len() as u64;
+        let subject = GroupOf(group.len());
         let outcome = self
-            .retrying_conflicts(command_name::<Allocate>(), commands, &group, |attempt| {
+            .retrying_conflicts(command_name::<Allocate>(), commands, &subject, |attempt| {
                 self.run_group_once(&group, attempt)
             })
             .await;
@@ -298,10 +300,13 @@ impl<S: Store> MessageBus<S> {
         group: &[Allocate],
         attempt: u32,
     ) -> Result<Vec<Handled<Option<BatchRef>>>, Error> {
-        let contended = group
-            .iter()
-            .any(|command| self.product_turns.is_contended(&command.sku));
-        let mut uow = if attempt == 1 && !contended {
+        // Other kinds of command on these products wait meanwhile, as they
+        // wait for each other (see `run_once`).
+        let turns = self
+            .product_turns
+            .wait_for_all(group.iter().map(|command| &command.sku))
+            .await;
+        let mut uow = if attempt == 1 && !turns.contended {
             self.store.start().await?
         } else {
             self.store.start_locking().await?
@@ -392,6 +397,16 @@ impl<S: Store> MessageBus<S> {
             | Event::BatchQuantityChanged(_) => {}
         }
         Ok(Vec::new())
+    }
+}
+
+/// How a group shows in the log: its size (the conflicting product is
+/// logged beside it), not up to 256 commands.
+struct GroupOf(usize);
+
+impl fmt::Debug for GroupOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a group of {} allocations", self.0)
     }
 }
 

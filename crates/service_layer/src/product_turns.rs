@@ -65,9 +65,35 @@ impl ProductTurns {
         }
     }
 
+    /// Waits for the turns of every product in `skus`, taken in slot order
+    /// (each slot once, since products may share one), so that two callers
+    /// waiting for overlapping sets cannot deadlock. `contended` is whether
+    /// any of the products is.
+    pub(crate) async fn wait_for_all<'s>(
+        &self,
+        skus: impl IntoIterator<Item = &'s Sku>,
+    ) -> Turns<'_> {
+        let mut slots: Vec<usize> = Vec::new();
+        let mut contended = false;
+        for sku in skus {
+            slots.push(self.slot(sku));
+            contended |= self.is_contended(sku);
+        }
+        slots.sort_unstable();
+        slots.dedup();
+        let mut guards = Vec::with_capacity(slots.len());
+        for slot in slots {
+            guards.push(self.locks[slot].lock().await);
+        }
+        Turns {
+            _guards: guards,
+            contended,
+        }
+    }
+
     /// Whether a commit on `sku` lost a race with another instance within
     /// the last `CONTENTION_MEMORY`.
-    pub(crate) fn is_contended(&self, sku: &Sku) -> bool {
+    fn is_contended(&self, sku: &Sku) -> bool {
         self.contended_until[self.slot(sku)].load(Ordering::Relaxed) > self.now_millis()
     }
 
@@ -84,6 +110,14 @@ pub(crate) struct Turn<'a> {
     _guard: MutexGuard<'a, ()>,
     /// Whether a commit on the product lost a race with another instance
     /// within the last `ProductTurns::CONTENTION_MEMORY`.
+    pub(crate) contended: bool,
+}
+
+/// The turns of several products, held until dropped.
+#[derive(Debug)]
+pub(crate) struct Turns<'a> {
+    _guards: Vec<MutexGuard<'a, ()>>,
+    /// Whether any of the products counts as contended (see [`Turn`]).
     pub(crate) contended: bool,
 }
 
@@ -126,6 +160,20 @@ mod tests {
             others <= 5,
             "{others} of 100 other products count as contended"
         );
+    }
+
+    #[tokio::test]
+    async fn a_group_takes_the_turns_of_all_its_products() {
+        let turns = ProductTurns::new();
+        let (lamp, table) = (sku("LAMP"), sku("TABLE"));
+        // LAMP twice: one slot, taken once (twice would wait for itself).
+        let group = turns.wait_for_all([&lamp, &table, &lamp]).await;
+        assert!(turns.wait_for(&lamp).now_or_never().is_none());
+        assert!(turns.wait_for(&table).now_or_never().is_none());
+        assert!(!group.contended);
+        drop(group);
+        turns.mark_contended(&table);
+        assert!(turns.wait_for_all([&lamp, &table]).await.contended);
     }
 
     #[tokio::test]

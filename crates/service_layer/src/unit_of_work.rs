@@ -177,7 +177,9 @@ impl Tracked {
         }
     }
 
-    /// Whether everything `lines` names is in the product already.
+    /// Whether everything `lines` names is in the product already. A linear
+    /// search: a unit of work loads the orders of one group at most, and
+    /// groups are bounded (`group_commit`).
     fn holds(&self, lines: Lines<'_>) -> bool {
         match lines {
             Lines::None => true,

@@ -828,6 +828,28 @@ mod group_commit {
         assert_eq!(app.allocated_to("TABLE", "t1").await, 6);
     }
 
+    #[tokio::test]
+    async fn groups_take_turns_with_other_commands_on_their_product() {
+        let (app, store) = app_with_conflicts(0).await;
+        app.allocate("o0", "LAMP", 1).await;
+        let deallocation = app.bus.handle(Deallocate {
+            orderid: orderid("o0"),
+            sku: sku("LAMP"),
+        });
+        let allocations = allocate_together(&app, &[("o1", "LAMP", 1), ("o2", "LAMP", 1)]);
+        let (deallocated, allocated) = futures::join!(deallocation, allocations);
+        assert_eq!(deallocated.expect("deallocated"), batchref("b1"));
+        for answer in allocated {
+            assert_eq!(answer.expect("allocated"), Some(batchref("b1")));
+        }
+        assert_eq!(
+            store.locking_begins.load(Ordering::SeqCst),
+            0,
+            "no version conflict, hence no locking retry"
+        );
+        assert_eq!(app.allocated_to("LAMP", "b1").await, 2);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_conflict_runs_the_whole_group_again() {
         let (app, store) = app_with_conflicts(1).await;
