@@ -1,9 +1,10 @@
 //! In-memory message bus throughput: 100 000 Allocate commands over 100 SKUs
 //! on one core, reported as commands/s for the first and the last 10 %, so
-//! that any slowdown as history accumulates shows as a ratio. Twice: one
-//! command at a time (the cost of a lone command, group commit's worst
-//! case), and with 32 in flight, as the HTTP service runs them under load
-//! (concurrent allocations then share units of work).
+//! that any slowdown as history accumulates shows as a ratio.
+//!
+//! One command at a time: the in-memory store never waits, so commands in
+//! flight together would not form groups here anyway (see `group_commit`);
+//! a lone command is group commit's worst case.
 //!
 //! Run: `cargo bench -p service_layer --bench bus_throughput`
 
@@ -13,7 +14,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use domain::commands::{Allocate, CreateBatch};
 use domain::{BatchRef, OrderId, Quantity, Sku};
-use futures::{StreamExt, stream};
 use service_layer::memory::MemoryStore;
 use service_layer::ports::{Notification, NotificationError, Notifications};
 use service_layer::{MessageBus, RetryPolicy};
@@ -33,32 +33,26 @@ impl Notifications for Discard {
     }
 }
 
-/// Commands in flight in the concurrent run, as the load harness's clients.
-const IN_FLIGHT: usize = 32;
-
 fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let slices = runtime.block_on(run());
+    let rate = |d: Duration| (COMMANDS / SLICES) as f64 / d.as_secs_f64();
+    let (first, last) = (rate(slices[0]), rate(slices[SLICES - 1]));
+    let total: Duration = slices.iter().sum();
     println!("bus_throughput: {COMMANDS} Allocate commands over {SKUS} SKUs, one core");
-    for in_flight in [1, IN_FLIGHT] {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
-        let slices = runtime.block_on(run(in_flight));
-        let rate = |d: Duration| (COMMANDS / SLICES) as f64 / d.as_secs_f64();
-        let (first, last) = (rate(slices[0]), rate(slices[SLICES - 1]));
-        let total: Duration = slices.iter().sum();
-        println!("{in_flight} in flight");
-        println!(
-            "  overall      {:>12.0} commands/s",
-            COMMANDS as f64 / total.as_secs_f64()
-        );
-        println!("  first 10 %   {first:>12.0} commands/s");
-        println!("  last 10 %    {last:>12.0} commands/s");
-        println!("  last/first   {:>12.2}", last / first);
-    }
+    println!(
+        "  overall      {:>12.0} commands/s",
+        COMMANDS as f64 / total.as_secs_f64()
+    );
+    println!("  first 10 %   {first:>12.0} commands/s");
+    println!("  last 10 %    {last:>12.0} commands/s");
+    println!("  last/first   {:>12.2}", last / first);
 }
 
-async fn run(in_flight: usize) -> Vec<Duration> {
+async fn run() -> Vec<Duration> {
     // No relay runs: messages stay in the outbox, so the bus alone is measured.
     let bus = MessageBus::new(
         MemoryStore::new(),
@@ -88,11 +82,8 @@ async fn run(in_flight: usize) -> Vec<Duration> {
     let mut slices = Vec::with_capacity(SLICES);
     for slice in commands.chunks(COMMANDS / SLICES) {
         let started = Instant::now();
-        let mut answers = stream::iter(slice.iter().cloned())
-            .map(|command| bus.handle(command))
-            .buffer_unordered(in_flight);
-        while let Some(answer) = answers.next().await {
-            let batch = answer.expect("allocated");
+        for command in slice {
+            let batch = bus.handle(command.clone()).await.expect("allocated");
             assert!(batch.is_some(), "stock never runs out in this benchmark");
         }
         slices.push(started.elapsed());
