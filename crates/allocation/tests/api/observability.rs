@@ -159,6 +159,19 @@ async fn requests_messages_and_the_outbox_backlog_are_counted() {
         "{text}"
     );
     assert_eq!(handled("event", "Allocated", "ok"), Some(2.0), "{text}");
+    // One after the other, each allocation was a group of one.
+    let groups = |series| value(&samples, series, &[]);
+    assert_eq!(
+        groups("allocation_group_commit_size_count"),
+        Some(3.0),
+        "{text}"
+    );
+    let of_one = value(
+        &samples,
+        "allocation_group_commit_size_bucket",
+        &[("le", "1")],
+    );
+    assert_eq!(of_one, Some(3.0), "{text}");
 
     assert_eq!(
         value(&samples, "allocation_outbox_messages", &[]),
