@@ -419,7 +419,7 @@ fn count_handled(kind: &'static str, name: &'static str, outcome: &'static str) 
 /// `CreateBatch` for `domain::commands::CreateBatch`: a label, like `Event::name`.
 fn command_name<C>() -> &'static str {
     std::any::type_name::<C>()
-        .rsplit("::")
+        .rsplit(':')
         .next()
         .unwrap_or_default()
 }

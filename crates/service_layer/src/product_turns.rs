@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use domain::Sku;
+use smallvec::SmallVec;
 use tokio::sync::{Mutex, MutexGuard};
 
 /// A fixed set of slots that products hash onto. Two products may share a
@@ -73,7 +74,7 @@ impl ProductTurns {
         &self,
         skus: impl IntoIterator<Item = &'s Sku>,
     ) -> Turns<'_> {
-        let mut slots: Vec<usize> = Vec::new();
+        let mut slots: SmallVec<[usize; 1]> = SmallVec::new();
         let mut contended = false;
         for sku in skus {
             slots.push(self.slot(sku));
@@ -81,7 +82,7 @@ impl ProductTurns {
         }
         slots.sort_unstable();
         slots.dedup();
-        let mut guards = Vec::with_capacity(slots.len());
+        let mut guards = SmallVec::with_capacity(slots.len());
         for slot in slots {
             guards.push(self.locks[slot].lock().await);
         }
@@ -94,7 +95,9 @@ impl ProductTurns {
     /// Whether a commit on `sku` lost a race with another instance within
     /// the last `CONTENTION_MEMORY`.
     fn is_contended(&self, sku: &Sku) -> bool {
-        self.contended_until[self.slot(sku)].load(Ordering::Relaxed) > self.now_millis()
+        let until = self.contended_until[self.slot(sku)].load(Ordering::Relaxed);
+        // Most products never conflict: no need to read the clock for them.
+        until != 0 && until > self.now_millis()
     }
 
     /// Records that a commit on `sku` lost a race with another instance.
@@ -116,7 +119,8 @@ pub(crate) struct Turn<'a> {
 /// The turns of several products, held until dropped.
 #[derive(Debug)]
 pub(crate) struct Turns<'a> {
-    _guards: Vec<MutexGuard<'a, ()>>,
+    /// Room for one without allocating: most groups are a lone command.
+    _guards: SmallVec<[MutexGuard<'a, ()>; 1]>,
     /// Whether any of the products counts as contended (see [`Turn`]).
     pub(crate) contended: bool,
 }
