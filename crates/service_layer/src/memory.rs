@@ -6,7 +6,7 @@
 //! reads only what a command needs, writes nothing until commit, and a commit
 //! whose products changed since they were read is refused with a conflict.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use foldhash::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -34,9 +34,20 @@ struct Tables {
     products: HashMap<Sku, StoredProduct>,
     batch_owners: HashMap<BatchRef, Sku>,
     allocations_view: HashMap<OrderId, Vec<AllocationView>>,
-    /// Unsent messages by position; sent ones are dropped.
-    outbox: BTreeMap<i64, OutboxRow>,
-    next_outbox_position: i64,
+    outbox: OutboxTable,
+}
+
+/// Committed messages from the oldest unsent one on, in position order.
+/// Positions are consecutive, so a row is found by arithmetic, not search,
+/// and a commit appends at the back. A message sent before older ones
+/// leaves a gap (`None`) until they are sent too; sent rows at the front
+/// are dropped.
+#[derive(Debug)]
+struct OutboxTable {
+    rows: VecDeque<Option<OutboxRow>>,
+    /// The position of `rows[0]`.
+    first_position: i64,
+    unsent: u64,
 }
 
 #[derive(Debug)]
@@ -82,8 +93,8 @@ impl MemoryStore {
         let tables = self.lock();
         tables
             .outbox
-            .values()
-            .map(|row| row.message.clone())
+            .unsent()
+            .map(|(_, row)| row.message.clone())
             .collect()
     }
 
@@ -155,6 +166,7 @@ impl Tables {
     }
 
     fn apply(&mut self, changes: ChangeSet) {
+        let now = Instant::now();
         for change in changes.products {
             let product = self.products.entry(change.sku.clone()).or_default();
             product.version = change.new_version;
@@ -170,13 +182,7 @@ impl Tables {
             self.apply_view(view);
         }
         for message in changes.outbox {
-            self.next_outbox_position += 1;
-            let row = OutboxRow {
-                message,
-                claimed_until: None,
-                written_at: Instant::now(),
-            };
-            self.outbox.insert(self.next_outbox_position, row);
+            self.outbox.append(message, now);
         }
     }
 
@@ -344,11 +350,11 @@ impl Outbox for MemoryStore {
         let mut tables = self.lock();
         let claimable = tables
             .outbox
-            .iter_mut()
+            .unsent_mut()
             .filter(|(_, row)| row.claimed_until.is_none_or(|until| until <= now))
             .take(limit as usize);
         let mut claimed = Vec::new();
-        for (&position, row) in claimable {
+        for (position, row) in claimable {
             row.claimed_until = Some(now + lease);
             claimed.push(ClaimedMessage {
                 position,
@@ -360,7 +366,7 @@ impl Outbox for MemoryStore {
 
     async fn mark_sent(&self, positions: &[i64]) -> Result<(), StoreError> {
         let mut tables = self.lock();
-        for position in positions {
+        for &position in positions {
             tables.outbox.remove(position);
         }
         Ok(())
@@ -368,7 +374,7 @@ impl Outbox for MemoryStore {
 
     async fn release(&self, positions: &[i64]) -> Result<(), StoreError> {
         let mut tables = self.lock();
-        for position in positions {
+        for &position in positions {
             if let Some(row) = tables.outbox.get_mut(position) {
                 row.claimed_until = None;
             }
@@ -379,11 +385,74 @@ impl Outbox for MemoryStore {
     async fn backlog(&self) -> Result<OutboxBacklog, StoreError> {
         let tables = self.lock();
         // Positions grow with time: the first row is the oldest.
-        let oldest = tables.outbox.values().next();
+        let oldest = tables.outbox.unsent().next();
         Ok(OutboxBacklog {
-            messages: tables.outbox.len() as u64,
-            oldest_age: oldest.map(|row| row.written_at.elapsed()),
+            messages: tables.outbox.unsent,
+            oldest_age: oldest.map(|(_, row)| row.written_at.elapsed()),
         })
+    }
+}
+
+impl Default for OutboxTable {
+    fn default() -> Self {
+        Self {
+            rows: VecDeque::new(),
+            // Positions start at 1, as in the SQL stores.
+            first_position: 1,
+            unsent: 0,
+        }
+    }
+}
+
+impl OutboxTable {
+    fn append(&mut self, message: OutboxMessage, written_at: Instant) {
+        self.rows.push_back(Some(OutboxRow {
+            message,
+            claimed_until: None,
+            written_at,
+        }));
+        self.unsent += 1;
+    }
+
+    /// Where `position` sits in `rows`, if it is still there.
+    fn index(&self, position: i64) -> Option<usize> {
+        usize::try_from(position - self.first_position)
+            .ok()
+            .filter(|&index| index < self.rows.len())
+    }
+
+    fn get_mut(&mut self, position: i64) -> Option<&mut OutboxRow> {
+        let index = self.index(position)?;
+        self.rows[index].as_mut()
+    }
+
+    /// Drops a sent message, and the gaps it leaves at the front.
+    fn remove(&mut self, position: i64) {
+        let Some(index) = self.index(position) else {
+            return;
+        };
+        if self.rows[index].take().is_some() {
+            self.unsent -= 1;
+        }
+        while let Some(None) = self.rows.front() {
+            self.rows.pop_front();
+            self.first_position += 1;
+        }
+    }
+
+    /// The unsent messages with their positions, oldest first.
+    fn unsent(&self) -> impl Iterator<Item = (i64, &OutboxRow)> {
+        let positions = self.first_position..;
+        positions
+            .zip(&self.rows)
+            .filter_map(|(position, row)| Some((position, row.as_ref()?)))
+    }
+
+    fn unsent_mut(&mut self) -> impl Iterator<Item = (i64, &mut OutboxRow)> {
+        let positions = self.first_position..;
+        positions
+            .zip(&mut self.rows)
+            .filter_map(|(position, row)| Some((position, row.as_mut()?)))
     }
 }
 
