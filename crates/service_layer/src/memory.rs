@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
+use smallvec::SmallVec;
+
 use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
 
 use crate::ports::{
@@ -33,7 +35,9 @@ pub struct MemoryStore {
 struct Tables {
     products: HashMap<Sku, StoredProduct>,
     batch_owners: HashMap<BatchRef, Sku>,
-    allocations_view: HashMap<OrderId, Vec<AllocationView>>,
+    /// An order's rows, sorted by SKU. Nearly every order is for one SKU,
+    /// so one row is kept inline rather than in a heap allocation of its own.
+    allocations_view: HashMap<OrderId, SmallVec<[AllocationView; 1]>>,
     outbox: OutboxTable,
 }
 
@@ -317,7 +321,7 @@ impl ReadModel for MemoryStore {
             .lock()
             .allocations_view
             .get(orderid)
-            .cloned()
+            .map(|rows| rows.to_vec())
             .unwrap_or_default())
     }
 
