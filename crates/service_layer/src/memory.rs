@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 
 use foldhash::HashMap;
+use foldhash::fast::RandomState;
+use indexmap::IndexMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -37,7 +39,7 @@ struct Tables {
     batch_owners: HashMap<BatchRef, Sku>,
     /// An order's rows, sorted by SKU. Nearly every order is for one SKU,
     /// so one row is kept inline rather than in a heap allocation of its own.
-    allocations_view: HashMap<OrderId, SmallVec<[AllocationView; 1]>>,
+    allocations_view: GrowingMap<OrderId, SmallVec<[AllocationView; 1]>>,
     outbox: OutboxTable,
 }
 
@@ -54,6 +56,13 @@ struct OutboxTable {
     unsent: u64,
 }
 
+/// A hash map for the tables that grow with every allocation (an order's
+/// line, its read-model rows). `IndexMap` keeps each key's hash beside it,
+/// so doubling its index never re-reads the keys, as a `HashMap` must, and
+/// new entries are appended rather than scattered. Iteration order is
+/// never relied on: removals swap the last entry into the gap.
+type GrowingMap<K, V> = IndexMap<K, V, RandomState>;
+
 #[derive(Debug)]
 struct OutboxRow {
     message: OutboxMessage,
@@ -67,7 +76,7 @@ struct StoredProduct {
     batches: Vec<StoredBatch>,
     /// Indexed by order, like the SQL tables, so loading one order's line
     /// costs the same however many lines the product has.
-    lines: HashMap<OrderId, StoredLine>,
+    lines: GrowingMap<OrderId, StoredLine>,
     next_line_seq: u64,
 }
 
@@ -207,7 +216,7 @@ impl Tables {
                 if let Some(rows) = self.allocations_view.get_mut(&orderid) {
                     rows.retain(|row| row.sku != sku);
                     if rows.is_empty() {
-                        self.allocations_view.remove(&orderid);
+                        self.allocations_view.swap_remove(&orderid);
                     }
                 }
             }
@@ -301,7 +310,7 @@ impl StoredProduct {
             }
             Event::Deallocated(domain::events::Deallocated { orderid, .. })
             | Event::AllocationCancelled(domain::events::AllocationCancelled { orderid, .. }) => {
-                if let Some(line) = self.lines.remove(orderid) {
+                if let Some(line) = self.lines.swap_remove(orderid) {
                     self.batches[line.batch].allocated -= u64::from(line.qty.get());
                 }
             }
