@@ -163,8 +163,9 @@ struct Tracked {
     /// needs no trip to the store (and must not take one, which would miss
     /// this unit of work's own changes to them).
     orders_loaded: Vec<OrderId>,
-    /// Events already handed out by `collect_new_events`; still to be written.
-    handed_out: Vec<Event>,
+    /// How many of the product's pending events `collect_new_events` has
+    /// handed out already. All of them stay pending until commit writes them.
+    handed_out: usize,
 }
 
 impl Tracked {
@@ -173,7 +174,7 @@ impl Tracked {
             product,
             stored_version,
             orders_loaded: Vec::new(),
-            handed_out: Vec::new(),
+            handed_out: 0,
         }
     }
 
@@ -306,9 +307,9 @@ impl<T: StoreTransaction> Repository<T> {
     fn collect_new_events(&mut self) -> Vec<Event> {
         let mut events = Vec::new();
         for tracked in self.seen.values_mut() {
-            let new = tracked.product.take_events();
-            tracked.handed_out.extend(new.iter().cloned());
-            events.extend(new);
+            let new = &tracked.product.pending_events()[tracked.handed_out..];
+            events.extend_from_slice(new);
+            tracked.handed_out += new.len();
         }
         events
     }
@@ -319,15 +320,11 @@ impl<T: StoreTransaction> Repository<T> {
             .seen
             .into_values()
             .filter(|tracked| tracked.stored_version != Some(tracked.product.version()))
-            .map(|mut tracked| {
-                let mut events = tracked.handed_out;
-                events.extend(tracked.product.take_events());
-                ProductChanges {
-                    sku: tracked.product.sku().clone(),
-                    stored_version: tracked.stored_version,
-                    new_version: tracked.product.version(),
-                    events,
-                }
+            .map(|mut tracked| ProductChanges {
+                sku: tracked.product.sku().clone(),
+                stored_version: tracked.stored_version,
+                new_version: tracked.product.version(),
+                events: tracked.product.take_events(),
             })
             .collect();
         (self.transaction, changes)
@@ -371,8 +368,9 @@ impl<T: StoreTransaction> UnitOfWork<T> {
         self.outbox.push(message);
     }
 
-    /// Takes the events recorded by every product seen so far (book:
-    /// `collect_new_events`). They are still written at commit.
+    /// The events every product seen recorded since the last call (book:
+    /// `collect_new_events`). Copies: the products keep them until commit
+    /// writes them.
     pub fn collect_new_events(&mut self) -> Vec<Event> {
         self.products.collect_new_events()
     }
