@@ -56,10 +56,22 @@ impl ProductTurns {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Waits for a slot's turn, first come, first served. A free turn is
+    /// taken at once, without queueing for it (which costs tokio's lock
+    /// future and its cooperative budget on every command). That cannot
+    /// jump the queue: tokio's mutex hands itself straight to a waiting
+    /// task, so `try_lock` fails while anyone waits for the turn.
+    async fn turn_of(&self, slot: usize) -> MutexGuard<'_, ()> {
+        match self.locks[slot].try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.locks[slot].lock().await,
+        }
+    }
+
     /// Waits for `sku`'s turn (first come, first served); the turn lasts
     /// until it is dropped.
     pub(crate) async fn wait_for(&self, sku: &Sku) -> Turn<'_> {
-        let guard = self.locks[self.slot(sku)].lock().await;
+        let guard = self.turn_of(self.slot(sku)).await;
         Turn {
             _guard: guard,
             contended: self.is_contended(sku),
@@ -84,7 +96,7 @@ impl ProductTurns {
         slots.dedup();
         let mut guards = SmallVec::with_capacity(slots.len());
         for slot in slots {
-            guards.push(self.locks[slot].lock().await);
+            guards.push(self.turn_of(slot).await);
         }
         Turns {
             _guards: guards,
