@@ -355,24 +355,27 @@ async fn a_failing_handler_writes_nothing<S: Store + ReadModel>(store: S) {
     );
 }
 
-/// What a unit of work would write for `product` at commit: its events, the
-/// given read-model changes, and (as `handlers::add_to_outbox` does) a
-/// message per allocation. That is the shape the PostgreSQL store writes in
-/// a single statement.
-fn changes_of(
-    product: &mut Product,
-    stored_version: Option<u64>,
-    views: Vec<ViewChange>,
-) -> ChangeSet {
+/// What a unit of work would write for `product` at commit: its events and,
+/// as the transactional handlers do, a read-model row and an outbox message
+/// per allocation. That is the shape the SQL stores write as allocations.
+fn changes_of(product: &mut Product, stored_version: Option<u64>) -> ChangeSet {
     let events = product.take_events();
-    let outbox = events
-        .iter()
-        .filter_map(|event| match event {
-            Event::Allocated(allocated) => Some(OutboxMessage {
-                message_id: format!("{}-{}", allocated.orderid, product.version()),
-                event: allocated.clone(),
-            }),
-            _ => None,
+    let allocations = events.iter().filter_map(|event| match event {
+        Event::Allocated(allocated) => Some(allocated),
+        _ => None,
+    });
+    let views = allocations
+        .clone()
+        .map(|allocated| ViewChange::Allocated {
+            orderid: allocated.orderid.clone(),
+            sku: allocated.sku.clone(),
+            batchref: allocated.batchref.clone(),
+        })
+        .collect();
+    let outbox = allocations
+        .map(|allocated| OutboxMessage {
+            message_id: format!("{}-{}", allocated.orderid, product.version()),
+            event: allocated.clone(),
         })
         .collect();
     ChangeSet {
@@ -384,6 +387,26 @@ fn changes_of(
         }],
         views,
         outbox,
+    }
+}
+
+/// Loads `sku` with `order`'s line in a transaction of its own (then rolled
+/// back), as a unit of work would before changing it.
+async fn load_product<S: Store>(store: &S, sku: &Sku, order: &OrderId) -> Product {
+    let mut transaction = store.begin().await.expect("begin");
+    transaction
+        .load(sku, Lines::OfOrder(order))
+        .await
+        .expect("load")
+        .expect("stored")
+}
+
+/// Commits `changes` and expects them refused as a conflict on `sku`.
+async fn assert_conflict<S: Store>(store: &S, changes: ChangeSet, sku: &Sku) {
+    let transaction = store.begin().await.expect("begin");
+    match transaction.commit(changes).await {
+        Err(StoreError::Conflict { sku: conflicted }) => assert_eq!(&conflicted, sku),
+        other => panic!("expected a conflict, got {other:?}"),
     }
 }
 
@@ -401,19 +424,8 @@ async fn a_commit_from_a_stale_version_conflicts_and_writes_nothing<
     let (first, second) = (orderid("first"), orderid("second"));
     bus.add_batch(&batch, &sku, 10, None).await;
 
-    let load_product = |order: OrderId| {
-        let (store, sku) = (store.clone(), sku.clone());
-        async move {
-            let mut transaction = store.begin().await.expect("begin");
-            transaction
-                .load(&sku, Lines::OfOrder(&order))
-                .await
-                .expect("load")
-                .expect("stored")
-        }
-    };
-    let mut product_1 = load_product(first.clone()).await;
-    let mut product_2 = load_product(second.clone()).await;
+    let mut product_1 = load_product(&store, &sku, &first).await;
+    let mut product_2 = load_product(&store, &sku, &second).await;
     assert_eq!(product_1.version(), product_2.version());
     let stored_version = Some(product_1.version());
 
@@ -421,12 +433,7 @@ async fn a_commit_from_a_stale_version_conflicts_and_writes_nothing<
         product_1.allocate(line(&first, &sku, 6)),
         Ok(Some(batch.clone()))
     );
-    let view_1 = ViewChange::Allocated {
-        orderid: first.clone(),
-        sku: sku.clone(),
-        batchref: batch.clone(),
-    };
-    let changes = changes_of(&mut product_1, stored_version, vec![view_1]);
+    let changes = changes_of(&mut product_1, stored_version);
     let transaction = store.begin().await.expect("begin");
     transaction
         .commit(changes)
@@ -437,17 +444,7 @@ async fn a_commit_from_a_stale_version_conflicts_and_writes_nothing<
         product_2.allocate(line(&second, &sku, 6)),
         Ok(Some(batch.clone()))
     );
-    let view_2 = ViewChange::Allocated {
-        orderid: second.clone(),
-        sku: sku.clone(),
-        batchref: batch.clone(),
-    };
-    let changes = changes_of(&mut product_2, stored_version, vec![view_2]);
-    let transaction = store.begin().await.expect("begin");
-    match transaction.commit(changes).await {
-        Err(StoreError::Conflict { sku: conflicted }) => assert_eq!(conflicted, sku),
-        other => panic!("expected a conflict, got {other:?}"),
-    }
+    assert_conflict(&store, changes_of(&mut product_2, stored_version), &sku).await;
 
     let loaded = load(&store, &sku, Lines::OfOrder(&second))
         .await
@@ -548,9 +545,7 @@ async fn a_new_product_whose_sku_was_taken_meanwhile_conflicts<S: Store + ReadMo
         .add_batch(late.clone(), qty(5), None)
         .expect("add batch");
     let transaction = store.begin().await.expect("begin");
-    let result = transaction
-        .commit(changes_of(&mut product, None, Vec::new()))
-        .await;
+    let result = transaction.commit(changes_of(&mut product, None)).await;
     assert!(
         matches!(&result, Err(StoreError::Conflict { sku: s }) if *s == sku),
         "{result:?}"
@@ -908,19 +903,8 @@ async fn a_conflict_on_any_product_of_a_group_writes_nothing<S: Store + ReadMode
     bus.add_batch(&lamp_batch, &lamp, 10, None).await;
     bus.add_batch(&table_batch, &table, 10, None).await;
     let (first, second, meanwhile) = (orderid("first"), orderid("second"), orderid("meanwhile"));
-    let loaded = |sku: Sku, order: OrderId| {
-        let store = store.clone();
-        async move {
-            let mut transaction = store.begin().await.expect("begin");
-            transaction
-                .load(&sku, Lines::OfOrder(&order))
-                .await
-                .expect("load")
-                .expect("stored")
-        }
-    };
-    let mut lamp_product = loaded(lamp.clone(), first.clone()).await;
-    let mut table_product = loaded(table.clone(), second.clone()).await;
+    let mut lamp_product = load_product(&store, &lamp, &first).await;
+    let mut table_product = load_product(&store, &table, &second).await;
     // Another writer changes the table after the group read it.
     bus.allocate(&meanwhile, &table, 1).await;
 
@@ -935,34 +919,13 @@ async fn a_conflict_on_any_product_of_a_group_writes_nothing<S: Store + ReadMode
     table_product
         .allocate(line(&third, &table, 1))
         .expect("allocates");
-    let mut changes = changes_of(
-        &mut lamp_product,
-        Some(1),
-        vec![ViewChange::Allocated {
-            orderid: first.clone(),
-            sku: lamp.clone(),
-            batchref: lamp_batch.clone(),
-        }],
-    );
-    let table_changes = changes_of(
-        &mut table_product,
-        Some(1),
-        [&second, &third]
-            .map(|order| ViewChange::Allocated {
-                orderid: order.clone(),
-                sku: table.clone(),
-                batchref: table_batch.clone(),
-            })
-            .to_vec(),
-    );
+    // One unit of work's change set for both products.
+    let mut changes = changes_of(&mut lamp_product, Some(1));
+    let table_changes = changes_of(&mut table_product, Some(1));
     changes.products.extend(table_changes.products);
     changes.views.extend(table_changes.views);
     changes.outbox.extend(table_changes.outbox);
-    let transaction = store.begin().await.expect("begin");
-    match transaction.commit(changes).await {
-        Err(StoreError::Conflict { sku: conflicted }) => assert_eq!(conflicted, table),
-        other => panic!("expected a conflict, got {other:?}"),
-    }
+    assert_conflict(&store, changes, &table).await;
 
     let lamp_loaded = load(&store, &lamp, Lines::OfOrder(&first))
         .await
