@@ -41,41 +41,43 @@ pub use database_url::redact as redact_url;
 /// The lookups the service makes, named so that the query-plan tests check
 /// these very statements against the indexes they need.
 pub mod queries {
-    /// A product, its batches in creation order, and (with `$2`) the line of
-    /// order `$2`: what every command loads.
-    pub const PRODUCT_WITH_ORDER_LINE: &str = "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
-         b.allocated_quantity, a.orderid AS line_orderid, a.qty AS line_qty \
-         FROM products p \
-         LEFT JOIN batches b ON b.sku = p.sku \
-         LEFT JOIN allocations a ON a.batch_id = b.id AND a.orderid = $2 AND a.sku = $1 \
-         WHERE p.sku = $1 \
-         ORDER BY b.id";
+    /// A product (`$1`), its batches in creation order, and the lines of
+    /// its batches that `$lines` picks, one row per batch and line. A
+    /// product without batches still gives one row, with NULL batch columns.
+    macro_rules! product_with_lines {
+        ($lines:literal) => {
+            concat!(
+                "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, ",
+                "b.allocated_quantity, a.orderid AS line_orderid, a.qty AS line_qty ",
+                "FROM products p ",
+                "LEFT JOIN batches b ON b.sku = p.sku ",
+                "LEFT JOIN allocations a ON ",
+                $lines,
+                " WHERE p.sku = $1 ORDER BY b.id"
+            )
+        };
+    }
+
+    /// A product, its batches, and (with `$2`) the line of order `$2`: what
+    /// every command loads.
+    pub const PRODUCT_WITH_ORDER_LINE: &str =
+        product_with_lines!("a.batch_id = b.id AND a.orderid = $2 AND a.sku = $1");
 
     /// As [`PRODUCT_WITH_ORDER_LINE`], with the lines of every order in `$2`,
     /// a JSON array of order ids: what a group of allocations loads. SQLite
     /// reads the array with `json_each`, PostgreSQL with `jsonb`'s functions
-    /// (sqlx's `Any` driver binds no arrays). A batch holding several of the
-    /// lines gives a row per line. `+a.batch_id` keeps both planners off the
-    /// `(batch_id, id)` index, which would read every line the batch ever
-    /// took: the lines are found through `(orderid, sku)`, the order ids.
-    pub const PRODUCT_WITH_ORDER_LINES_SQLITE: &str = "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
-         b.allocated_quantity, a.orderid AS line_orderid, a.qty AS line_qty \
-         FROM products p \
-         LEFT JOIN batches b ON b.sku = p.sku \
-         LEFT JOIN allocations a ON +a.batch_id = b.id AND a.sku = $1 \
-             AND a.orderid IN (SELECT value FROM json_each($2)) \
-         WHERE p.sku = $1 \
-         ORDER BY b.id";
+    /// (sqlx's `Any` driver binds no arrays). `+a.batch_id` keeps both
+    /// planners off the `(batch_id, id)` index, which would read every line
+    /// the batch ever took: the lines are found through `(orderid, sku)`.
+    pub const PRODUCT_WITH_ORDER_LINES_SQLITE: &str = product_with_lines!(
+        "+a.batch_id = b.id AND a.sku = $1 AND a.orderid IN (SELECT value FROM json_each($2))"
+    );
 
     /// [`PRODUCT_WITH_ORDER_LINES_SQLITE`] for PostgreSQL.
-    pub const PRODUCT_WITH_ORDER_LINES_POSTGRES: &str = "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, \
-         b.allocated_quantity, a.orderid AS line_orderid, a.qty AS line_qty \
-         FROM products p \
-         LEFT JOIN batches b ON b.sku = p.sku \
-         LEFT JOIN allocations a ON +a.batch_id = b.id AND a.sku = $1 \
-             AND a.orderid = ANY(ARRAY(SELECT jsonb_array_elements_text($2::jsonb))) \
-         WHERE p.sku = $1 \
-         ORDER BY b.id";
+    pub const PRODUCT_WITH_ORDER_LINES_POSTGRES: &str = product_with_lines!(
+        "+a.batch_id = b.id AND a.sku = $1 \
+         AND a.orderid = ANY(ARRAY(SELECT jsonb_array_elements_text($2::jsonb)))"
+    );
 
     /// The lines of batch `$1` (of product `$2`), oldest first: what
     /// shrinking a batch loads.
