@@ -35,8 +35,9 @@ pub(crate) struct Lanes<C, R> {
     hasher: RandomState,
 }
 
+/// One lane: the commands queued in it, and the turn its leader holds.
 #[derive(Debug)]
-struct Lane<C, R> {
+pub(crate) struct Lane<C, R> {
     queue: Mutex<Vec<Queued<C, R>>>,
     /// Held by the leader while its group runs.
     turn: tokio::sync::Mutex<()>,
@@ -48,11 +49,7 @@ struct Queued<C, R> {
     answer: oneshot::Sender<R>,
 }
 
-impl<C: Clone, R> Lanes<C, R> {
-    /// The most commands one group takes: bounds a transaction's size when
-    /// a crowd arrives at once. The rest form the next group.
-    const MAX_GROUP: usize = 256;
-
+impl<C, R> Lanes<C, R> {
     pub(crate) fn new(lanes: usize) -> Self {
         Self {
             lanes: (0..lanes.max(1))
@@ -65,7 +62,18 @@ impl<C: Clone, R> Lanes<C, R> {
         }
     }
 
-    /// Queues `command` in `sku`'s lane and returns its answer. If the lane
+    /// The lane of `sku`'s commands.
+    pub(crate) fn lane(&self, sku: &Sku) -> &Lane<C, R> {
+        &self.lanes[self.hasher.hash_one(sku) as usize % self.lanes.len()]
+    }
+}
+
+impl<C: Clone, R> Lane<C, R> {
+    /// The most commands one group takes: bounds a transaction's size when
+    /// a crowd arrives at once. The rest form the next group.
+    const MAX_GROUP: usize = 256;
+
+    /// Queues `command` in this lane and returns its answer. If the lane
     /// is free, or becomes free before a leader has taken the command, this
     /// caller leads: it takes the queue and answers it all with `run`, which
     /// gets the commands in arrival order and returns their answers in the
@@ -75,23 +83,22 @@ impl<C: Clone, R> Lanes<C, R> {
     /// answers of its group unsent; each of those followers then queues its
     /// command again. So `run` may see a command twice, and must be
     /// idempotent for it: the command may have committed the first time.
-    pub(crate) async fn submit<F>(&self, sku: &Sku, command: C, run: impl Fn(Vec<C>) -> F) -> R
+    pub(crate) async fn submit<F>(&self, command: C, run: impl Fn(Vec<C>) -> F) -> R
     where
         F: Future<Output = Vec<R>>,
     {
-        let lane = &self.lanes[self.hasher.hash_one(sku) as usize % self.lanes.len()];
         // An idle lane: a group of one, without queueing for it. Commands
         // arriving meanwhile queue, and one of them leads next. This cannot
         // jump the queue: tokio's mutex hands itself straight to a waiting
         // task, so `try_lock` fails while any caller waits for the turn.
-        if let Ok(_turn) = lane.turn.try_lock() {
-            if lane.queue_without_abandoned().is_empty() {
+        if let Ok(_turn) = self.turn.try_lock() {
+            if self.queue_without_abandoned().is_empty() {
                 let mut answers = run(vec![command]).await;
                 debug_assert_eq!(answers.len(), 1, "one answer per command");
                 return answers.pop().expect("`run` answers every command");
             }
         }
-        let mut answer = lane.enqueue(command.clone());
+        let mut answer = self.enqueue(command.clone());
         // Held until this caller returns, so that one group runs at a time.
         let _turn = loop {
             tokio::select! {
@@ -99,19 +106,19 @@ impl<C: Clone, R> Lanes<C, R> {
                 answered = &mut answer => match answered {
                     Ok(answer) => return answer,
                     // Its leader was dropped mid-group: queue it again.
-                    Err(_) => answer = lane.enqueue(command.clone()),
+                    Err(_) => answer = self.enqueue(command.clone()),
                 },
-                turn = lane.turn.lock() => break turn,
+                turn = self.turn.lock() => break turn,
             }
         };
         loop {
             match answer.try_recv() {
                 Ok(answer) => return answer,
-                Err(TryRecvError::Closed) => answer = lane.enqueue(command.clone()),
+                Err(TryRecvError::Closed) => answer = self.enqueue(command.clone()),
                 // Still queued, or beyond the group just run: lead again.
                 Err(TryRecvError::Empty) => {}
             }
-            let group = lane.take_group(Self::MAX_GROUP);
+            let group = self.take_group(Self::MAX_GROUP);
             let (commands, answers): (Vec<C>, Vec<_>) = group
                 .into_iter()
                 .map(|queued| (queued.command, queued.answer))
@@ -185,7 +192,7 @@ mod tests {
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let answers =
-            join_all((0..10).map(|n| lanes.submit(&lamp, n, |group| doubled(&groups, group))))
+            join_all((0..10).map(|n| lanes.lane(&lamp).submit(n, |group| doubled(&groups, group))))
                 .await;
         assert_eq!(answers, (0..10).map(|n| n * 2).collect::<Vec<_>>());
         let groups = groups.into_inner().expect("groups");
@@ -203,7 +210,10 @@ mod tests {
         let groups = Mutex::new(Vec::new());
         for n in 0..3 {
             assert_eq!(
-                lanes.submit(&sku("LAMP"), n, |g| doubled(&groups, g)).await,
+                lanes
+                    .lane(&sku("LAMP"))
+                    .submit(n, |g| doubled(&groups, g))
+                    .await,
                 n * 2
             );
         }
@@ -214,15 +224,16 @@ mod tests {
     async fn groups_are_bounded() {
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
-        let total = Lanes::<u32, u32>::MAX_GROUP as u32 + 10;
+        let total = Lane::<u32, u32>::MAX_GROUP as u32 + 10;
         let answers =
-            join_all((0..total).map(|n| lanes.submit(&lamp, n, |g| doubled(&groups, g)))).await;
+            join_all((0..total).map(|n| lanes.lane(&lamp).submit(n, |g| doubled(&groups, g))))
+                .await;
         assert_eq!(answers, (0..total).map(|n| n * 2).collect::<Vec<_>>());
         let groups = groups.into_inner().expect("groups");
         assert!(
             groups
                 .iter()
-                .all(|&size| size <= Lanes::<u32, u32>::MAX_GROUP),
+                .all(|&size| size <= Lane::<u32, u32>::MAX_GROUP),
             "a group exceeded the limit: {groups:?}"
         );
         assert_eq!(groups.iter().sum::<usize>(), total as usize);
@@ -234,10 +245,13 @@ mod tests {
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let busy = lanes.lanes[0].turn.lock().await;
         // Queued behind the busy lane, then abandoned (a request timeout).
-        let abandoned = lanes.submit(&lamp, 1, |g| doubled(&groups, g));
+        let abandoned = lanes.lane(&lamp).submit(1, |g| doubled(&groups, g));
         assert!(abandoned.now_or_never().is_none(), "the lane is busy");
         drop(busy);
-        assert_eq!(lanes.submit(&lamp, 2, |g| doubled(&groups, g)).await, 4);
+        assert_eq!(
+            lanes.lane(&lamp).submit(2, |g| doubled(&groups, g)).await,
+            4
+        );
         assert_eq!(
             groups.into_inner().expect("groups"),
             [1],
@@ -268,11 +282,11 @@ mod tests {
         let busy = lanes.lanes[0].turn.lock().await;
         let leader = tokio::spawn({
             let (lanes, run) = (lanes.clone(), run.clone());
-            async move { lanes.submit(&sku("LAMP"), 1, run).await }
+            async move { lanes.lane(&sku("LAMP")).submit(1, run).await }
         });
         let follower = tokio::spawn({
             let lanes = lanes.clone();
-            async move { lanes.submit(&sku("LAMP"), 7, run).await }
+            async move { lanes.lane(&sku("LAMP")).submit(7, run).await }
         });
         tokio::task::yield_now().await;
         drop(busy);

@@ -30,7 +30,7 @@ use crate::group_commit::Lanes;
 use crate::handlers::{self, CommandHandler};
 use crate::ports::{NotificationError, Notifications};
 use crate::product_turns::ProductTurns;
-use crate::unit_of_work::{Store, StoreError};
+use crate::unit_of_work::{Store, StoreError, StoreTransaction, UnitOfWork};
 
 /// The metrics the bus records (through the `metrics` facade); the binary
 /// describes and exports them.
@@ -247,28 +247,33 @@ impl<S: Store> MessageBus<S> {
             None => None,
         };
         let contended = turn.as_ref().is_some_and(|turn| turn.contended);
-        let mut uow = if attempt == 1 && !contended {
-            self.store.start().await?
-        } else {
-            self.store.start_locking().await?
-        };
+        let mut uow = self.start_unit_of_work(attempt, contended).await?;
         let reply = command.handle(&mut uow).await?;
-        let events = uow.collect_new_events();
-        for event in &events {
-            handlers::handle_in_transaction(event, &mut uow);
-        }
+        let events = handle_new_events_in_transaction(&mut uow);
         uow.commit().await?;
         Ok((reply, events))
+    }
+
+    /// Optimistic on a first attempt; locking after a conflict, or on a
+    /// product other instances are fighting over (see `run_once`).
+    async fn start_unit_of_work(
+        &self,
+        attempt: u32,
+        contended: bool,
+    ) -> Result<UnitOfWork<S::Transaction>, StoreError> {
+        if attempt == 1 && !contended {
+            self.store.start().await
+        } else {
+            self.store.start_locking().await
+        }
     }
 
     /// Queues an allocation in its product's lane; see `group_commit`.
     /// Running a command again there is harmless: allocating a line that is
     /// already allocated answers its batch and changes nothing.
     pub(crate) async fn allocate_in_group(&self, command: Allocate) -> Handled<Option<BatchRef>> {
-        let sku = command.sku.clone();
-        self.allocation_lanes
-            .submit(&sku, command, |group| self.run_group(group))
-            .await
+        let lane = self.allocation_lanes.lane(&command.sku);
+        lane.submit(command, |group| self.run_group(group)).await
     }
 
     /// A group of allocations in one unit of work, with one commit, run
@@ -306,11 +311,7 @@ impl<S: Store> MessageBus<S> {
             .product_turns
             .wait_for_all(group.iter().map(|command| &command.sku))
             .await;
-        let mut uow = if attempt == 1 && !turns.contended {
-            self.store.start().await?
-        } else {
-            self.store.start_locking().await?
-        };
+        let mut uow = self.start_unit_of_work(attempt, turns.contended).await?;
         // A lone command loads what it needs itself.
         if group.len() > 1 {
             let mut orders: BTreeMap<&Sku, Vec<OrderId>> = BTreeMap::new();
@@ -326,10 +327,7 @@ impl<S: Store> MessageBus<S> {
         for command in group {
             match command.handle(&mut uow).await {
                 Ok(reply) => {
-                    let events = uow.collect_new_events();
-                    for event in &events {
-                        handlers::handle_in_transaction(event, &mut uow);
-                    }
+                    let events = handle_new_events_in_transaction(&mut uow);
                     answers.push(Ok((reply, events)));
                 }
                 Err(error @ Error::Store(_)) => return Err(error),
@@ -398,6 +396,17 @@ impl<S: Store> MessageBus<S> {
         }
         Ok(Vec::new())
     }
+}
+
+/// Runs the transactional handlers (read model, outbox) of the events
+/// recorded since the last call, and returns those events for the
+/// after-commit handlers.
+fn handle_new_events_in_transaction<T: StoreTransaction>(uow: &mut UnitOfWork<T>) -> Vec<Event> {
+    let events = uow.collect_new_events();
+    for event in &events {
+        handlers::handle_in_transaction(event, uow);
+    }
+    events
 }
 
 /// How a group shows in the log: its size (the conflicting product is
