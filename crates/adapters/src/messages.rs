@@ -23,6 +23,7 @@ use domain::events::Allocated;
 use domain::{BatchRef, Command, OrderId, Quantity, Sku, ValueError};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use uuid::Uuid;
 
 /// Incoming: allocate an order line, `{"orderid", "sku", "qty"}`.
 pub const ALLOCATE: &str = "allocate";
@@ -243,13 +244,14 @@ struct LineAllocated<'a> {
 /// message (the outbox row's id), so that consumers can drop the duplicates
 /// an at-least-once relay may send; a re-send of the same outbox row must
 /// reuse it.
-pub fn encode_line_allocated(event: &Allocated, message_id: &str) -> String {
+pub fn encode_line_allocated(event: &Allocated, message_id: Uuid) -> String {
+    let message_id = message_id.hyphenated().to_string();
     let message = LineAllocated {
         orderid: event.orderid.as_str(),
         sku: event.sku.as_str(),
         qty: event.qty.get(),
         batchref: event.batchref.as_str(),
-        message_id,
+        message_id: &message_id,
     };
     // Serializing a struct of strings and an integer cannot fail: serde_json
     // errors only for non-string map keys or a failing custom `Serialize`.
@@ -488,10 +490,11 @@ mod tests {
 
     #[test]
     fn line_allocated_carries_the_allocation_and_the_message_id() {
-        let payload = encode_line_allocated(&allocated(), "0b5c-id");
+        let message_id = Uuid::from_u128(0x0b5c_1d00_0000_4000_8000_0000_0000_0001);
+        let payload = encode_line_allocated(&allocated(), message_id);
         assert_eq!(
             payload,
-            r#"{"orderid":"order-1","sku":"BLUE-\"VASE\"","qty":10,"batchref":"batch-1","message_id":"0b5c-id"}"#
+            r#"{"orderid":"order-1","sku":"BLUE-\"VASE\"","qty":10,"batchref":"batch-1","message_id":"0b5c1d00-0000-4000-8000-000000000001"}"#
         );
     }
 
@@ -585,8 +588,9 @@ mod tests {
             let schema = schema(LINE_ALLOCATED_SCHEMA);
             assert_eq!(schema["title"], LINE_ALLOCATED);
             let mut required = required(&schema);
-            let encoded: Value = serde_json::from_str(&encode_line_allocated(&allocated(), "id-1"))
-                .expect("the encoder writes JSON");
+            let encoded: Value =
+                serde_json::from_str(&encode_line_allocated(&allocated(), Uuid::nil()))
+                    .expect("the encoder writes JSON");
             let encoded = encoded.as_object().expect("an object");
             let mut written: Vec<String> = encoded.keys().cloned().collect();
             required.sort();

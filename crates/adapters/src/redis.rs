@@ -122,7 +122,7 @@ pub struct RedisPublisher {
 #[async_trait::async_trait]
 impl Publisher for RedisPublisher {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        let payload = messages::encode_line_allocated(&message.event, &message.message_id);
+        let payload = messages::encode_line_allocated(&message.event, message.message_id);
         RedisPublisher::publish(self, messages::LINE_ALLOCATED, &payload)
             .await
             .map_err(|error| PublishError(Box::new(error)))

@@ -34,6 +34,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::pool::PoolOptions;
 use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Executor, Row};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
 
 use database_url::DatabaseUrl;
 pub use database_url::redact as redact_url;
@@ -825,7 +826,7 @@ async fn write_allocations_postgres(
                 "orderid": step.allocated.orderid.as_str(),
                 "batchref": step.allocated.batchref.as_str(),
                 "qty": step.allocated.qty.get(),
-                "message_id": step.message.message_id,
+                "message_id": step.message.message_id.to_string(),
             })
         })
         .collect();
@@ -876,7 +877,7 @@ impl AllocationStep<'_> {
             .bind(i64::from(allocated.qty.get()))
             .bind(allocated.batchref.as_str())
             .bind(allocated.orderid.as_str())
-            .bind(message.message_id.as_str())
+            .bind(message.message_id.to_string())
             .bind(unix_millis(SystemTime::now()));
         match dialect {
             Dialect::Postgres => {
@@ -1125,7 +1126,7 @@ async fn write_outbox_message(
         "INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(message.message_id.as_str())
+    .bind(message.message_id.to_string())
     .bind(event.orderid.as_str())
     .bind(event.sku.as_str())
     .bind(i64::from(event.qty.get()))
@@ -1192,7 +1193,10 @@ impl Outbox for SqlStore {
                 Ok(ClaimedMessage {
                     position: get(row, "id")?,
                     message: OutboxMessage {
-                        message_id: get(row, "message_id")?,
+                        message_id: identifier(
+                            &get::<String>(row, "message_id")?,
+                            Uuid::parse_str,
+                        )?,
                         event,
                     },
                 })
@@ -1306,9 +1310,9 @@ where
     row.try_get(column).map_err(StoreError::backend)
 }
 
-fn identifier<T>(
+fn identifier<T, E: fmt::Display>(
     raw: &str,
-    parse: fn(&str) -> Result<T, domain::ValueError>,
+    parse: fn(&str) -> Result<T, E>,
 ) -> Result<T, StoreError> {
     parse(raw).map_err(|e| mismatch(format!("{raw:?}: {e}")))
 }

@@ -29,6 +29,9 @@ pub trait CommandHandler: fmt::Debug + Send + Sync {
     /// What the caller learns when the command succeeds.
     type Reply: Send;
 
+    /// The command's name in logs and metrics.
+    const NAME: &'static str;
+
     fn handle<T: StoreTransaction>(
         &self,
         uow: &mut UnitOfWork<T>,
@@ -56,6 +59,7 @@ pub trait CommandHandler: fmt::Debug + Send + Sync {
 
 impl CommandHandler for CreateBatch {
     type Reply = ();
+    const NAME: &'static str = "CreateBatch";
 
     fn product(&self) -> Option<&Sku> {
         Some(&self.sku)
@@ -87,6 +91,7 @@ impl CommandHandler for CreateBatch {
 impl CommandHandler for Allocate {
     /// The batch the line went to, or `None` when it is out of stock.
     type Reply = Option<BatchRef>;
+    const NAME: &'static str = "Allocate";
 
     fn product(&self) -> Option<&Sku> {
         Some(&self.sku)
@@ -120,6 +125,7 @@ impl CommandHandler for Allocate {
 
 impl CommandHandler for ChangeBatchQuantity {
     type Reply = ();
+    const NAME: &'static str = "ChangeBatchQuantity";
 
     async fn handle<T: StoreTransaction>(&self, uow: &mut UnitOfWork<T>) -> Result<(), Error> {
         let product = uow
@@ -136,6 +142,7 @@ impl CommandHandler for ChangeBatchQuantity {
 impl CommandHandler for Deallocate {
     /// The batch the line was taken off.
     type Reply = BatchRef;
+    const NAME: &'static str = "Deallocate";
 
     fn product(&self) -> Option<&Sku> {
         Some(&self.sku)
@@ -196,7 +203,7 @@ pub fn remove_allocation_from_read_model<T: StoreTransaction>(
 /// with the allocation, so it cannot be lost between commit and publish.
 pub fn add_to_outbox<T: StoreTransaction>(event: &Allocated, uow: &mut UnitOfWork<T>) {
     uow.add_to_outbox(OutboxMessage {
-        message_id: Uuid::new_v4().to_string(),
+        message_id: Uuid::new_v4(),
         event: event.clone(),
     });
 }

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use domain::commands::Allocate;
 use domain::{BatchRef, Command, DomainError, Event, OrderId, Sku};
+use metrics::{Key, Label, Level, Metadata};
 use rand::Rng;
 use tokio::sync::Notify;
 use tracing::{debug, error, warn};
@@ -40,6 +41,28 @@ pub mod metric_names {
     pub const EVENT_HANDLER_RETRIES: &str = "allocation_event_handler_retries_total";
     pub const EVENT_HANDLER_GIVE_UPS: &str = "allocation_event_handler_give_ups_total";
     pub const GROUP_COMMIT_SIZE: &str = "allocation_group_commit_size";
+}
+
+/// The key of `allocation_messages_handled_total` for one kind (`command`,
+/// `event`), name and outcome (`ok`, `rejected`, `failed`), built at compile
+/// time: `metrics::counter!` with labels known only at run time builds and
+/// hashes a vector of labels per call, which cost the in-memory bus an
+/// eighth of its time per command.
+macro_rules! handled_key {
+    ($kind:literal, $name:expr, $outcome:literal) => {
+        const {
+            &Key::from_static_parts(
+                metric_names::MESSAGES_HANDLED,
+                const {
+                    &[
+                        Label::from_static_parts("kind", $kind),
+                        Label::from_static_parts("name", $name),
+                        Label::from_static_parts("outcome", $outcome),
+                    ]
+                },
+            )
+        }
+    };
 }
 
 /// Why a command failed.
@@ -161,12 +184,11 @@ impl<S: Store> MessageBus<S> {
     /// the command's reply once its changes are committed.
     pub async fn handle<C: CommandHandler>(&self, command: C) -> Result<C::Reply, Error> {
         let result = command.submit_to(self).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(error) if error.is_transient() => "failed",
-            Err(_) => "rejected",
-        };
-        count_handled("command", command_name::<C>(), outcome);
+        count_handled(match &result {
+            Ok(_) => handled_key!("command", C::NAME, "ok"),
+            Err(error) if error.is_transient() => handled_key!("command", C::NAME, "failed"),
+            Err(_) => handled_key!("command", C::NAME, "rejected"),
+        });
         let (reply, events) = result?;
         self.handle_events(events).await;
         Ok(reply)
@@ -191,7 +213,7 @@ impl<S: Store> MessageBus<S> {
         &self,
         command: &C,
     ) -> Handled<C::Reply> {
-        self.retrying_conflicts(command_name::<C>(), 1, command, |attempt| {
+        self.retrying_conflicts(C::NAME, 1, command, |attempt| {
             self.run_once(command, attempt)
         })
         .await
@@ -285,7 +307,7 @@ impl<S: Store> MessageBus<S> {
         let commands = group.len() as u64;
         let subject = GroupOf(group.len());
         let outcome = self
-            .retrying_conflicts(command_name::<Allocate>(), commands, &subject, |attempt| {
+            .retrying_conflicts(Allocate::NAME, commands, &subject, |attempt| {
                 self.run_group_once(&group, attempt)
             })
             .await;
@@ -354,7 +376,7 @@ impl<S: Store> MessageBus<S> {
         loop {
             match self.handle_event(event).await {
                 Ok(follow_up_events) => {
-                    count_handled("event", event.name(), "ok");
+                    count_handled(event_handled_key(event, true));
                     return follow_up_events;
                 }
                 Err(error)
@@ -369,7 +391,7 @@ impl<S: Store> MessageBus<S> {
                 Err(error) => {
                     error!(?event, attempts = attempt, %error, "event handler failed, giving up");
                     metrics::counter!(metric_names::EVENT_HANDLER_GIVE_UPS, "event" => event.name()).increment(1);
-                    count_handled("event", event.name(), "failed");
+                    count_handled(event_handled_key(event, false));
                     return Vec::new();
                 }
             }
@@ -419,16 +441,100 @@ impl fmt::Debug for GroupOf {
     }
 }
 
-/// Counts a handled message (`allocation_messages_handled_total`) by kind
-/// (`command`, `event`), name and outcome (`ok`, `rejected`, `failed`).
-fn count_handled(kind: &'static str, name: &'static str, outcome: &'static str) {
-    metrics::counter!(metric_names::MESSAGES_HANDLED, "kind" => kind, "name" => name, "outcome" => outcome).increment(1);
+/// Counts a handled message in `allocation_messages_handled_total`, under
+/// a key from [`handled_key!`].
+fn count_handled(key: &'static Key) {
+    static METADATA: Metadata<'static> =
+        Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
 }
 
-/// `CreateBatch` for `domain::commands::CreateBatch`: a label, like `Event::name`.
-fn command_name<C>() -> &'static str {
-    std::any::type_name::<C>()
-        .rsplit(':')
-        .next()
-        .unwrap_or_default()
+/// The key for an event's outcome (`ok` or `failed`): the variant's name is
+/// the event's name, as [`Event::name`] gives it.
+fn event_handled_key(event: &Event, succeeded: bool) -> &'static Key {
+    macro_rules! by_variant {
+        ($($variant:ident),*) => {
+            match (event, succeeded) {
+                $(
+                    (Event::$variant(_), true) => handled_key!("event", stringify!($variant), "ok"),
+                    (Event::$variant(_), false) => {
+                        handled_key!("event", stringify!($variant), "failed")
+                    }
+                )*
+            }
+        };
+    }
+    by_variant!(
+        BatchCreated,
+        Allocated,
+        Deallocated,
+        AllocationCancelled,
+        BatchQuantityChanged,
+        OutOfStock
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::events::{
+        Allocated, AllocationCancelled, BatchCreated, BatchQuantityChanged, Deallocated, OutOfStock,
+    };
+    use domain::fixtures::{batchref, orderid, qty, sku};
+
+    use super::*;
+
+    /// The compile-time keys name each event as `Event::name` does, so the
+    /// counts line up with the logs.
+    #[test]
+    fn event_keys_carry_the_event_name_and_outcome() {
+        let (orderid, sku, qty, batchref) = (orderid("o1"), sku("LAMP"), qty(1), batchref("b1"));
+        let events = [
+            Event::BatchCreated(BatchCreated {
+                sku: sku.clone(),
+                reference: batchref.clone(),
+                qty,
+                eta: None,
+            }),
+            Event::Allocated(Allocated {
+                orderid: orderid.clone(),
+                sku: sku.clone(),
+                qty,
+                batchref: batchref.clone(),
+            }),
+            Event::Deallocated(Deallocated {
+                orderid: orderid.clone(),
+                sku: sku.clone(),
+                qty,
+                batchref: batchref.clone(),
+            }),
+            Event::AllocationCancelled(AllocationCancelled {
+                orderid,
+                sku: sku.clone(),
+                qty,
+                batchref: batchref.clone(),
+            }),
+            Event::BatchQuantityChanged(BatchQuantityChanged {
+                sku: sku.clone(),
+                reference: batchref,
+                qty,
+            }),
+            Event::OutOfStock(OutOfStock { sku }),
+        ];
+        for event in &events {
+            for (succeeded, outcome) in [(true, "ok"), (false, "failed")] {
+                let key = event_handled_key(event, succeeded);
+                let labels: Vec<(&str, &str)> =
+                    key.labels().map(|l| (l.key(), l.value())).collect();
+                assert_eq!(key.name(), metric_names::MESSAGES_HANDLED);
+                assert_eq!(
+                    labels,
+                    [
+                        ("kind", "event"),
+                        ("name", event.name()),
+                        ("outcome", outcome)
+                    ]
+                );
+            }
+        }
+    }
 }

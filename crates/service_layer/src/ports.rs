@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use domain::events::Allocated;
 use domain::{BatchRef, OrderId, Sku};
+use uuid::Uuid;
 
 use crate::unit_of_work::StoreError;
 
@@ -43,7 +44,7 @@ pub struct PublishError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 pub struct OutboxMessage {
     /// Unique per message and the same on every re-send: delivery is at
     /// least once, so consumers drop duplicates by it.
-    pub message_id: String,
+    pub message_id: Uuid,
     pub event: Allocated,
 }
 

@@ -11,6 +11,7 @@ use service_layer::ports::{BatchView, Outbox, OutboxMessage, ReadModel};
 use service_layer::unit_of_work::{ChangeSet, Lines, ProductChanges, ViewChange};
 use service_layer::{Error, RetryPolicy, Store, StoreError, StoreTransaction, UnitOfWork};
 use test_support::per_backend;
+use uuid::Uuid;
 
 use crate::backends::one_store;
 use crate::helpers::*;
@@ -374,7 +375,7 @@ fn changes_of(product: &mut Product, stored_version: Option<u64>) -> ChangeSet {
         .collect();
     let outbox = allocations
         .map(|allocated| OutboxMessage {
-            message_id: format!("{}-{}", allocated.orderid, product.version()),
+            message_id: Uuid::new_v4(),
             event: allocated.clone(),
         })
         .collect();
@@ -507,7 +508,7 @@ async fn a_commit_naming_a_batch_that_is_not_stored_writes_nothing<
             outbox: allocations_made
                 .iter()
                 .map(|a| OutboxMessage {
-                    message_id: unique("message"),
+                    message_id: Uuid::new_v4(),
                     event: a.clone(),
                 })
                 .collect(),

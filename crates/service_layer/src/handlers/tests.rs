@@ -223,7 +223,7 @@ mod allocate {
         app.allocate("o1", "LAMP", 3).await;
         assert_eq!(outbox_of(&app.store), [("o1".into(), "b1".into())]);
         let messages = app.store.unsent_messages();
-        assert!(!messages[0].message_id.is_empty());
+        assert!(!messages[0].message_id.is_nil());
         // The relay is told, so it publishes now rather than at its next poll.
         tokio::time::timeout(
             std::time::Duration::from_secs(1),
