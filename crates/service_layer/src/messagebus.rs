@@ -303,7 +303,9 @@ impl<S: Store> MessageBus<S> {
     /// does for one command. A failure of the store fails every command in
     /// the group; a command the model refuses fails alone.
     async fn run_group(&self, group: Vec<Allocate>) -> Vec<Handled<Option<BatchRef>>> {
-        metrics::histogram!(metric_names::GROUP_COMMIT_SIZE).record(group.len() as f64);
+        static GROUP_SIZE: Key = Key::from_static_name(metric_names::GROUP_COMMIT_SIZE);
+        metrics::with_recorder(|recorder| recorder.register_histogram(&GROUP_SIZE, &METADATA))
+            .record(group.len() as f64);
         let commands = group.len() as u64;
         let subject = GroupOf(group.len());
         let outcome = self
@@ -441,11 +443,14 @@ impl fmt::Debug for GroupOf {
     }
 }
 
+/// What `metrics::counter!` and the like would register the bus's metrics
+/// with, for those registered by hand with keys built at compile time.
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
 /// Counts a handled message in `allocation_messages_handled_total`, under
 /// a key from [`handled_key!`].
 fn count_handled(key: &'static Key) {
-    static METADATA: Metadata<'static> =
-        Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
     metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
 }
 

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use foldhash::HashMap;
+use smallvec::SmallVec;
 
 use domain::{BatchRef, Event, OrderId, Product, Sku};
 
@@ -161,8 +162,9 @@ struct Tracked {
     stored_version: Option<u64>,
     /// Orders whose lines of this product are loaded: asking for them again
     /// needs no trip to the store (and must not take one, which would miss
-    /// this unit of work's own changes to them).
-    orders_loaded: Vec<OrderId>,
+    /// this unit of work's own changes to them). Nearly always one order,
+    /// kept inline rather than in a heap allocation of its own.
+    orders_loaded: SmallVec<[OrderId; 1]>,
     /// How many of the product's pending events `collect_new_events` has
     /// handed out already. All of them stay pending until commit writes them.
     handed_out: usize,
@@ -173,7 +175,7 @@ impl Tracked {
         Self {
             product,
             stored_version,
-            orders_loaded: Vec::new(),
+            orders_loaded: SmallVec::new(),
             handed_out: 0,
         }
     }
@@ -193,7 +195,7 @@ impl Tracked {
     fn record_loaded(&mut self, lines: Lines<'_>) {
         match lines {
             Lines::OfOrder(orderid) => self.orders_loaded.push(orderid.clone()),
-            Lines::OfOrders(orderids) => self.orders_loaded.extend_from_slice(orderids),
+            Lines::OfOrders(orderids) => self.orders_loaded.extend(orderids.iter().cloned()),
             Lines::None | Lines::OfBatch(_) => {}
         }
     }
