@@ -181,13 +181,16 @@ impl Tables {
     fn apply(&mut self, changes: ChangeSet) {
         let now = Instant::now();
         for change in changes.products {
-            let product = self.products.entry(change.sku.clone()).or_default();
-            product.version = change.new_version;
             for event in &change.events {
                 if let Event::BatchCreated(created) = event {
                     self.batch_owners
                         .insert(created.reference.clone(), change.sku.clone());
                 }
+            }
+            // The events move into the tables: the change set is spent here.
+            let product = self.products.entry(change.sku).or_default();
+            product.version = change.new_version;
+            for event in change.events {
                 product.apply(event);
             }
         }
@@ -287,10 +290,10 @@ impl StoredProduct {
     }
 
     /// Writes what one event says happened, as the SQL stores do.
-    fn apply(&mut self, event: &Event) {
+    fn apply(&mut self, event: Event) {
         match event {
             Event::BatchCreated(e) => self.batches.push(StoredBatch {
-                reference: e.reference.clone(),
+                reference: e.reference,
                 eta: e.eta,
                 purchased: e.qty,
                 allocated: 0,
@@ -305,12 +308,12 @@ impl StoredProduct {
                         qty: e.qty,
                         seq,
                     };
-                    self.lines.insert(e.orderid.clone(), line);
+                    self.lines.insert(e.orderid, line);
                 }
             }
             Event::Deallocated(domain::events::Deallocated { orderid, .. })
             | Event::AllocationCancelled(domain::events::AllocationCancelled { orderid, .. }) => {
-                if let Some(line) = self.lines.swap_remove(orderid) {
+                if let Some(line) = self.lines.swap_remove(&orderid) {
                     self.batches[line.batch].allocated -= u64::from(line.qty.get());
                 }
             }
