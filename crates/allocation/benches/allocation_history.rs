@@ -25,7 +25,7 @@ use service_layer::memory::MemoryStore;
 use service_layer::ports::Outbox;
 use service_layer::{MessageBus, RetryPolicy, Store};
 use sqlx::Connection;
-use test_support::{DATABASE_URL, POSTGRES, TestDatabase, service_url};
+use test_support::TestDatabase;
 use tokio::runtime::Runtime;
 
 const HISTORY: [u64; 4] = [0, 1_000, 10_000, 100_000];
@@ -152,15 +152,10 @@ fn benchmarks(c: &mut Criterion) {
     history_benchmark(c, &runtime, "memory", MemoryStore::new(), None);
 
     sql_history_benchmark(c, &runtime, TestDatabase::sqlite());
-    // A benchmark is not a test: no CI rule, just a notice.
-    match service_url(DATABASE_URL, POSTGRES) {
-        Some(url) => {
-            let database = runtime.block_on(TestDatabase::create_postgres(&url));
-            sql_history_benchmark(c, &runtime, database);
-        }
-        None => eprintln!(
-            "allocation_history: skipped on PostgreSQL: set DATABASE_URL=postgres://... to run it there"
-        ),
+    if let Some(database) =
+        runtime.block_on(TestDatabase::postgres_for_benchmark("allocation_history"))
+    {
+        sql_history_benchmark(c, &runtime, database);
     }
 }
 

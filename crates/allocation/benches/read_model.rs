@@ -23,7 +23,7 @@ use axum::http::{Request, StatusCode};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::Rng;
 use sqlx::{AnyConnection, Connection};
-use test_support::{DATABASE_URL, POSTGRES, TestDatabase, service_url};
+use test_support::TestDatabase;
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
 
@@ -112,15 +112,8 @@ fn read_model_benchmark(c: &mut Criterion, runtime: &Runtime, database: TestData
 fn benchmarks(c: &mut Criterion) {
     let runtime = Runtime::new().expect("tokio runtime");
     read_model_benchmark(c, &runtime, TestDatabase::sqlite());
-    // A benchmark is not a test: no CI rule, just a notice.
-    match service_url(DATABASE_URL, POSTGRES) {
-        Some(url) => {
-            let database = runtime.block_on(TestDatabase::create_postgres(&url));
-            read_model_benchmark(c, &runtime, database);
-        }
-        None => eprintln!(
-            "read_model: skipped on PostgreSQL: set DATABASE_URL=postgres://... to run it there"
-        ),
+    if let Some(database) = runtime.block_on(TestDatabase::postgres_for_benchmark("read_model")) {
+        read_model_benchmark(c, &runtime, database);
     }
 }
 

@@ -54,8 +54,8 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// The value of `var` if it is a URL with one of `schemes` (compared without
-/// case), with no CI rule: for benchmarks and tools, which skip quietly.
-pub fn service_url(var: &str, schemes: &[&str]) -> Option<String> {
+/// case), with no CI rule.
+fn service_url(var: &str, schemes: &[&str]) -> Option<String> {
     let url = std::env::var(var).ok()?;
     let scheme = url.split_once("://")?.0;
     schemes
@@ -141,6 +141,19 @@ impl TestDatabase {
     /// `DATABASE_URL` is not a `postgres://` URL and `CI` is not `true`.
     pub async fn postgres() -> Option<Self> {
         let admin_url = require_service(DATABASE_URL, POSTGRES)?;
+        Some(Self::create_postgres(&admin_url).await)
+    }
+
+    /// For a benchmark: a fresh, empty PostgreSQL database, or `None` with a
+    /// notice when `DATABASE_URL` is not a `postgres://` URL. A benchmark is
+    /// not a test: no CI rule applies.
+    pub async fn postgres_for_benchmark(benchmark: &str) -> Option<Self> {
+        let Some(admin_url) = service_url(DATABASE_URL, POSTGRES) else {
+            notice(&format!(
+                "{benchmark}: skipped on PostgreSQL: set DATABASE_URL=postgres://... to run it there"
+            ));
+            return None;
+        };
         Some(Self::create_postgres(&admin_url).await)
     }
 
