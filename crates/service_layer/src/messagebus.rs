@@ -264,12 +264,9 @@ impl<S: Store> MessageBus<S> {
     /// in the last second: other instances are fighting over it, and a lost
     /// race would only waste an attempt.
     async fn run_once<C: CommandHandler>(&self, command: &C, attempt: u32) -> Handled<C::Reply> {
-        let turn = match command.product() {
-            Some(sku) => Some(self.product_turns.wait_for(sku).await),
-            None => None,
-        };
-        let contended = turn.as_ref().is_some_and(|turn| turn.contended);
-        let mut uow = self.start_unit_of_work(attempt, contended).await?;
+        // No product named, no turns to take.
+        let turns = self.product_turns.wait_for_all(command.product()).await;
+        let mut uow = self.start_unit_of_work(attempt, turns.contended).await?;
         let reply = command.handle(&mut uow).await?;
         let events = handle_new_events_in_transaction(&mut uow);
         uow.commit().await?;

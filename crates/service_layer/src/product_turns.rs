@@ -68,17 +68,8 @@ impl ProductTurns {
         }
     }
 
-    /// Waits for `sku`'s turn (first come, first served); the turn lasts
-    /// until it is dropped.
-    pub(crate) async fn wait_for(&self, sku: &Sku) -> Turn<'_> {
-        let guard = self.turn_of(self.slot(sku)).await;
-        Turn {
-            _guard: guard,
-            contended: self.is_contended(sku),
-        }
-    }
-
-    /// Waits for the turns of every product in `skus`, taken in slot order
+    /// Waits for the turns of every product in `skus` (first come, first
+    /// served; the turns last until dropped), taken in slot order
     /// (each slot once, since products may share one), so that two callers
     /// waiting for overlapping sets cannot deadlock. `contended` is whether
     /// any of the products is.
@@ -89,8 +80,9 @@ impl ProductTurns {
         let mut slots: SmallVec<[usize; 1]> = SmallVec::new();
         let mut contended = false;
         for sku in skus {
-            slots.push(self.slot(sku));
-            contended |= self.is_contended(sku);
+            let slot = self.slot(sku);
+            slots.push(slot);
+            contended |= self.is_contended(slot);
         }
         slots.sort_unstable();
         slots.dedup();
@@ -104,10 +96,10 @@ impl ProductTurns {
         }
     }
 
-    /// Whether a commit on `sku` lost a race with another instance within
-    /// the last `CONTENTION_MEMORY`.
-    fn is_contended(&self, sku: &Sku) -> bool {
-        let until = self.contended_until[self.slot(sku)].load(Ordering::Relaxed);
+    /// Whether a commit on a product of `slot` lost a race with another
+    /// instance within the last `CONTENTION_MEMORY`.
+    fn is_contended(&self, slot: usize) -> bool {
+        let until = self.contended_until[slot].load(Ordering::Relaxed);
         // Most products never conflict: no need to read the clock for them.
         until != 0 && until > self.now_millis()
     }
@@ -119,21 +111,14 @@ impl ProductTurns {
     }
 }
 
-/// A product's turn, held until dropped.
-#[derive(Debug)]
-pub(crate) struct Turn<'a> {
-    _guard: MutexGuard<'a, ()>,
-    /// Whether a commit on the product lost a race with another instance
-    /// within the last `ProductTurns::CONTENTION_MEMORY`.
-    pub(crate) contended: bool,
-}
-
-/// The turns of several products, held until dropped.
+/// The turns of one or several products, held until dropped.
 #[derive(Debug)]
 pub(crate) struct Turns<'a> {
-    /// Room for one without allocating: most groups are a lone command.
+    /// Room for one without allocating: most commands and groups are for
+    /// one product.
     _guards: SmallVec<[MutexGuard<'a, ()>; 1]>,
-    /// Whether any of the products counts as contended (see [`Turn`]).
+    /// Whether a commit on any of the products lost a race with another
+    /// instance within the last `ProductTurns::CONTENTION_MEMORY`.
     pub(crate) contended: bool,
 }
 
@@ -145,6 +130,13 @@ mod tests {
 
     fn sku(raw: &str) -> Sku {
         Sku::parse(raw).expect("valid sku")
+    }
+
+    impl ProductTurns {
+        /// One product's turn, as a command that names its product waits.
+        async fn wait_for(&self, sku: &Sku) -> Turns<'_> {
+            self.wait_for_all([sku]).await
+        }
     }
 
     #[tokio::test]
