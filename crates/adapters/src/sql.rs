@@ -32,7 +32,7 @@ use sqlx::any::AnyRow;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::pool::PoolOptions;
-use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Executor, Row};
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection as _, Executor, Row};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
@@ -369,7 +369,8 @@ impl SqlStore {
         let mut options = PoolOptions::<Any>::new()
             .max_connections(settings.max_connections.max(1))
             .acquire_timeout(settings.acquire_timeout)
-            .test_before_acquire(false);
+            .test_before_acquire(false)
+            .after_release(|conn, _meta| Box::pin(close_if_in_transaction(conn)));
         if target.in_memory {
             options = options
                 .max_connections(1)
@@ -421,7 +422,7 @@ impl SqlStore {
             .begin_with(Dialect::Sqlite.begin_statement())
             .await?;
         // Each migration's own transaction becomes a savepoint inside this one.
-        SQLITE_MIGRATIONS.run_direct(&mut *transaction).await?;
+        SQLITE_MIGRATIONS.run(&mut *transaction).await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -456,6 +457,21 @@ impl SqlStore {
     pub fn backend(&self) -> &'static str {
         self.dialect.name()
     }
+}
+
+/// Whether a connection coming back to the pool may be reused: never if it
+/// is still inside a transaction, or the next unit of work would run inside
+/// that one, and its writes would vanish with it (or hold its locks). Units
+/// of work run to their end in their own task, and sqlx rolls back a dropped
+/// transaction (since 0.9.1 also one dropped while its `BEGIN` was on the
+/// wire), so this should never fire; it closes the connection rather than
+/// trust that every path always gets it right.
+async fn close_if_in_transaction(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+    if conn.is_in_transaction() {
+        tracing::warn!("closing a database connection released inside a transaction");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 // `Executor::execute` on the connection itself: the generic
@@ -1236,11 +1252,10 @@ impl SqlStore {
         let _turn = self.wait_for_write_turn().await?;
         let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
         let sql = format!("{statement} ({})", placeholders.join(", "));
-        let query = ids
-            .iter()
-            .fold(sqlx::query(&sql).persistent(false), |query, id| {
-                query.bind(*id)
-            });
+        let query = ids.iter().fold(
+            sqlx::query(AssertSqlSafe(sql)).persistent(false),
+            |query, id| query.bind(*id),
+        );
         query
             .execute(&self.pool)
             .await

@@ -54,10 +54,14 @@ async fn grow_view(database: &TestDatabase, from: u64, to: u64) {
     let mut connection = AnyConnection::connect(database.url())
         .await
         .expect("the benchmark database opens");
-    sqlx::raw_sql(&insert_rows_statement(database.backend(), from, to))
-        .execute(&mut connection)
-        .await
-        .expect("rows inserted");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(insert_rows_statement(
+        database.backend(),
+        from,
+        to,
+    )))
+    .execute(&mut connection)
+    .await
+    .expect("rows inserted");
     let settle = match database.backend() {
         "postgres" => "VACUUM (ANALYZE) allocations_view",
         _ => "PRAGMA wal_checkpoint(TRUNCATE); ANALYZE",

@@ -119,7 +119,7 @@ impl Databases {
                     .to_ascii_lowercase()
                     .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
                 let mut conn = admin_connection(&self.admin_url).await?;
-                sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
                     .execute(&mut conn)
                     .await
                     .with_context(|| format!("cannot create database {name}"))?;
@@ -162,7 +162,10 @@ impl Databases {
                 Ok(mut conn) => {
                     for name in self.created.drain(..) {
                         let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                        if let Err(error) = sqlx::raw_sql(&sql).execute(&mut conn).await {
+                        if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut conn)
+                            .await
+                        {
                             eprintln!("warning: cannot drop database {name}: {error}");
                         }
                     }

@@ -433,7 +433,11 @@ impl SqlStore {
 }
 
 /// Runs a statement of one product, `$1` its SKU: how many rows it changed.
-async fn execute(conn: &mut AnyConnection, statement: &str, sku: &str) -> Result<u64, StoreError> {
+async fn execute(
+    conn: &mut AnyConnection,
+    statement: &'static str,
+    sku: &str,
+) -> Result<u64, StoreError> {
     let done = sqlx::query(statement)
         .bind(sku)
         .execute(conn)
@@ -446,7 +450,7 @@ async fn execute(conn: &mut AnyConnection, statement: &str, sku: &str) -> Result
 /// streamed, so that memory stays bounded however many there are.
 async fn findings<T>(
     conn: &mut AnyConnection,
-    query: &str,
+    query: &'static str,
     decode: impl Fn(&AnyRow) -> Result<T, StoreError>,
 ) -> Result<Findings<T>, StoreError> {
     let mut found = Findings::default();

@@ -35,7 +35,7 @@ per_backend!(mod on_postgres on [postgres] via on_database {
 /// Runs `statements` on a connection of its own, as someone poking at the
 /// database by hand would.
 async fn damage(conn: &mut AnyConnection, statements: &str) {
-    sqlx::raw_sql(statements)
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statements.to_owned()))
         .execute(conn)
         .await
         .unwrap_or_else(|e| panic!("{statements}: {e}"));

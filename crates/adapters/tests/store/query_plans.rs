@@ -109,14 +109,13 @@ const LOOKUPS: &[Lookup] = &[
 
 /// `sql` (the lookup's query behind some EXPLAIN) with the lookup's values
 /// bound, as the adapter binds them.
-fn with_params<'q, DB>(sql: &'q str, lookup: &Lookup) -> Query<'q, DB, DB::Arguments<'q>>
+fn with_params<DB>(sql: String, lookup: &Lookup) -> Query<'static, DB, DB::Arguments>
 where
     DB: Database,
-    &'q str: Encode<'q, DB> + Type<DB>,
+    &'static str: Encode<'static, DB> + Type<DB>,
 {
-    let mut query = sqlx::query(sql);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for &param in lookup.params {
-        let param: &'q str = param;
         query = query.bind(param);
     }
     query
@@ -134,7 +133,7 @@ async fn sqlite_lookups_use_indexes() {
         .expect("open directly");
     for lookup in LOOKUPS {
         let sql = format!("EXPLAIN QUERY PLAN {}", lookup.sql.sqlite());
-        let rows = with_params(&sql, lookup)
+        let rows = with_params(sql.clone(), lookup)
             .fetch_all(&mut conn)
             .await
             .expect("explain");
@@ -177,7 +176,7 @@ async fn postgres_lookups_use_indexes_on_large_tables() {
 
     for lookup in LOOKUPS {
         let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", lookup.sql.postgres());
-        let row = with_params(&sql, lookup)
+        let row = with_params(sql.clone(), lookup)
             .fetch_one(&mut conn)
             .await
             .expect("explain");
