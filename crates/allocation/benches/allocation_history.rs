@@ -30,15 +30,15 @@ use tokio::runtime::Runtime;
 
 const HISTORY: [u64; 4] = [0, 1_000, 10_000, 100_000];
 
-fn bus<S: Store>(store: S) -> MessageBus<S> {
-    MessageBus::new(
+fn bus<S: Store>(store: S) -> Arc<MessageBus<S>> {
+    Arc::new(MessageBus::new(
         store,
         Arc::new(LogNotifications),
         // No relay runs: messages accumulate in the outbox, as they would
         // while Redis is down; the relay's cost is not the allocation's.
         Arc::new(tokio::sync::Notify::new()),
         RetryPolicy::default(),
-    )
+    ))
 }
 
 fn order(n: u64) -> OrderId {

@@ -100,12 +100,12 @@ fn median(rates: impl Iterator<Item = f64>) -> f64 {
 async fn run() -> Run {
     let store = MemoryStore::new();
     let outbox_written = Arc::new(tokio::sync::Notify::new());
-    let bus = MessageBus::new(
+    let bus = Arc::new(MessageBus::new(
         store.clone(),
         Arc::new(Discard),
         outbox_written.clone(),
         RetryPolicy::default(),
-    );
+    ));
     let relay = OutboxRelay::new(
         store,
         Arc::new(Discard),

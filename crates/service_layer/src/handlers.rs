@@ -27,7 +27,7 @@ use crate::unit_of_work::{Store, StoreTransaction, UnitOfWork, ViewChange};
 /// again from scratch when the commit hits a version conflict.
 pub trait CommandHandler: fmt::Debug + Send + Sync {
     /// What the caller learns when the command succeeds.
-    type Reply: Send;
+    type Reply: Send + 'static;
 
     /// The command's name in logs and metrics.
     const NAME: &'static str;

@@ -182,7 +182,29 @@ impl<S: Store> MessageBus<S> {
 
     /// Handles a command and everything that follows from it, and returns
     /// the command's reply once its changes are committed.
-    pub async fn handle<C: CommandHandler>(&self, command: C) -> Result<C::Reply, Error> {
+    ///
+    /// The work runs in a task of its own, so that it always runs to its
+    /// end: a caller that goes away (a client hanging up, a request timing
+    /// out) stops waiting for the answer, but never cuts a unit of work short
+    /// between its `BEGIN` and its `COMMIT` or `ROLLBACK`, nor skips the
+    /// event handlers that a commit started. The answer a caller gets is the
+    /// truth about what was committed, whether or not anyone is left to read it.
+    pub async fn handle<C>(self: &Arc<Self>, command: C) -> Result<C::Reply, Error>
+    where
+        C: CommandHandler + 'static,
+    {
+        let bus = Arc::clone(self);
+        let work = tokio::spawn(async move { bus.handle_to_the_end(command).await });
+        match work.await {
+            Ok(outcome) => outcome,
+            Err(failure) if failure.is_panic() => std::panic::resume_unwind(failure.into_panic()),
+            // Only when the runtime itself shuts down.
+            Err(cancelled) => Err(Error::Store(StoreError::backend(cancelled))),
+        }
+    }
+
+    /// [`handle`](Self::handle)'s work, in the task it runs in.
+    async fn handle_to_the_end<C: CommandHandler>(&self, command: C) -> Result<C::Reply, Error> {
         let result = command.submit_to(self).await;
         count_handled(match &result {
             Ok(_) => handled_key!("command", C::NAME, "ok"),
@@ -197,7 +219,7 @@ impl<S: Store> MessageBus<S> {
     /// Handles a command that arrived as data (a message, a follow-up), when
     /// the caller needs no reply. Adding a command without a handler here is
     /// a compile error.
-    pub async fn dispatch(&self, command: Command) -> Result<(), Error> {
+    pub async fn dispatch(self: &Arc<Self>, command: Command) -> Result<(), Error> {
         match command {
             Command::CreateBatch(c) => self.handle(c).await,
             Command::Allocate(c) => self.handle(c).await.map(drop),

@@ -178,7 +178,7 @@ mod tests {
 
     struct Setup {
         store: MemoryStore,
-        bus: MessageBus<MemoryStore>,
+        bus: Arc<MessageBus<MemoryStore>>,
         wakeup: Arc<Notify>,
     }
 
@@ -186,12 +186,12 @@ mod tests {
     async fn with_allocations(orders: usize) -> Setup {
         let store = MemoryStore::new();
         let wakeup = Arc::new(Notify::new());
-        let bus = MessageBus::new(
+        let bus = Arc::new(MessageBus::new(
             store.clone(),
             Arc::new(RecordingNotifications::new()),
             wakeup.clone(),
             RetryPolicy::default(),
-        );
+        ));
         let sku = Sku::parse("LAMP").expect("sku");
         let batch = CreateBatch {
             reference: BatchRef::parse("b1").expect("ref"),
@@ -206,7 +206,7 @@ mod tests {
         Setup { store, bus, wakeup }
     }
 
-    async fn allocate(bus: &MessageBus<MemoryStore>, n: usize) {
+    async fn allocate(bus: &Arc<MessageBus<MemoryStore>>, n: usize) {
         let command = Allocate {
             orderid: OrderId::parse(&format!("o{n}")).expect("orderid"),
             sku: Sku::parse("LAMP").expect("sku"),

@@ -84,6 +84,17 @@ pub trait Store: Clone + Send + Sync + 'static {
         1
     }
 
+    /// Whether a write could commit now (the readiness probe): a locking
+    /// transaction begins and commits, writing nothing. Reads can succeed
+    /// while writes cannot: SQLite's write lock held by a stuck writer, or a
+    /// pool whose every connection is stuck inside a transaction.
+    fn check_writable(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async {
+            let transaction = self.begin_locking().await?;
+            transaction.commit(ChangeSet::default()).await
+        }
+    }
+
     /// A unit of work over [`Store::begin_locking`].
     fn start_locking(
         &self,

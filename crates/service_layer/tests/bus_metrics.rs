@@ -37,13 +37,13 @@ fn counted<F: Future<Output = ()>>(test: impl FnOnce() -> F) -> Vec<(CompositeKe
         .collect()
 }
 
-fn bus<S: Store>(store: S, notifications: RecordingNotifications) -> MessageBus<S> {
-    MessageBus::new(
+fn bus<S: Store>(store: S, notifications: RecordingNotifications) -> Arc<MessageBus<S>> {
+    Arc::new(MessageBus::new(
         store,
         Arc::new(notifications),
         Arc::new(Notify::new()),
         RetryPolicy::default(),
-    )
+    ))
 }
 
 fn create_batch(units: u32) -> CreateBatch {

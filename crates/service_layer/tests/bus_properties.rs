@@ -74,7 +74,7 @@ fn eta(days_later: Option<u64>) -> Option<NaiveDate> {
 type Placement = HashMap<(OrderId, Sku), BatchRef>;
 
 struct App {
-    bus: MessageBus<MemoryStore>,
+    bus: Arc<MessageBus<MemoryStore>>,
     store: MemoryStore,
     notifications: Arc<RecordingNotifications>,
     /// The quantity of each line as last allocated: the read model knows
@@ -86,12 +86,12 @@ impl App {
     fn new() -> Self {
         let store = MemoryStore::new();
         let notifications = Arc::new(RecordingNotifications::new());
-        let bus = MessageBus::new(
+        let bus = Arc::new(MessageBus::new(
             store.clone(),
             notifications.clone(),
             Arc::new(Notify::new()),
             RetryPolicy::default(),
-        );
+        ));
         Self {
             bus,
             store,

@@ -66,7 +66,7 @@ pub async fn allocate_in<T: StoreTransaction>(
 
 /// A message bus over `store` with recording fakes for the outside world.
 pub struct Bus<S> {
-    pub bus: MessageBus<S>,
+    pub bus: Arc<MessageBus<S>>,
     pub notifications: Arc<RecordingNotifications>,
 }
 
@@ -77,7 +77,12 @@ pub fn bus<S: Store>(store: &S) -> Bus<S> {
 pub fn bus_with<S: Store>(store: &S, retry: RetryPolicy) -> Bus<S> {
     let notifications = Arc::new(RecordingNotifications::new());
     let outbox_written = Arc::new(tokio::sync::Notify::new());
-    let bus = MessageBus::new(store.clone(), notifications.clone(), outbox_written, retry);
+    let bus = Arc::new(MessageBus::new(
+        store.clone(),
+        notifications.clone(),
+        outbox_written,
+        retry,
+    ));
     Bus { bus, notifications }
 }
 

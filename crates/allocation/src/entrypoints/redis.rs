@@ -97,7 +97,7 @@ fn count_processed(channel: &str, outcome: &'static str) {
         .increment(1);
 }
 
-async fn handle<S: Store>(bus: &MessageBus<S>, message: Incoming) {
+async fn handle<S: Store>(bus: &Arc<MessageBus<S>>, message: Incoming) {
     let command = match messages::decode(&message.channel, &message.payload) {
         Ok(command) => command,
         Err(reason) => {

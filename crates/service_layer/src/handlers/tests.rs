@@ -45,7 +45,7 @@ fn change_quantity(reference: &str, units: u32) -> ChangeBatchQuantity {
 
 /// A bus over fakes, with the fakes kept at hand for assertions.
 struct App<S = MemoryStore> {
-    bus: MessageBus<S>,
+    bus: Arc<MessageBus<S>>,
     store: MemoryStore,
     notifications: Arc<RecordingNotifications>,
     outbox_written: Arc<Notify>,
@@ -67,12 +67,12 @@ fn wire<S: Store>(
 ) -> App<S> {
     let notifications = Arc::new(notifications);
     let outbox_written = Arc::new(Notify::new());
-    let bus = MessageBus::new(
+    let bus = Arc::new(MessageBus::new(
         bus_store,
         notifications.clone(),
         outbox_written.clone(),
         RetryPolicy::default(),
-    );
+    ));
     App {
         bus,
         store,
