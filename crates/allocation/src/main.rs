@@ -10,7 +10,14 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|refused| {
+        // clap exits 2 on an invalid setting, but `check` exits 2 when it
+        // found differences: monitoring would read a typo as an
+        // inconsistency. Every failure to start exits 1; help exits 0.
+        let code = if refused.use_stderr() { 1 } else { 0 };
+        let _ = refused.print();
+        std::process::exit(code)
+    });
     init_logging(cli.log_format);
     match allocation::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -156,3 +156,21 @@ async fn a_check_that_cannot_reach_its_database_exits_1() {
     assert_eq!(finished.code, Some(1), "{finished:#?}");
     assert!(finished.stderr.starts_with("error:"), "{finished:#?}");
 }
+
+/// Exit code 2 means "differences found" and nothing else: an invalid
+/// setting (which clap would answer with 2) exits 1 like any other failure.
+#[tokio::test]
+async fn an_invalid_setting_exits_1_not_2() {
+    for args in [
+        &["check", "--database-acquire-timeout", "soon"][..],
+        &["check", "--no-such-flag"],
+        &["serve", "--bind", "not-an-address"],
+    ] {
+        let finished = run_allocation(args).await;
+        assert_eq!(finished.code, Some(1), "{args:?}: {finished:#?}");
+        assert!(finished.stderr.starts_with("error:"), "{finished:#?}");
+    }
+    let help = run_allocation(&["check", "--help"]).await;
+    assert_eq!(help.code, Some(0), "{help:#?}");
+    assert!(help.stdout.contains("Usage"), "{help:#?}");
+}
