@@ -13,8 +13,10 @@
 //! - [`redis`]: the shared Redis of `REDIS_URL`, and `redis-server`
 //!   processes of a test's own (to stop and restart at will);
 //! - [`smtp`]: an SMTP sink that records what it is sent;
+//! - [`postgres`]: PostgreSQL servers of a test's own, to stop and restart;
 //! - [`process`]: signals for child processes, and free ports.
 
+pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod smtp;
@@ -165,7 +167,7 @@ impl TestDatabase {
             .await
             .expect("connect to the PostgreSQL server of DATABASE_URL");
         admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await
             .expect("create a test database");
         admin.close().await.expect("disconnect");
@@ -222,7 +224,9 @@ fn drop_postgres_database(
         runtime.block_on(async {
             let mut admin = PgConnection::connect(&admin_url).await?;
             admin
-                .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
                 .await?;
             admin.close().await?;
             Ok(())

@@ -108,13 +108,17 @@ impl From<service_layer::Error> for ApiError {
                 DomainError::LinesNotLoaded { .. } => Self::Internal(Box::new(rejection)),
             },
             Error::Contention { .. } => Self::Unavailable(format!("{error}; try again later")),
-            Error::Store(store) => Self::Internal(Box::new(store)),
+            Error::Store(store) => store.into(),
         }
     }
 }
 
+/// A storage failure is the database's, not the request's: 503, worth
+/// retrying (the database may be restarting, and every command is safe to
+/// send again), with the details in the log only.
 impl From<service_layer::StoreError> for ApiError {
     fn from(error: service_layer::StoreError) -> Self {
-        Self::Internal(Box::new(error))
+        tracing::error!(%error, "storage failed");
+        Self::Unavailable("storage unavailable; try again later".into())
     }
 }

@@ -508,26 +508,41 @@ async fn healthz() -> impl IntoResponse {
     Json(StatusResponse { status: "ok" })
 }
 
-/// Readiness: the database answers too.
+/// Readiness: the database answers reads, and a write transaction can
+/// begin and commit, each within [`READINESS_BOUND`]. A database can answer
+/// reads while every write waits (a writer stuck holding SQLite's lock,
+/// connections stuck in a transaction): such an instance must leave the
+/// load balancer too.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "The database answers", body = StatusResponse),
-        (status = 503, description = "The database does not answer", body = ErrorBody),
+        (status = 200, description = "The database answers reads and takes writes", body = StatusResponse),
+        (status = 503, description = "The database does not answer, or cannot take a write now", body = ErrorBody),
     )
 )]
-async fn readyz<S: ReadModel>(
+async fn readyz<S: Store + ReadModel>(
     State(state): State<AppState<S>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state
-        .read_model
-        .ping()
-        .await
-        .map_err(|error| ApiError::Unavailable(format!("database unreachable: {error}")))?;
-    Ok(Json(StatusResponse { status: "ready" }))
+    let probe = async {
+        state.read_model.ping().await?;
+        state.read_model.check_writable().await
+    };
+    match tokio::time::timeout(READINESS_BOUND, probe).await {
+        Ok(Ok(())) => Ok(Json(StatusResponse { status: "ready" })),
+        Ok(Err(error)) => Err(ApiError::Unavailable(format!(
+            "database unavailable: {error}"
+        ))),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "database did not take a write within {READINESS_BOUND:?}"
+        ))),
+    }
 }
+
+/// How long `/readyz` waits for the database. Short: a probe that hangs is
+/// an answer too, and load balancers give up after a second or two.
+const READINESS_BOUND: Duration = Duration::from_secs(2);
 
 /// This document: every route, its bodies and its errors.
 #[utoipa::path(

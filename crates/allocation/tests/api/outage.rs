@@ -1,0 +1,198 @@
+//! The database fails under load: every answer meanwhile is either a 202
+//! that was committed or a 503 JSON to retry, never a 500 and never a hang;
+//! `/readyz` says 503 while writes cannot succeed; and the service recovers
+//! by itself once the database is back.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::{AnyConnection, Connection, Row};
+use test_support::TestDatabase;
+use test_support::postgres::PostgresServer;
+use tokio::sync::watch;
+
+use crate::helpers::{BOUND, RunningApp, unique};
+
+/// The service's request timeout in these tests: no answer may take longer
+/// (plus a margin for a loaded machine).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+const CLIENTS: usize = 4;
+
+/// PostgreSQL stopped at once (every connection cut) in the middle of a
+/// stream of allocations, then started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_stopped_and_restarted_under_load_answers_503_then_recovers() {
+    let Some(server) = PostgresServer::start() else {
+        return;
+    };
+    let db = TestDatabase::create_postgres(&server.url()).await;
+    let app = RunningApp::start_with(
+        &db,
+        &["--request-timeout", "4", "--database-acquire-timeout", "1"],
+    )
+    .await;
+    let sku = unique("sku");
+    app.add_batch(&unique("b"), &sku, 1_000_000_000, None).await;
+    let (stop_clients, clients_stopped) = watch::channel(false);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            tokio::spawn(allocate_until(
+                app_handle(&app),
+                sku.clone(),
+                clients_stopped.clone(),
+            ))
+        })
+        .collect();
+
+    wait_for_answers(&app, &sku, 20).await;
+    server.stop();
+    wait_for_readiness(&app, 503).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // let the clients meet the outage
+    server.start_again();
+    wait_for_readiness(&app, 200).await;
+    let after_restart = Instant::now();
+    let (_, product) = app.get(&format!("/products/{sku}/batches")).await;
+    let allocated = product["batches"][0]["allocated"].as_u64().unwrap_or(0);
+    wait_for_answers(&app, &sku, allocated + 20).await;
+    let _ = stop_clients.send(true);
+
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.extend(client.await.expect("a client"));
+    }
+    let unavailable = answers.iter().filter(|a| a.status == 503).count();
+    assert!(unavailable > 0, "no request met the outage");
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.status == 202 && a.sent_at > after_restart),
+        "no allocation succeeded after the restart"
+    );
+    every_acknowledged_allocation_is_stored(&db, &answers).await;
+    eprintln!(
+        "{} answers: {} accepted, {unavailable} unavailable",
+        answers.len(),
+        answers.len() - unavailable
+    );
+}
+
+/// What a client needs of the running app: its address and HTTP client.
+#[derive(Clone)]
+struct AppHandle {
+    address: String,
+    client: reqwest::Client,
+}
+
+fn app_handle(app: &RunningApp) -> AppHandle {
+    AppHandle {
+        address: app.address.clone(),
+        client: app.client.clone(),
+    }
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    orderid: String,
+    batchref: Option<String>,
+    sent_at: Instant,
+}
+
+/// Allocates one line after another until told to stop, checking each
+/// answer as it comes: 202 with a batch, or 503 with a message, in time.
+async fn allocate_until(
+    app: AppHandle,
+    sku: String,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<Answer> {
+    let mut answers = Vec::new();
+    while !*stop.borrow_and_update() {
+        let orderid = unique("order");
+        let body = json!({ "orderid": orderid, "sku": sku, "qty": 1 });
+        let sent_at = Instant::now();
+        let response = app
+            .client
+            .post(format!("{}/allocate", app.address))
+            .json(&body)
+            .send()
+            .await
+            .expect("the service answers");
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.expect("every answer is JSON");
+        let took = sent_at.elapsed();
+        assert!(
+            took < REQUEST_TIMEOUT + Duration::from_secs(2),
+            "an answer took {took:?}"
+        );
+        match status {
+            202 => assert!(answer["batchref"].is_string(), "{answer}"),
+            503 => assert!(answer["message"].is_string(), "{answer}"),
+            _ => panic!("{status} {answer}"),
+        }
+        answers.push(Answer {
+            status,
+            orderid,
+            batchref: answer["batchref"].as_str().map(str::to_owned),
+            sent_at,
+        });
+        if status == 503 {
+            // As a well-behaved client does: back off a little.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    answers
+}
+
+/// Waits until `count` lines of `sku` are allocated.
+async fn wait_for_answers(app: &RunningApp, sku: &str, count: u64) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let (status, product) = app.get(&format!("/products/{sku}/batches")).await;
+        if status == 200 && product["batches"][0]["allocated"].as_u64() >= Some(count) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} allocations not made in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `GET /readyz` until it answers `status`.
+async fn wait_for_readiness(app: &RunningApp, status: u16) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let (now, body) = app.get("/readyz").await;
+        if now == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {now} {body}, not {status}; the log:\n{}",
+            app.log().text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn every_acknowledged_allocation_is_stored(db: &TestDatabase, answers: &[Answer]) {
+    sqlx::any::install_default_drivers();
+    let mut conn = AnyConnection::connect(db.url()).await.expect("connect");
+    for answer in answers.iter().filter(|a| a.status == 202) {
+        let row = sqlx::query(
+            "SELECT b.reference FROM allocations a JOIN batches b ON b.id = a.batch_id \
+             WHERE a.orderid = $1",
+        )
+        .bind(&answer.orderid)
+        .fetch_optional(&mut conn)
+        .await
+        .expect("query the allocations");
+        let stored: Option<String> = row.map(|row| row.get("reference"));
+        assert_eq!(
+            stored, answer.batchref,
+            "acknowledged {} was lost",
+            answer.orderid
+        );
+    }
+}
