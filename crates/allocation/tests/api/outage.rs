@@ -76,6 +76,38 @@ async fn a_postgres_stopped_and_restarted_under_load_answers_503_then_recovers()
     );
 }
 
+/// SQLite's write lock held by someone else (a stuck writer, an operator's
+/// open transaction): writes answer 503 once the busy timeout runs out,
+/// `/readyz` says 503 although reads still work, and both recover when the
+/// lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_write_lock_held_elsewhere_answers_503_and_readyz_says_so() {
+    let db = TestDatabase::sqlite();
+    let app = RunningApp::start_with(&db, &["--request-timeout", "8"]).await;
+    let sku = unique("sku");
+    app.add_batch(&unique("b"), &sku, 10, None).await;
+    sqlx::any::install_default_drivers();
+    let mut holder = AnyConnection::connect(db.url()).await.expect("connect");
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut holder)
+        .await
+        .expect("take the write lock");
+
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let body = json!({ "orderid": unique("order"), "sku": sku, "qty": 1 });
+    let (status, answer) = app.post("/allocate", &body).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer["message"].is_string(), "{answer}");
+
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("release the lock");
+    wait_for_readiness(&app, 200).await;
+    assert!(app.allocate(&unique("order"), &sku, 1).await.is_some());
+}
+
 /// What a client needs of the running app: its address and HTTP client.
 #[derive(Clone)]
 struct AppHandle {

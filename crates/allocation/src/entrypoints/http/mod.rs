@@ -209,7 +209,7 @@ struct BatchCreatedResponse {
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token (only with --api-token)", body = ErrorBody),
-        (status = 503, description = "Concurrent changes kept conflicting, or the request timed out; try again", body = ErrorBody),
+        (status = 503, description = "Concurrent changes kept conflicting, the database is unavailable, or the request timed out; try again", body = ErrorBody),
     ),
     security((), ("api_token" = []))
 )]
@@ -266,7 +266,7 @@ struct AllocateResponse {
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token (only with --api-token)", body = ErrorBody),
-        (status = 503, description = "Concurrent changes kept conflicting, or the request timed out; try again", body = ErrorBody),
+        (status = 503, description = "Concurrent changes kept conflicting, the database is unavailable, or the request timed out; try again", body = ErrorBody),
     ),
     security((), ("api_token" = []))
 )]
@@ -310,7 +310,7 @@ struct AllocationResponse {
         (status = 200, description = "The order's allocations, from the read model", body = Vec<AllocationResponse>),
         (status = 400, description = "Invalid order id", body = ErrorBody),
         (status = 404, description = "The order has no allocations", body = ErrorBody),
-        (status = 503, description = "The request timed out", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or the request timed out; try again", body = ErrorBody),
     )
 )]
 async fn allocations_of_order<S: ReadModel>(
@@ -364,7 +364,7 @@ struct DeallocatedResponse {
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token (only with --api-token)", body = ErrorBody),
-        (status = 503, description = "Concurrent changes kept conflicting, or the request timed out; try again", body = ErrorBody),
+        (status = 503, description = "Concurrent changes kept conflicting, the database is unavailable, or the request timed out; try again", body = ErrorBody),
     ),
     security((), ("api_token" = []))
 )]
@@ -415,7 +415,7 @@ struct BatchQuantityResponse {
         (status = 413, description = "Body over 16 KiB", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token (only with --api-token)", body = ErrorBody),
-        (status = 503, description = "Concurrent changes kept conflicting, or the request timed out; try again", body = ErrorBody),
+        (status = 503, description = "Concurrent changes kept conflicting, the database is unavailable, or the request timed out; try again", body = ErrorBody),
     ),
     security((), ("api_token" = []))
 )]
@@ -461,7 +461,7 @@ struct ProductResponse {
         (status = 200, description = "The product's batches in creation order, from the read model", body = ProductResponse),
         (status = 400, description = "Invalid SKU", body = ErrorBody),
         (status = 404, description = "Unknown SKU", body = ErrorBody),
-        (status = 503, description = "The request timed out", body = ErrorBody),
+        (status = 503, description = "The database is unavailable, or the request timed out; try again", body = ErrorBody),
     )
 )]
 async fn batches_of_product<S: ReadModel>(
