@@ -8,14 +8,13 @@
 //! own, no timer, and a command that arrives at an idle lane runs at once,
 //! in a group of one.
 //!
-//! The group runs in its leader's future. If the leader's caller gives up
-//! (a request timeout) mid-group, the followers queue again and their
-//! commands run again, which is harmless for the idempotent commands that
-//! use it, but repeats work when the service is already too slow. Running
-//! groups in tasks of their own would avoid that at the cost of a spawn per
-//! group and a bus shared through an `Arc`; timeouts are rare enough that
-//! the simpler shape wins. A caller that gives up while its command is
-//! still queued takes the command out with it: it never runs.
+//! The group runs in its leader's future, which is the task the bus gives
+//! each command (`MessageBus::handle`): a client hanging up does not drop
+//! it. Should a leader's future be dropped anyway (the runtime shutting
+//! down), its followers queue again and their commands run again, which is
+//! harmless for the idempotent commands that use it. A caller that gives up
+//! while its command is still queued takes the command out with it: it
+//! never runs.
 
 use std::hash::BuildHasher;
 
