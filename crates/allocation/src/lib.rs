@@ -9,10 +9,12 @@ pub mod entrypoints;
 pub mod maintenance;
 pub mod metrics;
 
+use std::sync::Arc;
+
 use anyhow::Context;
-use service_layer::Store;
 use service_layer::memory::MemoryStore;
 use service_layer::ports::{Outbox, ReadModel};
+use service_layer::{MessageBus, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
@@ -139,17 +141,19 @@ impl WithStore for Work {
 /// The background tasks: the Redis consumer (optional) and the relay.
 ///
 /// Shutdown runs in two steps: first nothing new comes in (HTTP and the
-/// consumer finish what they are handling), then the relay publishes what
-/// those last commands wrote and stops.
-struct Workers {
+/// consumer finish what they are handling, and the bus the commands whose
+/// callers went away), then the relay publishes what those last commands
+/// wrote and stops.
+struct Workers<S> {
     stop_intake: watch::Sender<bool>,
     stop_relay: watch::Sender<bool>,
     consumer: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     relay: tokio::task::JoinHandle<()>,
+    bus: Arc<MessageBus<S>>,
 }
 
-impl Workers {
-    fn start<S: Store + Outbox>(service: &Service<S>, redis_url: Option<String>) -> Self {
+impl<S: Store + Outbox> Workers<S> {
+    fn start(service: &Service<S>, redis_url: Option<String>) -> Self {
         let (stop_intake, intake_stopped) = watch::channel(false);
         let (stop_relay, relay_stopped) = watch::channel(false);
         let consumer = redis_url.map(|url| {
@@ -165,6 +169,7 @@ impl Workers {
             stop_relay,
             consumer,
             relay,
+            bus: service.bus.clone(),
         }
     }
 
@@ -173,6 +178,7 @@ impl Workers {
         if let Some(consumer) = self.consumer {
             consumer.await.context("the Redis consumer panicked")??;
         }
+        self.bus.finish_running_commands().await;
         let _ = self.stop_relay.send(true);
         self.relay.await.context("the outbox relay panicked")
     }

@@ -25,6 +25,7 @@ use domain::{BatchRef, Command, DomainError, Event, OrderId, Sku};
 use metrics::{Key, Label, Level, Metadata};
 use rand::Rng;
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use crate::group_commit::Lanes;
@@ -158,6 +159,9 @@ pub struct MessageBus<S> {
     retry: RetryPolicy,
     product_turns: ProductTurns,
     allocation_lanes: Lanes<Allocate, Handled<Option<BatchRef>>>,
+    /// The commands running in tasks of their own (see `handle`), for a
+    /// shutdown to wait for.
+    running: TaskTracker,
 }
 
 /// A command's reply and the events it raised, once committed.
@@ -176,6 +180,7 @@ impl<S: Store> MessageBus<S> {
             retry,
             product_turns: ProductTurns::new(),
             allocation_lanes: Lanes::new(store.write_lanes()),
+            running: TaskTracker::new(),
             store,
         }
     }
@@ -194,13 +199,23 @@ impl<S: Store> MessageBus<S> {
         C: CommandHandler + 'static,
     {
         let bus = Arc::clone(self);
-        let work = tokio::spawn(async move { bus.handle_to_the_end(command).await });
+        let work = self
+            .running
+            .spawn(async move { bus.handle_to_the_end(command).await });
         match work.await {
             Ok(outcome) => outcome,
             Err(failure) if failure.is_panic() => std::panic::resume_unwind(failure.into_panic()),
             // Only when the runtime itself shuts down.
             Err(cancelled) => Err(Error::Store(StoreError::backend(cancelled))),
         }
+    }
+
+    /// Waits until every command has run to its end, those whose callers
+    /// went away included: for a clean shutdown, once nothing new comes in,
+    /// so that the relay can then publish what they committed.
+    pub async fn finish_running_commands(&self) {
+        self.running.close();
+        self.running.wait().await;
     }
 
     /// [`handle`](Self::handle)'s work, in the task it runs in.

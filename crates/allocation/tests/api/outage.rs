@@ -47,7 +47,7 @@ async fn a_postgres_stopped_and_restarted_under_load_answers_503_then_recovers()
     wait_for_answers(&app, &sku, 20).await;
     server.stop();
     wait_for_readiness(&app, 503).await;
-    tokio::time::sleep(Duration::from_secs(1)).await; // let the clients meet the outage
+    every_route_answers_503_json(&app, &sku).await;
     server.start_again();
     wait_for_readiness(&app, 200).await;
     let after_restart = Instant::now();
@@ -106,6 +106,42 @@ async fn a_sqlite_write_lock_held_elsewhere_answers_503_and_readyz_says_so() {
         .expect("release the lock");
     wait_for_readiness(&app, 200).await;
     assert!(app.allocate(&unique("order"), &sku, 1).await.is_some());
+}
+
+/// Every route that touches the database answers 503 JSON while it is
+/// down, within the request timeout.
+async fn every_route_answers_503_json(app: &RunningApp, sku: &str) {
+    let order = unique("order");
+    let posts = [
+        (
+            "/add_batch",
+            json!({ "ref": unique("b"), "sku": sku, "qty": 5, "eta": null }),
+        ),
+        (
+            "/allocate",
+            json!({ "orderid": order, "sku": sku, "qty": 1 }),
+        ),
+        ("/deallocate", json!({ "orderid": order, "sku": sku })),
+        (
+            "/change_batch_quantity",
+            json!({ "batchref": unique("b"), "qty": 5 }),
+        ),
+    ];
+    for (path, body) in posts {
+        let sent_at = Instant::now();
+        let (status, answer) = app.post(path, &body).await;
+        assert_eq!(status, 503, "POST {path}: {answer}");
+        assert!(answer["message"].is_string(), "POST {path}: {answer}");
+        assert!(sent_at.elapsed() < REQUEST_TIMEOUT + Duration::from_secs(2));
+    }
+    for path in [
+        format!("/allocations/{order}"),
+        format!("/products/{sku}/batches"),
+    ] {
+        let (status, answer) = app.get(&path).await;
+        assert_eq!(status, 503, "GET {path}: {answer}");
+        assert!(answer["message"].is_string(), "GET {path}: {answer}");
+    }
 }
 
 /// What a client needs of the running app: its address and HTTP client.

@@ -550,6 +550,33 @@ async fn app_with_conflicts(conflicts: u32) -> (App<ConflictingStore>, Conflicti
     (app, conflicting)
 }
 
+/// A caller that goes away (a client hanging up, a request timeout) stops
+/// waiting, but its command still runs to its end, and a shutdown waits for
+/// it.
+#[tokio::test]
+async fn a_command_whose_caller_gave_up_still_commits() {
+    use futures::FutureExt;
+
+    let (app, _) = app_with_conflicts(0).await;
+    let mut handling = Box::pin(app.bus.handle(allocate("o1", "LAMP", 2)));
+    assert!(
+        (&mut handling).now_or_never().is_none(),
+        "still running: its store yields between load and commit"
+    );
+    drop(handling);
+    app.bus.finish_running_commands().await;
+    assert_eq!(app.allocated_to("LAMP", "b1").await, 2);
+    assert_eq!(
+        app.store
+            .allocations(&orderid("o1"))
+            .await
+            .expect("query")
+            .len(),
+        1,
+        "the read model committed with it"
+    );
+}
+
 mod retries {
     use super::*;
 
