@@ -159,6 +159,62 @@ impl RedisServer {
         format!("unix://{}", self.socket.display())
     }
 
+    /// Publishes every payload on `channel`, pipelined over one connection
+    /// to its Unix socket (as fast as Redis takes them), and returns once
+    /// Redis has answered each: a flood, for tests of what a subscriber
+    /// does with one. The payloads must need no escaping (no CR or LF).
+    ///
+    /// # Panics
+    ///
+    /// When Redis refuses a message, or has not answered them all within
+    /// `within`.
+    pub async fn publish_all(&self, channel: &str, payloads: &[String], within: Duration) {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .expect("redis-server's socket takes a connection");
+        let (reader, mut writer) = stream.into_split();
+        let expected = payloads.len();
+        // Replies are read as they come, so that neither side's buffers
+        // fill up while the other waits.
+        let replies = tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            let mut answered = 0;
+            while answered < expected {
+                match lines.next_line().await {
+                    Ok(Some(line)) => {
+                        assert!(line.starts_with(':'), "PUBLISH answered {line:?}");
+                        answered += 1;
+                    }
+                    _ => break,
+                }
+            }
+            answered
+        });
+        let flood = async {
+            let mut batch = Vec::with_capacity(128 * 1024);
+            for payload in payloads {
+                let command = format!(
+                    "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+                    channel.len(),
+                    payload.len()
+                );
+                batch.extend_from_slice(command.as_bytes());
+                if batch.len() >= 64 * 1024 {
+                    writer.write_all(&batch).await.expect("Redis reads");
+                    batch.clear();
+                }
+            }
+            writer.write_all(&batch).await.expect("Redis reads");
+            replies.await.expect("the reader of replies")
+        };
+        let answered = tokio::time::timeout(within, flood)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("Redis did not answer {expected} PUBLISH within {within:?}")
+            });
+        assert_eq!(answered, expected, "PUBLISH answered");
+    }
+
     /// Sends `signal` to the server (`STOP` freezes it, `CONT` resumes it).
     pub fn signal(&self, signal: &str) {
         crate::process::signal(self.child.id(), signal);

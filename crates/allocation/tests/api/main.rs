@@ -17,4 +17,5 @@ mod maintenance;
 mod notifications;
 mod observability;
 mod openapi;
+mod redis_flood;
 mod shutdown;
