@@ -10,7 +10,9 @@
 //!   that never ends, reconnecting and resubscribing with capped exponential
 //!   backoff and jitter whenever the connection is lost. [`subscribe`] is
 //!   the one-connection building block under it, whose stream ends when the
-//!   connection does.
+//!   connection does. Both read in a task of their own into a bounded
+//!   buffer, so that a flood of messages cannot take the process's memory;
+//!   what does not fit is dropped and counted.
 //!
 //! What goes on the wire is [`crate::messages`]' business; this module moves
 //! bytes. Pub/sub delivers only to whoever listens at that moment: a message
@@ -59,9 +61,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// ...up to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Messages that may wait for the consumer; beyond them, new messages are
-/// dropped (see [`Buffer`]). Small messages (a few hundred bytes), so this
-/// holds memory to well under a megabyte, yet gives the consumer time to
-/// catch up after a burst.
+/// dropped. Small messages (a few hundred bytes), so this holds memory to
+/// well under a megabyte, yet gives the consumer time to catch up after a
+/// burst.
 pub const BUFFER_CAPACITY: usize = 1024;
 /// At most one warning about dropped messages per this long.
 const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
@@ -234,7 +236,8 @@ pub struct Incoming {
 ///
 /// A task of its own reads the connection (and reconnects) into a buffer
 /// of [`BUFFER_CAPACITY`] messages, whether or not the stream is polled;
-/// while the buffer is full, new messages are dropped (see [`Buffer`]).
+/// while the buffer is full, new messages are dropped and counted
+/// ([`metric_names::MESSAGES_DROPPED`]).
 /// Dropping the subscription stops the task and closes the connection.
 pub struct Subscription {
     messages: mpsc::Receiver<Incoming>,
