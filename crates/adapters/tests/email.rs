@@ -1,34 +1,82 @@
 //! `EmailNotifications` against a real SMTP conversation: the SMTP sink of
 //! `test_support::smtp`, which each test starts on a free loopback port and
-//! which records each message's envelope and data. The out-of-stock email
-//! goes through the service layer's own handler, so the test checks what
-//! the service really sends.
+//! which records each message's envelope and data, or a plain TCP listener
+//! that accepts and then says nothing (a hung server). The out-of-stock
+//! email goes through the service layer's own handler, so the tests check
+//! what the service really sends; and that `send` only queues, so that no
+//! server, however slow, can delay it.
 
 use std::time::{Duration, Instant};
 
-use adapters::email::{DEFAULT_RECIPIENT, DEFAULT_SENDER, EmailNotifications};
+use adapters::email::{
+    DEFAULT_RECIPIENT, DEFAULT_SENDER, EmailNotifications, EmailSender, EmailSettings,
+};
 use domain::Sku;
 use domain::events::OutOfStock;
 use service_layer::handlers::send_out_of_stock_notification;
 use service_layer::ports::{Notification, Notifications};
-use test_support::process::free_port;
 use test_support::smtp::{Behaviour, SmtpSink};
+use tokio::net::TcpListener;
 
 /// Far above what any of these exchanges needs on loopback, far below a hang.
 const BOUND: Duration = Duration::from_secs(10);
 
+/// What "at once" means for queueing an email: nothing is sent meanwhile,
+/// so this is a bound for a loaded CI machine, far below any SMTP timeout.
+const AT_ONCE: Duration = Duration::from_millis(500);
+
+/// Short waits, so that retries happen within a test's time.
+fn quick(timeout: Duration) -> EmailSettings {
+    EmailSettings {
+        timeout,
+        attempts: 3,
+        backoff: Duration::from_millis(20),
+        queue_capacity: 10,
+    }
+}
+
+fn start(url: &str, settings: EmailSettings) -> (EmailNotifications, EmailSender) {
+    EmailNotifications::start(url, DEFAULT_RECIPIENT, DEFAULT_SENDER, settings)
+        .expect("valid settings")
+}
+
+fn notification(subject: &str) -> Notification {
+    Notification {
+        subject: subject.into(),
+        body: "b".into(),
+    }
+}
+
+/// A server that accepts connections and never says a word, and how many
+/// it accepted so far.
+async fn hung_server() -> (String, tokio::sync::watch::Receiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let url = format!("smtp://{}", listener.local_addr().expect("a bound address"));
+    let (count, accepted) = tokio::sync::watch::channel(0);
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            // Kept open and silent, until the test ends.
+            open.push(stream);
+            count.send_replace(open.len());
+        }
+    });
+    (url, accepted)
+}
+
 #[tokio::test]
 async fn out_of_stock_is_emailed_to_the_default_recipient_from_the_default_sender() {
     let mut sink = SmtpSink::start(Behaviour::Accepting).await;
-    let notifications = EmailNotifications::new(sink.url(), DEFAULT_RECIPIENT, DEFAULT_SENDER)
-        .expect("valid settings");
+    let (notifications, _sender) = start(sink.url(), EmailSettings::default());
     let event = OutOfStock {
         sku: Sku::parse("SMALL-TABLE").expect("a valid SKU"),
     };
 
     send_out_of_stock_notification(&event, &notifications)
         .await
-        .expect("the sink accepts the email");
+        .expect("queued");
 
     let mail = sink.next().await;
     assert_eq!(mail.mail_from, "allocations@example.com");
@@ -43,10 +91,11 @@ async fn out_of_stock_is_emailed_to_the_default_recipient_from_the_default_sende
 #[tokio::test]
 async fn recipient_and_sender_are_configurable() {
     let mut sink = SmtpSink::start(Behaviour::Accepting).await;
-    let notifications = EmailNotifications::new(
+    let (notifications, _sender) = EmailNotifications::start(
         sink.url(),
         "buyers@shop.test",
         "Stock robot <robot@shop.test>",
+        EmailSettings::default(),
     )
     .expect("valid settings");
 
@@ -57,7 +106,7 @@ async fn recipient_and_sender_are_configurable() {
             body: "first line\n.second line starts with a dot\n".into(),
         })
         .await
-        .expect("the sink accepts the email");
+        .expect("queued");
 
     let mail = sink.next().await;
     assert_eq!(mail.mail_from, "robot@shop.test");
@@ -73,74 +122,115 @@ async fn recipient_and_sender_are_configurable() {
     );
 }
 
+/// The heart of it: a server that accepts and then hangs delays nobody.
+/// Sending returns at once (the default timeout is 10 s); the sender keeps
+/// trying in the background, each attempt cut off by its timeout; and at
+/// shutdown it gives up after its grace period.
 #[tokio::test]
-async fn an_unreachable_server_is_a_notification_error() {
-    // A port that was free a moment ago: nothing listens there now.
-    let port = free_port();
-    let notifications = EmailNotifications::new(
-        &format!("smtp://127.0.0.1:{port}"),
-        DEFAULT_RECIPIENT,
-        DEFAULT_SENDER,
-    )
-    .expect("valid settings");
+async fn a_hung_server_delays_neither_sending_nor_shutdown() {
+    let (url, mut accepted) = hung_server().await;
+    let (notifications, sender) = start(&url, quick(Duration::from_millis(200)));
 
     let started = Instant::now();
-    let error = send_out_of_stock_notification(
-        &OutOfStock {
-            sku: Sku::parse("LAMP").expect("a valid SKU"),
-        },
-        &notifications,
-    )
-    .await
-    .expect_err("nobody listens");
+    for n in 0..3 {
+        notifications
+            .send(&notification(&format!("email {n}")))
+            .await
+            .expect("queued");
+    }
+    let took = started.elapsed();
+    assert!(took < AT_ONCE, "three sends took {took:?}");
 
-    assert!(started.elapsed() < BOUND);
-    let message = error.to_string();
+    // The first email's attempts: each one timed out, then one more came.
+    let retried = accepted.wait_for(|count| *count >= 2);
     assert!(
-        message.starts_with("notification not sent: SMTP server 127.0.0.1:"),
-        "{message}"
+        tokio::time::timeout(BOUND, retried).await.is_ok(),
+        "the sender did not try again after its attempt timed out"
     );
+
+    let grace = Duration::from_millis(300);
+    let started = Instant::now();
+    tokio::time::timeout(BOUND, sender.finish(grace))
+        .await
+        .expect("finish returns");
+    let took = started.elapsed();
+    assert!(took < grace + AT_ONCE, "shutdown took {took:?}");
+    // The queue is closed now: sending still returns at once, and drops.
+    let started = Instant::now();
+    notifications
+        .send(&notification("after shutdown"))
+        .await
+        .expect("dropped, not an error");
+    assert!(started.elapsed() < AT_ONCE);
 }
 
 #[tokio::test]
-async fn a_server_that_never_answers_is_a_notification_error_after_the_timeout() {
-    let sink = SmtpSink::start(Behaviour::Silent).await;
-    let timeout = Duration::from_millis(300);
-    let notifications = EmailNotifications::new(sink.url(), DEFAULT_RECIPIENT, DEFAULT_SENDER)
-        .expect("valid settings")
-        .with_timeout(timeout);
+async fn a_full_queue_drops_new_emails_rather_than_wait() {
+    let (url, _accepted) = hung_server().await;
+    let settings = EmailSettings {
+        queue_capacity: 1,
+        ..EmailSettings::default()
+    };
+    let (notifications, sender) = start(&url, settings);
 
     let started = Instant::now();
-    let error = notifications
-        .send(&Notification {
-            subject: "s".into(),
-            body: "b".into(),
-        })
-        .await
-        .expect_err("the server never greets");
-
-    let elapsed = started.elapsed();
-    assert!(elapsed >= timeout && elapsed < BOUND, "{elapsed:?}");
-    assert!(
-        error.to_string().contains("did not finish within 300ms"),
-        "{error}"
-    );
+    for n in 0..50 {
+        notifications
+            .send(&notification(&format!("email {n}")))
+            .await
+            .expect("queued or dropped, never an error");
+    }
+    let took = started.elapsed();
+    assert!(took < AT_ONCE, "50 sends to a full queue took {took:?}");
+    sender.finish(Duration::from_millis(100)).await;
 }
 
 #[tokio::test]
-async fn a_refused_recipient_is_a_notification_error() {
-    let sink = SmtpSink::start(Behaviour::RefusingRecipients).await;
-    let notifications = EmailNotifications::new(sink.url(), DEFAULT_RECIPIENT, DEFAULT_SENDER)
-        .expect("valid settings");
+async fn an_email_the_server_asks_to_try_again_later_is_retried_and_arrives() {
+    let mut sink = SmtpSink::start(Behaviour::BusyFirst(2)).await;
+    let (notifications, _sender) = start(sink.url(), quick(BOUND));
 
-    let error = notifications
-        .send(&Notification {
-            subject: "s".into(),
-            body: "b".into(),
-        })
+    notifications
+        .send(&notification("third time lucky"))
         .await
-        .expect_err("the server refuses the recipient");
+        .expect("queued");
 
-    let message = error.to_string();
-    assert!(message.contains("refused or failed"), "{message}");
+    let mail = sink.next().await;
+    assert_eq!(mail.header("Subject"), Some("third time lucky"));
+    assert_eq!(sink.sessions(), 3, "refused twice, then accepted");
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_is_not_retried() {
+    let mut sink = SmtpSink::start(Behaviour::RefusingRecipients).await;
+    let (notifications, sender) = start(sink.url(), quick(BOUND));
+
+    notifications
+        .send(&notification("nobody here"))
+        .await
+        .expect("queued");
+    // Finishing waits for the queue to empty: the one attempt is over.
+    sender.finish(BOUND).await;
+
+    assert_eq!(sink.sessions(), 1, "a 5xx refusal is final");
+    assert!(sink.next_within(Duration::from_millis(100)).await.is_none());
+}
+
+#[tokio::test]
+async fn shutdown_sends_what_is_queued_within_its_grace_period() {
+    let mut sink = SmtpSink::start(Behaviour::Accepting).await;
+    let (notifications, sender) = start(sink.url(), quick(BOUND));
+    for n in 0..3 {
+        notifications
+            .send(&notification(&format!("queued {n}")))
+            .await
+            .expect("queued");
+    }
+
+    sender.finish(BOUND).await;
+
+    for n in 0..3 {
+        let mail = sink.next().await;
+        assert_eq!(mail.header("Subject"), Some(format!("queued {n}").as_str()));
+    }
 }

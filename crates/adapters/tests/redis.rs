@@ -9,7 +9,9 @@
 //!   both work again after Redis is killed and restarted on the same port;
 //!   and a subscription to a Redis that stops answering (frozen with
 //!   SIGSTOP, connections left open) notices by its health check and
-//!   reconnects once Redis resumes.
+//!   reconnects once Redis resumes;
+//! - a subscription nobody reads holds at most its buffer's worth of
+//!   messages and drops the rest, then takes new ones once read again.
 //!
 //! Channel names are random, so runs in parallel (or a service listening on
 //! the shared Redis) never see each other's messages. Waits are bounded
@@ -18,6 +20,7 @@
 use std::time::{Duration, Instant};
 
 use adapters::messages::{self, ALLOCATE};
+use adapters::redis::BUFFER_CAPACITY;
 use adapters::{Incoming, RedisPublisher, Subscription, subscribe, subscribe_forever};
 use futures::StreamExt;
 use test_support::process::free_port;
@@ -32,9 +35,8 @@ fn unique_channel(prefix: &str) -> String {
     unique(&format!("{prefix}-test"))
 }
 
-/// Polls `subscription` in a task of its own, as the service's consumer
-/// loop will, so that it notices losses and reconnects while the test does
-/// other things; the messages arrive on the returned channel.
+/// Takes the messages of `subscription` as they come, in a task of its
+/// own, onto the returned channel, which the test reads at its own pace.
 fn drive(mut subscription: Subscription) -> mpsc::UnboundedReceiver<Incoming> {
     let (sender, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -109,7 +111,6 @@ async fn subscribe_forever_delivers_on_the_shared_redis() {
     let channel = unique_channel("change_batch_quantity");
     let subscription = subscribe_forever(&url, &[channel.as_str()]).expect("a valid URL");
     let mut connected = subscription.connected();
-    assert!(!*connected.borrow(), "connects on first poll, not before");
     let mut received = drive(subscription);
     wait_connected(&mut connected, true).await;
 
@@ -218,4 +219,81 @@ async fn a_subscription_to_a_redis_that_stopped_answering_reconnects() {
         next_message(&mut received).await.payload,
         b"still listening"
     );
+}
+
+/// redis-rs reads whatever Redis sends into a queue without a bound; the
+/// subscription's buffer bounds what waits for a consumer that is behind.
+#[tokio::test]
+async fn a_subscription_nobody_reads_keeps_its_buffer_full_and_drops_the_rest() {
+    let Some(url) = shared_redis() else { return };
+    let channel = unique_channel("allocate");
+    let mut subscription = subscribe(&url, &[channel.as_str()])
+        .await
+        .expect("subscribed");
+    let publisher = RedisPublisher::connect(&url).expect("a valid URL");
+
+    let sent = 3 * BUFFER_CAPACITY;
+    for n in 0..sent {
+        publisher
+            .publish(&channel, &n.to_string())
+            .await
+            .expect("published");
+    }
+
+    // The first ones waited in the buffer, in order; most of the rest were
+    // dropped on arrival.
+    let mut received = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), subscription.next()).await
+    {
+        received.push(String::from_utf8(message.payload).expect("text"));
+    }
+    let first: Vec<String> = (0..BUFFER_CAPACITY).map(|n| n.to_string()).collect();
+    assert!(
+        received.len() >= BUFFER_CAPACITY && received[..BUFFER_CAPACITY] == first[..],
+        "{} received",
+        received.len()
+    );
+    assert!(received.len() < sent, "all {sent} were kept");
+
+    // Read again, it takes new messages.
+    publisher
+        .publish(&channel, "after")
+        .await
+        .expect("published");
+    let message = tokio::time::timeout(BOUND, subscription.next())
+        .await
+        .expect("in time")
+        .expect("still subscribed");
+    assert_eq!(message.payload, b"after");
+}
+
+#[test]
+fn invalid_urls_are_refused_without_showing_the_password() {
+    let error =
+        subscribe_forever("redis://:s3cret@[not-a-host/", &["allocate"]).expect_err("not a URL");
+    let message = error.to_string();
+    assert!(message.starts_with("invalid Redis URL"), "{message}");
+    assert!(!message.contains("s3cret"), "{message}");
+    assert!(matches!(
+        subscribe_forever("http://127.0.0.1:6379", &["allocate"]),
+        Err(adapters::RedisError::InvalidUrl { .. })
+    ));
+}
+
+#[tokio::test]
+async fn the_publisher_is_lazy_and_never_shows_the_password() {
+    // Port 1 on loopback: nothing listens there, yet creating the
+    // publisher succeeds; only publishing fails, promptly.
+    let publisher = RedisPublisher::connect("redis://:s3cret@127.0.0.1:1/0").expect("a valid URL");
+    assert!(!format!("{publisher:?}").contains("s3cret"));
+    let started = std::time::Instant::now();
+    let error = publisher
+        .publish("line_allocated", "{}")
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let message = error.to_string();
+    assert!(message.contains("redis://:***@127.0.0.1:1/0"), "{message}");
+    assert!(!message.contains("s3cret"), "{message}");
 }

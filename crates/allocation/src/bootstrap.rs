@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use adapters::email::EmailNotifications;
+use adapters::email::{EmailNotifications, EmailSender, EmailSettings, SHUTDOWN_GRACE};
 use adapters::log::{LogNotifications, LogPublisher};
 use adapters::redis::RedisPublisher;
 use adapters::sql::{PoolSettings, SqlStore};
@@ -34,25 +34,52 @@ impl Default for Outside {
 }
 
 impl Outside {
-    /// The adapters the configuration asks for. Fails on a malformed URL;
-    /// an unreachable server is not an error here (it may come up later).
-    pub fn from_config(args: &OutsideArgs) -> anyhow::Result<Self> {
+    /// The adapters the configuration asks for, their background work
+    /// started. Fails on a malformed URL; an unreachable server is not an
+    /// error here (it may come up later).
+    pub fn start(args: &OutsideArgs) -> anyhow::Result<(Self, OutsideTasks)> {
+        let mut tasks = OutsideTasks::default();
         let notifications: Arc<dyn Notifications> = match &args.smtp_url {
-            Some(url) => Arc::new(EmailNotifications::new(
-                url,
-                &args.notify_email,
-                &args.notify_from,
-            )?),
+            Some(url) => {
+                let (email, sender) = EmailNotifications::start(
+                    url,
+                    &args.notify_email,
+                    &args.notify_from,
+                    EmailSettings::default(),
+                )?;
+                tasks.email = Some(sender);
+                Arc::new(email)
+            }
             None => Arc::new(LogNotifications),
         };
         let publisher: Arc<dyn Publisher> = match &args.redis_url {
             Some(url) => Arc::new(RedisPublisher::connect(url)?),
             None => Arc::new(LogPublisher),
         };
-        Ok(Self {
+        let outside = Self {
             notifications,
             publisher,
-        })
+        };
+        Ok((outside, tasks))
+    }
+}
+
+/// What the outside adapters do in the background, to be given time to
+/// finish at shutdown: today the sender of queued emails.
+#[derive(Debug, Default)]
+pub struct OutsideTasks {
+    email: Option<EmailSender>,
+}
+
+impl OutsideTasks {
+    /// The last step of a shutdown, once no command can queue another
+    /// email: the queued ones get a short grace period
+    /// ([`SHUTDOWN_GRACE`]) to go out, and the rest are dropped (logged and
+    /// counted), so that a hung SMTP server cannot hold up the exit.
+    pub async fn finish(self) {
+        if let Some(email) = self.email {
+            email.finish(SHUTDOWN_GRACE).await;
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::bootstrap::{Outside, Service, bootstrap, open_sql_store};
+use crate::bootstrap::{Outside, OutsideTasks, Service, bootstrap, open_sql_store};
 use crate::config::{Backend, Cli, Command, DatabaseArgs, ServeArgs, WorkerArgs};
 use crate::entrypoints::http::{self, AppState};
 use crate::entrypoints::redis::consume;
@@ -86,7 +86,8 @@ struct Serve(ServeArgs);
 impl WithStore for Serve {
     async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()> {
         let Serve(args) = self;
-        let service = bootstrap(store, Outside::from_config(&args.outside)?);
+        let (outside, outside_tasks) = Outside::start(&args.outside)?;
+        let service = bootstrap(store, outside);
         let listener = TcpListener::bind(args.bind)
             .await
             .with_context(|| format!("cannot listen on {}", args.bind))?;
@@ -101,7 +102,7 @@ impl WithStore for Serve {
             &args.http.settings(),
         );
         let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
-        let workers = Workers::start(&service, args.outside.redis_url.clone());
+        let workers = Workers::start(&service, args.outside.redis_url.clone(), outside_tasks);
         info!(database = %args.database.database_url, "listening on http://{address}");
         let stop_intake = workers.stop_intake.clone();
         axum::serve(listener, app)
@@ -126,9 +127,10 @@ struct Work {
 
 impl WithStore for Work {
     async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()> {
-        let service = bootstrap(store, Outside::from_config(&self.args.outside)?);
+        let (outside, outside_tasks) = Outside::start(&self.args.outside)?;
+        let service = bootstrap(store, outside);
         let redis_url = self.args.outside.redis_url.filter(|_| self.consume);
-        let workers = Workers::start(&service, redis_url);
+        let workers = Workers::start(&service, redis_url, outside_tasks);
         info!(database = %self.args.database.database_url, "running");
         shutdown_signal().await;
         let _ = workers.stop_intake.send(true);
@@ -138,22 +140,25 @@ impl WithStore for Work {
     }
 }
 
-/// The background tasks: the Redis consumer (optional) and the relay.
+/// The background tasks: the Redis consumer (optional), the relay, and
+/// those of the outside adapters (the email sender).
 ///
-/// Shutdown runs in two steps: first nothing new comes in (HTTP and the
+/// Shutdown runs in three steps: first nothing new comes in (HTTP and the
 /// consumer finish what they are handling, and the bus the commands whose
 /// callers went away), then the relay publishes what those last commands
-/// wrote and stops.
+/// wrote and stops, then the emails they queued get a short grace period (a
+/// hung SMTP server must not hold up the exit).
 struct Workers<S> {
     stop_intake: watch::Sender<bool>,
     stop_relay: watch::Sender<bool>,
     consumer: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     relay: tokio::task::JoinHandle<()>,
     bus: Arc<MessageBus<S>>,
+    outside: OutsideTasks,
 }
 
 impl<S: Store + Outbox> Workers<S> {
-    fn start(service: &Service<S>, redis_url: Option<String>) -> Self {
+    fn start(service: &Service<S>, redis_url: Option<String>, outside: OutsideTasks) -> Self {
         let (stop_intake, intake_stopped) = watch::channel(false);
         let (stop_relay, relay_stopped) = watch::channel(false);
         let consumer = redis_url.map(|url| {
@@ -170,6 +175,7 @@ impl<S: Store + Outbox> Workers<S> {
             consumer,
             relay,
             bus: service.bus.clone(),
+            outside,
         }
     }
 
@@ -180,7 +186,9 @@ impl<S: Store + Outbox> Workers<S> {
         }
         self.bus.finish_running_commands().await;
         let _ = self.stop_relay.send(true);
-        self.relay.await.context("the outbox relay panicked")
+        self.relay.await.context("the outbox relay panicked")?;
+        self.outside.finish().await;
+        Ok(())
     }
 }
 

@@ -10,6 +10,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use adapters::email::metric_names::{EMAILS_DROPPED, EMAILS_SENT};
+use adapters::redis::metric_names::MESSAGES_DROPPED as REDIS_DROPPED;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use service_layer::messagebus::metric_names;
@@ -113,5 +115,14 @@ fn describe() {
     describe_counter!(
         REDIS_PROCESSED,
         "Redis messages done with, by channel and outcome (handled, refused, malformed, failed)"
+    );
+    describe_counter!(
+        REDIS_DROPPED,
+        "Redis messages dropped on arrival because the consumer's buffer was full, by channel"
+    );
+    describe_counter!(EMAILS_SENT, "Emails the SMTP server accepted");
+    describe_counter!(
+        EMAILS_DROPPED,
+        "Emails never sent, by reason (queue_full, failed, shutdown)"
     );
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::{REDIS, REDIS_URL, require_service};
@@ -159,6 +159,62 @@ impl RedisServer {
         format!("unix://{}", self.socket.display())
     }
 
+    /// Publishes every payload on `channel`, pipelined over one connection
+    /// to its Unix socket (as fast as Redis takes them), and returns once
+    /// Redis has answered each: a flood, for tests of what a subscriber
+    /// does with one. The payloads must need no escaping (no CR or LF).
+    ///
+    /// # Panics
+    ///
+    /// When Redis refuses a message, or has not answered them all within
+    /// `within`.
+    pub async fn publish_all(&self, channel: &str, payloads: &[String], within: Duration) {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .expect("redis-server's socket takes a connection");
+        let (reader, mut writer) = stream.into_split();
+        let expected = payloads.len();
+        // Replies are read as they come, so that neither side's buffers
+        // fill up while the other waits.
+        let replies = tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            let mut answered = 0;
+            while answered < expected {
+                match lines.next_line().await {
+                    Ok(Some(line)) => {
+                        assert!(line.starts_with(':'), "PUBLISH answered {line:?}");
+                        answered += 1;
+                    }
+                    _ => break,
+                }
+            }
+            answered
+        });
+        let flood = async {
+            let mut batch = Vec::with_capacity(128 * 1024);
+            for payload in payloads {
+                let command = format!(
+                    "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n{payload}\r\n",
+                    channel.len(),
+                    payload.len()
+                );
+                batch.extend_from_slice(command.as_bytes());
+                if batch.len() >= 64 * 1024 {
+                    writer.write_all(&batch).await.expect("Redis reads");
+                    batch.clear();
+                }
+            }
+            writer.write_all(&batch).await.expect("Redis reads");
+            replies.await.expect("the reader of replies")
+        };
+        let answered = tokio::time::timeout(within, flood)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("Redis did not answer {expected} PUBLISH within {within:?}")
+            });
+        assert_eq!(answered, expected, "PUBLISH answered");
+    }
+
     /// Sends `signal` to the server (`STOP` freezes it, `CONT` resumes it).
     pub fn signal(&self, signal: &str) {
         crate::process::signal(self.child.id(), signal);
@@ -174,7 +230,34 @@ impl RedisServer {
         let _ = self.child.wait();
     }
 
-    /// Sends one command over the Unix socket; its reply's first line.
+    /// Sets a configuration parameter, as `CONFIG SET` does.
+    pub async fn config_set(&self, parameter: &str, value: &str) {
+        let reply = self
+            .command(&["CONFIG", "SET", parameter, value])
+            .await
+            .expect("redis-server answers on its socket");
+        assert_eq!(reply, "+OK", "CONFIG SET {parameter} {value:?}");
+    }
+
+    /// The bytes Redis holds for its pub/sub subscribers and has not yet
+    /// written to their sockets (`omem` in `CLIENT LIST`): 0 once every
+    /// subscriber has read all but what is in the sockets' own buffers.
+    pub async fn pubsub_output_bytes(&self) -> u64 {
+        let clients = self
+            .command(&["CLIENT", "LIST", "TYPE", "pubsub"])
+            .await
+            .expect("redis-server answers on its socket");
+        clients
+            .lines()
+            .filter_map(|client| {
+                let field = client.split(' ').find_map(|f| f.strip_prefix("omem="))?;
+                field.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
+    /// Sends one command over the Unix socket; its reply's first line, or
+    /// the text of a bulk string reply.
     async fn command(&self, args: &[&str]) -> std::io::Result<String> {
         let exchange = async {
             let mut stream = UnixStream::connect(&self.socket).await?;
@@ -183,9 +266,20 @@ impl RedisServer {
                 request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
             }
             stream.write_all(request.as_bytes()).await?;
+            let mut reader = BufReader::new(stream);
             let mut reply = String::new();
-            BufReader::new(stream).read_line(&mut reply).await?;
-            Ok(reply.trim_end().to_owned())
+            reader.read_line(&mut reply).await?;
+            let first = reply.trim_end().to_owned();
+            let Some(length) = first
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                return Ok(first);
+            };
+            let mut text = vec![0; length + 2];
+            reader.read_exact(&mut text).await?;
+            text.truncate(length);
+            Ok(String::from_utf8_lossy(&text).into_owned())
         };
         tokio::time::timeout(Duration::from_secs(2), exchange)
             .await

@@ -3,6 +3,8 @@
 //! for tests of what the service really sends, from the adapter up to the
 //! built binary.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -50,6 +52,9 @@ pub enum Behaviour {
     Accepting,
     /// Refuses every recipient, as a server that does not know the address.
     RefusingRecipients,
+    /// Answers "try again later" (SMTP 451) to the recipient of the first
+    /// `n` sessions, as a busy server does, then accepts.
+    BusyFirst(usize),
     /// Accepts connections and never says a word.
     Silent,
 }
@@ -59,6 +64,7 @@ pub enum Behaviour {
 pub struct SmtpSink {
     url: String,
     received: mpsc::UnboundedReceiver<Delivered>,
+    sessions: Arc<AtomicUsize>,
 }
 
 impl SmtpSink {
@@ -69,9 +75,16 @@ impl SmtpSink {
             .expect("bind a loopback port");
         let url = format!("smtp://{}", listener.local_addr().expect("a bound address"));
         let (sender, received) = mpsc::unbounded_channel();
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&sessions);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let sender = sender.clone();
+                let earlier = counted.fetch_add(1, Ordering::Relaxed);
+                let behaviour = match behaviour {
+                    Behaviour::BusyFirst(n) if earlier >= n => Behaviour::Accepting,
+                    other => other,
+                };
                 tokio::spawn(async move {
                     if behaviour == Behaviour::Silent {
                         // Hold the connection open without greeting.
@@ -85,7 +98,17 @@ impl SmtpSink {
                 });
             }
         });
-        Self { url, received }
+        Self {
+            url,
+            received,
+            sessions,
+        }
+    }
+
+    /// How many connections it has taken so far: one per attempt at an
+    /// email.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     /// `smtp://127.0.0.1:<port>`.
@@ -134,6 +157,9 @@ async fn session(stream: TcpStream, behaviour: Behaviour) -> std::io::Result<Opt
                 b"250 OK\r\n"
             }
             "RCPT" if behaviour == Behaviour::RefusingRecipients => b"550 no such user\r\n",
+            "RCPT" if matches!(behaviour, Behaviour::BusyFirst(_)) => {
+                b"451 busy, try again later\r\n"
+            }
             "RCPT" => {
                 delivered.rcpt_to.push(address(&line));
                 b"250 OK\r\n"

@@ -3,7 +3,9 @@
 //! `change_batch_quantity`, turns each message into a command and hands it
 //! to the message bus. A malformed message is logged with its reason,
 //! counted and skipped; the subscription reconnects by itself when Redis
-//! goes away, so the consumer never dies of either.
+//! goes away, so the consumer never dies of either. Messages that arrive
+//! while it is busy wait in the subscription's bounded buffer; beyond that
+//! they are dropped and counted (`adapters::redis`).
 
 use std::future::Future;
 use std::sync::Arc;

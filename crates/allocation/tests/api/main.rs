@@ -19,4 +19,5 @@ mod notifications;
 mod observability;
 mod openapi;
 mod outage;
+mod redis_flood;
 mod shutdown;
