@@ -3,14 +3,14 @@
 //! every allocation answered 202 is committed, writes keep working, and no
 //! database session is left inside a transaction.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde_json::json;
+use socket2::SockRef;
 use sqlx::{AnyConnection, Connection, Row};
 use test_support::{TestDatabase, on_database, per_backend};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::helpers::{BOUND, RunningApp, unique};
 
@@ -33,8 +33,10 @@ async fn every_acknowledged_allocation_survives_clients_that_hang_up(db: TestDat
     let host = app.address.trim_start_matches("http://").to_owned();
     let until = Instant::now() + STORM;
 
-    let rude = (0..RUDE_CLIENTS)
-        .map(|_| tokio::spawn(hang_up_repeatedly(host.clone(), hot.clone(), until)));
+    let rude = (0..RUDE_CLIENTS).map(|_| {
+        let (host, hot, quiet) = (host.clone(), hot.clone(), quiet.clone());
+        std::thread::spawn(move || hang_up_repeatedly(host, hot, quiet, until))
+    });
     let polite = (0..POLITE_CLIENTS).map(|_| {
         let (app_address, client, sku) = (app.address.clone(), app.client.clone(), hot.clone());
         tokio::spawn(async move {
@@ -66,10 +68,9 @@ async fn every_acknowledged_allocation_survives_clients_that_hang_up(db: TestDat
     for client in futures::future::join_all(polite).await {
         acknowledged.extend(client.expect("a polite client"));
     }
-    let hang_ups: usize = futures::future::join_all(rude)
-        .await
+    let hang_ups: usize = rude
         .into_iter()
-        .map(|client| client.expect("a rude client"))
+        .map(|client| client.join().expect("a rude client"))
         .sum();
     assert!(hang_ups > 100, "only {hang_ups} requests were cut off");
     assert!(!acknowledged.is_empty(), "no allocation was acknowledged");
@@ -110,26 +111,40 @@ async fn every_acknowledged_allocation_survives_clients_that_hang_up(db: TestDat
     );
 }
 
-/// Sends `POST /allocate` and resets the connection (RST, not FIN) 0 to 2 ms
+/// Sends `POST /allocate` of `sku` or `POST /add_batch` of `other_sku`, and
+/// resets the connection (RST, not FIN) 0 to 2 ms
 /// later without reading the answer, again and again until `until`; returns
-/// how many requests it cut off.
-async fn hang_up_repeatedly(host: String, sku: String, until: Instant) -> usize {
+/// how many requests it cut off. A thread of its own with blocking sockets:
+/// its waits are exact to the microsecond, where the async timer's would
+/// round up to whole milliseconds and miss the short windows that matter
+/// (a transaction's `BEGIN` in flight).
+fn hang_up_repeatedly(host: String, sku: String, other_sku: String, until: Instant) -> usize {
+    let mut rng = rand::rng();
     let mut cut_off = 0;
     while Instant::now() < until {
-        let body = json!({ "orderid": unique("gone"), "sku": sku, "qty": 1 }).to_string();
+        // Allocations, and batches: a batch commits in a transaction of its
+        // own, where an allocation may commit in one statement.
+        let (path, body) = if cut_off % 2 == 0 {
+            (
+                "allocate",
+                json!({ "orderid": unique("gone"), "sku": sku, "qty": 1 }),
+            )
+        } else {
+            let batch = json!({ "ref": unique("gone"), "sku": other_sku, "qty": 10, "eta": null });
+            ("add_batch", batch)
+        };
+        let body = body.to_string();
         let request = format!(
-            "POST /allocate HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+            "POST /{path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
              content-length: {}\r\n\r\n{body}",
             body.len()
         );
-        let mut stream = TcpStream::connect(&host).await.expect("connect");
+        let mut stream = std::net::TcpStream::connect(&host).expect("connect");
         stream
             .write_all(request.as_bytes())
-            .await
             .expect("send a request");
-        let wait = rand::rng().random_range(0..=2_000);
-        tokio::time::sleep(Duration::from_micros(wait)).await;
-        let _ = stream.set_zero_linger();
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..=2_000)));
+        let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         drop(stream);
         cut_off += 1;
     }
