@@ -13,7 +13,6 @@ use anyhow::Context;
 use service_layer::Store;
 use service_layer::memory::MemoryStore;
 use service_layer::ports::{Outbox, ReadModel};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
@@ -85,8 +84,7 @@ impl WithStore for Serve {
     async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()> {
         let Serve(args) = self;
         let service = bootstrap(store, Outside::from_config(&args.outside)?);
-        let listener = TcpListener::bind(args.bind)
-            .await
+        let listener = http::server::bind(args.bind)
             .with_context(|| format!("cannot listen on {}", args.bind))?;
         let address = listener
             .local_addr()
@@ -102,13 +100,11 @@ impl WithStore for Serve {
         let workers = Workers::start(&service, args.outside.redis_url.clone());
         info!(database = %args.database.database_url, "listening on http://{address}");
         let stop_intake = workers.stop_intake.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                let _ = stop_intake.send(true);
-            })
-            .await
-            .context("HTTP server failed")?;
+        http::server::serve(listener, app, args.http.connection_limits(), async move {
+            shutdown_signal().await;
+            let _ = stop_intake.send(true);
+        })
+        .await;
         upkeep.abort();
         workers.finish().await?;
         info!("shut down cleanly");
