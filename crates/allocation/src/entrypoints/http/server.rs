@@ -76,6 +76,10 @@ pub async fn serve(
     let mut shutdown = pin!(shutdown);
     loop {
         let accepted = tokio::select! {
+            // `shutdown` first: its first poll installs the signal handlers,
+            // which must be in place before any request is answered; and
+            // once it has come, no connection is accepted.
+            biased;
             () = &mut shutdown => break,
             accepted = accept(&listener, &slots) => accepted,
         };
