@@ -55,6 +55,9 @@ pub const SETTINGS_FROM_ENV: &[&str] = &[
     "LOG_FORMAT",
     "ALLOCATION_REQUEST_TIMEOUT",
     "ALLOCATION_API_TOKEN",
+    "ALLOCATION_HEADER_READ_TIMEOUT",
+    "ALLOCATION_KEEP_ALIVE_TIMEOUT",
+    "ALLOCATION_MAX_CONNECTIONS",
 ];
 
 /// What a process wrote to its log (stderr) so far, line by line, kept as
@@ -450,4 +453,11 @@ pub fn check_line_allocated(
     let id = message["message_id"].as_str().unwrap_or_default();
     assert!(!id.trim().is_empty(), "no message_id: {message}");
     id.to_owned()
+}
+
+impl Process {
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
