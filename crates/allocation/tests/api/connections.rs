@@ -1,8 +1,8 @@
 //! Clients that hang up, or never finish (issue 13), against the real
 //! binary: idle and half-sent connections are closed at their deadlines and
 //! never lock other clients out, even by the thousand under a 1 024 file
-//! limit; and what the HTTP stack answers to requests it cannot parse, as
-//! docs/operations.md says.
+//! limit, nor does running out of file descriptors; and what the HTTP stack
+//! answers to requests it cannot parse, as docs/operations.md says.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,10 @@ const IDLE_CONNECTIONS: usize = 1020;
 /// [`FD_LIMIT`].
 const MAX_CONNECTIONS: usize = 512;
 
+/// This test process's own file limit: room for the stalled connections'
+/// ends of two tests at once, and everything else.
+const OWN_FD_LIMIT: u64 = 4096;
+
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n";
 
 /// What the stalled clients send before they stall: nothing, half a request
@@ -30,7 +34,7 @@ const STALLED_AT: [&[u8]; 3] = [b"", b"GET /hea", b"GET /healthz HTTP/1.1\r\nhos
 
 #[tokio::test]
 async fn a_thousand_stalled_connections_do_not_lock_out_a_new_client() {
-    set_fd_limit(std::process::id(), IDLE_CONNECTIONS as u64 + 1024, false);
+    set_fd_limit(std::process::id(), OWN_FD_LIMIT, false);
     let db = TestDatabase::sqlite();
     let settings = ["--header-read-timeout", "1", "--keep-alive-timeout", "2"];
     let app = RunningApp::start_with(&db, &settings).await;
@@ -78,6 +82,36 @@ async fn a_thousand_stalled_connections_do_not_lock_out_a_new_client() {
     );
     let log = app.log().text();
     assert!(!log.contains("cannot accept"), "{log}");
+    assert_eq!(app.get("/healthz").await.0, 200);
+}
+
+/// A cap set above what the file limit allows: accepting fails for want
+/// of file descriptors, which the service logs and survives.
+#[tokio::test]
+async fn running_out_of_file_descriptors_stops_nothing() {
+    set_fd_limit(std::process::id(), OWN_FD_LIMIT, false);
+    let db = TestDatabase::sqlite();
+    let settings = [
+        "--header-read-timeout",
+        "1",
+        "--keep-alive-timeout",
+        "2",
+        "--max-connections",
+        "2000",
+    ];
+    let mut app = RunningApp::start_with(&db, &settings).await;
+    let pid = app.process.pid().expect("running");
+    set_fd_limit(pid, FD_LIMIT, true);
+    let own_sockets = sockets(pid);
+    let held = || sockets(pid).saturating_sub(own_sockets);
+
+    let (waited, most_held, _) = stall(&app, &held, || rss_kib(pid)).await;
+    println!(
+        "out of file descriptors at {most_held} connections; \
+         a new client answered {waited:?} after"
+    );
+    app.log().wait_for("cannot accept connections", 1).await;
+    assert!(app.process.is_running());
     assert_eq!(app.get("/healthz").await.0, 200);
 }
 
