@@ -9,10 +9,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use adapters::sql::redact_url;
-use clap::builder::TypedValueParser;
+use clap::builder::{RangedU64ValueParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::entrypoints::http::server::ConnectionLimits;
 use crate::entrypoints::http::{ApiTokens, HttpSettings};
 
 /// Allocates customer order lines to batches of stock, and answers queries
@@ -98,6 +99,26 @@ pub struct HttpArgs {
         hide_env_values = true
     )]
     pub api_token: Option<ApiTokens>,
+
+    /// Longest a client may take to send a request's headers, in seconds
+    /// from their first byte; a slower one is disconnected without an
+    /// answer (it holds a connection, as slow-header attacks do).
+    #[arg(long, env = "ALLOCATION_HEADER_READ_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
+    pub header_read_timeout: u64,
+
+    /// How long a connection may wait for its next request (or, just
+    /// opened, its first), in seconds, before it is closed. Above the idle
+    /// timeout of the clients' pools, they close idle connections first,
+    /// and no request races the service's close.
+    #[arg(long, env = "ALLOCATION_KEEP_ALIVE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600), value_name = "SECONDS")]
+    pub keep_alive_timeout: u64,
+
+    /// Most client connections served at once; more wait, unanswered, in
+    /// the listen backlog until one closes. Each takes a file descriptor:
+    /// keep it well below `ulimit -n` (often 1024), minus the database
+    /// pool and some 50 for the rest.
+    #[arg(long, env = "ALLOCATION_MAX_CONNECTIONS", default_value_t = 512, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000), value_name = "COUNT")]
+    pub max_connections: usize,
 }
 
 impl HttpArgs {
@@ -105,6 +126,14 @@ impl HttpArgs {
         HttpSettings {
             request_timeout: Duration::from_secs(self.request_timeout),
             api_tokens: self.api_token.clone(),
+        }
+    }
+
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
         }
     }
 }
@@ -374,6 +403,30 @@ mod tests {
         let settings = args.http.settings();
         assert_eq!(settings.request_timeout, Duration::from_secs(10));
         assert!(settings.api_tokens.is_none());
+        assert_eq!(
+            args.http.connection_limits(),
+            ConnectionLimits {
+                max_connections: 512,
+                header_read_timeout: Duration::from_secs(10),
+                keep_alive_timeout: Duration::from_secs(60),
+            }
+        );
+    }
+
+    #[test]
+    fn connection_limits_out_of_range_are_refused() {
+        for (flag, bad) in [
+            ("--max-connections", "0"),
+            ("--max-connections", "many"),
+            ("--header-read-timeout", "0"),
+            ("--keep-alive-timeout", "3601"),
+        ] {
+            let error = Cli::try_parse_from(["allocation", "serve", flag, bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(error.starts_with("error: invalid value"), "{error}");
+            assert!(error.contains(flag), "{error}");
+        }
     }
 
     #[test]

@@ -15,7 +15,6 @@ use anyhow::Context;
 use service_layer::memory::MemoryStore;
 use service_layer::ports::{Outbox, ReadModel};
 use service_layer::{MessageBus, Store};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
@@ -88,8 +87,7 @@ impl WithStore for Serve {
         let Serve(args) = self;
         let (outside, outside_tasks) = Outside::start(&args.outside)?;
         let service = bootstrap(store, outside);
-        let listener = TcpListener::bind(args.bind)
-            .await
+        let listener = http::server::bind(args.bind)
             .with_context(|| format!("cannot listen on {}", args.bind))?;
         let address = listener
             .local_addr()
@@ -105,13 +103,11 @@ impl WithStore for Serve {
         let workers = Workers::start(&service, args.outside.redis_url.clone(), outside_tasks);
         info!(database = %args.database.database_url, "listening on http://{address}");
         let stop_intake = workers.stop_intake.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                let _ = stop_intake.send(true);
-            })
-            .await
-            .context("HTTP server failed")?;
+        http::server::serve(listener, app, args.http.connection_limits(), async move {
+            shutdown_signal().await;
+            let _ = stop_intake.send(true);
+        })
+        .await;
         upkeep.abort();
         workers.finish().await?;
         info!("shut down cleanly");

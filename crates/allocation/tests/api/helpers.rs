@@ -55,6 +55,9 @@ pub const SETTINGS_FROM_ENV: &[&str] = &[
     "LOG_FORMAT",
     "ALLOCATION_REQUEST_TIMEOUT",
     "ALLOCATION_API_TOKEN",
+    "ALLOCATION_HEADER_READ_TIMEOUT",
+    "ALLOCATION_KEEP_ALIVE_TIMEOUT",
+    "ALLOCATION_MAX_CONNECTIONS",
 ];
 
 /// What a process wrote to its log (stderr) so far, line by line, kept as

@@ -6,6 +6,7 @@
 //! own) for messages, and an SMTP sink for email.
 
 mod bad_input;
+mod connections;
 mod crash;
 mod delivery;
 mod end_to_end;

@@ -13,6 +13,7 @@ mod auth;
 mod error;
 mod observe;
 mod openapi;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;
