@@ -12,17 +12,19 @@
 //! each command (`MessageBus::handle`): a client hanging up does not drop
 //! it. Should a leader's future be dropped anyway (the runtime shutting
 //! down), its followers queue again and their commands run again, which is
-//! harmless for the idempotent commands that use it. A caller that gives up
-//! while its command is still queued takes the command out with it: it
-//! never runs.
+//! harmless for the idempotent commands that use it. A caller that leaves
+//! (`caller_left`) while its command is still queued takes the command out
+//! with it: it never runs.
 
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use domain::Sku;
 use tokio::sync::oneshot::{self, error::TryRecvError};
+use tokio_util::sync::CancellationToken;
 
 /// A fixed set of lanes that products hash onto: commands on one product
 /// always meet in the same lane, so within a process no two groups ever
@@ -40,12 +42,25 @@ pub(crate) struct Lane<C, R> {
     queue: Mutex<Vec<Queued<C, R>>>,
     /// Held by the leader while its group runs.
     turn: tokio::sync::Mutex<()>,
+    next_ticket: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Queued<C, R> {
+    ticket: Ticket,
     command: C,
     answer: oneshot::Sender<R>,
+}
+
+/// A queued command's place in its lane, so that its caller can take it
+/// out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ticket(u64);
+
+/// A command waiting for its answer: where it queued, and the answer.
+struct Waiting<R> {
+    ticket: Ticket,
+    answer: oneshot::Receiver<R>,
 }
 
 impl<C, R> Lanes<C, R> {
@@ -55,6 +70,7 @@ impl<C, R> Lanes<C, R> {
                 .map(|_| Lane {
                     queue: Mutex::new(Vec::new()),
                     turn: tokio::sync::Mutex::new(()),
+                    next_ticket: AtomicU64::new(0),
                 })
                 .collect(),
             hasher: RandomState::default(),
@@ -78,14 +94,26 @@ impl<C: Clone, R> Lane<C, R> {
     /// gets the commands in arrival order and returns their answers in the
     /// same order.
     ///
-    /// A leader whose future is dropped (its caller gave up) drops the
-    /// answers of its group unsent; each of those followers then queues its
-    /// command again. So `run` may see a command twice, and must be
-    /// idempotent for it: the command may have committed the first time.
-    pub(crate) async fn submit<F>(&self, command: C, run: impl Fn(Vec<C>) -> F) -> R
+    /// `None` if `caller_left` fires while the command is still queued: it
+    /// is taken out, and never runs. Once a group has taken it, it runs,
+    /// and its answer is awaited.
+    ///
+    /// A leader whose future is dropped anyway (the runtime shutting down)
+    /// drops the answers of its group unsent; each of those followers then
+    /// queues its command again. So `run` may see a command twice, and must
+    /// be idempotent for it: the command may have committed the first time.
+    pub(crate) async fn submit<F>(
+        &self,
+        command: C,
+        caller_left: &CancellationToken,
+        run: impl Fn(Vec<C>) -> F,
+    ) -> Option<R>
     where
         F: Future<Output = Vec<R>>,
     {
+        if caller_left.is_cancelled() {
+            return None;
+        }
         // An idle lane: a group of one, without queueing for it. Commands
         // arriving meanwhile queue, and one of them leads next. This cannot
         // jump the queue: tokio's mutex hands itself straight to a waiting
@@ -94,28 +122,39 @@ impl<C: Clone, R> Lane<C, R> {
             if self.queue_without_abandoned().is_empty() {
                 let mut answers = run(vec![command]).await;
                 debug_assert_eq!(answers.len(), 1, "one answer per command");
-                return answers.pop().expect("`run` answers every command");
+                return answers.pop();
             }
         }
-        let mut answer = self.enqueue(command.clone());
+        let mut waiting = self.enqueue(command.clone());
+        let mut still_wanted = true;
         // Held until this caller returns, so that one group runs at a time.
         let _turn = loop {
             tokio::select! {
                 biased;
-                answered = &mut answer => match answered {
-                    Ok(answer) => return answer,
+                answered = &mut waiting.answer => match answered {
+                    Ok(answer) => return Some(answer),
                     // Its leader was dropped mid-group: queue it again.
-                    Err(_) => answer = self.enqueue(command.clone()),
+                    Err(_) => waiting = self.enqueue(command.clone()),
                 },
                 turn = self.turn.lock() => break turn,
+                () = caller_left.cancelled(), if still_wanted => {
+                    if self.withdraw(waiting.ticket) {
+                        return None;
+                    }
+                    // A group has it already: it runs, answer or not.
+                    still_wanted = false;
+                }
             }
         };
         loop {
-            match answer.try_recv() {
-                Ok(answer) => return answer,
-                Err(TryRecvError::Closed) => answer = self.enqueue(command.clone()),
+            match waiting.answer.try_recv() {
+                Ok(answer) => return Some(answer),
+                Err(TryRecvError::Closed) => waiting = self.enqueue(command.clone()),
                 // Still queued, or beyond the group just run: lead again.
                 Err(TryRecvError::Empty) => {}
+            }
+            if caller_left.is_cancelled() && self.withdraw(waiting.ticket) {
+                return None;
             }
             let group = self.take_group(Self::MAX_GROUP);
             let (commands, answers): (Vec<C>, Vec<_>) = group
@@ -139,10 +178,27 @@ impl<C, R> Lane<C, R> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn enqueue(&self, command: C) -> oneshot::Receiver<R> {
+    fn enqueue(&self, command: C) -> Waiting<R> {
         let (answer, receiver) = oneshot::channel();
-        self.queue().push(Queued { command, answer });
-        receiver
+        let ticket = Ticket(self.next_ticket.fetch_add(1, Ordering::Relaxed));
+        self.queue().push(Queued {
+            ticket,
+            command,
+            answer,
+        });
+        Waiting {
+            ticket,
+            answer: receiver,
+        }
+    }
+
+    /// Takes the command of `ticket` out of the queue; whether it was still
+    /// there (not yet taken by a group).
+    fn withdraw(&self, ticket: Ticket) -> bool {
+        let mut queue = self.queue();
+        let before = queue.len();
+        queue.retain(|queued| queued.ticket != ticket);
+        queue.len() < before
     }
 
     /// The queue, less the commands whose callers gave up before a group
@@ -188,12 +244,16 @@ mod tests {
 
     #[tokio::test]
     async fn commands_that_arrive_together_run_as_one_group() {
+        let stays = CancellationToken::new();
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
-        let answers =
-            join_all((0..10).map(|n| lanes.lane(&lamp).submit(n, |group| doubled(&groups, group))))
-                .await;
-        assert_eq!(answers, (0..10).map(|n| n * 2).collect::<Vec<_>>());
+        let answers = join_all((0..10).map(|n| {
+            lanes
+                .lane(&lamp)
+                .submit(n, &stays, |group| doubled(&groups, group))
+        }))
+        .await;
+        assert_eq!(answers, (0..10).map(|n| Some(n * 2)).collect::<Vec<_>>());
         let groups = groups.into_inner().expect("groups");
         assert_eq!(groups.iter().sum::<usize>(), 10, "each command runs once");
         assert_eq!(
@@ -205,15 +265,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_at_an_idle_lane_runs_at_once() {
+        let stays = CancellationToken::new();
         let lanes = Lanes::new(4);
         let groups = Mutex::new(Vec::new());
         for n in 0..3 {
             assert_eq!(
                 lanes
                     .lane(&sku("LAMP"))
-                    .submit(n, |g| doubled(&groups, g))
+                    .submit(n, &stays, |g| doubled(&groups, g))
                     .await,
-                n * 2
+                Some(n * 2)
             );
         }
         assert_eq!(groups.into_inner().expect("groups"), [1, 1, 1]);
@@ -221,13 +282,15 @@ mod tests {
 
     #[tokio::test]
     async fn groups_are_bounded() {
+        let stays = CancellationToken::new();
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let total = Lane::<u32, u32>::MAX_GROUP as u32 + 10;
-        let answers =
-            join_all((0..total).map(|n| lanes.lane(&lamp).submit(n, |g| doubled(&groups, g))))
-                .await;
-        assert_eq!(answers, (0..total).map(|n| n * 2).collect::<Vec<_>>());
+        let answers = join_all(
+            (0..total).map(|n| lanes.lane(&lamp).submit(n, &stays, |g| doubled(&groups, g))),
+        )
+        .await;
+        assert_eq!(answers, (0..total).map(|n| Some(n * 2)).collect::<Vec<_>>());
         let groups = groups.into_inner().expect("groups");
         assert!(
             groups
@@ -240,16 +303,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_whose_caller_gave_up_before_its_group_never_runs() {
+        let stays = CancellationToken::new();
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let busy = lanes.lanes[0].turn.lock().await;
         // Queued behind the busy lane, then abandoned (a request timeout).
-        let abandoned = lanes.lane(&lamp).submit(1, |g| doubled(&groups, g));
+        let abandoned = lanes.lane(&lamp).submit(1, &stays, |g| doubled(&groups, g));
         assert!(abandoned.now_or_never().is_none(), "the lane is busy");
         drop(busy);
         assert_eq!(
-            lanes.lane(&lamp).submit(2, |g| doubled(&groups, g)).await,
-            4
+            lanes
+                .lane(&lamp)
+                .submit(2, &stays, |g| doubled(&groups, g))
+                .await,
+            Some(4)
         );
         assert_eq!(
             groups.into_inner().expect("groups"),
@@ -281,21 +348,97 @@ mod tests {
         let busy = lanes.lanes[0].turn.lock().await;
         let leader = tokio::spawn({
             let (lanes, run) = (lanes.clone(), run.clone());
-            async move { lanes.lane(&sku("LAMP")).submit(1, run).await }
+            async move {
+                let stays = CancellationToken::new();
+                lanes.lane(&sku("LAMP")).submit(1, &stays, run).await
+            }
         });
         let follower = tokio::spawn({
             let lanes = lanes.clone();
-            async move { lanes.lane(&sku("LAMP")).submit(7, run).await }
+            async move {
+                let stays = CancellationToken::new();
+                lanes.lane(&sku("LAMP")).submit(7, &stays, run).await
+            }
         });
         tokio::task::yield_now().await;
         drop(busy);
         started.notified().await;
         leader.abort();
-        assert_eq!(follower.await.expect("follower answered"), 14);
+        assert_eq!(follower.await.expect("follower answered"), Some(14));
         assert_eq!(
             runs.load(Ordering::SeqCst),
             2,
             "the stuck group, then the follower's command again"
         );
+    }
+
+    /// The bus runs each command in a task of its own, which never drops
+    /// its future: the caller's leaving comes as `caller_left` instead.
+    #[tokio::test]
+    async fn a_command_whose_caller_left_while_queued_never_runs() {
+        let lanes = Lanes::new(1);
+        let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
+        let busy = lanes.lanes[0].turn.lock().await;
+        let (left, stays) = (CancellationToken::new(), CancellationToken::new());
+        let mut abandoned = Box::pin(lanes.lane(&lamp).submit(1, &left, |g| doubled(&groups, g)));
+        assert!(
+            (&mut abandoned).now_or_never().is_none(),
+            "the lane is busy"
+        );
+        left.cancel();
+        assert_eq!(abandoned.await, None, "taken out of the queue");
+        drop(busy);
+        assert_eq!(
+            lanes
+                .lane(&lamp)
+                .submit(2, &stays, |g| doubled(&groups, g))
+                .await,
+            Some(4)
+        );
+        assert_eq!(
+            groups.into_inner().expect("groups"),
+            [1],
+            "only the second ran"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_whose_group_took_it_runs_and_answers_though_its_caller_left() {
+        let lanes = Arc::new(Lanes::new(1));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        // The group waits to be released once it has started.
+        let run = {
+            let (started, release) = (started.clone(), release.clone());
+            move |group: Vec<u32>| {
+                let (started, release) = (started.clone(), release.clone());
+                async move {
+                    started.notify_one();
+                    release.notified().await;
+                    group.into_iter().map(|n| n * 2).collect::<Vec<u32>>()
+                }
+            }
+        };
+        let busy = lanes.lanes[0].turn.lock().await;
+        let leader = tokio::spawn({
+            let (lanes, run) = (lanes.clone(), run.clone());
+            async move {
+                let stays = CancellationToken::new();
+                lanes.lane(&sku("LAMP")).submit(1, &stays, run).await
+            }
+        });
+        let left = CancellationToken::new();
+        let follower = tokio::spawn({
+            let (lanes, left) = (lanes.clone(), left.clone());
+            async move { lanes.lane(&sku("LAMP")).submit(7, &left, run).await }
+        });
+        tokio::task::yield_now().await;
+        drop(busy);
+        started.notified().await; // the group of both runs
+        left.cancel();
+        tokio::task::yield_now().await;
+        release.notify_one();
+        assert_eq!(leader.await.expect("leader answered"), Some(2));
+        assert_eq!(follower.await.expect("follower answered"), Some(14));
     }
 }

@@ -17,6 +17,7 @@ use std::future::Future;
 use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
 use domain::events::{Allocated, Deallocated, OutOfStock};
 use domain::{BatchRef, DomainError, Event, OrderId, OrderLine, Product, Sku};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::messagebus::{Error, Handled, MessageBus};
@@ -46,14 +47,17 @@ pub trait CommandHandler: fmt::Debug + Send + Sync {
     /// How the bus runs the command: in a unit of work of its own, again
     /// after a version conflict. Commands of a kind that can share a unit of
     /// work with others of their kind say so here.
+    /// `caller_left` says that nobody waits for the answer any more: a
+    /// command that has not begun by then never does.
     fn submit_to<S: Store>(
         self,
         bus: &MessageBus<S>,
+        caller_left: &CancellationToken,
     ) -> impl Future<Output = Handled<Self::Reply>> + Send
     where
         Self: Sized,
     {
-        async move { bus.run_in_unit_of_work(&self).await }
+        async move { bus.run_in_unit_of_work(&self, caller_left).await }
     }
 }
 
@@ -101,8 +105,12 @@ impl CommandHandler for Allocate {
     /// an allocation the model refuses changes nothing, so it cannot spoil
     /// the others' changes, and because allocating again a line that is
     /// already allocated changes nothing either.
-    async fn submit_to<S: Store>(self, bus: &MessageBus<S>) -> Handled<Option<BatchRef>> {
-        bus.allocate_in_group(self).await
+    async fn submit_to<S: Store>(
+        self,
+        bus: &MessageBus<S>,
+        caller_left: &CancellationToken,
+    ) -> Handled<Option<BatchRef>> {
+        bus.allocate_in_group(self, caller_left).await
     }
 
     async fn handle<T: StoreTransaction>(

@@ -25,6 +25,7 @@ use domain::{BatchRef, Command, DomainError, Event, OrderId, Sku};
 use metrics::{Key, Label, Level, Metadata};
 use rand::Rng;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
@@ -83,12 +84,19 @@ pub enum Error {
     /// The storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Its caller went away while the command waited for its turn, so it
+    /// never began (see `MessageBus::handle`). Nobody is left to read it.
+    #[error("the caller left before the command began; nothing was done")]
+    CallerLeft,
 }
 
 impl Error {
     /// Whether trying the same command again might succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Contention { .. } | Self::Store(_))
+        matches!(
+            self,
+            Self::Contention { .. } | Self::Store(_) | Self::CallerLeft
+        )
     }
 }
 
@@ -188,20 +196,24 @@ impl<S: Store> MessageBus<S> {
     /// Handles a command and everything that follows from it, and returns
     /// the command's reply once its changes are committed.
     ///
-    /// The work runs in a task of its own, so that it always runs to its
-    /// end: a caller that goes away (a client hanging up, a request timing
-    /// out) stops waiting for the answer, but never cuts a unit of work short
-    /// between its `BEGIN` and its `COMMIT` or `ROLLBACK`, nor skips the
-    /// event handlers that a commit started. The answer a caller gets is the
-    /// truth about what was committed, whether or not anyone is left to read it.
+    /// The work runs in a task of its own, so that a caller that goes away
+    /// (a client hanging up, a request timing out) only stops waiting for
+    /// the answer: a unit of work, once begun, always ends in its `COMMIT`
+    /// or `ROLLBACK`, and the event handlers its commit started run. The
+    /// answer is the truth about what was committed, whether or not anyone
+    /// is left to read it. A command whose caller left while it still waited
+    /// for its turn never begins: no work for nobody.
     pub async fn handle<C>(self: &Arc<Self>, command: C) -> Result<C::Reply, Error>
     where
         C: CommandHandler + 'static,
     {
+        let caller_left = CancellationToken::new();
+        // Cancels `caller_left` when this future ends, dropped or not.
+        let _caller_leaves = caller_left.clone().drop_guard();
         let bus = Arc::clone(self);
         let work = self
             .running
-            .spawn(async move { bus.handle_to_the_end(command).await });
+            .spawn(async move { bus.handle_to_the_end(command, &caller_left).await });
         match work.await {
             Ok(outcome) => outcome,
             Err(failure) if failure.is_panic() => std::panic::resume_unwind(failure.into_panic()),
@@ -219,10 +231,15 @@ impl<S: Store> MessageBus<S> {
     }
 
     /// [`handle`](Self::handle)'s work, in the task it runs in.
-    async fn handle_to_the_end<C: CommandHandler>(&self, command: C) -> Result<C::Reply, Error> {
-        let result = command.submit_to(self).await;
+    async fn handle_to_the_end<C: CommandHandler>(
+        &self,
+        command: C,
+        caller_left: &CancellationToken,
+    ) -> Result<C::Reply, Error> {
+        let result = command.submit_to(self, caller_left).await;
         count_handled(match &result {
             Ok(_) => handled_key!("command", C::NAME, "ok"),
+            Err(Error::CallerLeft) => handled_key!("command", C::NAME, "abandoned"),
             Err(error) if error.is_transient() => handled_key!("command", C::NAME, "failed"),
             Err(_) => handled_key!("command", C::NAME, "rejected"),
         });
@@ -249,9 +266,10 @@ impl<S: Store> MessageBus<S> {
     pub(crate) async fn run_in_unit_of_work<C: CommandHandler>(
         &self,
         command: &C,
+        caller_left: &CancellationToken,
     ) -> Handled<C::Reply> {
         self.retrying_conflicts(C::NAME, 1, command, |attempt| {
-            self.run_once(command, attempt)
+            self.run_once(command, attempt, caller_left)
         })
         .await
     }
@@ -300,9 +318,18 @@ impl<S: Store> MessageBus<S> {
     /// of beating it again. So is every command on a product that conflicted
     /// in the last second: other instances are fighting over it, and a lost
     /// race would only waste an attempt.
-    async fn run_once<C: CommandHandler>(&self, command: &C, attempt: u32) -> Handled<C::Reply> {
+    async fn run_once<C: CommandHandler>(
+        &self,
+        command: &C,
+        attempt: u32,
+        caller_left: &CancellationToken,
+    ) -> Handled<C::Reply> {
         // No product named, no turns to take.
-        let turns = self.product_turns.wait_for_all(command.product()).await;
+        let turns = tokio::select! {
+            biased;
+            () = caller_left.cancelled() => return Err(Error::CallerLeft),
+            turns = self.product_turns.wait_for_all(command.product()) => turns,
+        };
         let mut uow = self.start_unit_of_work(attempt, turns.contended).await?;
         let reply = command.handle(&mut uow).await?;
         let events = handle_new_events_in_transaction(&mut uow);
@@ -327,9 +354,15 @@ impl<S: Store> MessageBus<S> {
     /// Queues an allocation in its product's lane; see `group_commit`.
     /// Running a command again there is harmless: allocating a line that is
     /// already allocated answers its batch and changes nothing.
-    pub(crate) async fn allocate_in_group(&self, command: Allocate) -> Handled<Option<BatchRef>> {
+    pub(crate) async fn allocate_in_group(
+        &self,
+        command: Allocate,
+        caller_left: &CancellationToken,
+    ) -> Handled<Option<BatchRef>> {
         let lane = self.allocation_lanes.lane(&command.sku);
-        lane.submit(command, |group| self.run_group(group)).await
+        lane.submit(command, caller_left, |group| self.run_group(group))
+            .await
+            .unwrap_or(Err(Error::CallerLeft))
     }
 
     /// A group of allocations in one unit of work, with one commit, run
@@ -445,7 +478,11 @@ impl<S: Store> MessageBus<S> {
                 handlers::send_out_of_stock_notification(e, &*self.notifications).await?
             }
             Event::Deallocated(e) => {
-                let (_, events) = self.allocate_in_group(handlers::reallocate(e)).await?;
+                // A follow-up's caller is the bus itself, which never leaves.
+                let stays = CancellationToken::new();
+                let (_, events) = self
+                    .allocate_in_group(handlers::reallocate(e), &stays)
+                    .await?;
                 return Ok(events);
             }
             Event::BatchCreated(_)

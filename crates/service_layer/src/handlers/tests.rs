@@ -550,19 +550,18 @@ async fn app_with_conflicts(conflicts: u32) -> (App<ConflictingStore>, Conflicti
     (app, conflicting)
 }
 
-/// A caller that goes away (a client hanging up, a request timeout) stops
-/// waiting, but its command still runs to its end, and a shutdown waits for
-/// it.
+/// A caller that goes away (a client hanging up, a request timeout) once
+/// its command has begun stops waiting, but the command still runs to its
+/// end, and a shutdown waits for it.
 #[tokio::test]
-async fn a_command_whose_caller_gave_up_still_commits() {
+async fn a_command_whose_caller_left_once_it_began_still_commits() {
     use futures::FutureExt;
 
     let (app, _) = app_with_conflicts(0).await;
     let mut handling = Box::pin(app.bus.handle(allocate("o1", "LAMP", 2)));
-    assert!(
-        (&mut handling).now_or_never().is_none(),
-        "still running: its store yields between load and commit"
-    );
+    assert!((&mut handling).now_or_never().is_none(), "handed to a task");
+    // The task runs until its store yields, between load and commit.
+    tokio::task::yield_now().await;
     drop(handling);
     app.bus.finish_running_commands().await;
     assert_eq!(app.allocated_to("LAMP", "b1").await, 2);
@@ -575,6 +574,28 @@ async fn a_command_whose_caller_gave_up_still_commits() {
         1,
         "the read model committed with it"
     );
+}
+
+/// A command whose caller left before it began never begins: under
+/// overload, work nobody waits for any more is not done.
+#[tokio::test]
+async fn a_command_whose_caller_left_before_it_began_never_runs() {
+    use futures::FutureExt;
+
+    let app = app();
+    app.add_batch("b1", "LAMP", 10, None).await;
+    for command in [
+        Command::Allocate(allocate("o1", "LAMP", 2)),
+        Command::CreateBatch(create_batch("b2", "LAMP", 5, None)),
+    ] {
+        let mut handling = Box::pin(app.bus.dispatch(command));
+        assert!((&mut handling).now_or_never().is_none(), "handed to a task");
+        drop(handling);
+    }
+    app.bus.finish_running_commands().await;
+    assert_eq!(app.allocated_to("LAMP", "b1").await, 0);
+    let batches = app.store.batches(&sku("LAMP")).await.expect("query");
+    assert_eq!(batches.len(), 1, "b2 was never created: {batches:?}");
 }
 
 mod retries {

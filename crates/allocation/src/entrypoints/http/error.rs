@@ -108,6 +108,8 @@ impl From<service_layer::Error> for ApiError {
                 DomainError::LinesNotLoaded { .. } => Self::Internal(Box::new(rejection)),
             },
             Error::Contention { .. } => Self::Unavailable(format!("{error}; try again later")),
+            // Only ever answered to a caller that has gone: said for completeness.
+            Error::CallerLeft => Self::Unavailable(error.to_string()),
             Error::Store(store) => store.into(),
         }
     }
