@@ -234,6 +234,20 @@ mod tests {
         Sku::parse(raw).expect("valid sku")
     }
 
+    /// Submits `n` to the LAMP lane in a task of its own.
+    fn spawn_submit<F>(
+        lanes: &Arc<Lanes<u32, u32>>,
+        n: u32,
+        caller_left: CancellationToken,
+        run: impl Fn(Vec<u32>) -> F + Send + 'static,
+    ) -> tokio::task::JoinHandle<Option<u32>>
+    where
+        F: Future<Output = Vec<u32>> + Send,
+    {
+        let lanes = Arc::clone(lanes);
+        tokio::spawn(async move { lanes.lane(&sku("LAMP")).submit(n, &caller_left, run).await })
+    }
+
     /// Runs each group after yielding once, so that commands submitted
     /// together pile up behind the first leader; records the group sizes.
     async fn doubled(groups: &Mutex<Vec<usize>>, commands: Vec<u32>) -> Vec<u32> {
@@ -302,30 +316,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_command_whose_caller_gave_up_before_its_group_never_runs() {
-        let stays = CancellationToken::new();
-        let lanes = Lanes::new(1);
-        let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
-        let busy = lanes.lanes[0].turn.lock().await;
-        // Queued behind the busy lane, then abandoned (a request timeout).
-        let abandoned = lanes.lane(&lamp).submit(1, &stays, |g| doubled(&groups, g));
-        assert!(abandoned.now_or_never().is_none(), "the lane is busy");
-        drop(busy);
-        assert_eq!(
-            lanes
-                .lane(&lamp)
-                .submit(2, &stays, |g| doubled(&groups, g))
-                .await,
-            Some(4)
-        );
-        assert_eq!(
-            groups.into_inner().expect("groups"),
-            [1],
-            "only the command still awaited ran"
-        );
-    }
-
-    #[tokio::test]
     async fn followers_of_a_dropped_leader_run_their_commands_again() {
         let lanes = Arc::new(Lanes::new(1));
         let runs = Arc::new(AtomicUsize::new(0));
@@ -346,20 +336,8 @@ mod tests {
         };
         // Both queue while the lane is busy, so that one group takes both.
         let busy = lanes.lanes[0].turn.lock().await;
-        let leader = tokio::spawn({
-            let (lanes, run) = (lanes.clone(), run.clone());
-            async move {
-                let stays = CancellationToken::new();
-                lanes.lane(&sku("LAMP")).submit(1, &stays, run).await
-            }
-        });
-        let follower = tokio::spawn({
-            let lanes = lanes.clone();
-            async move {
-                let stays = CancellationToken::new();
-                lanes.lane(&sku("LAMP")).submit(7, &stays, run).await
-            }
-        });
+        let leader = spawn_submit(&lanes, 1, CancellationToken::new(), run.clone());
+        let follower = spawn_submit(&lanes, 7, CancellationToken::new(), run);
         tokio::task::yield_now().await;
         drop(busy);
         started.notified().await;
@@ -372,21 +350,25 @@ mod tests {
         );
     }
 
-    /// The bus runs each command in a task of its own, which never drops
-    /// its future: the caller's leaving comes as `caller_left` instead.
+    /// A caller leaves by cancelling `caller_left` (the bus, whose tasks
+    /// never drop their futures) or by dropping the future: either way a
+    /// command still queued is taken out, and never runs.
     #[tokio::test]
     async fn a_command_whose_caller_left_while_queued_never_runs() {
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let busy = lanes.lanes[0].turn.lock().await;
         let (left, stays) = (CancellationToken::new(), CancellationToken::new());
-        let mut abandoned = Box::pin(lanes.lane(&lamp).submit(1, &left, |g| doubled(&groups, g)));
+        let mut cancelled = Box::pin(lanes.lane(&lamp).submit(1, &left, |g| doubled(&groups, g)));
+        let mut dropped = Box::pin(lanes.lane(&lamp).submit(3, &stays, |g| doubled(&groups, g)));
         assert!(
-            (&mut abandoned).now_or_never().is_none(),
+            (&mut cancelled).now_or_never().is_none(),
             "the lane is busy"
         );
+        assert!((&mut dropped).now_or_never().is_none(), "the lane is busy");
         left.cancel();
-        assert_eq!(abandoned.await, None, "taken out of the queue");
+        assert_eq!(cancelled.await, None, "taken out of the queue");
+        drop(dropped);
         drop(busy);
         assert_eq!(
             lanes
@@ -398,7 +380,7 @@ mod tests {
         assert_eq!(
             groups.into_inner().expect("groups"),
             [1],
-            "only the second ran"
+            "only the last ran"
         );
     }
 
@@ -420,18 +402,9 @@ mod tests {
             }
         };
         let busy = lanes.lanes[0].turn.lock().await;
-        let leader = tokio::spawn({
-            let (lanes, run) = (lanes.clone(), run.clone());
-            async move {
-                let stays = CancellationToken::new();
-                lanes.lane(&sku("LAMP")).submit(1, &stays, run).await
-            }
-        });
+        let leader = spawn_submit(&lanes, 1, CancellationToken::new(), run.clone());
         let left = CancellationToken::new();
-        let follower = tokio::spawn({
-            let (lanes, left) = (lanes.clone(), left.clone());
-            async move { lanes.lane(&sku("LAMP")).submit(7, &left, run).await }
-        });
+        let follower = spawn_submit(&lanes, 7, left.clone(), run);
         tokio::task::yield_now().await;
         drop(busy);
         started.notified().await; // the group of both runs
