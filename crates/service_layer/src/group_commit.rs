@@ -13,7 +13,7 @@
 //! it. Should a leader's future be dropped anyway (the runtime shutting
 //! down), its followers queue again and their commands run again, which is
 //! harmless for the idempotent commands that use it. A caller that leaves
-//! (`caller_left`) while its command is still queued takes the command out
+//! (see `caller`) while its command is still queued takes the command out
 //! with it: it never runs.
 
 use std::hash::BuildHasher;
@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use domain::Sku;
+
+use crate::caller::Caller;
 use tokio::sync::oneshot::{self, error::TryRecvError};
-use tokio_util::sync::CancellationToken;
 
 /// A fixed set of lanes that products hash onto: commands on one product
 /// always meet in the same lane, so within a process no two groups ever
@@ -94,7 +95,7 @@ impl<C: Clone, R> Lane<C, R> {
     /// gets the commands in arrival order and returns their answers in the
     /// same order.
     ///
-    /// `None` if `caller_left` fires while the command is still queued: it
+    /// `None` if its `caller` leaves while the command is still queued: it
     /// is taken out, and never runs. Once a group has taken it, it runs,
     /// and its answer is awaited.
     ///
@@ -105,13 +106,13 @@ impl<C: Clone, R> Lane<C, R> {
     pub(crate) async fn submit<F>(
         &self,
         command: C,
-        caller_left: &CancellationToken,
+        caller: &Caller,
         run: impl Fn(Vec<C>) -> F,
     ) -> Option<R>
     where
         F: Future<Output = Vec<R>>,
     {
-        if caller_left.is_cancelled() {
+        if caller.has_left() {
             return None;
         }
         // An idle lane: a group of one, without queueing for it. Commands
@@ -137,7 +138,7 @@ impl<C: Clone, R> Lane<C, R> {
                     Err(_) => waiting = self.enqueue(command.clone()),
                 },
                 turn = self.turn.lock() => break turn,
-                () = caller_left.cancelled(), if still_wanted => {
+                () = caller.left(), if still_wanted => {
                     if self.withdraw(waiting.ticket) {
                         return None;
                     }
@@ -153,7 +154,7 @@ impl<C: Clone, R> Lane<C, R> {
                 // Still queued, or beyond the group just run: lead again.
                 Err(TryRecvError::Empty) => {}
             }
-            if caller_left.is_cancelled() && self.withdraw(waiting.ticket) {
+            if caller.has_left() && self.withdraw(waiting.ticket) {
                 return None;
             }
             let group = self.take_group(Self::MAX_GROUP);
@@ -238,14 +239,14 @@ mod tests {
     fn spawn_submit<F>(
         lanes: &Arc<Lanes<u32, u32>>,
         n: u32,
-        caller_left: CancellationToken,
+        caller: Caller,
         run: impl Fn(Vec<u32>) -> F + Send + 'static,
     ) -> tokio::task::JoinHandle<Option<u32>>
     where
         F: Future<Output = Vec<u32>> + Send,
     {
         let lanes = Arc::clone(lanes);
-        tokio::spawn(async move { lanes.lane(&sku("LAMP")).submit(n, &caller_left, run).await })
+        tokio::spawn(async move { lanes.lane(&sku("LAMP")).submit(n, &caller, run).await })
     }
 
     /// Runs each group after yielding once, so that commands submitted
@@ -258,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn commands_that_arrive_together_run_as_one_group() {
-        let stays = CancellationToken::new();
+        let stays = Caller::bus();
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let answers = join_all((0..10).map(|n| {
@@ -279,7 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_at_an_idle_lane_runs_at_once() {
-        let stays = CancellationToken::new();
+        let stays = Caller::bus();
         let lanes = Lanes::new(4);
         let groups = Mutex::new(Vec::new());
         for n in 0..3 {
@@ -296,7 +297,7 @@ mod tests {
 
     #[tokio::test]
     async fn groups_are_bounded() {
-        let stays = CancellationToken::new();
+        let stays = Caller::bus();
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let total = Lane::<u32, u32>::MAX_GROUP as u32 + 10;
@@ -336,8 +337,8 @@ mod tests {
         };
         // Both queue while the lane is busy, so that one group takes both.
         let busy = lanes.lanes[0].turn.lock().await;
-        let leader = spawn_submit(&lanes, 1, CancellationToken::new(), run.clone());
-        let follower = spawn_submit(&lanes, 7, CancellationToken::new(), run);
+        let leader = spawn_submit(&lanes, 1, Caller::bus(), run.clone());
+        let follower = spawn_submit(&lanes, 7, Caller::bus(), run);
         tokio::task::yield_now().await;
         drop(busy);
         started.notified().await;
@@ -350,23 +351,27 @@ mod tests {
         );
     }
 
-    /// A caller leaves by cancelling `caller_left` (the bus, whose tasks
-    /// never drop their futures) or by dropping the future: either way a
+    /// A caller leaves by saying so (`Caller`: the bus's commands finish
+    /// in a task once their caller has left) or by dropping the future: either way a
     /// command still queued is taken out, and never runs.
     #[tokio::test]
     async fn a_command_whose_caller_left_while_queued_never_runs() {
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let busy = lanes.lanes[0].turn.lock().await;
-        let (left, stays) = (CancellationToken::new(), CancellationToken::new());
-        let mut cancelled = Box::pin(lanes.lane(&lamp).submit(1, &left, |g| doubled(&groups, g)));
+        let ((leaving, left), stays) = (Caller::leaving_on_demand(), Caller::bus());
+        let mut cancelled = Box::pin(
+            lanes
+                .lane(&lamp)
+                .submit(1, &leaving, |g| doubled(&groups, g)),
+        );
         let mut dropped = Box::pin(lanes.lane(&lamp).submit(3, &stays, |g| doubled(&groups, g)));
         assert!(
             (&mut cancelled).now_or_never().is_none(),
             "the lane is busy"
         );
         assert!((&mut dropped).now_or_never().is_none(), "the lane is busy");
-        left.cancel();
+        left.store(true, Ordering::SeqCst);
         assert_eq!(cancelled.await, None, "taken out of the queue");
         drop(dropped);
         drop(busy);
@@ -402,13 +407,13 @@ mod tests {
             }
         };
         let busy = lanes.lanes[0].turn.lock().await;
-        let leader = spawn_submit(&lanes, 1, CancellationToken::new(), run.clone());
-        let left = CancellationToken::new();
-        let follower = spawn_submit(&lanes, 7, left.clone(), run);
+        let leader = spawn_submit(&lanes, 1, Caller::bus(), run.clone());
+        let (leaving, left) = Caller::leaving_on_demand();
+        let follower = spawn_submit(&lanes, 7, leaving, run);
         tokio::task::yield_now().await;
         drop(busy);
         started.notified().await; // the group of both runs
-        left.cancel();
+        left.store(true, Ordering::SeqCst);
         tokio::task::yield_now().await;
         release.notify_one();
         assert_eq!(leader.await.expect("leader answered"), Some(2));

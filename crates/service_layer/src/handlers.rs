@@ -17,9 +17,9 @@ use std::future::Future;
 use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
 use domain::events::{Allocated, Deallocated, OutOfStock};
 use domain::{BatchRef, DomainError, Event, OrderId, OrderLine, Product, Sku};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::caller::Caller;
 use crate::messagebus::{Error, Handled, MessageBus};
 use crate::ports::{Notification, NotificationError, Notifications, OutboxMessage};
 use crate::unit_of_work::{Store, StoreTransaction, UnitOfWork, ViewChange};
@@ -47,17 +47,17 @@ pub trait CommandHandler: fmt::Debug + Send + Sync {
     /// How the bus runs the command: in a unit of work of its own, again
     /// after a version conflict. Commands of a kind that can share a unit of
     /// work with others of their kind say so here.
-    /// `caller_left` says that nobody waits for the answer any more: a
-    /// command that has not begun by then never does.
+    /// `caller` says whether anybody still waits for the answer: a command
+    /// that has not begun by the time they leave never does.
     fn submit_to<S: Store>(
         self,
         bus: &MessageBus<S>,
-        caller_left: &CancellationToken,
+        caller: &Caller,
     ) -> impl Future<Output = Handled<Self::Reply>> + Send
     where
         Self: Sized,
     {
-        async move { bus.run_in_unit_of_work(&self, caller_left).await }
+        async move { bus.run_in_unit_of_work(&self, caller).await }
     }
 }
 
@@ -108,9 +108,9 @@ impl CommandHandler for Allocate {
     async fn submit_to<S: Store>(
         self,
         bus: &MessageBus<S>,
-        caller_left: &CancellationToken,
+        caller: &Caller,
     ) -> Handled<Option<BatchRef>> {
-        bus.allocate_in_group(self, caller_left).await
+        bus.allocate_in_group(self, caller).await
     }
 
     async fn handle<T: StoreTransaction>(

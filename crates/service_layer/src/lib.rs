@@ -6,6 +6,7 @@
 //! It depends on `domain` only. Storage, email and messaging live in the
 //! `adapters` crate and plug in through the traits defined here.
 
+pub mod caller;
 mod group_commit;
 pub mod handlers;
 pub mod memory;

@@ -25,10 +25,10 @@ use domain::{BatchRef, Command, DomainError, Event, OrderId, Sku};
 use metrics::{Key, Label, Level, Metadata};
 use rand::Rng;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
+use crate::caller::{Caller, ToTheEnd};
 use crate::group_commit::Lanes;
 use crate::handlers::{self, CommandHandler};
 use crate::ports::{NotificationError, Notifications};
@@ -85,7 +85,7 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Its caller went away while the command waited for its turn, so it
-    /// never began (see `MessageBus::handle`). Nobody is left to read it.
+    /// never began (see `MessageBus::handle`). Nobody is left to read this.
     #[error("the caller left before the command began; nothing was done")]
     CallerLeft,
 }
@@ -196,30 +196,22 @@ impl<S: Store> MessageBus<S> {
     /// Handles a command and everything that follows from it, and returns
     /// the command's reply once its changes are committed.
     ///
-    /// The work runs in a task of its own, so that a caller that goes away
-    /// (a client hanging up, a request timing out) only stops waiting for
-    /// the answer: a unit of work, once begun, always ends in its `COMMIT`
-    /// or `ROLLBACK`, and the event handlers its commit started run. The
-    /// answer is the truth about what was committed, whether or not anyone
-    /// is left to read it. A command whose caller left while it still waited
-    /// for its turn never begins: no work for nobody.
+    /// A caller that goes away (a client hanging up, a request timing out)
+    /// only stops waiting for the answer: the rest of the work moves to a
+    /// task of its own (see `caller`), so a unit of work, once begun, always
+    /// ends in its `COMMIT` or `ROLLBACK`, and the event handlers its commit
+    /// started run. The answer is the truth about what was committed,
+    /// whether or not anyone is left to read it. A command whose caller left
+    /// while it still waited for its turn never begins: no work for nobody.
     pub async fn handle<C>(self: &Arc<Self>, command: C) -> Result<C::Reply, Error>
     where
         C: CommandHandler + 'static,
     {
-        let caller_left = CancellationToken::new();
-        // Cancels `caller_left` when this future ends, dropped or not.
-        let _caller_leaves = caller_left.clone().drop_guard();
         let bus = Arc::clone(self);
-        let work = self
-            .running
-            .spawn(async move { bus.handle_to_the_end(command, &caller_left).await });
-        match work.await {
-            Ok(outcome) => outcome,
-            Err(failure) if failure.is_panic() => std::panic::resume_unwind(failure.into_panic()),
-            // Only when the runtime itself shuts down.
-            Err(cancelled) => Err(Error::Store(StoreError::backend(cancelled))),
-        }
+        ToTheEnd::new(&self.running, |caller| async move {
+            bus.handle_to_the_end(command, &caller).await
+        })
+        .await
     }
 
     /// Waits until every command has run to its end, those whose callers
@@ -234,9 +226,9 @@ impl<S: Store> MessageBus<S> {
     async fn handle_to_the_end<C: CommandHandler>(
         &self,
         command: C,
-        caller_left: &CancellationToken,
+        caller: &Caller,
     ) -> Result<C::Reply, Error> {
-        let result = command.submit_to(self, caller_left).await;
+        let result = command.submit_to(self, caller).await;
         count_handled(match &result {
             Ok(_) => handled_key!("command", C::NAME, "ok"),
             Err(Error::CallerLeft) => handled_key!("command", C::NAME, "abandoned"),
@@ -266,10 +258,10 @@ impl<S: Store> MessageBus<S> {
     pub(crate) async fn run_in_unit_of_work<C: CommandHandler>(
         &self,
         command: &C,
-        caller_left: &CancellationToken,
+        caller: &Caller,
     ) -> Handled<C::Reply> {
         self.retrying_conflicts(C::NAME, 1, command, |attempt| {
-            self.run_once(command, attempt, caller_left)
+            self.run_once(command, attempt, caller)
         })
         .await
     }
@@ -322,12 +314,12 @@ impl<S: Store> MessageBus<S> {
         &self,
         command: &C,
         attempt: u32,
-        caller_left: &CancellationToken,
+        caller: &Caller,
     ) -> Handled<C::Reply> {
         // No product named, no turns to take.
         let turns = tokio::select! {
             biased;
-            () = caller_left.cancelled() => return Err(Error::CallerLeft),
+            () = caller.left() => return Err(Error::CallerLeft),
             turns = self.product_turns.wait_for_all(command.product()) => turns,
         };
         let mut uow = self.start_unit_of_work(attempt, turns.contended).await?;
@@ -357,10 +349,10 @@ impl<S: Store> MessageBus<S> {
     pub(crate) async fn allocate_in_group(
         &self,
         command: Allocate,
-        caller_left: &CancellationToken,
+        caller: &Caller,
     ) -> Handled<Option<BatchRef>> {
         let lane = self.allocation_lanes.lane(&command.sku);
-        lane.submit(command, caller_left, |group| self.run_group(group))
+        lane.submit(command, caller, |group| self.run_group(group))
             .await
             .unwrap_or(Err(Error::CallerLeft))
     }
@@ -478,11 +470,8 @@ impl<S: Store> MessageBus<S> {
                 handlers::send_out_of_stock_notification(e, &*self.notifications).await?
             }
             Event::Deallocated(e) => {
-                // A follow-up's caller is the bus itself, which never leaves.
-                let stays = CancellationToken::new();
-                let (_, events) = self
-                    .allocate_in_group(handlers::reallocate(e), &stays)
-                    .await?;
+                let follow_up = handlers::reallocate(e);
+                let (_, events) = self.allocate_in_group(follow_up, &Caller::bus()).await?;
                 return Ok(events);
             }
             Event::BatchCreated(_)

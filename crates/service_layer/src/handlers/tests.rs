@@ -559,9 +559,10 @@ async fn a_command_whose_caller_left_once_it_began_still_commits() {
 
     let (app, _) = app_with_conflicts(0).await;
     let mut handling = Box::pin(app.bus.handle(allocate("o1", "LAMP", 2)));
-    assert!((&mut handling).now_or_never().is_none(), "handed to a task");
-    // The task runs until its store yields, between load and commit.
-    tokio::task::yield_now().await;
+    assert!(
+        (&mut handling).now_or_never().is_none(),
+        "begun: its store yields between load and commit"
+    );
     drop(handling);
     app.bus.finish_running_commands().await;
     assert_eq!(app.allocated_to("LAMP", "b1").await, 2);
@@ -576,24 +577,27 @@ async fn a_command_whose_caller_left_once_it_began_still_commits() {
     );
 }
 
-/// A command whose caller left before it began never begins: under
-/// overload, work nobody waits for any more is not done.
+/// Commands whose callers left while they waited for their turn (behind a
+/// command on the same product) never begin: under overload, work nobody
+/// waits for any more is not done.
 #[tokio::test]
 async fn a_command_whose_caller_left_before_it_began_never_runs() {
     use futures::FutureExt;
 
-    let app = app();
-    app.add_batch("b1", "LAMP", 10, None).await;
-    for command in [
-        Command::Allocate(allocate("o1", "LAMP", 2)),
+    let (app, _) = app_with_conflicts(0).await;
+    let mut first = Box::pin(app.bus.handle(allocate("o1", "LAMP", 2)));
+    assert!((&mut first).now_or_never().is_none(), "begun, holding LAMP");
+    for waiting in [
+        Command::Allocate(allocate("o2", "LAMP", 3)),
         Command::CreateBatch(create_batch("b2", "LAMP", 5, None)),
     ] {
-        let mut handling = Box::pin(app.bus.dispatch(command));
-        assert!((&mut handling).now_or_never().is_none(), "handed to a task");
+        let mut handling = Box::pin(app.bus.dispatch(waiting));
+        assert!((&mut handling).now_or_never().is_none(), "waits for LAMP");
         drop(handling);
     }
+    assert_eq!(first.await.expect("allocated"), Some(batchref("b1")));
     app.bus.finish_running_commands().await;
-    assert_eq!(app.allocated_to("LAMP", "b1").await, 0);
+    assert_eq!(app.allocated_to("LAMP", "b1").await, 2, "only o1");
     let batches = app.store.batches(&sku("LAMP")).await.expect("query");
     assert_eq!(batches.len(), 1, "b2 was never created: {batches:?}");
 }
