@@ -196,6 +196,10 @@ async fn log_lines_of_a_request_carry_its_route_and_ids() {
         .finish();
     // The test's runtime is single-threaded: the request runs on this thread.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests, on other threads, may have met the log line's callsite
+    // while this subscriber was being registered, and cached "nobody wants
+    // it" (tracing-core's per-callsite interest): ask again now.
+    tracing::callsite::rebuild_interest_cache();
 
     let app = app(&HttpSettings::default());
     let unknown = json!({ "orderid": "order-7", "sku": "NO-SUCH-SKU", "qty": 1 });
