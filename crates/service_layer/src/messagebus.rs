@@ -15,6 +15,8 @@
 //! A command's error goes to its caller; an event handler's error is logged
 //! and retried with exponential backoff, and never fails the command.
 
+mod telemetry;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
@@ -22,7 +24,6 @@ use std::time::Duration;
 
 use domain::commands::Allocate;
 use domain::{BatchRef, Command, DomainError, Event, OrderId, Sku};
-use metrics::{Key, Label, Level, Metadata};
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
@@ -34,38 +35,9 @@ use crate::handlers::{self, CommandHandler};
 use crate::ports::{NotificationError, Notifications};
 use crate::product_turns::ProductTurns;
 use crate::unit_of_work::{Store, StoreError, StoreTransaction, UnitOfWork};
+use telemetry::{count_handled, event_handled_key, handled_key, record_group_size};
 
-/// The metrics the bus records (through the `metrics` facade); the binary
-/// describes and exports them.
-pub mod metric_names {
-    pub const MESSAGES_HANDLED: &str = "allocation_messages_handled_total";
-    pub const CONFLICT_RETRIES: &str = "allocation_version_conflict_retries_total";
-    pub const EVENT_HANDLER_RETRIES: &str = "allocation_event_handler_retries_total";
-    pub const EVENT_HANDLER_GIVE_UPS: &str = "allocation_event_handler_give_ups_total";
-    pub const GROUP_COMMIT_SIZE: &str = "allocation_group_commit_size";
-}
-
-/// The key of `allocation_messages_handled_total` for one kind (`command`,
-/// `event`), name and outcome (`ok`, `rejected`, `failed`), built at compile
-/// time: `metrics::counter!` with labels known only at run time builds and
-/// hashes a vector of labels per call, which cost the in-memory bus an
-/// eighth of its time per command.
-macro_rules! handled_key {
-    ($kind:literal, $name:expr, $outcome:literal) => {
-        const {
-            &Key::from_static_parts(
-                metric_names::MESSAGES_HANDLED,
-                const {
-                    &[
-                        Label::from_static_parts("kind", $kind),
-                        Label::from_static_parts("name", $name),
-                        Label::from_static_parts("outcome", $outcome),
-                    ]
-                },
-            )
-        }
-    };
-}
+pub use telemetry::metric_names;
 
 /// Why a command failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -362,9 +334,7 @@ impl<S: Store> MessageBus<S> {
     /// does for one command. A failure of the store fails every command in
     /// the group; a command the model refuses fails alone.
     async fn run_group(&self, group: Vec<Allocate>) -> Vec<Handled<Option<BatchRef>>> {
-        static GROUP_SIZE: Key = Key::from_static_name(metric_names::GROUP_COMMIT_SIZE);
-        metrics::with_recorder(|recorder| recorder.register_histogram(&GROUP_SIZE, &METADATA))
-            .record(group.len() as f64);
+        record_group_size(group.len());
         let commands = group.len() as u64;
         let subject = GroupOf(group.len());
         let outcome = self
@@ -500,106 +470,5 @@ struct GroupOf(usize);
 impl fmt::Debug for GroupOf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "a group of {} allocations", self.0)
-    }
-}
-
-/// What `metrics::counter!` and the like would register the bus's metrics
-/// with, for those registered by hand with keys built at compile time.
-static METADATA: Metadata<'static> =
-    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
-
-/// Counts a handled message in `allocation_messages_handled_total`, under
-/// a key from [`handled_key!`].
-fn count_handled(key: &'static Key) {
-    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
-}
-
-/// The key for an event's outcome (`ok` or `failed`): the variant's name is
-/// the event's name, as [`Event::name`] gives it.
-fn event_handled_key(event: &Event, succeeded: bool) -> &'static Key {
-    macro_rules! by_variant {
-        ($($variant:ident),*) => {
-            match (event, succeeded) {
-                $(
-                    (Event::$variant(_), true) => handled_key!("event", stringify!($variant), "ok"),
-                    (Event::$variant(_), false) => {
-                        handled_key!("event", stringify!($variant), "failed")
-                    }
-                )*
-            }
-        };
-    }
-    by_variant!(
-        BatchCreated,
-        Allocated,
-        Deallocated,
-        AllocationCancelled,
-        BatchQuantityChanged,
-        OutOfStock
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use domain::events::{
-        Allocated, AllocationCancelled, BatchCreated, BatchQuantityChanged, Deallocated, OutOfStock,
-    };
-    use domain::fixtures::{batchref, orderid, qty, sku};
-
-    use super::*;
-
-    /// The compile-time keys name each event as `Event::name` does, so the
-    /// counts line up with the logs.
-    #[test]
-    fn event_keys_carry_the_event_name_and_outcome() {
-        let (orderid, sku, qty, batchref) = (orderid("o1"), sku("LAMP"), qty(1), batchref("b1"));
-        let events = [
-            Event::BatchCreated(BatchCreated {
-                sku: sku.clone(),
-                reference: batchref.clone(),
-                qty,
-                eta: None,
-            }),
-            Event::Allocated(Allocated {
-                orderid: orderid.clone(),
-                sku: sku.clone(),
-                qty,
-                batchref: batchref.clone(),
-            }),
-            Event::Deallocated(Deallocated {
-                orderid: orderid.clone(),
-                sku: sku.clone(),
-                qty,
-                batchref: batchref.clone(),
-            }),
-            Event::AllocationCancelled(AllocationCancelled {
-                orderid,
-                sku: sku.clone(),
-                qty,
-                batchref: batchref.clone(),
-            }),
-            Event::BatchQuantityChanged(BatchQuantityChanged {
-                sku: sku.clone(),
-                reference: batchref,
-                qty,
-            }),
-            Event::OutOfStock(OutOfStock { sku }),
-        ];
-        for event in &events {
-            for (succeeded, outcome) in [(true, "ok"), (false, "failed")] {
-                let key = event_handled_key(event, succeeded);
-                let labels: Vec<(&str, &str)> =
-                    key.labels().map(|l| (l.key(), l.value())).collect();
-                assert_eq!(key.name(), metric_names::MESSAGES_HANDLED);
-                assert_eq!(
-                    labels,
-                    [
-                        ("kind", "event"),
-                        ("name", event.name()),
-                        ("outcome", outcome)
-                    ]
-                );
-            }
-        }
     }
 }
