@@ -3,7 +3,7 @@
 //! `send_out_of_stock_notification`, an after-commit event handler, behind
 //! an abstraction so tests use a fake and the binary picks this at start).
 //!
-//! Plain `smtp://host:port` only (CONTRACT.md section 4): the service hands
+//! Plain `smtp://host:port` only (docs/contract.md section 4): the service hands
 //! its mail to a relay next to it, which takes care of delivery, TLS and
 //! authentication onwards. One connection per email: out-of-stock mail is
 //! rare, and a fresh connection cannot have gone stale.
@@ -37,7 +37,7 @@ use url::{Host, Url};
 
 use crate::sql::redact_url;
 
-/// Where out-of-stock mail goes unless configured otherwise (CONTRACT.md
+/// Where out-of-stock mail goes unless configured otherwise (docs/contract.md
 /// section 4, as in the book).
 pub const DEFAULT_RECIPIENT: &str = "stock@made.com";
 /// Who out-of-stock mail comes from unless configured otherwise.

@@ -1,5 +1,5 @@
 //! The wire formats of the messages the service exchanges over Redis pub/sub
-//! (CONTRACT.md section 3; book chapter 11, "event-driven integration").
+//! (docs/contract.md section 3; book chapter 11, "event-driven integration").
 //!
 //! Incoming messages are external commands: [`decode`] turns a channel name
 //! and a raw payload into a [`domain::Command`], parsing every field through

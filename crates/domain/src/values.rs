@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// The longest identifier the service accepts (CONTRACT.md section 2).
+/// The longest identifier the service accepts (docs/contract.md section 2).
 pub const MAX_IDENTIFIER_LEN: usize = 255;
 
 /// Why a value from the outside world was rejected.

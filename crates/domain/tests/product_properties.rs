@@ -1,6 +1,6 @@
 //! Property tests of the Product aggregate: random sequences of commands,
 //! each compared step by step (reply, events, state) with a deliberately
-//! plain reference model of the rules in CONTRACT.md section 1.
+//! plain reference model of the rules in docs/contract.md section 1.
 //!
 //! Two ways of holding the product are checked: one aggregate kept in memory
 //! with every line loaded, and a product restored for each command with only

@@ -11,7 +11,7 @@
 //!   order), inserts the allocation row, bumps the batch's
 //!   `allocated_quantity` and the product's version number, writes the
 //!   `allocations_view` row and the `line_allocated` message in the
-//!   `outbox` (CONTRACT.md section 3: in the same transaction), all in one
+//!   `outbox` (docs/contract.md section 3: in the same transaction), all in one
 //!   transaction. Publishing the outbox (the service's relay) is not part
 //!   of it: that is background work, measured on the service side only.
 //!   - PostgreSQL, 4 round trips: `BEGIN`; `UPDATE products SET

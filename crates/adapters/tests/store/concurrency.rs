@@ -1,6 +1,7 @@
-//! Concurrency across instances (book chapter 7; CONTRACT.md: "correctness
-//! holds across instances", "conflicting transactions are detected and
-//! retried"), through the message bus as the service runs commands:
+//! Concurrency across instances (book chapter 7; docs/contract.md sections
+//! 1 and 5: the rules hold across instances, and a write that lost a race
+//! is detected and run again), through the message bus as the service runs
+//! commands:
 //!
 //! - a version conflict between two instances, forced at a chosen moment,
 //!   then retried by the bus;

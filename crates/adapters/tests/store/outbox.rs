@@ -1,4 +1,4 @@
-//! The outbox as each backend stores it (CONTRACT.md section 3: every
+//! The outbox as each backend stores it (docs/contract.md section 3: every
 //! committed allocation is published at least once): what a commit writes
 //! to it, and the relay's side of it (`claim`, `release`, `mark_sent`,
 //! leases), one test per backend; then two relays over two pools draining

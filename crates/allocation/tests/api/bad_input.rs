@@ -1,4 +1,4 @@
-//! Bad input never produces a 5xx and never changes state (CONTRACT.md
+//! Bad input never produces a 5xx and never changes state (docs/contract.md
 //! section 2): every case is answered 4xx with a JSON `{"message"}`.
 
 use axum::body::{Body, to_bytes};

@@ -1,4 +1,4 @@
-//! Crash safety end to end on PostgreSQL (CONTRACT.md section 5): the
+//! Crash safety end to end on PostgreSQL (docs/contract.md section 5): the
 //! service is killed (SIGKILL) in the middle of concurrent allocations and
 //! started again on the same database. Every allocation it answered with a
 //! batch is still there, no batch holds more than it has, the read model

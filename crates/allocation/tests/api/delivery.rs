@@ -1,4 +1,4 @@
-//! The outbox's promise end to end (CONTRACT.md section 3): every committed
+//! The outbox's promise end to end (docs/contract.md section 3): every committed
 //! allocation is published, even when Redis was down at the time, and even
 //! when the service died before it could publish; on SQLite and PostgreSQL.
 //!

@@ -1,4 +1,4 @@
-//! Messages over Redis end to end (book chapter 11; CONTRACT.md section 3):
+//! Messages over Redis end to end (book chapter 11; docs/contract.md section 3):
 //! the built binary consuming `allocate` and `change_batch_quantity` and
 //! publishing `line_allocated` on the shared Redis of `REDIS_URL`, on SQLite
 //! and on PostgreSQL.

@@ -1,4 +1,4 @@
-//! The out-of-stock email end to end (CONTRACT.md section 4): the built
+//! The out-of-stock email end to end (docs/contract.md section 4): the built
 //! binary sends it through SMTP to the configured recipient, here a sink of
 //! the test's own (`test_support::smtp`); and a mail server that hangs
 //! delays neither answers, nor Redis messages, nor shutdown (issue 13).

@@ -1,4 +1,4 @@
-//! Graceful shutdown (CONTRACT.md section 5): SIGTERM stops the built
+//! Graceful shutdown (docs/contract.md section 5): SIGTERM stops the built
 //! binary promptly, with success and a last word in its log; under load,
 //! every request it took is answered in full and kept.
 

@@ -1,6 +1,6 @@
 //! The HTTP API (axum): the book's three routes exactly as its clients know
 //! them, plus deallocation, batch quantity changes, the product query and
-//! health probes (CONTRACT.md section 2).
+//! health probes (docs/contract.md section 2).
 //!
 //! Writes go through the message bus; reads go straight to the read model
 //! (CQRS, book chapter 12). Every error is rendered once, by [`ApiError`].
