@@ -9,6 +9,13 @@ use std::sync::Arc;
 /// The longest identifier the service accepts (docs/contract.md section 2).
 pub const MAX_IDENTIFIER_LEN: usize = 255;
 
+/// The characters an identifier may hold, as a JSON Schema (ECMA-262)
+/// pattern: anything but the control characters that `char::is_control`
+/// refuses (U+0000 to U+001F, U+007F to U+009F). The OpenAPI document
+/// states it beside the length limits, so that a client generated from the
+/// document sends what the service accepts.
+pub const IDENTIFIER_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
 /// Why a value from the outside world was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
@@ -131,6 +138,29 @@ impl fmt::Debug for Quantity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pattern's ranges are exactly the characters `parse` refuses.
+    #[test]
+    fn the_identifier_pattern_names_the_control_characters() {
+        let control: Vec<u32> = (0..=0x10FFFF)
+            .filter_map(char::from_u32)
+            .filter(|c| c.is_control())
+            .map(u32::from)
+            .collect();
+        // The `\uXXXX` escapes of the pattern, in pairs: its ranges.
+        let bounds: Vec<u32> = IDENTIFIER_PATTERN
+            .split("\\u")
+            .skip(1)
+            .map(|rest| u32::from_str_radix(&rest[..4], 16).expect("four hex digits"))
+            .collect();
+        let in_pattern: Vec<u32> = bounds
+            .chunks(2)
+            .flat_map(|range| range[0]..=range[1])
+            .collect();
+        assert_eq!(control, in_pattern);
+        assert!(OrderId::parse("order\u{9f}").is_err());
+        assert!(OrderId::parse("order\u{a0}").is_ok());
+    }
 
     #[test]
     fn identifiers_accept_ordinary_text_up_to_the_limit() {

@@ -177,20 +177,26 @@ fn collect_references(value: &Value, into: &mut Vec<String>) {
 async fn the_documented_bounds_are_the_domain_values() {
     let document = document().await;
     let schemas = &document["components"]["schemas"];
-    for (schema, field) in [
+    let identifiers = [
         ("AddBatchRequest", "ref"),
         ("AddBatchRequest", "sku"),
         ("AllocateRequest", "orderid"),
+        ("AllocateRequest", "sku"),
+        ("DeallocateRequest", "orderid"),
         ("DeallocateRequest", "sku"),
         ("ChangeBatchQuantityRequest", "batchref"),
-    ] {
+    ];
+    for (schema, field) in identifiers {
         let property = &schemas[schema]["properties"][field];
-        assert_eq!(property["minLength"], 1, "{schema}.{field}");
-        assert_eq!(
-            property["maxLength"],
-            domain::values::MAX_IDENTIFIER_LEN,
-            "{schema}.{field}"
-        );
+        assert_identifier(property, &format!("{schema}.{field}"));
+    }
+    for (path, name) in [
+        ("/allocations/{orderid}", "orderid"),
+        ("/products/{sku}/batches", "sku"),
+    ] {
+        let parameter = &document["paths"][path]["get"]["parameters"][0];
+        assert_eq!(parameter["name"], name);
+        assert_identifier(&parameter["schema"], path);
     }
     for schema in [
         "AddBatchRequest",
@@ -201,4 +207,20 @@ async fn the_documented_bounds_are_the_domain_values() {
         assert_eq!(qty["minimum"], 1, "{schema}");
         assert_eq!(qty["maximum"], domain::Quantity::MAX, "{schema}");
     }
+}
+
+/// An identifier's schema states what `domain` accepts: 1 to 255
+/// characters, none of them a control character.
+fn assert_identifier(schema: &Value, what: &str) {
+    assert_eq!(schema["minLength"], 1, "{what}: {schema}");
+    assert_eq!(
+        schema["maxLength"],
+        domain::values::MAX_IDENTIFIER_LEN,
+        "{what}: {schema}"
+    );
+    assert_eq!(
+        schema["pattern"],
+        domain::values::IDENTIFIER_PATTERN,
+        "{what}: {schema}"
+    );
 }

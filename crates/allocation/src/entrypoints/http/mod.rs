@@ -177,9 +177,17 @@ fn quantity(value: i64) -> Result<Quantity, ValueError> {
 struct AddBatchRequest {
     /// The batch reference (1 to 255 characters).
     #[serde(rename = "ref")]
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     reference: String,
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     sku: String,
     /// Units purchased: a positive integer.
     #[schema(minimum = 1, maximum = 1_000_000_000)]
@@ -238,9 +246,17 @@ async fn add_batch<S: Store>(
 
 #[derive(Debug, Deserialize, ToSchema)]
 struct AllocateRequest {
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     orderid: String,
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     sku: String,
     /// Units ordered: a positive integer.
     #[schema(minimum = 1, maximum = 1_000_000_000)]
@@ -306,7 +322,7 @@ struct AllocationResponse {
     get,
     path = "/allocations/{orderid}",
     tag = "book",
-    params(("orderid" = String, Path, description = "The order's id")),
+    params(("orderid" = String, Path, description = "The order's id", min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")),
     responses(
         (status = 200, description = "The order's allocations, from the read model", body = Vec<AllocationResponse>),
         (status = 400, description = "Invalid order id", body = ErrorBody),
@@ -339,9 +355,17 @@ async fn allocations_of_order<S: ReadModel>(
 
 #[derive(Debug, Deserialize, ToSchema)]
 struct DeallocateRequest {
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     orderid: String,
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     sku: String,
 }
 
@@ -391,7 +415,11 @@ async fn deallocate<S: Store>(
 /// The same payload as the `change_batch_quantity` Redis message.
 #[derive(Debug, Deserialize, ToSchema)]
 struct ChangeBatchQuantityRequest {
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     batchref: String,
     /// The batch's new purchased quantity: a positive integer.
     #[schema(minimum = 1, maximum = 1_000_000_000)]
@@ -457,7 +485,7 @@ struct ProductResponse {
     get,
     path = "/products/{sku}/batches",
     tag = "allocation",
-    params(("sku" = String, Path, description = "The product's SKU")),
+    params(("sku" = String, Path, description = "The product's SKU", min_length = 1, max_length = 255, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")),
     responses(
         (status = 200, description = "The product's batches in creation order, from the read model", body = ProductResponse),
         (status = 400, description = "Invalid SKU", body = ErrorBody),
