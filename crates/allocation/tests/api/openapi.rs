@@ -190,6 +190,10 @@ async fn the_documented_bounds_are_the_domain_values() {
         let property = &schemas[schema]["properties"][field];
         assert_identifier(property, &format!("{schema}.{field}"));
     }
+    // A date as the service parses it, `YYYY-MM-DD`: not just any string.
+    let eta = &schemas["AddBatchRequest"]["properties"]["eta"];
+    assert_eq!(eta["format"], "date", "{eta}");
+    assert_eq!(eta["pattern"], "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "{eta}");
     for (path, name) in [
         ("/allocations/{orderid}", "orderid"),
         ("/products/{sku}/batches", "sku"),

@@ -194,6 +194,7 @@ struct AddBatchRequest {
     qty: i64,
     /// Expected arrival; `null` for stock already in the warehouse.
     #[serde(default)]
+    #[schema(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
     eta: Option<NaiveDate>,
 }
 
