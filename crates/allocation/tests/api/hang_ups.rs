@@ -12,7 +12,7 @@ use socket2::SockRef;
 use sqlx::{AnyConnection, Connection, Row};
 use test_support::{TestDatabase, on_database, per_backend};
 
-use crate::helpers::{BOUND, RunningApp, unique};
+use crate::helpers::{BOUND, RunningApp, assert_stored, unique};
 
 per_backend!(mod every_backend on [sqlite, postgres] via on_database {
     every_acknowledged_allocation_survives_clients_that_hang_up,
@@ -78,21 +78,12 @@ async fn every_acknowledged_allocation_survives_clients_that_hang_up(db: TestDat
     // Every 202 is in the database, and in the read model.
     sqlx::any::install_default_drivers();
     let mut conn = AnyConnection::connect(db.url()).await.expect("connect");
-    for (orderid, batchref) in &acknowledged {
-        let stored = sqlx::query(
-            "SELECT b.reference FROM allocations a JOIN batches b ON b.id = a.batch_id \
-             WHERE a.orderid = $1",
-        )
-        .bind(orderid)
-        .fetch_optional(&mut conn)
-        .await
-        .expect("query the allocations");
-        let stored: Option<String> = stored.map(|row| row.get("reference"));
-        assert_eq!(
-            stored.as_ref(),
-            Some(batchref),
-            "acknowledged {orderid} was lost"
-        );
+    assert_stored(
+        &mut conn,
+        acknowledged.iter().map(|(o, b)| (o.as_str(), b.as_str())),
+    )
+    .await;
+    for (orderid, _) in &acknowledged {
         let (status, rows) = app.get(&format!("/allocations/{orderid}")).await;
         assert_eq!(status, 200, "{orderid}: {rows}");
     }

@@ -459,3 +459,31 @@ pub fn check_line_allocated(
     assert!(!id.trim().is_empty(), "no message_id: {message}");
     id.to_owned()
 }
+
+/// Asserts that every `(orderid, batchref)` the service acknowledged (202)
+/// is in its database's `allocations` table on that batch: read directly,
+/// not through the service, which could answer from a transaction that
+/// never committed.
+pub async fn assert_stored<'a>(
+    conn: &mut sqlx::AnyConnection,
+    acknowledged: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
+    use sqlx::Row;
+
+    for (orderid, batchref) in acknowledged {
+        let row = sqlx::query(
+            "SELECT b.reference FROM allocations a JOIN batches b ON b.id = a.batch_id \
+             WHERE a.orderid = $1",
+        )
+        .bind(orderid)
+        .fetch_optional(&mut *conn)
+        .await
+        .expect("query the allocations");
+        let stored: Option<String> = row.map(|row| row.get("reference"));
+        assert_eq!(
+            stored.as_deref(),
+            Some(batchref),
+            "acknowledged {orderid} was lost"
+        );
+    }
+}
