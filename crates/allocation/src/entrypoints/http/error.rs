@@ -32,6 +32,11 @@ pub enum ApiError {
     Body { status: StatusCode, message: String },
     #[error("{0}")]
     Unavailable(String),
+    /// The database's failure, not the request's: worth retrying (it may be
+    /// restarting, and every command is safe to send again). The details
+    /// go to the log only.
+    #[error("storage unavailable; try again later")]
+    Storage(#[source] service_layer::StoreError),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -44,7 +49,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Body { status, .. } => *status,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -56,6 +61,7 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(source) => tracing::error!(error = %source, "request failed"),
             Self::Unavailable(reason) => tracing::warn!(%reason, "request failed"),
+            Self::Storage(source) => tracing::error!(error = %source, "storage failed"),
             // Not `message`: that is the name of the log line's own text.
             _ => tracing::debug!(%status, reason = %self, "request refused"),
         }
@@ -115,12 +121,8 @@ impl From<service_layer::Error> for ApiError {
     }
 }
 
-/// A storage failure is the database's, not the request's: 503, worth
-/// retrying (the database may be restarting, and every command is safe to
-/// send again), with the details in the log only.
 impl From<service_layer::StoreError> for ApiError {
     fn from(error: service_layer::StoreError) -> Self {
-        tracing::error!(%error, "storage failed");
-        Self::Unavailable("storage unavailable; try again later".into())
+        Self::Storage(error)
     }
 }
