@@ -462,10 +462,10 @@ impl SqlStore {
 /// Whether a connection coming back to the pool may be reused: never if it
 /// is still inside a transaction, or the next unit of work would run inside
 /// that one, and its writes would vanish with it (or hold its locks). Units
-/// of work run to their end in their own task, and sqlx rolls back a dropped
-/// transaction (since 0.9.1 also one dropped while its `BEGIN` was on the
-/// wire), so this should never fire; it closes the connection rather than
-/// trust that every path always gets it right.
+/// of work run to their end whoever hangs up (`MessageBus::handle`), and
+/// sqlx rolls back a dropped transaction (since 0.9.1 also one dropped while
+/// its `BEGIN` was on the wire), so this should never fire; it closes the
+/// connection rather than trust that every path always gets it right.
 async fn close_if_in_transaction(conn: &mut AnyConnection) -> Result<bool, sqlx::Error> {
     if conn.is_in_transaction() {
         tracing::warn!("closing a database connection released inside a transaction");

@@ -30,9 +30,8 @@ impl Caller {
         Self { left: None }
     }
 
-    /// A caller that leaves when the test sets the flag.
-    #[cfg(test)]
-    pub(crate) fn leaving_on_demand() -> (Self, Arc<AtomicBool>) {
+    /// A caller who is waiting, and the flag that says they left.
+    pub(crate) fn waiting() -> (Self, Arc<AtomicBool>) {
         let left = Arc::new(AtomicBool::new(false));
         let caller = Self {
             left: Some(Arc::clone(&left)),
@@ -82,10 +81,7 @@ where
 {
     /// The work that `work` returns when given its caller.
     pub(crate) fn new(running: &'t TaskTracker, work: impl FnOnce(Caller) -> F) -> Self {
-        let left = Arc::new(AtomicBool::new(false));
-        let caller = Caller {
-            left: Some(Arc::clone(&left)),
-        };
+        let (caller, left) = Caller::waiting();
         Self {
             work: Some(Box::pin(work(caller))),
             left,
@@ -109,14 +105,6 @@ where
         self.work = None;
         Poll::Ready(output)
     }
-}
-
-// `Unpin` whatever `F` is: the work is pinned in its box, which moves freely.
-impl<F> Unpin for ToTheEnd<'_, F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send,
-{
 }
 
 impl<F> Drop for ToTheEnd<'_, F>

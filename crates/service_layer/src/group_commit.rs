@@ -359,7 +359,7 @@ mod tests {
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let busy = lanes.lanes[0].turn.lock().await;
-        let ((leaving, left), stays) = (Caller::leaving_on_demand(), Caller::bus());
+        let ((leaving, left), stays) = (Caller::waiting(), Caller::bus());
         let mut cancelled = Box::pin(
             lanes
                 .lane(&lamp)
@@ -408,7 +408,7 @@ mod tests {
         };
         let busy = lanes.lanes[0].turn.lock().await;
         let leader = spawn_submit(&lanes, 1, Caller::bus(), run.clone());
-        let (leaving, left) = Caller::leaving_on_demand();
+        let (leaving, left) = Caller::waiting();
         let follower = spawn_submit(&lanes, 7, leaving, run);
         tokio::task::yield_now().await;
         drop(busy);

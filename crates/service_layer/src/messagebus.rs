@@ -194,7 +194,8 @@ impl<S: Store> MessageBus<S> {
         self.running.wait().await;
     }
 
-    /// [`handle`](Self::handle)'s work, in the task it runs in.
+    /// [`handle`](Self::handle)'s work: in the caller's future, or in a
+    /// task of its own once the caller has left.
     async fn handle_to_the_end<C: CommandHandler>(
         &self,
         command: C,
