@@ -131,14 +131,7 @@ async fn a_hung_server_delays_neither_sending_nor_shutdown() {
     let (url, mut accepted) = hung_server().await;
     let (notifications, sender) = start(&url, quick(Duration::from_millis(200)));
 
-    let started = Instant::now();
-    for n in 0..3 {
-        notifications
-            .send(&notification(&format!("email {n}")))
-            .await
-            .expect("queued");
-    }
-    let took = started.elapsed();
+    let took = send_emails(&notifications, "email", 3).await;
     assert!(took < AT_ONCE, "three sends took {took:?}");
 
     // The first email's attempts: each one timed out, then one more came.
@@ -173,14 +166,7 @@ async fn a_full_queue_drops_new_emails_rather_than_wait() {
     };
     let (notifications, sender) = start(&url, settings);
 
-    let started = Instant::now();
-    for n in 0..50 {
-        notifications
-            .send(&notification(&format!("email {n}")))
-            .await
-            .expect("queued or dropped, never an error");
-    }
-    let took = started.elapsed();
+    let took = send_emails(&notifications, "email", 50).await;
     assert!(took < AT_ONCE, "50 sends to a full queue took {took:?}");
     sender.finish(Duration::from_millis(100)).await;
 }
@@ -220,12 +206,7 @@ async fn a_permanent_refusal_is_not_retried() {
 async fn shutdown_sends_what_is_queued_within_its_grace_period() {
     let mut sink = SmtpSink::start(Behaviour::Accepting).await;
     let (notifications, sender) = start(sink.url(), quick(BOUND));
-    for n in 0..3 {
-        notifications
-            .send(&notification(&format!("queued {n}")))
-            .await
-            .expect("queued");
-    }
+    send_emails(&notifications, "queued", 3).await;
 
     sender.finish(BOUND).await;
 
@@ -233,4 +214,17 @@ async fn shutdown_sends_what_is_queued_within_its_grace_period() {
         let mail = sink.next().await;
         assert_eq!(mail.header("Subject"), Some(format!("queued {n}").as_str()));
     }
+}
+
+/// Sends `count` notifications, subjects `<prefix> 0`, `<prefix> 1`...;
+/// how long that took. Each is queued or dropped, never an error.
+async fn send_emails(notifications: &EmailNotifications, prefix: &str, count: usize) -> Duration {
+    let started = Instant::now();
+    for n in 0..count {
+        notifications
+            .send(&notification(&format!("{prefix} {n}")))
+            .await
+            .expect("queued or dropped, never an error");
+    }
+    started.elapsed()
 }

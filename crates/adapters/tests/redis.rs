@@ -85,20 +85,14 @@ async fn published_messages_reach_a_subscriber_byte_for_byte() {
         .await
         .expect("published");
 
-    let first = tokio::time::timeout(BOUND, subscription.next())
-        .await
-        .expect("in time")
-        .expect("still subscribed");
+    let first = next_from(&mut subscription).await;
     assert_eq!(first.channel, allocate);
     assert_eq!(first.payload, payload.as_bytes());
     // What the consumer will do with it: decode under the channel's role.
     let command = messages::decode(ALLOCATE, &first.payload).expect("a valid allocate message");
     assert_eq!(command.name(), "Allocate");
 
-    let second = tokio::time::timeout(BOUND, subscription.next())
-        .await
-        .expect("in time")
-        .expect("still subscribed");
+    let second = next_from(&mut subscription).await;
     assert_eq!(
         (second.channel.as_str(), second.payload.as_slice()),
         (other.as_str(), &b"second"[..])
@@ -261,10 +255,7 @@ async fn a_subscription_nobody_reads_keeps_its_buffer_full_and_drops_the_rest() 
         .publish(&channel, "after")
         .await
         .expect("published");
-    let message = tokio::time::timeout(BOUND, subscription.next())
-        .await
-        .expect("in time")
-        .expect("still subscribed");
+    let message = next_from(&mut subscription).await;
     assert_eq!(message.payload, b"after");
 }
 
@@ -296,4 +287,12 @@ async fn the_publisher_is_lazy_and_never_shows_the_password() {
     let message = error.to_string();
     assert!(message.contains("redis://:***@127.0.0.1:1/0"), "{message}");
     assert!(!message.contains("s3cret"), "{message}");
+}
+
+/// The subscription's next message, within [`BOUND`].
+async fn next_from(subscription: &mut Subscription) -> Incoming {
+    tokio::time::timeout(BOUND, subscription.next())
+        .await
+        .expect("in time")
+        .expect("still subscribed")
 }
