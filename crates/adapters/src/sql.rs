@@ -25,7 +25,7 @@ use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku}
 use service_layer::ports::{
     AllocationView, BatchView, ClaimedMessage, Outbox, OutboxBacklog, OutboxMessage, ReadModel,
 };
-use service_layer::unit_of_work::{
+use service_layer::ports::{
     ChangeSet, Lines, ProductChanges, Store, StoreError, StoreTransaction, ViewChange,
 };
 use sqlx::any::AnyRow;

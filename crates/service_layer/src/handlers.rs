@@ -22,7 +22,8 @@ use uuid::Uuid;
 use crate::caller::Caller;
 use crate::messagebus::{Error, Handled, MessageBus};
 use crate::ports::{Notification, NotificationError, Notifications, OutboxMessage};
-use crate::unit_of_work::{Store, StoreTransaction, UnitOfWork, ViewChange};
+use crate::ports::{Store, StoreTransaction, ViewChange};
+use crate::unit_of_work::UnitOfWork;
 
 /// A command together with its handler: what the bus runs in a unit of work,
 /// again from scratch when the commit hits a version conflict.

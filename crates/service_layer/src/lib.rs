@@ -17,4 +17,7 @@ pub mod relay;
 pub mod unit_of_work;
 
 pub use messagebus::{Error, MessageBus, RetryPolicy};
-pub use unit_of_work::{Store, StoreError, StoreTransaction, UnitOfWork};
+pub use ports::{
+    ChangeSet, Lines, ProductChanges, Store, StoreError, StoreTransaction, ViewChange,
+};
+pub use unit_of_work::UnitOfWork;

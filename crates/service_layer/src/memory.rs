@@ -25,7 +25,7 @@ use crate::ports::{
     AllocationView, BatchView, ClaimedMessage, Notification, NotificationError, Notifications,
     Outbox, OutboxBacklog, OutboxMessage, PublishError, Publisher, ReadModel,
 };
-use crate::unit_of_work::{ChangeSet, Lines, Store, StoreError, StoreTransaction, ViewChange};
+use crate::ports::{ChangeSet, Lines, Store, StoreError, StoreTransaction, ViewChange};
 
 /// Products and the read model, shared by every transaction and query.
 #[derive(Debug, Clone, Default)]

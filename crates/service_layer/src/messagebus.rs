@@ -33,8 +33,9 @@ use crate::caller::{Caller, ToTheEnd};
 use crate::group_commit::Lanes;
 use crate::handlers::{self, CommandHandler};
 use crate::ports::{NotificationError, Notifications};
+use crate::ports::{Store, StoreError, StoreTransaction};
 use crate::product_turns::ProductTurns;
-use crate::unit_of_work::{Store, StoreError, StoreTransaction, UnitOfWork};
+use crate::unit_of_work::UnitOfWork;
 use telemetry::{count_handled, event_handled_key, handled_key, record_group_size};
 
 pub use telemetry::metric_names;
@@ -310,9 +311,9 @@ impl<S: Store> MessageBus<S> {
         contended: bool,
     ) -> Result<UnitOfWork<S::Transaction>, StoreError> {
         if attempt == 1 && !contended {
-            self.store.start().await
+            UnitOfWork::begin(&self.store).await
         } else {
-            self.store.start_locking().await
+            UnitOfWork::begin_locking(&self.store).await
         }
     }
 

@@ -1,20 +1,21 @@
-//! Ports: what the service layer needs from the outside world, as traits the
-//! adapters implement (dependency inversion, book chapter 13).
+//! Ports: every trait the adapters implement, and the types that cross them
+//! (dependency inversion, book chapter 13). Storage ([`Store`] and its
+//! [`StoreTransaction`], [`ReadModel`], [`Outbox`]), and the outside world
+//! ([`Notifications`], [`Publisher`]).
 //!
 //! [`Notifications`] and [`Publisher`] are stored as trait objects because
 //! which one runs is chosen at start from the configuration; the storage
-//! ports ([`ReadModel`], [`Outbox`]) are generic like [`crate::Store`].
+//! ports are generic, so the bus's hot path makes no dynamic calls.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use domain::events::Allocated;
-use domain::{BatchRef, OrderId, Sku};
+use domain::{BatchRef, Event, OrderId, Product, Sku};
 use uuid::Uuid;
-
-use crate::unit_of_work::StoreError;
 
 /// A message for the people who look after stock, e.g. "Out of stock".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,4 +128,135 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
 
     /// Whether the storage answers (readiness probe).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The storage failed, or refused a commit that raced with another one.
+/// Cheap to clone, so that one failed group commit can answer each of its
+/// commands with it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Another transaction changed what this one read: retry from scratch.
+    #[error("product {sku} was changed by a concurrent transaction")]
+    Conflict { sku: Sku },
+    #[error("storage failed: {0}")]
+    Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Arc::new(error))
+    }
+}
+
+/// Which order lines to load with a product. A product's history may hold
+/// millions of lines; a command needs those of one order or of one batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Lines<'a> {
+    None,
+    OfOrder(&'a OrderId),
+    /// The lines of several orders: what a group of allocations needs.
+    OfOrders(&'a [OrderId]),
+    OfBatch(&'a BatchRef),
+}
+
+/// A storage backend: starts transactions.
+pub trait Store: Clone + Send + Sync + 'static {
+    type Transaction: StoreTransaction;
+
+    /// Starts a transaction. Its reads need not hold locks: the commit checks
+    /// every product's version, so a product changed since it was read fails
+    /// the commit with [`StoreError::Conflict`] (optimistic concurrency).
+    fn begin(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send;
+
+    /// Starts a transaction that locks each product as it loads it, until
+    /// it ends: other writers to those products wait instead of racing it.
+    /// For a command that already lost a race (a version conflict), so that
+    /// its next attempt does not lose again however hot the product. A
+    /// backend whose transactions already exclude each other keeps this
+    /// default.
+    fn begin_locking(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send {
+        self.begin()
+    }
+
+    /// How many groups of allocations the bus commits side by side (see
+    /// `group_commit`): one for a database that takes one writer at a time
+    /// anyway, more for one whose writers to different products run in
+    /// parallel. Fewer lanes make bigger groups, hence fewer commits.
+    fn write_lanes(&self) -> usize {
+        1
+    }
+
+    /// Whether a write could commit now (the readiness probe): a locking
+    /// transaction begins and commits, writing nothing. Reads can succeed
+    /// while writes cannot: SQLite's write lock held by a stuck writer, or a
+    /// pool whose every connection is stuck inside a transaction.
+    fn check_writable(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async {
+            let transaction = self.begin_locking().await?;
+            transaction.commit(ChangeSet::default()).await
+        }
+    }
+}
+
+/// One open transaction of a backend. Dropping it rolls back.
+pub trait StoreTransaction: Send {
+    /// The product with every batch (in creation order) and the given lines.
+    fn load(
+        &mut self,
+        sku: &Sku,
+        lines: Lines<'_>,
+    ) -> impl Future<Output = Result<Option<Product>, StoreError>> + Send;
+
+    /// The SKU of the product that holds batch `reference`, if any.
+    fn sku_of_batch(
+        &mut self,
+        reference: &BatchRef,
+    ) -> impl Future<Output = Result<Option<Sku>, StoreError>> + Send;
+
+    /// Writes `changes` and commits, or fails with [`StoreError::Conflict`]
+    /// (and writes nothing) if a product's stored version is no longer the
+    /// one it was loaded at, or a batch reference or order line is taken.
+    fn commit(self, changes: ChangeSet) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Everything a unit of work writes at commit.
+#[derive(Debug, Default)]
+pub struct ChangeSet {
+    pub products: Vec<ProductChanges>,
+    pub views: Vec<ViewChange>,
+    /// Messages for other systems, published by the relay after commit.
+    pub outbox: Vec<OutboxMessage>,
+}
+
+impl ChangeSet {
+    /// Whether there is nothing to write (a command that changed nothing,
+    /// such as allocating a line that is already allocated).
+    pub fn is_empty(&self) -> bool {
+        self.products.is_empty() && self.views.is_empty() && self.outbox.is_empty()
+    }
+}
+
+/// What happened to one product: its events, in order, say what to write.
+#[derive(Debug)]
+pub struct ProductChanges {
+    pub sku: Sku,
+    /// `None` for a product that is not stored yet.
+    pub stored_version: Option<u64>,
+    pub new_version: u64,
+    pub events: Vec<Event>,
+}
+
+/// A change to the read model (book chapter 12), written in the same
+/// transaction as the products so the two never disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewChange {
+    Allocated {
+        orderid: OrderId,
+        sku: Sku,
+        batchref: BatchRef,
+    },
+    Deallocated {
+        orderid: OrderId,
+        sku: Sku,
+    },
 }

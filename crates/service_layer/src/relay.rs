@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use crate::ports::StoreError;
 use crate::ports::{Outbox, PublishError, Publisher};
-use crate::unit_of_work::StoreError;
 
 /// How the relay paces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,165 +6,22 @@
 //! rolls everything back (RAII is the book's context manager).
 //!
 //! The logic every backend shares (identity map, event collection, working
-//! out what changed) lives here; a backend only implements [`Store`] and
-//! [`StoreTransaction`]: read a product, and write a [`ChangeSet`] atomically,
+//! out what changed) lives here; a backend only implements the ports
+//! [`Store`] and [`StoreTransaction`]: read a product, and write a
+//! [`ChangeSet`] atomically,
 //! checking each product's version number (optimistic concurrency, chapter 7).
 
 use std::collections::hash_map::Entry;
-use std::future::Future;
-use std::sync::Arc;
 
 use foldhash::HashMap;
 use smallvec::SmallVec;
 
 use domain::{BatchRef, Event, OrderId, Product, Sku};
 
-use crate::ports::OutboxMessage;
-
-/// The storage failed, or refused a commit that raced with another one.
-/// Cheap to clone, so that one failed group commit can answer each of its
-/// commands with it.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// Another transaction changed what this one read: retry from scratch.
-    #[error("product {sku} was changed by a concurrent transaction")]
-    Conflict { sku: Sku },
-    #[error("storage failed: {0}")]
-    Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
-}
-
-impl StoreError {
-    pub fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::Backend(Arc::new(error))
-    }
-}
-
-/// Which order lines to load with a product. A product's history may hold
-/// millions of lines; a command needs those of one order or of one batch.
-#[derive(Debug, Clone, Copy)]
-pub enum Lines<'a> {
-    None,
-    OfOrder(&'a OrderId),
-    /// The lines of several orders: what a group of allocations needs.
-    OfOrders(&'a [OrderId]),
-    OfBatch(&'a BatchRef),
-}
-
-/// A storage backend: starts transactions.
-pub trait Store: Clone + Send + Sync + 'static {
-    type Transaction: StoreTransaction;
-
-    /// Starts a transaction. Its reads need not hold locks: the commit checks
-    /// every product's version, so a product changed since it was read fails
-    /// the commit with [`StoreError::Conflict`] (optimistic concurrency).
-    fn begin(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send;
-
-    /// Starts a unit of work: a transaction with an empty identity map.
-    fn start(
-        &self,
-    ) -> impl Future<Output = Result<UnitOfWork<Self::Transaction>, StoreError>> + Send {
-        async { Ok(UnitOfWork::new(self.begin().await?)) }
-    }
-
-    /// Starts a transaction that locks each product as it loads it, until
-    /// it ends: other writers to those products wait instead of racing it.
-    /// For a command that already lost a race (a version conflict), so that
-    /// its next attempt does not lose again however hot the product. A
-    /// backend whose transactions already exclude each other keeps this
-    /// default.
-    fn begin_locking(&self) -> impl Future<Output = Result<Self::Transaction, StoreError>> + Send {
-        self.begin()
-    }
-
-    /// How many groups of allocations the bus commits side by side (see
-    /// `group_commit`): one for a database that takes one writer at a time
-    /// anyway, more for one whose writers to different products run in
-    /// parallel. Fewer lanes make bigger groups, hence fewer commits.
-    fn write_lanes(&self) -> usize {
-        1
-    }
-
-    /// Whether a write could commit now (the readiness probe): a locking
-    /// transaction begins and commits, writing nothing. Reads can succeed
-    /// while writes cannot: SQLite's write lock held by a stuck writer, or a
-    /// pool whose every connection is stuck inside a transaction.
-    fn check_writable(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
-        async {
-            let transaction = self.begin_locking().await?;
-            transaction.commit(ChangeSet::default()).await
-        }
-    }
-
-    /// A unit of work over [`Store::begin_locking`].
-    fn start_locking(
-        &self,
-    ) -> impl Future<Output = Result<UnitOfWork<Self::Transaction>, StoreError>> + Send {
-        async { Ok(UnitOfWork::new(self.begin_locking().await?)) }
-    }
-}
-
-/// One open transaction of a backend. Dropping it rolls back.
-pub trait StoreTransaction: Send {
-    /// The product with every batch (in creation order) and the given lines.
-    fn load(
-        &mut self,
-        sku: &Sku,
-        lines: Lines<'_>,
-    ) -> impl Future<Output = Result<Option<Product>, StoreError>> + Send;
-
-    /// The SKU of the product that holds batch `reference`, if any.
-    fn sku_of_batch(
-        &mut self,
-        reference: &BatchRef,
-    ) -> impl Future<Output = Result<Option<Sku>, StoreError>> + Send;
-
-    /// Writes `changes` and commits, or fails with [`StoreError::Conflict`]
-    /// (and writes nothing) if a product's stored version is no longer the
-    /// one it was loaded at, or a batch reference or order line is taken.
-    fn commit(self, changes: ChangeSet) -> impl Future<Output = Result<(), StoreError>> + Send;
-}
-
-/// Everything a unit of work writes at commit.
-#[derive(Debug, Default)]
-pub struct ChangeSet {
-    pub products: Vec<ProductChanges>,
-    pub views: Vec<ViewChange>,
-    /// Messages for other systems, published by the relay after commit.
-    pub outbox: Vec<OutboxMessage>,
-}
-
-impl ChangeSet {
-    /// Whether there is nothing to write (a command that changed nothing,
-    /// such as allocating a line that is already allocated).
-    pub fn is_empty(&self) -> bool {
-        self.products.is_empty() && self.views.is_empty() && self.outbox.is_empty()
-    }
-}
-
-/// What happened to one product: its events, in order, say what to write.
-#[derive(Debug)]
-pub struct ProductChanges {
-    pub sku: Sku,
-    /// `None` for a product that is not stored yet.
-    pub stored_version: Option<u64>,
-    pub new_version: u64,
-    pub events: Vec<Event>,
-}
-
-/// A change to the read model (book chapter 12), written in the same
-/// transaction as the products so the two never disagree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ViewChange {
-    Allocated {
-        orderid: OrderId,
-        sku: Sku,
-        batchref: BatchRef,
-    },
-    Deallocated {
-        orderid: OrderId,
-        sku: Sku,
-    },
-}
+use crate::ports::{
+    ChangeSet, Lines, OutboxMessage, ProductChanges, Store, StoreError, StoreTransaction,
+    ViewChange,
+};
 
 /// A product loaded or added in this unit of work.
 #[derive(Debug)]
@@ -356,6 +213,17 @@ pub struct UnitOfWork<T> {
 }
 
 impl<T: StoreTransaction> UnitOfWork<T> {
+    /// Starts a unit of work on `store`: a transaction with an empty
+    /// identity map.
+    pub async fn begin<S: Store<Transaction = T>>(store: &S) -> Result<Self, StoreError> {
+        Ok(Self::new(store.begin().await?))
+    }
+
+    /// A unit of work over [`Store::begin_locking`].
+    pub async fn begin_locking<S: Store<Transaction = T>>(store: &S) -> Result<Self, StoreError> {
+        Ok(Self::new(store.begin_locking().await?))
+    }
+
     pub fn new(transaction: T) -> Self {
         Self {
             products: Repository {

@@ -12,7 +12,7 @@ use domain::{BatchRef, Product, Sku};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use service_layer::memory::{MemoryStore, MemoryTransaction, RecordingNotifications};
-use service_layer::unit_of_work::{ChangeSet, Lines, StoreError, StoreTransaction};
+use service_layer::ports::{ChangeSet, Lines, StoreError, StoreTransaction};
 use service_layer::{MessageBus, RetryPolicy, Store};
 use tokio::sync::Notify;
 

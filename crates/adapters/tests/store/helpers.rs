@@ -8,8 +8,8 @@ use domain::commands::{Allocate, CreateBatch, Deallocate};
 use domain::{BatchRef, OrderId, OrderLine, Product, Quantity, Sku};
 use service_layer::handlers::handle_in_transaction;
 use service_layer::memory::RecordingNotifications;
+use service_layer::ports::Lines;
 use service_layer::ports::{AllocationView, BatchView, Outbox, ReadModel};
-use service_layer::unit_of_work::Lines;
 use service_layer::{Error, MessageBus, RetryPolicy, Store, StoreTransaction, UnitOfWork};
 pub use test_support::unique;
 

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use domain::{BatchRef, OrderId, Sku};
-use service_layer::Store;
 use service_layer::memory::RecordingPublisher;
 use service_layer::ports::{ClaimedMessage, Outbox, OutboxBacklog};
 use service_layer::relay::{OutboxRelay, RelaySettings};
+use service_layer::{Store, UnitOfWork};
 use test_support::per_backend;
 use tokio::sync::Notify;
 
@@ -99,7 +99,7 @@ async fn a_rolled_back_unit_of_work_leaves_no_message<S: Store + Outbox>(store: 
     bus.add_batch(&batch, &sku, 10, None).await;
 
     {
-        let mut uow = store.start().await.expect("start");
+        let mut uow = UnitOfWork::begin(&store).await.expect("start");
         let allocated = allocate_in(&mut uow, &orderid("dropped"), &sku, 4).await;
         assert_eq!(allocated, Some(batch.clone()));
         // Dropped without commit: rolled back, outbox message and all.
@@ -108,7 +108,7 @@ async fn a_rolled_back_unit_of_work_leaves_no_message<S: Store + Outbox>(store: 
 
     // The same allocation, committed this time, is announced.
     let order = orderid("committed");
-    let mut uow = store.start().await.expect("start");
+    let mut uow = UnitOfWork::begin(&store).await.expect("start");
     allocate_in(&mut uow, &order, &sku, 4).await;
     uow.commit().await.expect("commit");
     assert_eq!(orderids(&claim(&store, 100, LONG).await), vec![order]);

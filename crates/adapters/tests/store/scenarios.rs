@@ -8,7 +8,7 @@ use domain::commands::{ChangeBatchQuantity, CreateBatch};
 use domain::events::Allocated;
 use domain::{BatchRef, DomainError, Event, OrderId, OrderLine, Product, Sku};
 use service_layer::ports::{BatchView, Outbox, OutboxMessage, ReadModel};
-use service_layer::unit_of_work::{ChangeSet, Lines, ProductChanges, ViewChange};
+use service_layer::ports::{ChangeSet, Lines, ProductChanges, ViewChange};
 use service_layer::{Error, RetryPolicy, Store, StoreError, StoreTransaction, UnitOfWork};
 use test_support::per_backend;
 use uuid::Uuid;
@@ -58,7 +58,7 @@ async fn a_created_product_reloads_with_its_batches_in_creation_order<S: Store +
     let sku = sku();
     let (later, warehouse, sooner) = (batchref("later"), batchref("warehouse"), batchref("sooner"));
 
-    let mut uow = store.start().await.expect("start");
+    let mut uow = UnitOfWork::begin(&store).await.expect("start");
     let mut product = Product::new(sku.clone());
     product
         .add_batch(later.clone(), qty(10), Some(date(2030, 1, 2)))
@@ -268,7 +268,7 @@ async fn uncommitted_work_is_rolled_back_on_drop<S: Store + ReadModel>(store: S)
 
     // A new product, never committed.
     {
-        let mut uow = store.start().await.expect("start");
+        let mut uow = UnitOfWork::begin(&store).await.expect("start");
         let mut product = Product::new(sku.clone());
         product
             .add_batch(batch.clone(), qty(10), None)
@@ -281,7 +281,7 @@ async fn uncommitted_work_is_rolled_back_on_drop<S: Store + ReadModel>(store: S)
     // A change to a stored product, never committed.
     bus.add_batch(&batch, &sku, 10, None).await;
     {
-        let mut uow = store.start().await.expect("start");
+        let mut uow = UnitOfWork::begin(&store).await.expect("start");
         allocate_in(&mut uow, &order, &sku, 4).await;
     }
     let loaded = load(&store, &sku, Lines::OfOrder(&order))
@@ -321,7 +321,7 @@ async fn a_failing_handler_writes_nothing<S: Store + ReadModel>(store: S) {
     let (sku, batch, order) = (sku(), batchref("b"), orderid("o"));
     bus.add_batch(&batch, &sku, 10, None).await;
 
-    let uow = store.start().await.expect("start");
+    let uow = UnitOfWork::begin(&store).await.expect("start");
     assert!(allocate_then_fail(uow, &sku, &order).await.is_err());
     let loaded = load(&store, &sku, Lines::OfOrder(&order))
         .await
@@ -566,7 +566,7 @@ async fn a_batch_reference_taken_by_another_product_conflicts<S: Store + ReadMod
     bus.add_batch(&reference, &owner, 10, None).await;
 
     // Past the handler's own check, as a concurrent command would be.
-    let mut uow = store.start().await.expect("start");
+    let mut uow = UnitOfWork::begin(&store).await.expect("start");
     let mut product = Product::new(other.clone());
     product
         .add_batch(reference.clone(), qty(5), None)
@@ -623,7 +623,7 @@ async fn the_read_model_is_written_with_the_commit_and_removed_on_deallocation<
     bus.add_batch(&batch_b, &sku_b, 10, None).await;
 
     // The view changes only when the unit of work commits.
-    let mut uow = store.start().await.expect("start");
+    let mut uow = UnitOfWork::begin(&store).await.expect("start");
     allocate_in(&mut uow, &order, &sku_b, 2).await;
     assert_eq!(
         allocations(&store, &order).await,
@@ -753,8 +753,8 @@ async fn interleaved_units_of_work_conflict_and_the_loser_writes_nothing<S: Stor
     let (first, second) = (orderid("first"), orderid("second"));
     bus.add_batch(&batch, &sku, 10, None).await;
 
-    let mut uow_1 = store.start().await.expect("start");
-    let mut uow_2 = store.start().await.expect("start");
+    let mut uow_1 = UnitOfWork::begin(&store).await.expect("start");
+    let mut uow_2 = UnitOfWork::begin(&store).await.expect("start");
     for (uow, order) in [(&mut uow_1, &first), (&mut uow_2, &second)] {
         allocate_in(uow, order, &sku, 6).await;
     }
@@ -818,7 +818,7 @@ async fn a_group_of_allocations_commits_as_one<S: Store + ReadModel + Outbox>(st
     bus.add_batch(&table_batch, &table, 1, None).await;
     let orders: Vec<OrderId> = (0..5).map(|n| orderid(&format!("o{n}"))).collect();
 
-    let mut uow = store.start().await.expect("start");
+    let mut uow = UnitOfWork::begin(&store).await.expect("start");
     uow.products()
         .get_for_orders(&lamp, &orders[..3])
         .await

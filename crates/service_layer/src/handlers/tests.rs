@@ -13,7 +13,7 @@ use domain::{BatchRef, Command, DomainError, Sku};
 use crate::memory::{MemoryStore, MemoryTransaction, RecordingNotifications};
 use crate::ports::OutboxMessage;
 use crate::ports::{AllocationView, ReadModel};
-use crate::unit_of_work::{ChangeSet, Lines, Store, StoreError, StoreTransaction};
+use crate::ports::{ChangeSet, Lines, Store, StoreError, StoreTransaction};
 use crate::{Error, MessageBus, RetryPolicy};
 use tokio::sync::Notify;
 
@@ -641,8 +641,8 @@ mod retries {
     async fn two_units_of_work_on_one_product_conflict_at_commit() {
         let app = app();
         app.add_batch("b1", "LAMP", 10, None).await;
-        let mut first = app.store.start().await.expect("begin");
-        let mut second = app.store.start().await.expect("begin");
+        let mut first = UnitOfWork::begin(&app.store).await.expect("begin");
+        let mut second = UnitOfWork::begin(&app.store).await.expect("begin");
         for (uow, order) in [(&mut first, "o1"), (&mut second, "o2")] {
             let product = uow
                 .products()
