@@ -14,7 +14,7 @@ use adapters::email::metric_names::{EMAILS_DROPPED, EMAILS_SENT};
 use adapters::redis::metric_names::MESSAGES_DROPPED as REDIS_DROPPED;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use service_layer::messagebus::metric_names;
+use service_layer::metric_names;
 
 /// Request latencies, in seconds: from an in-memory answer to the timeout.
 const LATENCY_BUCKETS: &[f64] = &[

@@ -319,12 +319,21 @@ impl Product {
         if batch.purchased == qty {
             return Ok(());
         }
+        // Refused before anything changes, like every refusal of the model.
+        let loaded: u64 = batch
+            .lines
+            .iter()
+            .map(|line| u64::from(line.qty.get()))
+            .sum();
+        if batch.allocated.saturating_sub(loaded) > u64::from(qty.get()) {
+            return Err(DomainError::LinesNotLoaded {
+                reference: reference.clone(),
+            });
+        }
         let mut bumped = Vec::new();
         while batch.allocated > u64::from(qty.get()) {
             let Some(line) = batch.deallocate_latest() else {
-                return Err(DomainError::LinesNotLoaded {
-                    reference: reference.clone(),
-                });
+                break; // unreachable: the loaded lines cover the excess
             };
             bumped.push(line);
         }

@@ -17,7 +17,7 @@
 //!   deep, which no running service's does.
 //!
 //! One command at a time: the in-memory store never waits, so commands in
-//! flight together would not form groups here anyway (see `group_commit`);
+//! flight together would not form groups here anyway (see `runner`);
 //! a lone command is group commit's worst case.
 //!
 //! Run: `cargo bench -p service_layer --bench bus_throughput`

@@ -18,7 +18,8 @@ use std::task::{Context, Poll};
 use tokio_util::task::TaskTracker;
 
 /// Whoever waits for a command's answer, as the command's work sees it.
-#[derive(Debug)]
+/// Clones share the one flag.
+#[derive(Debug, Clone)]
 pub struct Caller {
     /// `None` for the bus itself, which never leaves.
     left: Option<Arc<AtomicBool>>,

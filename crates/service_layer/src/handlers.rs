@@ -1,6 +1,6 @@
 //! Handlers (book chapters 9 and 10): one per command, and the event
 //! handlers. Command handlers load products through the unit of work and call
-//! the domain; they never commit, the message bus does.
+//! the domain; they never commit, the bus's runner does.
 //!
 //! Event handlers come in two kinds (the bus routes events to them, see
 //! `messagebus`):
@@ -19,15 +19,20 @@ use domain::events::{Allocated, Deallocated, OutOfStock};
 use domain::{BatchRef, DomainError, Event, OrderId, OrderLine, Product, Sku};
 use uuid::Uuid;
 
-use crate::caller::Caller;
-use crate::messagebus::{Error, Handled, MessageBus};
-use crate::ports::{Notification, NotificationError, Notifications, OutboxMessage};
-use crate::ports::{Store, StoreTransaction, ViewChange};
+use crate::error::Error;
+use crate::ports::{
+    Notification, NotificationError, Notifications, OutboxMessage, StoreTransaction, ViewChange,
+};
 use crate::unit_of_work::UnitOfWork;
 
-/// A command together with its handler: what the bus runs in a unit of work,
-/// again from scratch when the commit hits a version conflict.
-pub trait CommandHandler: fmt::Debug + Send + Sync {
+/// A command together with its handler: what the bus runs in a unit of work
+/// (see `runner`), again from scratch when the commit hits a version
+/// conflict.
+///
+/// A handler must refuse a command (return an error) before it changes
+/// anything: the bus runs commands of one kind together in one unit of work,
+/// and a refused one must not spoil the others' changes.
+pub trait CommandHandler: fmt::Debug + Clone + Send + Sync + 'static {
     /// What the caller learns when the command succeeds.
     type Reply: Send + 'static;
 
@@ -40,25 +45,17 @@ pub trait CommandHandler: fmt::Debug + Send + Sync {
     ) -> impl Future<Output = Result<Self::Reply, Error>> + Send;
 
     /// The product the command changes, when the command names it: the bus
-    /// then runs it in that product's turn (see `product_turns`).
+    /// then runs it in that product's turn, and groups it with other
+    /// commands on the same product.
     fn product(&self) -> Option<&Sku> {
         None
     }
 
-    /// How the bus runs the command: in a unit of work of its own, again
-    /// after a version conflict. Commands of a kind that can share a unit of
-    /// work with others of their kind say so here.
-    /// `caller` says whether anybody still waits for the answer: a command
-    /// that has not begun by the time they leave never does.
-    fn submit_to<S: Store>(
-        self,
-        bus: &MessageBus<S>,
-        caller: &Caller,
-    ) -> impl Future<Output = Handled<Self::Reply>> + Send
-    where
-        Self: Sized,
-    {
-        async move { bus.run_in_unit_of_work(&self, caller).await }
+    /// The order whose lines of [`product`](Self::product) the command
+    /// needs, when it names one: a group loads each of its products once,
+    /// with the lines of all its commands' orders.
+    fn order(&self) -> Option<&OrderId> {
+        None
     }
 }
 
@@ -102,16 +99,8 @@ impl CommandHandler for Allocate {
         Some(&self.sku)
     }
 
-    /// Committed in groups (see `group_commit`): the hot path. Safe because
-    /// an allocation the model refuses changes nothing, so it cannot spoil
-    /// the others' changes, and because allocating again a line that is
-    /// already allocated changes nothing either.
-    async fn submit_to<S: Store>(
-        self,
-        bus: &MessageBus<S>,
-        caller: &Caller,
-    ) -> Handled<Option<BatchRef>> {
-        bus.allocate_in_group(self, caller).await
+    fn order(&self) -> Option<&OrderId> {
+        Some(&self.orderid)
     }
 
     async fn handle<T: StoreTransaction>(
@@ -155,6 +144,10 @@ impl CommandHandler for Deallocate {
 
     fn product(&self) -> Option<&Sku> {
         Some(&self.sku)
+    }
+
+    fn order(&self) -> Option<&OrderId> {
+        Some(&self.orderid)
     }
 
     async fn handle<T: StoreTransaction>(

@@ -178,8 +178,8 @@ pub trait Store: Clone + Send + Sync + 'static {
         self.begin()
     }
 
-    /// How many groups of allocations the bus commits side by side (see
-    /// `group_commit`): one for a database that takes one writer at a time
+    /// How many groups of each kind of command the bus commits side by side (see
+    /// `runner`): one for a database that takes one writer at a time
     /// anyway, more for one whose writers to different products run in
     /// parallel. Fewer lanes make bigger groups, hence fewer commits.
     fn write_lanes(&self) -> usize {

@@ -33,6 +33,10 @@ struct Tracked {
     /// this unit of work's own changes to them). Nearly always one order,
     /// kept inline rather than in a heap allocation of its own.
     orders_loaded: SmallVec<[OrderId; 1]>,
+    /// Batches whose lines are all loaded, for the same reason: a second
+    /// command of a group shrinking the same batch must see the first's
+    /// changes, not the stored lines again.
+    batches_loaded: Vec<BatchRef>,
     /// How many of the product's pending events `collect_new_events` has
     /// handed out already. All of them stay pending until commit writes them.
     handed_out: usize,
@@ -44,19 +48,20 @@ impl Tracked {
             product,
             stored_version,
             orders_loaded: SmallVec::new(),
+            batches_loaded: Vec::new(),
             handed_out: 0,
         }
     }
 
     /// Whether everything `lines` names is in the product already. A linear
     /// search: a unit of work loads the orders of one group at most, and
-    /// groups are bounded (`group_commit`).
+    /// groups are bounded (`runner`).
     fn holds(&self, lines: Lines<'_>) -> bool {
         match lines {
             Lines::None => true,
             Lines::OfOrder(orderid) => self.orders_loaded.contains(orderid),
             Lines::OfOrders(orderids) => orderids.iter().all(|o| self.orders_loaded.contains(o)),
-            Lines::OfBatch(_) => false,
+            Lines::OfBatch(reference) => self.batches_loaded.contains(reference),
         }
     }
 
@@ -64,7 +69,8 @@ impl Tracked {
         match lines {
             Lines::OfOrder(orderid) => self.orders_loaded.push(orderid.clone()),
             Lines::OfOrders(orderids) => self.orders_loaded.extend(orderids.iter().cloned()),
-            Lines::None | Lines::OfBatch(_) => {}
+            Lines::OfBatch(reference) => self.batches_loaded.push(reference.clone()),
+            Lines::None => {}
         }
     }
 }

@@ -207,7 +207,7 @@ fn each_group_commit_records_its_size() {
         .collect();
     assert_eq!(
         sizes,
-        [1.0, 1.0, 1.0],
-        "one group of one per allocation made alone"
+        [1.0, 1.0, 1.0, 1.0],
+        "one group of one per command run alone, the batch's included"
     );
 }

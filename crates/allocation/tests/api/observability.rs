@@ -159,11 +159,12 @@ async fn requests_messages_and_the_outbox_backlog_are_counted() {
         "{text}"
     );
     assert_eq!(handled("event", "Allocated", "ok"), Some(2.0), "{text}");
-    // One after the other, each allocation was a group of one.
+    // One after the other, each command (the batch, three allocations) was
+    // a group of one.
     let groups = |series| value(&samples, series, &[]);
     assert_eq!(
         groups("allocation_group_commit_size_count"),
-        Some(3.0),
+        Some(4.0),
         "{text}"
     );
     let of_one = value(
@@ -171,7 +172,7 @@ async fn requests_messages_and_the_outbox_backlog_are_counted() {
         "allocation_group_commit_size_bucket",
         &[("le", "1")],
     );
-    assert_eq!(of_one, Some(3.0), "{text}");
+    assert_eq!(of_one, Some(4.0), "{text}");
 
     assert_eq!(
         value(&samples, "allocation_outbox_messages", &[]),

@@ -357,14 +357,18 @@ mod change_batch_quantity {
     }
 
     #[test]
-    fn refuses_to_shrink_a_batch_whose_lines_were_not_loaded() {
+    fn refuses_to_shrink_a_batch_whose_lines_were_not_loaded_and_changes_nothing() {
         let mut p = stored_lamp(3, 10, 10);
+        // One line of the ten units is loaded: not enough to free five.
+        p.load_lines(&batchref("b1"), [line("o1", "LAMP", 2)]);
+        let before = p.clone();
         assert_eq!(
             p.change_batch_quantity(&batchref("b1"), qty(5)),
             Err(DomainError::LinesNotLoaded {
                 reference: batchref("b1")
             })
         );
+        assert_eq!(p, before, "refused before anything changed");
     }
 }
 

@@ -24,7 +24,7 @@ macro_rules! handled_key {
     ($kind:literal, $name:expr, $outcome:literal) => {
         const {
             &::metrics::Key::from_static_parts(
-                $crate::messagebus::metric_names::MESSAGES_HANDLED,
+                $crate::telemetry::metric_names::MESSAGES_HANDLED,
                 const {
                     &[
                         ::metrics::Label::from_static_parts("kind", $kind),

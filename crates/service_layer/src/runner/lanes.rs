@@ -1,20 +1,19 @@
-//! Group commit: concurrent commands queue in a lane (chosen by their
-//! product), and whichever of them gets the lane's turn runs everything
-//! queued there as one group, which the bus commits in one unit of work.
-//! The others wait for their answers instead of for turns of their own: a
-//! hot product (a flash sale) costs one commit per group, not per request.
+//! Lanes, for group commit: a lane is a queue where concurrent commands of
+//! one kind on the same products (chosen by hash) gather. Whichever of them
+//! finds the lane free leads it: it takes everything queued there as one
+//! group, which the runner commits in one unit of work, while the others
+//! wait for their answers. A hot product (a flash sale) costs one commit per
+//! group, not per request.
 //!
 //! Leader and followers, as databases do with their log: no thread of its
 //! own, no timer, and a command that arrives at an idle lane runs at once,
 //! in a group of one.
 //!
-//! The group runs in its leader's future, which is the task the bus gives
-//! each command (`MessageBus::handle`): a client hanging up does not drop
-//! it. Should a leader's future be dropped anyway (the runtime shutting
-//! down), its followers queue again and their commands run again, which is
-//! harmless for the idempotent commands that use it. A caller that leaves
-//! (see `caller`) while its command is still queued takes the command out
-//! with it: it never runs.
+//! The group runs in its leader's future, which runs to its end whoever
+//! hangs up (`MessageBus::handle`). Only the runtime itself stopping can
+//! drop it half-way; its followers then queue again and their commands run
+//! again. A caller that leaves (see `caller`) while its command is still
+//! queued takes the command out with it: it never runs.
 
 use std::hash::BuildHasher;
 
@@ -28,21 +27,21 @@ use crate::caller::Caller;
 use tokio::sync::oneshot::{self, error::TryRecvError};
 
 /// A fixed set of lanes that products hash onto: commands on one product
-/// always meet in the same lane, so within a process no two groups ever
-/// hold the same product. (Commands of other kinds on the product are kept
-/// out by the bus, which runs a group in its products' turns.)
+/// always meet in the same lane, so within a process no two groups of this
+/// kind ever hold the same product. (Commands of other kinds on the product
+/// are kept out by the runner, which runs a group in its products' turns.)
 #[derive(Debug)]
-pub(crate) struct Lanes<C, R> {
+pub struct Lanes<C, R> {
     lanes: Box<[Lane<C, R>]>,
     hasher: RandomState,
 }
 
-/// One lane: the commands queued in it, and the turn its leader holds.
+/// One lane: the commands queued in it, and its leader's seat.
 #[derive(Debug)]
-pub(crate) struct Lane<C, R> {
+pub struct Lane<C, R> {
     queue: Mutex<Vec<Queued<C, R>>>,
-    /// Held by the leader while its group runs.
-    turn: tokio::sync::Mutex<()>,
+    /// Held by the leader while its group runs: one group at a time.
+    leader: tokio::sync::Mutex<()>,
     next_ticket: AtomicU64,
 }
 
@@ -70,7 +69,7 @@ impl<C, R> Lanes<C, R> {
             lanes: (0..lanes.max(1))
                 .map(|_| Lane {
                     queue: Mutex::new(Vec::new()),
-                    turn: tokio::sync::Mutex::new(()),
+                    leader: tokio::sync::Mutex::new(()),
                     next_ticket: AtomicU64::new(0),
                 })
                 .collect(),
@@ -78,9 +77,11 @@ impl<C, R> Lanes<C, R> {
         }
     }
 
-    /// The lane of `sku`'s commands.
-    pub(crate) fn lane(&self, sku: &Sku) -> &Lane<C, R> {
-        &self.lanes[self.hasher.hash_one(sku) as usize % self.lanes.len()]
+    /// The lane of a command on `product`; commands that name no product
+    /// share the first.
+    pub(crate) fn lane(&self, product: Option<&Sku>) -> &Lane<C, R> {
+        let index = product.map_or(0, |sku| self.hasher.hash_one(sku) as usize);
+        &self.lanes[index % self.lanes.len()]
     }
 }
 
@@ -99,10 +100,13 @@ impl<C: Clone, R> Lane<C, R> {
     /// is taken out, and never runs. Once a group has taken it, it runs,
     /// and its answer is awaited.
     ///
-    /// A leader whose future is dropped anyway (the runtime shutting down)
-    /// drops the answers of its group unsent; each of those followers then
-    /// queues its command again. So `run` may see a command twice, and must
-    /// be idempotent for it: the command may have committed the first time.
+    /// A leader whose future is dropped half-way (only the runtime stopping
+    /// does that) drops the answers of its group unsent; each of those
+    /// followers then queues its command again rather than wait forever. So
+    /// `run` may see a command twice, when it may have committed the first
+    /// time: the commands are idempotent (allocating an allocated line,
+    /// adding an existing batch, setting a quantity again change nothing),
+    /// but for `Deallocate`, whose second run answers "not allocated".
     pub(crate) async fn submit<F>(
         &self,
         command: C,
@@ -118,8 +122,8 @@ impl<C: Clone, R> Lane<C, R> {
         // An idle lane: a group of one, without queueing for it. Commands
         // arriving meanwhile queue, and one of them leads next. This cannot
         // jump the queue: tokio's mutex hands itself straight to a waiting
-        // task, so `try_lock` fails while any caller waits for the turn.
-        if let Ok(_turn) = self.turn.try_lock() {
+        // task, so `try_lock` fails while any caller waits for the seat.
+        if let Ok(_seat) = self.leader.try_lock() {
             if self.queue_without_abandoned().is_empty() {
                 let mut answers = run(vec![command]).await;
                 debug_assert_eq!(answers.len(), 1, "one answer per command");
@@ -129,7 +133,7 @@ impl<C: Clone, R> Lane<C, R> {
         let mut waiting = self.enqueue(command.clone());
         let mut still_wanted = true;
         // Held until this caller returns, so that one group runs at a time.
-        let _turn = loop {
+        let _seat = loop {
             tokio::select! {
                 biased;
                 answered = &mut waiting.answer => match answered {
@@ -137,7 +141,7 @@ impl<C: Clone, R> Lane<C, R> {
                     // Its leader was dropped mid-group: queue it again.
                     Err(_) => waiting = self.enqueue(command.clone()),
                 },
-                turn = self.turn.lock() => break turn,
+                seat = self.leader.lock() => break seat,
                 () = caller.left(), if still_wanted => {
                     if self.withdraw(waiting.ticket) {
                         return None;
@@ -246,7 +250,7 @@ mod tests {
         F: Future<Output = Vec<u32>> + Send,
     {
         let lanes = Arc::clone(lanes);
-        tokio::spawn(async move { lanes.lane(&sku("LAMP")).submit(n, &caller, run).await })
+        tokio::spawn(async move { lanes.lane(Some(&sku("LAMP"))).submit(n, &caller, run).await })
     }
 
     /// Runs each group after yielding once, so that commands submitted
@@ -264,7 +268,7 @@ mod tests {
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let answers = join_all((0..10).map(|n| {
             lanes
-                .lane(&lamp)
+                .lane(Some(&lamp))
                 .submit(n, &stays, |group| doubled(&groups, group))
         }))
         .await;
@@ -286,7 +290,7 @@ mod tests {
         for n in 0..3 {
             assert_eq!(
                 lanes
-                    .lane(&sku("LAMP"))
+                    .lane(Some(&sku("LAMP")))
                     .submit(n, &stays, |g| doubled(&groups, g))
                     .await,
                 Some(n * 2)
@@ -301,9 +305,11 @@ mod tests {
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
         let total = Lane::<u32, u32>::MAX_GROUP as u32 + 10;
-        let answers = join_all(
-            (0..total).map(|n| lanes.lane(&lamp).submit(n, &stays, |g| doubled(&groups, g))),
-        )
+        let answers = join_all((0..total).map(|n| {
+            lanes
+                .lane(Some(&lamp))
+                .submit(n, &stays, |g| doubled(&groups, g))
+        }))
         .await;
         assert_eq!(answers, (0..total).map(|n| Some(n * 2)).collect::<Vec<_>>());
         let groups = groups.into_inner().expect("groups");
@@ -336,7 +342,7 @@ mod tests {
             }
         };
         // Both queue while the lane is busy, so that one group takes both.
-        let busy = lanes.lanes[0].turn.lock().await;
+        let busy = lanes.lanes[0].leader.lock().await;
         let leader = spawn_submit(&lanes, 1, Caller::bus(), run.clone());
         let follower = spawn_submit(&lanes, 7, Caller::bus(), run);
         tokio::task::yield_now().await;
@@ -358,14 +364,18 @@ mod tests {
     async fn a_command_whose_caller_left_while_queued_never_runs() {
         let lanes = Lanes::new(1);
         let (groups, lamp) = (Mutex::new(Vec::new()), sku("LAMP"));
-        let busy = lanes.lanes[0].turn.lock().await;
+        let busy = lanes.lanes[0].leader.lock().await;
         let ((leaving, left), stays) = (Caller::waiting(), Caller::bus());
         let mut cancelled = Box::pin(
             lanes
-                .lane(&lamp)
+                .lane(Some(&lamp))
                 .submit(1, &leaving, |g| doubled(&groups, g)),
         );
-        let mut dropped = Box::pin(lanes.lane(&lamp).submit(3, &stays, |g| doubled(&groups, g)));
+        let mut dropped = Box::pin(
+            lanes
+                .lane(Some(&lamp))
+                .submit(3, &stays, |g| doubled(&groups, g)),
+        );
         assert!(
             (&mut cancelled).now_or_never().is_none(),
             "the lane is busy"
@@ -377,7 +387,7 @@ mod tests {
         drop(busy);
         assert_eq!(
             lanes
-                .lane(&lamp)
+                .lane(Some(&lamp))
                 .submit(2, &stays, |g| doubled(&groups, g))
                 .await,
             Some(4)
@@ -406,7 +416,7 @@ mod tests {
                 }
             }
         };
-        let busy = lanes.lanes[0].turn.lock().await;
+        let busy = lanes.lanes[0].leader.lock().await;
         let leader = spawn_submit(&lanes, 1, Caller::bus(), run.clone());
         let (leaving, left) = Caller::waiting();
         let follower = spawn_submit(&lanes, 7, leaving, run);

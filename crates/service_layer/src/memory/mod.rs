@@ -6,26 +6,29 @@
 //! reads only what a command needs, writes nothing until commit, and a commit
 //! whose products changed since they were read is refused with a conflict.
 
-use std::collections::VecDeque;
+mod outbox;
+mod recorders;
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
+// Not std's: the bus benchmark measured SipHash, the growth of std's
+// `HashMap` and a heap row per order as real costs of every command
+// (docs/BENCHMARKS.md, "Making the lone command cheaper").
 use foldhash::HashMap;
 use foldhash::fast::RandomState;
 use indexmap::IndexMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
-
-use async_trait::async_trait;
-use chrono::NaiveDate;
 use smallvec::SmallVec;
 
-use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
-
 use crate::ports::{
-    AllocationView, BatchView, ClaimedMessage, Notification, NotificationError, Notifications,
-    Outbox, OutboxBacklog, OutboxMessage, PublishError, Publisher, ReadModel,
+    AllocationView, BatchView, ChangeSet, Lines, OutboxMessage, ReadModel, Store, StoreError,
+    StoreTransaction, ViewChange,
 };
-use crate::ports::{ChangeSet, Lines, Store, StoreError, StoreTransaction, ViewChange};
+use outbox::OutboxTable;
+
+pub use recorders::{Recorder, RecordingNotifications, RecordingPublisher};
 
 /// Products and the read model, shared by every transaction and query.
 #[derive(Debug, Clone, Default)]
@@ -43,32 +46,12 @@ struct Tables {
     outbox: OutboxTable,
 }
 
-/// Committed messages from the oldest unsent one on, in position order.
-/// Positions are consecutive, so a row is found by arithmetic, not search,
-/// and a commit appends at the back. A message sent before older ones
-/// leaves a gap (`None`) until they are sent too; sent rows at the front
-/// are dropped.
-#[derive(Debug)]
-struct OutboxTable {
-    rows: VecDeque<Option<OutboxRow>>,
-    /// The position of `rows[0]`.
-    first_position: i64,
-    unsent: u64,
-}
-
 /// A hash map for the tables that grow with every allocation (an order's
 /// line, its read-model rows). `IndexMap` keeps each key's hash beside it,
 /// so doubling its index never re-reads the keys, as a `HashMap` must, and
 /// new entries are appended rather than scattered. Iteration order is
 /// never relied on: removals swap the last entry into the gap.
 type GrowingMap<K, V> = IndexMap<K, V, RandomState>;
-
-#[derive(Debug)]
-struct OutboxRow {
-    message: OutboxMessage,
-    claimed_until: Option<Instant>,
-    written_at: Instant,
-}
 
 #[derive(Debug, Default)]
 struct StoredProduct {
@@ -103,12 +86,7 @@ impl MemoryStore {
 
     /// The messages committed and not yet marked sent, oldest first.
     pub fn unsent_messages(&self) -> Vec<OutboxMessage> {
-        let tables = self.lock();
-        tables
-            .outbox
-            .unsent()
-            .map(|(_, row)| row.message.clone())
-            .collect()
+        self.lock().outbox.unsent_messages()
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
@@ -357,206 +335,5 @@ impl ReadModel for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
-    }
-}
-
-impl Outbox for MemoryStore {
-    async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
-        let now = Instant::now();
-        let mut tables = self.lock();
-        let claimable = tables
-            .outbox
-            .unsent_mut()
-            .filter(|(_, row)| row.claimed_until.is_none_or(|until| until <= now))
-            .take(limit as usize);
-        let mut claimed = Vec::new();
-        for (position, row) in claimable {
-            row.claimed_until = Some(now + lease);
-            claimed.push(ClaimedMessage {
-                position,
-                message: row.message.clone(),
-            });
-        }
-        Ok(claimed)
-    }
-
-    async fn mark_sent(&self, positions: &[i64]) -> Result<(), StoreError> {
-        let mut tables = self.lock();
-        for &position in positions {
-            tables.outbox.remove(position);
-        }
-        Ok(())
-    }
-
-    async fn release(&self, positions: &[i64]) -> Result<(), StoreError> {
-        let mut tables = self.lock();
-        for &position in positions {
-            if let Some(row) = tables.outbox.get_mut(position) {
-                row.claimed_until = None;
-            }
-        }
-        Ok(())
-    }
-
-    async fn backlog(&self) -> Result<OutboxBacklog, StoreError> {
-        let tables = self.lock();
-        // Positions grow with time: the first row is the oldest.
-        let oldest = tables.outbox.unsent().next();
-        Ok(OutboxBacklog {
-            messages: tables.outbox.unsent,
-            oldest_age: oldest.map(|(_, row)| row.written_at.elapsed()),
-        })
-    }
-}
-
-impl Default for OutboxTable {
-    fn default() -> Self {
-        Self {
-            rows: VecDeque::new(),
-            // Positions start at 1, as in the SQL stores.
-            first_position: 1,
-            unsent: 0,
-        }
-    }
-}
-
-impl OutboxTable {
-    fn append(&mut self, message: OutboxMessage, written_at: Instant) {
-        self.rows.push_back(Some(OutboxRow {
-            message,
-            claimed_until: None,
-            written_at,
-        }));
-        self.unsent += 1;
-    }
-
-    /// Where `position` sits in `rows`, if it is still there.
-    fn index(&self, position: i64) -> Option<usize> {
-        usize::try_from(position - self.first_position)
-            .ok()
-            .filter(|&index| index < self.rows.len())
-    }
-
-    fn get_mut(&mut self, position: i64) -> Option<&mut OutboxRow> {
-        let index = self.index(position)?;
-        self.rows[index].as_mut()
-    }
-
-    /// Drops a sent message, and the gaps it leaves at the front.
-    fn remove(&mut self, position: i64) {
-        let Some(index) = self.index(position) else {
-            return;
-        };
-        if self.rows[index].take().is_some() {
-            self.unsent -= 1;
-        }
-        while let Some(None) = self.rows.front() {
-            self.rows.pop_front();
-            self.first_position += 1;
-        }
-    }
-
-    /// The unsent messages with their positions, oldest first.
-    fn unsent(&self) -> impl Iterator<Item = (i64, &OutboxRow)> {
-        let positions = self.first_position..;
-        positions
-            .zip(&self.rows)
-            .filter_map(|(position, row)| Some((position, row.as_ref()?)))
-    }
-
-    fn unsent_mut(&mut self) -> impl Iterator<Item = (i64, &mut OutboxRow)> {
-        let positions = self.first_position..;
-        positions
-            .zip(&mut self.rows)
-            .filter_map(|(position, row)| Some((position, row.as_mut()?)))
-    }
-}
-
-/// A fake for the after-commit ports: records what it is given, and can be
-/// told to fail its first calls, for retry tests.
-#[derive(Debug)]
-pub struct Recorder<T> {
-    records: Mutex<Vec<T>>,
-    failures_left: AtomicU32,
-}
-
-/// Records every notification it is asked to send.
-pub type RecordingNotifications = Recorder<Notification>;
-
-/// Records every message it is asked to publish.
-pub type RecordingPublisher = Recorder<OutboxMessage>;
-
-impl<T: Clone> Default for Recorder<T> {
-    fn default() -> Self {
-        Self::failing(0)
-    }
-}
-
-impl<T: Clone> Recorder<T> {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Fails the first `failures` calls, then records as usual.
-    pub fn failing(failures: u32) -> Self {
-        Self {
-            records: Mutex::default(),
-            failures_left: AtomicU32::new(failures),
-        }
-    }
-
-    /// What it was given, in order.
-    pub fn records(&self) -> Vec<T> {
-        self.records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn record(&self, item: &T) -> Result<(), SimulatedFailure> {
-        let fail = self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if fail {
-            return Err(SimulatedFailure);
-        }
-        self.records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(item.clone());
-        Ok(())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("simulated failure")]
-struct SimulatedFailure;
-
-impl Recorder<Notification> {
-    pub fn sent(&self) -> Vec<Notification> {
-        self.records()
-    }
-}
-
-#[async_trait]
-impl Notifications for Recorder<Notification> {
-    async fn send(&self, notification: &Notification) -> Result<(), NotificationError> {
-        self.record(notification)
-            .map_err(|failure| NotificationError(Box::new(failure)))
-    }
-}
-
-impl Recorder<OutboxMessage> {
-    pub fn published(&self) -> Vec<OutboxMessage> {
-        self.records()
-    }
-}
-
-#[async_trait]
-impl Publisher for Recorder<OutboxMessage> {
-    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        self.record(message)
-            .map_err(|failure| PublishError(Box::new(failure)))
     }
 }

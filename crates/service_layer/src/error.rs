@@ -1,0 +1,39 @@
+//! Why a command failed: what the bus answers its caller, and what the
+//! entrypoints map to HTTP statuses.
+
+use domain::{DomainError, Sku};
+
+use crate::ports::StoreError;
+
+/// Why a command failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The command names a SKU the service has no batches for.
+    #[error("Invalid sku {0}")]
+    InvalidSku(Sku),
+    /// The domain model refused the command.
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    /// Every attempt hit a version conflict: the product is too contended.
+    #[error(
+        "gave up after {attempts} attempts: concurrent changes to the same product kept conflicting"
+    )]
+    Contention { attempts: u32 },
+    /// The storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Its caller went away before the command began, so it never did (see
+    /// `MessageBus::handle`). Nobody is left to read this.
+    #[error("the caller left before the command began; nothing was done")]
+    CallerLeft,
+}
+
+impl Error {
+    /// Whether trying the same command again might succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Contention { .. } | Self::Store(_) | Self::CallerLeft
+        )
+    }
+}

@@ -1,0 +1,214 @@
+//! The book's handler tests (chapters 5, 9, 10), driven through the message
+//! bus with in-memory fakes: each command's behaviour (`commands`), then how
+//! the bus runs them: retries, groups, callers that leave (`running`).
+
+mod commands;
+mod running;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
+use domain::fixtures::{batchref, orderid, qty, sku};
+use domain::{BatchRef, Command, DomainError, Sku};
+
+use crate::memory::{MemoryStore, MemoryTransaction, RecordingNotifications};
+use crate::ports::OutboxMessage;
+use crate::ports::{AllocationView, ReadModel};
+use crate::ports::{ChangeSet, Lines, Store, StoreError, StoreTransaction};
+use crate::{Error, MessageBus, RetryPolicy, UnitOfWork};
+use tokio::sync::Notify;
+
+fn tomorrow() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 26).expect("valid date")
+}
+
+fn create_batch(reference: &str, product: &str, units: u32, eta: Option<NaiveDate>) -> CreateBatch {
+    CreateBatch {
+        reference: batchref(reference),
+        sku: sku(product),
+        qty: qty(units),
+        eta,
+    }
+}
+fn allocate(order: &str, product: &str, units: u32) -> Allocate {
+    Allocate {
+        orderid: orderid(order),
+        sku: sku(product),
+        qty: qty(units),
+    }
+}
+fn change_quantity(reference: &str, units: u32) -> ChangeBatchQuantity {
+    ChangeBatchQuantity {
+        reference: batchref(reference),
+        qty: qty(units),
+    }
+}
+
+/// A bus over fakes, with the fakes kept at hand for assertions.
+struct App<S = MemoryStore> {
+    bus: Arc<MessageBus<S>>,
+    store: MemoryStore,
+    notifications: Arc<RecordingNotifications>,
+    outbox_written: Arc<Notify>,
+}
+
+fn app() -> App {
+    app_with(RecordingNotifications::new())
+}
+
+fn app_with(notifications: RecordingNotifications) -> App {
+    let store = MemoryStore::new();
+    wire(store.clone(), store, notifications)
+}
+
+fn wire<S: Store>(
+    bus_store: S,
+    store: MemoryStore,
+    notifications: RecordingNotifications,
+) -> App<S> {
+    let notifications = Arc::new(notifications);
+    let outbox_written = Arc::new(Notify::new());
+    let bus = Arc::new(MessageBus::new(
+        bus_store,
+        notifications.clone(),
+        outbox_written.clone(),
+        RetryPolicy::default(),
+    ));
+    App {
+        bus,
+        store,
+        notifications,
+        outbox_written,
+    }
+}
+
+/// `(orderid, batchref)` of each message waiting in the outbox.
+fn outbox_of(store: &MemoryStore) -> Vec<(String, String)> {
+    store
+        .unsent_messages()
+        .into_iter()
+        .map(|OutboxMessage { event, .. }| (event.orderid.to_string(), event.batchref.to_string()))
+        .collect()
+}
+
+impl<S: Store> App<S> {
+    async fn add_batch(&self, reference: &str, product: &str, units: u32, eta: Option<NaiveDate>) {
+        let command = create_batch(reference, product, units, eta);
+        self.bus.handle(command).await.expect("batch created");
+    }
+
+    async fn allocate(&self, order: &str, product: &str, units: u32) -> Option<BatchRef> {
+        let command = allocate(order, product, units);
+        self.bus.handle(command).await.expect("line handled")
+    }
+
+    async fn allocated_to(&self, product: &str, reference: &str) -> u64 {
+        let batches = self.store.batches(&sku(product)).await.expect("query");
+        batches
+            .iter()
+            .find(|b| b.reference == batchref(reference))
+            .map(|b| b.allocated)
+            .expect("batch exists")
+    }
+
+    async fn view_of(&self, order: &str) -> Vec<(String, String)> {
+        let rows = self
+            .store
+            .allocations(&orderid(order))
+            .await
+            .expect("query");
+        rows.into_iter()
+            .map(|AllocationView { sku, batchref }| (sku.to_string(), batchref.to_string()))
+            .collect()
+    }
+}
+
+/// A store whose first `conflicts` commits fail as if another instance had
+/// changed the product in between; the conflicting commits write nothing.
+#[derive(Debug, Clone)]
+struct ConflictingStore {
+    inner: MemoryStore,
+    conflicts_left: Arc<AtomicU32>,
+    commits_tried: Arc<AtomicU32>,
+    /// Units of work started with `begin_locking`.
+    locking_begins: Arc<AtomicU32>,
+}
+
+impl ConflictingStore {
+    fn new(inner: MemoryStore, conflicts: u32) -> Self {
+        Self {
+            inner,
+            conflicts_left: Arc::new(AtomicU32::new(conflicts)),
+            commits_tried: Arc::default(),
+            locking_begins: Arc::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ConflictingTransaction {
+    inner: MemoryTransaction,
+    store: ConflictingStore,
+}
+
+impl Store for ConflictingStore {
+    type Transaction = ConflictingTransaction;
+
+    async fn begin(&self) -> Result<ConflictingTransaction, StoreError> {
+        Ok(ConflictingTransaction {
+            inner: self.inner.begin().await?,
+            store: self.clone(),
+        })
+    }
+    async fn begin_locking(&self) -> Result<ConflictingTransaction, StoreError> {
+        self.locking_begins.fetch_add(1, Ordering::SeqCst);
+        self.begin().await
+    }
+}
+
+impl StoreTransaction for ConflictingTransaction {
+    async fn load(
+        &mut self,
+        sku: &Sku,
+        lines: Lines<'_>,
+    ) -> Result<Option<domain::Product>, StoreError> {
+        let product = self.inner.load(sku, lines).await;
+        // Let other commands run between read and commit, as a database
+        // round trip would.
+        tokio::task::yield_now().await;
+        product
+    }
+
+    async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {
+        self.inner.sku_of_batch(reference).await
+    }
+
+    async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {
+        self.store.commits_tried.fetch_add(1, Ordering::SeqCst);
+        let conflict = self
+            .store
+            .conflicts_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        match changes.products.first() {
+            Some(change) if conflict => Err(StoreError::Conflict {
+                sku: change.sku.clone(),
+            }),
+            _ => self.inner.commit(changes).await,
+        }
+    }
+}
+
+/// A bus over a [`ConflictingStore`] whose first `conflicts` commits fail,
+/// with batch `b1` of 10 `LAMP`s.
+async fn app_with_conflicts(conflicts: u32) -> (App<ConflictingStore>, ConflictingStore) {
+    let setup = app();
+    setup.add_batch("b1", "LAMP", 10, None).await;
+    let store = setup.store;
+    let conflicting = ConflictingStore::new(store.clone(), conflicts);
+    let app = wire(conflicting.clone(), store, RecordingNotifications::new());
+    (app, conflicting)
+}
