@@ -343,7 +343,7 @@ pub mod with_redis {
 pub async fn publish(url: &str, channel: &str, payload: &str) {
     RedisPublisher::connect(url)
         .expect("a valid Redis URL")
-        .publish(channel, payload)
+        .publish_raw(channel, payload)
         .await
         .expect("Redis takes the message");
 }
