@@ -64,7 +64,7 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
 
     #[command(flatten)]
-    pub outside: OutsideArgs,
+    pub messaging: MessagingArgs,
 
     /// Address and port the HTTP API listens on (port 0 picks a free one).
     #[arg(
@@ -144,7 +144,7 @@ pub struct WorkerArgs {
     pub database: DatabaseArgs,
 
     #[command(flatten)]
-    pub outside: OutsideArgs,
+    pub messaging: MessagingArgs,
 }
 
 #[derive(Debug, Args)]
@@ -157,10 +157,11 @@ pub struct MaintenanceArgs {
     pub json: bool,
 }
 
-/// The systems the service talks to besides its database. Its `Debug` hides
-/// the passwords of the URLs.
+/// How the service exchanges messages with other systems besides its
+/// database: Redis for commands in and events out, SMTP for out-of-stock
+/// emails. Its `Debug` hides the passwords of the URLs.
 #[derive(Clone, Args)]
-pub struct OutsideArgs {
+pub struct MessagingArgs {
     /// Redis for messages: consume `allocate` and `change_batch_quantity`,
     /// publish `line_allocated`. Without it, messages are only logged.
     #[arg(
@@ -190,10 +191,10 @@ pub struct OutsideArgs {
     pub notify_from: String,
 }
 
-impl fmt::Debug for OutsideArgs {
+impl fmt::Debug for MessagingArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let redacted = |url: &Option<String>| url.as_deref().map(redact_url);
-        f.debug_struct("OutsideArgs")
+        f.debug_struct("MessagingArgs")
             .field("redis_url", &redacted(&self.redis_url))
             .field("smtp_url", &redacted(&self.smtp_url))
             .field("notify_email", &self.notify_email)
