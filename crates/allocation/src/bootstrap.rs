@@ -7,13 +7,13 @@ use std::sync::Arc;
 use adapters::email::{EmailNotifications, EmailSender, EmailSettings, SHUTDOWN_GRACE};
 use adapters::log::{LogNotifications, LogPublisher};
 use adapters::redis::RedisPublisher;
-use adapters::sql::{PoolSettings, SqlStore};
+use adapters::sql::{DatabaseUrl, PoolSettings, SqlStore};
 use service_layer::ports::{Notifications, Outbox, Publisher};
 use service_layer::relay::{OutboxRelay, RelaySettings};
 use service_layer::{MessageBus, RetryPolicy, Store};
 use tokio::sync::Notify;
 
-use crate::config::{DatabaseArgs, MessagingArgs};
+use crate::config::MessagingArgs;
 
 /// The adapters through which the service tells the outside world what
 /// happened: notifications (email when SMTP is configured) and the outbox
@@ -119,11 +119,7 @@ pub fn bootstrap<S: Store + Outbox>(store: S, outbound: OutboundAdapters) -> Ser
 }
 
 /// Connects to the SQLite or PostgreSQL database and migrates its schema.
-pub async fn open_sql_store(database: &DatabaseArgs) -> anyhow::Result<SqlStore> {
-    let settings = PoolSettings {
-        max_connections: database.database_max_connections,
-        acquire_timeout: database.acquire_timeout(),
-    };
+pub async fn open_sql_store(url: &DatabaseUrl, pool: PoolSettings) -> anyhow::Result<SqlStore> {
     // The error already names the database, password hidden.
-    Ok(SqlStore::connect(database.database_url.expose(), settings).await?)
+    Ok(SqlStore::connect(url.expose(), pool).await?)
 }

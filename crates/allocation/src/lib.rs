@@ -21,7 +21,7 @@ use tracing::info;
 use crate::bootstrap::{
     OutboundAdapterTasks, OutboundAdapters, Service, bootstrap, open_sql_store,
 };
-use crate::config::{Backend, Cli, Command, DatabaseArgs, ServeArgs, WorkerArgs};
+use crate::config::{Cli, Command, DatabaseArgs, ServeArgs, StoreUrl, WorkerArgs};
 use crate::entrypoints::http::{self, AppState};
 use crate::entrypoints::redis::consume;
 
@@ -54,13 +54,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Migrate(database) => {
-            if database.database_url.backend() == Backend::Memory {
+            let StoreUrl::Sql(url) = &database.database_url else {
                 info!("memory:// keeps no schema; nothing to migrate");
                 return Ok(());
-            }
+            };
             // Opening the store migrates it.
-            open_sql_store(&database).await?;
-            info!(database = %database.database_url, "schema is up to date");
+            open_sql_store(url, database.pool_settings()).await?;
+            info!(database = %url, "schema is up to date");
             Ok(())
         }
         Command::RebuildReadModel(args) => maintenance::rebuild_read_model(&args).await,
@@ -75,9 +75,12 @@ trait WithStore {
 }
 
 async fn with_store(database: &DatabaseArgs, job: impl WithStore) -> anyhow::Result<()> {
-    match database.database_url.backend() {
-        Backend::Memory => job.run(MemoryStore::new()).await,
-        Backend::Sqlite | Backend::Postgres => job.run(open_sql_store(database).await?).await,
+    match &database.database_url {
+        StoreUrl::Memory => job.run(MemoryStore::new()).await,
+        StoreUrl::Sql(url) => {
+            let store = open_sql_store(url, database.pool_settings()).await?;
+            job.run(store).await
+        }
     }
 }
 
