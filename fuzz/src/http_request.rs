@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use allocation::bootstrap::{Outside, bootstrap};
+use allocation::bootstrap::{OutboundAdapters, bootstrap};
 use allocation::entrypoints::http::{AppState, router};
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -144,11 +144,11 @@ async fn check_not_over_allocated(store: &MemoryStore, sku: &str, described: &st
 /// The app over a fresh in-memory store, seeded through the bus.
 pub async fn seeded_app() -> (Router, MemoryStore) {
     let store = MemoryStore::new();
-    let outside = Outside {
+    let outbound = OutboundAdapters {
         notifications: Arc::new(RecordingNotifications::new()),
         publisher: Arc::new(RecordingPublisher::new()),
     };
-    let service = bootstrap(store.clone(), outside);
+    let service = bootstrap(store.clone(), outbound);
     let sku = Sku::parse(SKU).expect("a valid sku");
     let shipment_due = NaiveDate::from_ymd_opt(2030, 1, 1);
     for (reference, units, eta) in [(STOCK, 10, None), (SHIPMENT, 20, shipment_due)] {

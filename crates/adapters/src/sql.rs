@@ -36,8 +36,8 @@ use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection as _, Executor
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use database_url::DatabaseUrl;
 pub use database_url::redact as redact_url;
+pub use database_url::{DatabaseUrl, SUPPORTED_FORMS, UnsupportedDatabaseUrl};
 
 /// The lookups the service makes, named so that the query-plan tests check
 /// these very statements against the indexes they need.

@@ -77,11 +77,11 @@ async fn published_messages_reach_a_subscriber_byte_for_byte() {
     // A real allocate payload, with non-ASCII text and an extra field.
     let payload = r#"{"orderid": "order-ü", "sku": "RED-CHAIR", "qty": 3, "x": 1}"#;
     publisher
-        .publish(&allocate, payload)
+        .publish_raw(&allocate, payload)
         .await
         .expect("published");
     publisher
-        .publish(&other, "second")
+        .publish_raw(&other, "second")
         .await
         .expect("published");
 
@@ -110,7 +110,7 @@ async fn subscribe_forever_delivers_on_the_shared_redis() {
 
     let publisher = RedisPublisher::connect(&url).expect("a valid URL");
     publisher
-        .publish(&channel, r#"{"batchref": "b1", "qty": 7}"#)
+        .publish_raw(&channel, r#"{"batchref": "b1", "qty": 7}"#)
         .await
         .expect("published");
 
@@ -132,7 +132,7 @@ async fn publisher_and_subscription_survive_redis_being_down_and_restarted() {
     let publisher = RedisPublisher::connect(&url).expect("a valid URL");
     let started = Instant::now();
     publisher
-        .publish(&channel, "lost")
+        .publish_raw(&channel, "lost")
         .await
         .expect_err("no Redis yet");
     assert!(
@@ -146,7 +146,7 @@ async fn publisher_and_subscription_survive_redis_being_down_and_restarted() {
     let server = RedisServer::start(&program, port).await;
     wait_connected(&mut connected, true).await;
     publisher
-        .publish(&channel, "before the restart")
+        .publish_raw(&channel, "before the restart")
         .await
         .expect("Redis is up now");
     assert_eq!(
@@ -158,7 +158,7 @@ async fn publisher_and_subscription_survive_redis_being_down_and_restarted() {
     wait_connected(&mut connected, false).await;
     let started = Instant::now();
     publisher
-        .publish(&channel, "lost")
+        .publish_raw(&channel, "lost")
         .await
         .expect_err("Redis is down");
     assert!(
@@ -171,7 +171,7 @@ async fn publisher_and_subscription_survive_redis_being_down_and_restarted() {
     // The first publish after the restart succeeds: the publisher retries
     // once on the connection its manager re-established.
     publisher
-        .publish(&channel, "after the restart")
+        .publish_raw(&channel, "after the restart")
         .await
         .expect("Redis is back");
     let message = next_message(&mut received).await;
@@ -206,7 +206,7 @@ async fn a_subscription_to_a_redis_that_stopped_answering_reconnects() {
 
     let publisher = RedisPublisher::connect(&url).expect("a valid URL");
     publisher
-        .publish(&channel, "still listening")
+        .publish_raw(&channel, "still listening")
         .await
         .expect("Redis answers again");
     assert_eq!(
@@ -229,7 +229,7 @@ async fn a_subscription_nobody_reads_keeps_its_buffer_full_and_drops_the_rest() 
     let sent = 3 * BUFFER_CAPACITY;
     for n in 0..sent {
         publisher
-            .publish(&channel, &n.to_string())
+            .publish_raw(&channel, &n.to_string())
             .await
             .expect("published");
     }
@@ -252,7 +252,7 @@ async fn a_subscription_nobody_reads_keeps_its_buffer_full_and_drops_the_rest() 
 
     // Read again, it takes new messages.
     publisher
-        .publish(&channel, "after")
+        .publish_raw(&channel, "after")
         .await
         .expect("published");
     let message = next_from(&mut subscription).await;
@@ -280,7 +280,7 @@ async fn the_publisher_is_lazy_and_never_shows_the_password() {
     assert!(!format!("{publisher:?}").contains("s3cret"));
     let started = std::time::Instant::now();
     let error = publisher
-        .publish("line_allocated", "{}")
+        .publish_raw("line_allocated", "{}")
         .await
         .expect_err("nothing listens on port 1");
     assert!(started.elapsed() < Duration::from_secs(10));

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use adapters::sql::{PoolSettings, SqlStore};
-use allocation::bootstrap::{Outside, bootstrap};
+use allocation::bootstrap::{OutboundAdapters, bootstrap};
 use allocation::entrypoints::http::{AppState, router};
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode};
@@ -77,7 +77,7 @@ fn read_model_benchmark(c: &mut Criterion, runtime: &Runtime, database: TestData
     let store = runtime
         .block_on(SqlStore::connect(database.url(), PoolSettings::default()))
         .expect("the database opens");
-    let service = bootstrap(store.clone(), Outside::default());
+    let service = bootstrap(store.clone(), OutboundAdapters::default());
     let app = router(AppState {
         bus: Arc::clone(&service.bus),
         read_model: store,

@@ -7,23 +7,25 @@ use std::sync::Arc;
 use adapters::email::{EmailNotifications, EmailSender, EmailSettings, SHUTDOWN_GRACE};
 use adapters::log::{LogNotifications, LogPublisher};
 use adapters::redis::RedisPublisher;
-use adapters::sql::{PoolSettings, SqlStore};
+use adapters::sql::{DatabaseUrl, PoolSettings, SqlStore};
 use service_layer::ports::{Notifications, Outbox, Publisher};
 use service_layer::relay::{OutboxRelay, RelaySettings};
 use service_layer::{MessageBus, RetryPolicy, Store};
 use tokio::sync::Notify;
 
-use crate::config::{DatabaseArgs, OutsideArgs};
+use crate::config::MessagingArgs;
 
-/// The adapters for the outside world: email and Redis when configured,
-/// the log otherwise.
+/// The adapters through which the service tells the outside world what
+/// happened: notifications (email when SMTP is configured) and the outbox
+/// relay's publisher (Redis when configured); the log for whichever is not.
+/// Chosen from the [`MessagingArgs`] by [`OutboundAdapters::start`].
 #[derive(Debug, Clone)]
-pub struct Outside {
+pub struct OutboundAdapters {
     pub notifications: Arc<dyn Notifications>,
     pub publisher: Arc<dyn Publisher>,
 }
 
-impl Default for Outside {
+impl Default for OutboundAdapters {
     /// Log-only: what runs with no SMTP server and no Redis configured.
     fn default() -> Self {
         Self {
@@ -33,12 +35,12 @@ impl Default for Outside {
     }
 }
 
-impl Outside {
+impl OutboundAdapters {
     /// The adapters the configuration asks for, their background work
     /// started. Fails on a malformed URL; an unreachable server is not an
     /// error here (it may come up later).
-    pub fn start(args: &OutsideArgs) -> anyhow::Result<(Self, OutsideTasks)> {
-        let mut tasks = OutsideTasks::default();
+    pub fn start(args: &MessagingArgs) -> anyhow::Result<(Self, OutboundAdapterTasks)> {
+        let mut tasks = OutboundAdapterTasks::default();
         let notifications: Arc<dyn Notifications> = match &args.smtp_url {
             Some(url) => {
                 let (email, sender) = EmailNotifications::start(
@@ -56,22 +58,22 @@ impl Outside {
             Some(url) => Arc::new(RedisPublisher::connect(url)?),
             None => Arc::new(LogPublisher),
         };
-        let outside = Self {
+        let adapters = Self {
             notifications,
             publisher,
         };
-        Ok((outside, tasks))
+        Ok((adapters, tasks))
     }
 }
 
-/// What the outside adapters do in the background, to be given time to
+/// The background tasks of the [`OutboundAdapters`], to be given time to
 /// finish at shutdown: today the sender of queued emails.
 #[derive(Debug, Default)]
-pub struct OutsideTasks {
+pub struct OutboundAdapterTasks {
     email: Option<EmailSender>,
 }
 
-impl OutsideTasks {
+impl OutboundAdapterTasks {
     /// The last step of a shutdown, once no command can queue another
     /// email: the queued ones get a short grace period
     /// ([`SHUTDOWN_GRACE`]) to go out, and the rest are dropped (logged and
@@ -93,19 +95,19 @@ pub struct Service<S> {
 }
 
 /// Builds the message bus and the outbox relay over `store`.
-pub fn bootstrap<S: Store + Outbox>(store: S, outside: Outside) -> Service<S> {
+pub fn bootstrap<S: Store + Outbox>(store: S, outbound: OutboundAdapters) -> Service<S> {
     // The bus rings this after each commit that wrote to the outbox, so the
     // relay publishes at once instead of at its next poll.
     let outbox_written = Arc::new(Notify::new());
     let bus = MessageBus::new(
         store.clone(),
-        outside.notifications,
+        outbound.notifications,
         outbox_written.clone(),
         RetryPolicy::default(),
     );
     let relay = OutboxRelay::new(
         store.clone(),
-        outside.publisher,
+        outbound.publisher,
         outbox_written,
         RelaySettings::default(),
     );
@@ -117,11 +119,7 @@ pub fn bootstrap<S: Store + Outbox>(store: S, outside: Outside) -> Service<S> {
 }
 
 /// Connects to the SQLite or PostgreSQL database and migrates its schema.
-pub async fn open_sql_store(database: &DatabaseArgs) -> anyhow::Result<SqlStore> {
-    let settings = PoolSettings {
-        max_connections: database.database_max_connections,
-        acquire_timeout: database.acquire_timeout(),
-    };
+pub async fn open_sql_store(url: &DatabaseUrl, pool: PoolSettings) -> anyhow::Result<SqlStore> {
     // The error already names the database, password hidden.
-    Ok(SqlStore::connect(database.database_url.expose(), settings).await?)
+    Ok(SqlStore::connect(url.expose(), pool).await?)
 }

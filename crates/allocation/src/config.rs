@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use adapters::sql::redact_url;
+use adapters::sql::{DatabaseUrl, PoolSettings, SUPPORTED_FORMS, redact_url};
 use clap::builder::{RangedU64ValueParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -64,7 +64,7 @@ pub struct ServeArgs {
     pub database: DatabaseArgs,
 
     #[command(flatten)]
-    pub outside: OutsideArgs,
+    pub messaging: MessagingArgs,
 
     /// Address and port the HTTP API listens on (port 0 picks a free one).
     #[arg(
@@ -144,7 +144,7 @@ pub struct WorkerArgs {
     pub database: DatabaseArgs,
 
     #[command(flatten)]
-    pub outside: OutsideArgs,
+    pub messaging: MessagingArgs,
 }
 
 #[derive(Debug, Args)]
@@ -157,10 +157,11 @@ pub struct MaintenanceArgs {
     pub json: bool,
 }
 
-/// The systems the service talks to besides its database. Its `Debug` hides
-/// the passwords of the URLs.
+/// How the service exchanges messages with other systems besides its
+/// database: Redis for commands in and events out, SMTP for out-of-stock
+/// emails. Its `Debug` hides the passwords of the URLs.
 #[derive(Clone, Args)]
-pub struct OutsideArgs {
+pub struct MessagingArgs {
     /// Redis for messages: consume `allocate` and `change_batch_quantity`,
     /// publish `line_allocated`. Without it, messages are only logged.
     #[arg(
@@ -190,10 +191,10 @@ pub struct OutsideArgs {
     pub notify_from: String,
 }
 
-impl fmt::Debug for OutsideArgs {
+impl fmt::Debug for MessagingArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let redacted = |url: &Option<String>| url.as_deref().map(redact_url);
-        f.debug_struct("OutsideArgs")
+        f.debug_struct("MessagingArgs")
             .field("redis_url", &redacted(&self.redis_url))
             .field("smtp_url", &redacted(&self.smtp_url))
             .field("notify_email", &self.notify_email)
@@ -206,16 +207,17 @@ impl fmt::Debug for OutsideArgs {
 pub struct DatabaseArgs {
     /// Where products and allocations are stored: `sqlite://PATH` (the file
     /// is created if missing), `postgres://USER:PASSWORD@HOST:PORT/DB`, or
-    /// `memory://` (nothing kept after exit).
+    /// `memory://` (nothing kept after exit). `sqlite:PATH`,
+    /// `sqlite::memory:` and `postgresql://` work too.
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "sqlite://allocation.db",
         value_name = "URL",
-        value_parser = SecretValueParser::<DatabaseUrl>::new(),
+        value_parser = SecretValueParser::<StoreUrl>::new(),
         hide_env_values = true
     )]
-    pub database_url: DatabaseUrl,
+    pub database_url: StoreUrl,
 
     /// Most database connections the service opens at once.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -227,66 +229,54 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    pub fn acquire_timeout(&self) -> Duration {
-        Duration::from_secs(self.database_acquire_timeout)
+    /// The SQL store's connection pool, as configured.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.database_max_connections,
+            acquire_timeout: Duration::from_secs(self.database_acquire_timeout),
+        }
     }
 }
 
-/// A database URL whose scheme the service supports. Its `Display` hides
-/// the password so that it can be logged.
+/// What `--database-url` names: a SQL database, read by the SQL adapter's
+/// parser (the one place that knows which URLs it can open), or
+/// `memory://`, the in-process store that only this binary offers. Its
+/// `Display` and `Debug` hide the password, so that it can be logged.
 #[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl {
-    url: String,
-    backend: Backend,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub enum StoreUrl {
+    /// `memory://`: nothing kept after exit.
     Memory,
-    Sqlite,
-    Postgres,
+    Sql(DatabaseUrl),
 }
 
-impl DatabaseUrl {
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
-    /// The URL with its password, for the database driver only.
-    pub fn expose(&self) -> &str {
-        &self.url
-    }
-}
-
-impl FromStr for DatabaseUrl {
+impl FromStr for StoreUrl {
     type Err = String;
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
-        let backend = match url.split_once("://").map(|(scheme, _)| scheme) {
-            Some("memory") => Backend::Memory,
-            Some("sqlite") => Backend::Sqlite,
-            Some("postgres" | "postgresql") => Backend::Postgres,
-            _ => {
-                return Err(format!(
-                    "unsupported database URL {}: expected sqlite://PATH, postgres://... or memory://",
-                    redact_url(url)
-                ));
-            }
-        };
-        Ok(Self {
-            url: url.to_owned(),
-            backend,
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        if scheme.is_some_and(|scheme| scheme.eq_ignore_ascii_case("memory")) {
+            return Ok(Self::Memory);
+        }
+        DatabaseUrl::parse(url).map(Self::Sql).map_err(|refused| {
+            format!(
+                "unsupported database URL {}: expected {SUPPORTED_FORMS}, \
+                 or memory:// (nothing kept after exit)",
+                refused.url
+            )
         })
     }
 }
 
-impl fmt::Display for DatabaseUrl {
+impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_url(&self.url))
+        match self {
+            Self::Memory => f.write_str("memory://"),
+            Self::Sql(url) => fmt::Display::fmt(url, f),
+        }
     }
 }
 
-impl fmt::Debug for DatabaseUrl {
+impl fmt::Debug for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
@@ -345,7 +335,7 @@ mod tests {
             redact_url("sqlite://allocation.db"),
             "sqlite://allocation.db"
         );
-        let url: DatabaseUrl = "postgres://a:b@h/d".parse().expect("supported");
+        let url: StoreUrl = "postgres://a:b@h/d".parse().expect("supported");
         assert_eq!(
             format!("{url} {url:?}"),
             "postgres://a:***@h/d postgres://a:***@h/d"
@@ -353,23 +343,57 @@ mod tests {
     }
 
     #[test]
-    fn only_supported_schemes_parse() {
-        assert_eq!(
-            "memory://".parse::<DatabaseUrl>().map(|u| u.backend()),
-            Ok(Backend::Memory)
+    fn memory_and_every_sql_form_parse() {
+        for url in ["memory://", "MEMORY://"] {
+            assert_eq!(url.parse::<StoreUrl>(), Ok(StoreUrl::Memory), "{url}");
+        }
+        for url in [
+            "sqlite://x.db",
+            "sqlite:x.db",
+            "sqlite::memory:",
+            "postgres://u:pw@h:5432/d",
+            "postgresql://h/d",
+        ] {
+            let parsed = url.parse::<StoreUrl>();
+            assert!(
+                matches!(&parsed, Ok(StoreUrl::Sql(sql)) if sql.expose() == url),
+                "{url}: {parsed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_urls_are_refused_naming_every_form_without_the_password() {
+        for url in ["mysql://u:pw@h/d", "memory:", "allocation.db", ""] {
+            let refused = url.parse::<StoreUrl>().expect_err(url);
+            assert!(
+                refused.starts_with("unsupported database URL "),
+                "{refused}"
+            );
+            for form in ["sqlite://PATH", "postgres://", "memory://"] {
+                assert!(refused.contains(form), "{form} in {refused}");
+            }
+            assert!(!refused.contains("pw"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn a_refused_database_url_stops_the_command_line() {
+        let error = Cli::try_parse_from([
+            "allocation",
+            "migrate",
+            "--database-url",
+            "mysql://u:pw@h/d",
+        ])
+        .expect_err("unsupported")
+        .to_string();
+        assert!(
+            error.starts_with(
+                "error: invalid --database-url: unsupported database URL mysql://u:***@h/d"
+            ),
+            "{error}"
         );
-        assert_eq!(
-            "sqlite://x.db".parse::<DatabaseUrl>().map(|u| u.backend()),
-            Ok(Backend::Sqlite)
-        );
-        assert_eq!(
-            "postgresql://h/d"
-                .parse::<DatabaseUrl>()
-                .map(|u| u.backend()),
-            Ok(Backend::Postgres)
-        );
-        let refused = "mysql://u:pw@h/d".parse::<DatabaseUrl>();
-        assert!(matches!(&refused, Err(e) if e.contains("mysql://u:***@h/d") && !e.contains("pw")));
+        assert!(!error.contains("pw@"), "{error}");
     }
 
     #[test]

@@ -18,8 +18,10 @@ use service_layer::{MessageBus, Store};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::bootstrap::{Outside, OutsideTasks, Service, bootstrap, open_sql_store};
-use crate::config::{Backend, Cli, Command, DatabaseArgs, ServeArgs, WorkerArgs};
+use crate::bootstrap::{
+    OutboundAdapterTasks, OutboundAdapters, Service, bootstrap, open_sql_store,
+};
+use crate::config::{Cli, Command, DatabaseArgs, ServeArgs, StoreUrl, WorkerArgs};
 use crate::entrypoints::http::{self, AppState};
 use crate::entrypoints::redis::consume;
 
@@ -29,12 +31,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => with_store(&args.database.clone(), Serve(args)).await,
         Command::Consume(args) => {
             anyhow::ensure!(
-                args.outside.redis_url.is_some(),
+                args.messaging.redis_url.is_some(),
                 "consume needs a Redis to consume from: set --redis-url or REDIS_URL"
             );
             with_store(
                 &args.database.clone(),
-                Work {
+                ConsumeOrRelay {
                     args,
                     consume: true,
                 },
@@ -44,7 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(args) => {
             with_store(
                 &args.database.clone(),
-                Work {
+                ConsumeOrRelay {
                     args,
                     consume: false,
                 },
@@ -52,13 +54,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Migrate(database) => {
-            if database.database_url.backend() == Backend::Memory {
+            let StoreUrl::Sql(url) = &database.database_url else {
                 info!("memory:// keeps no schema; nothing to migrate");
                 return Ok(());
-            }
+            };
             // Opening the store migrates it.
-            open_sql_store(&database).await?;
-            info!(database = %database.database_url, "schema is up to date");
+            open_sql_store(url, database.pool_settings()).await?;
+            info!(database = %url, "schema is up to date");
             Ok(())
         }
         Command::RebuildReadModel(args) => maintenance::rebuild_read_model(&args).await,
@@ -73,9 +75,12 @@ trait WithStore {
 }
 
 async fn with_store(database: &DatabaseArgs, job: impl WithStore) -> anyhow::Result<()> {
-    match database.database_url.backend() {
-        Backend::Memory => job.run(MemoryStore::new()).await,
-        Backend::Sqlite | Backend::Postgres => job.run(open_sql_store(database).await?).await,
+    match &database.database_url {
+        StoreUrl::Memory => job.run(MemoryStore::new()).await,
+        StoreUrl::Sql(url) => {
+            let store = open_sql_store(url, database.pool_settings()).await?;
+            job.run(store).await
+        }
     }
 }
 
@@ -85,8 +90,8 @@ struct Serve(ServeArgs);
 impl WithStore for Serve {
     async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()> {
         let Serve(args) = self;
-        let (outside, outside_tasks) = Outside::start(&args.outside)?;
-        let service = bootstrap(store, outside);
+        let (outbound, outbound_tasks) = OutboundAdapters::start(&args.messaging)?;
+        let service = bootstrap(store, outbound);
         let listener = http::server::bind(args.bind)
             .with_context(|| format!("cannot listen on {}", args.bind))?;
         let address = listener
@@ -100,7 +105,7 @@ impl WithStore for Serve {
             &args.http.settings(),
         );
         let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
-        let workers = Workers::start(&service, args.outside.redis_url.clone(), outside_tasks);
+        let workers = Workers::start(&service, args.messaging.redis_url.clone(), outbound_tasks);
         info!(database = %args.database.database_url, "listening on http://{address}");
         let stop_intake = workers.stop_intake.clone();
         http::server::serve(listener, app, args.http.connection_limits(), async move {
@@ -115,18 +120,20 @@ impl WithStore for Serve {
     }
 }
 
-/// `allocation consume` and `allocation relay`: message handling alone.
-struct Work {
+/// `allocation consume` and `allocation relay`: message handling alone,
+/// without HTTP; `consume` says whether the Redis consumer runs beside the
+/// outbox relay.
+struct ConsumeOrRelay {
     args: WorkerArgs,
     consume: bool,
 }
 
-impl WithStore for Work {
+impl WithStore for ConsumeOrRelay {
     async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()> {
-        let (outside, outside_tasks) = Outside::start(&self.args.outside)?;
-        let service = bootstrap(store, outside);
-        let redis_url = self.args.outside.redis_url.filter(|_| self.consume);
-        let workers = Workers::start(&service, redis_url, outside_tasks);
+        let (outbound, outbound_tasks) = OutboundAdapters::start(&self.args.messaging)?;
+        let service = bootstrap(store, outbound);
+        let redis_url = self.args.messaging.redis_url.filter(|_| self.consume);
+        let workers = Workers::start(&service, redis_url, outbound_tasks);
         info!(database = %self.args.database.database_url, "running");
         shutdown_signal().await;
         let _ = workers.stop_intake.send(true);
@@ -137,7 +144,7 @@ impl WithStore for Work {
 }
 
 /// The background tasks: the Redis consumer (optional), the relay, and
-/// those of the outside adapters (the email sender).
+/// those of the outbound adapters (the email sender).
 ///
 /// Shutdown runs in three steps: first nothing new comes in (HTTP and the
 /// consumer finish what they are handling, and the bus the commands whose
@@ -150,11 +157,15 @@ struct Workers<S> {
     consumer: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     relay: tokio::task::JoinHandle<()>,
     bus: Arc<MessageBus<S>>,
-    outside: OutsideTasks,
+    outbound: OutboundAdapterTasks,
 }
 
 impl<S: Store + Outbox> Workers<S> {
-    fn start(service: &Service<S>, redis_url: Option<String>, outside: OutsideTasks) -> Self {
+    fn start(
+        service: &Service<S>,
+        redis_url: Option<String>,
+        outbound: OutboundAdapterTasks,
+    ) -> Self {
         let (stop_intake, intake_stopped) = watch::channel(false);
         let (stop_relay, relay_stopped) = watch::channel(false);
         let consumer = redis_url.map(|url| {
@@ -171,7 +182,7 @@ impl<S: Store + Outbox> Workers<S> {
             consumer,
             relay,
             bus: service.bus.clone(),
-            outside,
+            outbound,
         }
     }
 
@@ -183,7 +194,7 @@ impl<S: Store + Outbox> Workers<S> {
         self.bus.finish_running_commands().await;
         let _ = self.stop_relay.send(true);
         self.relay.await.context("the outbox relay panicked")?;
-        self.outside.finish().await;
+        self.outbound.finish().await;
         Ok(())
     }
 }

@@ -6,13 +6,14 @@ use std::fmt::{self, Display};
 use std::io::Write;
 use std::process::ExitCode;
 
+use adapters::sql::SqlStore;
 use adapters::sql::maintenance::{ConsistencyReport, Findings, RebuildReport};
 use anyhow::Context;
 use serde::Serialize;
 use tracing::info;
 
 use crate::bootstrap::open_sql_store;
-use crate::config::{Backend, MaintenanceArgs};
+use crate::config::{MaintenanceArgs, StoreUrl};
 
 /// `check`'s exit code when it found differences; a failure to check at
 /// all exits 1, as every command's failure does.
@@ -58,10 +59,9 @@ pub fn exit_code(error: &anyhow::Error) -> ExitCode {
 
 /// `allocation rebuild-read-model`.
 pub async fn rebuild_read_model(args: &MaintenanceArgs) -> anyhow::Result<()> {
-    if nothing_persistent(args, "rebuild") {
+    let Some(store) = open_persistent_store(args, "rebuild").await? else {
         return Ok(());
-    }
-    let store = open_sql_store(&args.database).await?;
+    };
     let report = store
         .rebuild_read_model()
         .await
@@ -77,10 +77,9 @@ pub async fn rebuild_read_model(args: &MaintenanceArgs) -> anyhow::Result<()> {
 /// `allocation check`: fails with [`Inconsistent`] when it found
 /// differences, after printing them.
 pub async fn check(args: &MaintenanceArgs) -> anyhow::Result<()> {
-    if nothing_persistent(args, "check") {
+    let Some(store) = open_persistent_store(args, "check").await? else {
         return Ok(());
-    }
-    let store = open_sql_store(&args.database).await?;
+    };
     let report = store
         .check_consistency()
         .await
@@ -101,14 +100,22 @@ pub async fn check(args: &MaintenanceArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `memory://` lives and dies with one process: a maintenance command would
-/// only ever see the empty store it just made.
-fn nothing_persistent(args: &MaintenanceArgs, what: &str) -> bool {
-    let memory = args.database.database_url.backend() == Backend::Memory;
-    if memory {
-        info!("memory:// keeps nothing between runs; nothing to {what}");
+/// The SQL store to maintain, or `None` on `memory://`: it lives and dies
+/// with one process, and a maintenance command would only ever see the
+/// empty store it just made.
+async fn open_persistent_store(
+    args: &MaintenanceArgs,
+    what: &str,
+) -> anyhow::Result<Option<SqlStore>> {
+    match &args.database.database_url {
+        StoreUrl::Memory => {
+            info!("memory:// keeps nothing between runs; nothing to {what}");
+            Ok(None)
+        }
+        StoreUrl::Sql(url) => Ok(Some(
+            open_sql_store(url, args.database.pool_settings()).await?,
+        )),
     }
-    memory
 }
 
 fn print_json(report: &impl Serialize) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use adapters::RedisPublisher;
 use adapters::messages;
-use allocation::bootstrap::{Outside, bootstrap};
+use allocation::bootstrap::{OutboundAdapters, bootstrap};
 use allocation::entrypoints::http::{AppState, router};
 use axum::Router;
 use futures::StreamExt;
@@ -27,11 +27,11 @@ pub use test_support::unique;
 /// The HTTP app over an in-memory store, and the store to inspect.
 pub fn in_process_app() -> (Router, MemoryStore) {
     let store = MemoryStore::new();
-    let outside = Outside {
+    let outbound = OutboundAdapters {
         notifications: Arc::new(RecordingNotifications::new()),
         publisher: Arc::new(RecordingPublisher::new()),
     };
-    let service = bootstrap(store.clone(), outside);
+    let service = bootstrap(store.clone(), outbound);
     let app = router(AppState {
         bus: service.bus,
         read_model: store.clone(),
@@ -343,7 +343,7 @@ pub mod with_redis {
 pub async fn publish(url: &str, channel: &str, payload: &str) {
     RedisPublisher::connect(url)
         .expect("a valid Redis URL")
-        .publish(channel, payload)
+        .publish_raw(channel, payload)
         .await
         .expect("Redis takes the message");
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use allocation::bootstrap::{Outside, bootstrap};
+use allocation::bootstrap::{OutboundAdapters, bootstrap};
 use allocation::entrypoints::http::{AppState, HttpSettings, router_with};
 use async_trait::async_trait;
 use axum::Router;
@@ -36,11 +36,11 @@ impl Notifications for Stalled {
 
 fn app(settings: &HttpSettings) -> Router {
     let store = MemoryStore::new();
-    let outside = Outside {
+    let outbound = OutboundAdapters {
         notifications: Arc::new(Stalled),
         publisher: Arc::new(RecordingPublisher::new()),
     };
-    let service = bootstrap(store.clone(), outside);
+    let service = bootstrap(store.clone(), outbound);
     let state = AppState {
         bus: service.bus,
         read_model: store,

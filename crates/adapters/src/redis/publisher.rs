@@ -1,0 +1,114 @@
+//! The way out: [`RedisPublisher`] sends payloads on channels, and is the
+//! outbox relay's [`Publisher`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use service_layer::ports::{OutboxMessage, PublishError, Publisher};
+
+use super::{BACKOFF_MIN, CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisError, client};
+use crate::messages;
+
+/// Publishes payloads on Redis channels.
+///
+/// Cheap to clone: clones share one multiplexed connection, which redis's
+/// `ConnectionManager` re-establishes in the background after it breaks.
+#[derive(Clone)]
+pub struct RedisPublisher {
+    connection: ConnectionManager,
+    /// The URL without its password, for messages.
+    url: Arc<str>,
+}
+
+/// The relay's way out: each outbox message goes out on `line_allocated`
+/// in the wire format of `messages`.
+#[async_trait::async_trait]
+impl Publisher for RedisPublisher {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        let payload = messages::encode_line_allocated(&message.event, message.message_id);
+        self.publish_raw(messages::LINE_ALLOCATED, &payload)
+            .await
+            .map_err(|error| PublishError(Box::new(error)))
+    }
+}
+
+impl fmt::Debug for RedisPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPublisher")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisPublisher {
+    /// A publisher for the Redis at `url`. Fails only on an invalid URL: the
+    /// connection is made on the first publish, so the service starts even
+    /// while Redis is down.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime: the connection manager spawns its
+    /// background task here.
+    pub fn connect(url: &str) -> Result<Self, RedisError> {
+        let (client, shown) = client(url)?;
+        // The manager's own retries happen inside one `publish_raw` call, so
+        // they are kept short: the relay has its own backoff, and a publish
+        // should fail within a second or two when Redis is away, not hang.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_min_delay(BACKOFF_MIN)
+            .set_max_delay(Duration::from_secs(1));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(|cause| {
+                RedisError::InvalidUrl {
+                    url: shown.to_string(),
+                    cause,
+                }
+            })?;
+        Ok(Self {
+            connection,
+            url: shown,
+        })
+    }
+
+    /// Sends `payload` as it is on `channel`, where [`Publisher::publish`]
+    /// encodes an outbox message and sends it on `line_allocated` (through
+    /// this). Tests use it to play the other systems that send us commands.
+    /// `Ok` means Redis took it, not that anyone was listening (pub/sub
+    /// keeps nothing for absent subscribers).
+    ///
+    /// After a broken connection the first command fails and the manager
+    /// starts reconnecting; this tries once more on the new connection, so
+    /// the first publish after Redis comes back succeeds. A retry may send
+    /// the message twice (if the first attempt timed out after Redis got
+    /// it), which the `message_id` in every payload allows for.
+    pub async fn publish_raw(&self, channel: &str, payload: &str) -> Result<(), RedisError> {
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(channel).arg(payload);
+        let mut connection = self.connection.clone();
+        let mut result = command.query_async::<usize>(&mut connection).await;
+        let broken = result
+            .as_ref()
+            .is_err_and(|error| error.is_io_error() || error.is_unrecoverable_error());
+        if broken {
+            tracing::debug!(url = %self.url, channel, "publish failed on a broken connection; retrying once");
+            result = command.query_async::<usize>(&mut connection).await;
+        }
+        match result {
+            Ok(receivers) => {
+                tracing::debug!(url = %self.url, channel, receivers, "published");
+                Ok(())
+            }
+            Err(cause) => Err(RedisError::Publish {
+                url: self.url.to_string(),
+                channel: channel.to_owned(),
+                cause,
+            }),
+        }
+    }
+}
