@@ -148,6 +148,42 @@ async fn bad_batches_are_refused() {
     }
 }
 
+/// The document states quantities as JSON Schema `integer`s, which include
+/// `3.0` and `1e1`: a client generated from it may send those, so they are
+/// taken as the whole numbers they are. A fraction is still refused (above).
+#[tokio::test]
+async fn whole_numbers_written_as_floats_are_quantities() {
+    let (app, store) = seeded_app().await;
+    let batch = r#"{"ref": "float-batch", "sku": "STEADY-LAMP", "qty": 20.0, "eta": null}"#;
+    let (status, body) = send(&app, post_json("/add_batch", batch)).await;
+    assert_eq!(
+        (status, &body["qty"]),
+        (StatusCode::CREATED, &json!(20)),
+        "{body}"
+    );
+    let line = r#"{"orderid": "float-order", "sku": "STEADY-LAMP", "qty": 3.0}"#;
+    let (status, body) = send(&app, post_json("/allocate", line)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert!(body["batchref"].is_string(), "{body}");
+    let change = r#"{"batchref": "float-batch", "qty": 1e1}"#;
+    let (status, body) = send(&app, post_json("/change_batch_quantity", change)).await;
+    assert_eq!(
+        (status, &body["qty"]),
+        (StatusCode::OK, &json!(10)),
+        "{body}"
+    );
+
+    let sku = Sku::parse(SKU).expect("sku");
+    let batches = store.batches(&sku).await.expect("query");
+    let changed = batches
+        .iter()
+        .find(|batch| batch.reference.as_str() == "float-batch")
+        .expect("the batch was added");
+    assert_eq!(changed.purchased, 10);
+    let allocated: u64 = batches.iter().map(|batch| batch.allocated).sum();
+    assert_eq!(allocated, 2 + 3);
+}
+
 #[tokio::test]
 async fn a_reference_reused_with_different_data_is_a_conflict() {
     let (app, store) = seeded_app().await;

@@ -231,10 +231,12 @@ fn identifier(field: &str) -> impl Strategy<Value = String> + use<> {
     ]
 }
 
-/// Quantities: in range, zero, negative, huge, fractional, as text.
+/// Quantities: in range (some written as floats, `3.0`), zero, negative,
+/// huge, fractional, as text.
 fn quantity() -> impl Strategy<Value = Value> {
     prop_oneof![
         12 => (1..=40i64).prop_map(Value::from),
+        2 => (1..=40u32).prop_map(|units| Value::from(f64::from(units))),
         1 => any::<i64>().prop_map(Value::from),
         1 => any::<u64>().prop_map(Value::from),
         1 => any::<f64>().prop_map(Value::from),

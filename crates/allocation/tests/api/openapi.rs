@@ -187,7 +187,7 @@ async fn the_documented_bounds_are_the_domain_values() {
         ("ChangeBatchQuantityRequest", "batchref"),
     ];
     for (schema, field) in identifiers {
-        let property = &schemas[schema]["properties"][field];
+        let property = resolved(&document, &schemas[schema]["properties"][field]);
         assert_identifier(property, &format!("{schema}.{field}"));
     }
     // A date as the service parses it, `YYYY-MM-DD`: not just any string.
@@ -200,22 +200,37 @@ async fn the_documented_bounds_are_the_domain_values() {
     ] {
         let parameter = &document["paths"][path]["get"]["parameters"][0];
         assert_eq!(parameter["name"], name);
-        assert_identifier(&parameter["schema"], path);
+        assert_identifier(resolved(&document, &parameter["schema"]), path);
     }
     for schema in [
         "AddBatchRequest",
         "AllocateRequest",
         "ChangeBatchQuantityRequest",
     ] {
-        let qty = &schemas[schema]["properties"]["qty"];
+        let qty = resolved(&document, &schemas[schema]["properties"]["qty"]);
+        assert_eq!(qty["type"], "integer", "{schema}");
         assert_eq!(qty["minimum"], 1, "{schema}");
         assert_eq!(qty["maximum"], domain::Quantity::MAX, "{schema}");
+    }
+}
+
+/// The schema `schema` stands for: itself, or the component its `$ref` names.
+fn resolved<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("unexpected reference {reference}"));
+            &document["components"]["schemas"][name]
+        }
+        None => schema,
     }
 }
 
 /// An identifier's schema states what `domain` accepts: 1 to 255
 /// characters, none of them a control character.
 fn assert_identifier(schema: &Value, what: &str) {
+    assert_eq!(schema["type"], "string", "{what}: {schema}");
     assert_eq!(schema["minLength"], 1, "{what}: {schema}");
     assert_eq!(
         schema["maxLength"],
@@ -227,4 +242,70 @@ fn assert_identifier(schema: &Value, what: &str) {
         domain::values::IDENTIFIER_PATTERN,
         "{what}: {schema}"
     );
+}
+
+/// Every refusal a route can answer is in the document, with the JSON
+/// `{"message"}` body every error has; the statuses shared by all writes
+/// and by all queries are on each of them.
+#[tokio::test]
+async fn every_operation_documents_its_refusals() {
+    let document = document().await;
+    let writes = [
+        ("/add_batch", "409"),
+        ("/allocate", "409"),
+        ("/deallocate", "404"),
+        ("/change_batch_quantity", "404"),
+    ];
+    for (path, own) in writes {
+        let responses = &document["paths"][path]["post"]["responses"];
+        for status in ["400", "401", "413", "415", "503", own] {
+            assert_error_body(&responses[status], &format!("POST {path} {status}"));
+        }
+    }
+    for (path, own) in [
+        ("/allocations/{orderid}", "404"),
+        ("/products/{sku}/batches", "404"),
+    ] {
+        let responses = &document["paths"][path]["get"]["responses"];
+        for status in ["400", "503", own] {
+            assert_error_body(&responses[status], &format!("GET {path} {status}"));
+        }
+    }
+    assert_error_body(
+        &document["paths"]["/readyz"]["get"]["responses"]["503"],
+        "GET /readyz 503",
+    );
+}
+
+fn assert_error_body(response: &Value, what: &str) {
+    assert!(
+        response["description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{what}: {response}"
+    );
+    assert_eq!(
+        response["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody",
+        "{what}: {response}"
+    );
+}
+
+/// A SKU with no batches is refused with 400 `Invalid sku`, as in the book,
+/// although the request is valid by its schema: the document says so where
+/// that answer can come, and only there.
+#[tokio::test]
+async fn the_unknown_sku_answer_is_documented_where_it_is_given() {
+    let document = document().await;
+    let bad_request = |path: &str| {
+        document["paths"][path]["post"]["responses"]["400"]["description"]
+            .as_str()
+            .unwrap_or_else(|| panic!("POST {path} documents no 400"))
+            .to_owned()
+    };
+    for path in ["/allocate", "/deallocate"] {
+        assert!(bad_request(path).contains("Invalid sku"), "{path}");
+    }
+    for path in ["/add_batch", "/change_batch_quantity"] {
+        assert!(!bad_request(path).contains("Invalid sku"), "{path}");
+    }
 }

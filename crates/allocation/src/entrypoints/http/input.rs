@@ -1,0 +1,158 @@
+//! What the routes read from requests: JSON bodies refused with our JSON
+//! errors, and the identifiers and quantities in them, documented with the
+//! domain's own limits so that the OpenAPI document cannot drift from them.
+
+use std::fmt;
+
+use axum::Json;
+use axum::extract::{FromRequest, Request};
+use domain::values::{IDENTIFIER_PATTERN, MAX_IDENTIFIER_LEN};
+use domain::{Quantity, ValueError};
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, Unexpected, Visitor};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
+
+use super::ApiError;
+
+/// `axum::Json`, with its rejections rendered as our JSON errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// The schema of every identifier (SKU, order id, batch reference), in
+/// bodies and in paths. A schema only: handlers take the strings and parse
+/// them into domain values, whose refusals carry the domain's messages.
+#[derive(Debug)]
+pub struct Identifier;
+
+impl PartialSchema for Identifier {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_IDENTIFIER_LEN))
+            .pattern(Some(IDENTIFIER_PATTERN))
+            .description(Some(format!(
+                "1 to {MAX_IDENTIFIER_LEN} characters, none of them a control character"
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for Identifier {}
+
+/// A quantity as a request states it: any JSON number without a fraction.
+/// `3.0` counts as `3`, as it does for JSON Schema's `integer`, since a
+/// client generated from the document may send either. The range is left
+/// to the domain ([`Units::quantity`]), so that zero, negative and huge
+/// quantities are refused with its message rather than the decoder's.
+#[derive(Debug, Clone, Copy)]
+pub struct Units(i128);
+
+impl Units {
+    /// The domain's quantity, named `qty` as in every body that holds one.
+    pub fn quantity(self) -> Result<Quantity, ValueError> {
+        Quantity::parse(self.0, "qty")
+    }
+}
+
+impl PartialSchema for Units {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(Quantity::MAX))
+            .description(Some(format!(
+                "A number of units: a whole number from 1 to {}",
+                Quantity::MAX
+            )))
+            .into()
+    }
+}
+
+impl ToSchema for Units {}
+
+impl<'de> Deserialize<'de> for Units {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(WholeNumber)
+    }
+}
+
+/// Reads [`Units`] from whichever number type the JSON decoder found.
+struct WholeNumber;
+
+impl Visitor<'_> for WholeNumber {
+    type Value = Units;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a whole number from 1 to {}", Quantity::MAX)
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Units, E> {
+        Ok(Units(value.into()))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Units, E> {
+        Ok(Units(value.into()))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Units, E> {
+        // Below 2^127 in magnitude, a float without a fraction converts to
+        // i128 exactly; beyond, it is refused here, as the domain would.
+        const BOUND: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+        if value.fract() == 0.0 && value.abs() < BOUND {
+            Ok(Units(value as i128))
+        } else {
+            Err(E::invalid_value(Unexpected::Float(value), &self))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn units(json: &str) -> Result<i128, String> {
+        serde_json::from_str::<Units>(json)
+            .map(|Units(units)| units)
+            .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn integers_and_integral_floats_are_whole_numbers() {
+        assert_eq!(units("3"), Ok(3));
+        assert_eq!(units("3.0"), Ok(3));
+        assert_eq!(units("1e3"), Ok(1000));
+        assert_eq!(units("-2.0"), Ok(-2));
+        assert_eq!(units("18446744073709551615"), Ok(u64::MAX.into()));
+    }
+
+    #[test]
+    fn fractions_huge_floats_and_strings_are_refused() {
+        for json in ["2.5", "1e-3", "1e300", "-1e300", "\"3\"", "null", "true"] {
+            let error = units(json).expect_err(json);
+            assert!(
+                error.contains("a whole number from 1 to"),
+                "{json}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_range_is_the_domains() {
+        let quantity = |json| serde_json::from_str::<Units>(json).expect(json).quantity();
+        assert_eq!(quantity("7.0").map(Quantity::get), Ok(7));
+        assert!(quantity("0").is_err());
+        assert!(quantity("1e30").is_err());
+        assert!(quantity("1000000001").is_err());
+    }
+}
