@@ -123,6 +123,16 @@ impl Quantity {
     }
 }
 
+/// The whole number a JSON number written as a float holds (`3.0`, `1e3`),
+/// if it holds one: JSON Schema's `integer` accepts those, and so do both
+/// entrypoints. `None` for a fraction, or beyond `i128` (which the
+/// quantity's range refuses anyway).
+pub fn whole_number(value: f64) -> Option<i128> {
+    // Below 2^127 in magnitude, a float without a fraction converts exactly.
+    const BOUND: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+    (value.fract() == 0.0 && value.abs() < BOUND).then_some(value as i128)
+}
+
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

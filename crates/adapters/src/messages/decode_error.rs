@@ -42,8 +42,8 @@ pub enum DecodeReason {
         expected: &'static str,
         got: JsonType,
     },
-    /// A number that is not a whole number (`2.5`, `1e3`): serde_json keeps
-    /// those as floats, which the domain's quantities never are.
+    /// A number that is not a whole number (`2.5`): the domain's quantities
+    /// never have a fraction.
     #[error(
         "field {field:?} must be a whole number from 1 to {}, got {value}",
         Quantity::MAX

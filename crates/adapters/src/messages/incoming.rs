@@ -4,6 +4,7 @@
 //! valid input.
 
 use domain::commands::{Allocate, ChangeBatchQuantity};
+use domain::values::whole_number;
 use domain::{BatchRef, Command, OrderId, Quantity, Sku, ValueError};
 use serde_json::{Map, Value};
 
@@ -94,12 +95,14 @@ fn quantity_field(
             });
         }
     };
-    // serde_json holds integers as i64 or u64 and everything else as f64;
-    // the domain's range check then covers zero, negatives and huge values.
+    // serde_json holds integers as i64 or u64 and everything else as f64
+    // (`3.0` is a whole number too, as on the HTTP API); the domain's range
+    // check then covers zero, negatives and huge values.
     let whole = number
         .as_i64()
         .map(i128::from)
-        .or_else(|| number.as_u64().map(i128::from));
+        .or_else(|| number.as_u64().map(i128::from))
+        .or_else(|| number.as_f64().and_then(whole_number));
     match whole {
         Some(value) => Ok(Quantity::parse(value, name)?),
         None => Err(DecodeReason::NotWholeNumber {
@@ -283,10 +286,18 @@ mod tests {
                 "{raw}"
             );
         }
-        for raw in ["2.5", "3.0", "1e3", "-0.5"] {
+        for raw in ["2.5", "-0.5", "1e-3"] {
             assert!(
                 matches!(qty(raw), DecodeReason::NotWholeNumber { field: "qty", .. }),
                 "{raw}"
+            );
+        }
+        for (raw, units) in [("3.0", 3), ("1e3", 1000)] {
+            let message = format!(r#"{{"batchref": "b", "qty": {raw}}}"#);
+            let decoded = decode(CHANGE_BATCH_QUANTITY, message.as_bytes());
+            assert!(
+                matches!(&decoded, Ok(Command::ChangeBatchQuantity(c)) if c.qty.get() == units),
+                "{raw} is the whole number {units}: {decoded:?}"
             );
         }
     }

@@ -6,7 +6,7 @@ use std::fmt;
 
 use axum::Json;
 use axum::extract::{FromRequest, Request};
-use domain::values::{IDENTIFIER_PATTERN, MAX_IDENTIFIER_LEN};
+use domain::values::{IDENTIFIER_PATTERN, MAX_IDENTIFIER_LEN, whole_number};
 use domain::{Quantity, ValueError};
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, Unexpected, Visitor};
@@ -106,13 +106,9 @@ impl Visitor<'_> for WholeNumber {
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<Units, E> {
-        // Below 2^127 in magnitude, a float without a fraction converts to
-        // i128 exactly; beyond, it is refused here, as the domain would.
-        const BOUND: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
-        if value.fract() == 0.0 && value.abs() < BOUND {
-            Ok(Units(value as i128))
-        } else {
-            Err(E::invalid_value(Unexpected::Float(value), &self))
+        match whole_number(value) {
+            Some(units) => Ok(Units(units)),
+            None => Err(E::invalid_value(Unexpected::Float(value), &self)),
         }
     }
 }
