@@ -13,6 +13,9 @@
 
 use std::collections::hash_map::Entry;
 
+// Not std's `HashMap` and `Vec`: every command builds an identity map and
+// records the orders it loaded, and the bus benchmark measured SipHash and
+// a heap allocation per command (docs/BENCHMARKS.md).
 use foldhash::HashMap;
 use smallvec::SmallVec;
 

@@ -16,10 +16,12 @@
 //! queued takes the command out with it: it never runs.
 
 use std::hash::BuildHasher;
-
-use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+// Lanes are chosen per command: foldhash, as SipHash measured costly there
+// (docs/BENCHMARKS.md).
+use foldhash::fast::RandomState;
 
 use domain::Sku;
 

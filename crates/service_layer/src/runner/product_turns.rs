@@ -8,12 +8,13 @@
 //! database, where the version check still decides.
 
 use std::hash::BuildHasher;
-
-use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use domain::Sku;
+// Turns are chosen per command: foldhash, as SipHash measured costly there
+// (docs/BENCHMARKS.md).
+use foldhash::fast::RandomState;
 use smallvec::SmallVec;
 use tokio::sync::{Mutex, MutexGuard};
 
