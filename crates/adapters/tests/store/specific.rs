@@ -7,7 +7,7 @@ use std::time::Duration;
 use adapters::{PoolSettings, SqlError, SqlStore};
 use service_layer::ports::Lines;
 use service_layer::ports::ReadModel;
-use service_layer::{Store, UnitOfWork};
+use service_layer::UnitOfWork;
 use test_support::{TestDatabase, on_database, per_backend};
 
 use crate::backends::{connect_directly, open, test_pool};
