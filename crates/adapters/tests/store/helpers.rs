@@ -5,13 +5,16 @@ use std::sync::Arc;
 
 use chrono::NaiveDate;
 use domain::commands::{Allocate, CreateBatch, Deallocate};
-use domain::{BatchRef, OrderId, OrderLine, Product, Quantity, Sku};
+use domain::events::{AllocationCancelled, Deallocated};
+use domain::{BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
+use service_layer::UnitOfWork;
 use service_layer::handlers::handle_in_transaction;
 use service_layer::memory::RecordingNotifications;
-use service_layer::ports::Lines;
-use service_layer::ports::{AllocationView, BatchView, Outbox, ReadModel};
-use service_layer::{Error, MessageBus, RetryPolicy, Store, StoreTransaction, UnitOfWork};
+use service_layer::ports::{AllocationView, BatchView, Outbox, OutboxMessage, ReadModel};
+use service_layer::ports::{ChangeSet, Lines, ProductChanges, ViewChange};
+use service_layer::{Error, MessageBus, RetryPolicy, Store, StoreError, StoreTransaction};
 pub use test_support::unique;
+use uuid::Uuid;
 
 pub fn sku() -> Sku {
     Sku::parse(&unique("sku")).expect("valid sku")
@@ -234,4 +237,84 @@ pub async fn outbox_of<O: Outbox>(outbox: &O) -> Vec<(OrderId, BatchRef)> {
             )
         })
         .collect()
+}
+
+/// What a unit of work would write for `product` at commit: its events and,
+/// as the transactional handlers do (`handle_in_transaction`), a read-model
+/// change per allocation and per line that left its batch, and an outbox
+/// message per allocation.
+pub fn changes_of(product: &mut Product, stored_version: Option<u64>) -> ChangeSet {
+    let events = product.take_events();
+    let (mut views, mut outbox) = (Vec::new(), Vec::new());
+    for event in &events {
+        match event {
+            Event::Allocated(allocated) => {
+                views.push(ViewChange::Allocated {
+                    orderid: allocated.orderid.clone(),
+                    sku: allocated.sku.clone(),
+                    batchref: allocated.batchref.clone(),
+                });
+                outbox.push(OutboxMessage {
+                    message_id: Uuid::new_v4(),
+                    event: allocated.clone(),
+                });
+            }
+            Event::Deallocated(Deallocated { orderid, sku, .. })
+            | Event::AllocationCancelled(AllocationCancelled { orderid, sku, .. }) => {
+                views.push(ViewChange::Deallocated {
+                    orderid: orderid.clone(),
+                    sku: sku.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    ChangeSet {
+        products: vec![ProductChanges {
+            sku: product.sku().clone(),
+            stored_version,
+            new_version: product.version(),
+            events,
+        }],
+        views,
+        outbox,
+    }
+}
+
+/// Several products' change sets as one unit of work's (a group commit's).
+pub fn together(change_sets: impl IntoIterator<Item = ChangeSet>) -> ChangeSet {
+    let mut all = ChangeSet::default();
+    for changes in change_sets {
+        all.products.extend(changes.products);
+        all.views.extend(changes.views);
+        all.outbox.extend(changes.outbox);
+    }
+    all
+}
+
+/// Loads `sku` with `lines` in a transaction of its own (then rolled back),
+/// as a unit of work would before changing it. (So that tests that hold two
+/// products' states also run on SQLite, whose write transactions cannot
+/// overlap.)
+pub async fn load_product<S: Store>(store: &S, sku: &Sku, lines: Lines<'_>) -> Product {
+    let mut transaction = store.begin().await.expect("begin");
+    transaction
+        .load(sku, lines)
+        .await
+        .expect("load")
+        .expect("stored")
+}
+
+/// Commits `changes` in a transaction of its own.
+pub async fn commit<S: Store>(store: &S, changes: ChangeSet) -> Result<(), StoreError> {
+    let transaction = store.begin().await.expect("begin");
+    transaction.commit(changes).await
+}
+
+/// Commits `changes` and expects them refused as a conflict on `sku`.
+pub async fn assert_conflict<S: Store>(store: &S, changes: ChangeSet, sku: &Sku) {
+    match commit(store, changes).await {
+        Err(StoreError::Conflict { sku: conflicted }) => assert_eq!(&conflicted, sku),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
 }

@@ -3,9 +3,15 @@
 //! PostgreSQL on a fresh database when `DATABASE_URL` is a `postgres://` URL
 //! (skipped otherwise, and a failure under `CI=true`: see `test_support`).
 //!
-//! - `scenarios`: what every backend must do, one test per backend each;
+//! - `loading`: what a stored product loads as, after the commands that
+//!   change it;
+//! - `commits`: all or nothing, version conflicts, duplicate keys, many
+//!   commands at once;
+//! - `change_sets`: commits of several products and several kinds of change;
+//! - `read_model`: the query side, written with the commits;
 //! - `concurrency`: a version conflict between two instances, forced and
-//!   retried through the message bus, and two instances under load;
+//!   retried through the message bus; `under_load`: two instances under
+//!   load; both watch commits through `watched`;
 //! - `outbox`: what commits write to the outbox, how relays claim, release
 //!   and mark it sent, and two relays draining one outbox at once;
 //! - `maintenance`: the consistency check and the read-model rebuild, on
@@ -17,10 +23,15 @@
 //! other's data even where they share a database.
 
 mod backends;
+mod change_sets;
+mod commits;
 mod concurrency;
 mod helpers;
+mod loading;
 mod maintenance;
 mod outbox;
 mod query_plans;
-mod scenarios;
+mod read_model;
 mod specific;
+mod under_load;
+mod watched;

@@ -1,16 +1,24 @@
 //! What only one backend has to show (SQLite's queueing writers, its file
-//! and in-memory modes), connection errors, and migrations.
+//! and in-memory modes; how many statements PostgreSQL commits in),
+//! connection errors, and migrations.
 
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::{Arc, Mutex};
+
 use adapters::{PoolSettings, SqlError, SqlStore};
+use domain::OrderId;
 use service_layer::UnitOfWork;
+use service_layer::ports::ChangeSet;
 use service_layer::ports::Lines;
 use service_layer::ports::ReadModel;
+use service_layer::{Store, StoreTransaction};
 use test_support::{TestDatabase, on_database, per_backend};
+use tracing::instrument::WithSubscriber;
+use tracing_subscriber::layer::SubscriberExt;
 
-use crate::backends::{connect_directly, open, test_pool};
+use crate::backends::{connect_directly, one_store, open, test_pool};
 use crate::helpers::*;
 
 // ---------------------------------------------------------------------------
@@ -164,4 +172,108 @@ async fn two_instances_starting_at_once_both_migrate_a_fresh_database(db: TestDa
         .expect("migrations folder")
         .count();
     assert_eq!(migrations as usize, shipped, "each migration applied once");
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL only
+// ---------------------------------------------------------------------------
+
+per_backend!(mod postgres_statements on [postgres] via one_store {
+    allocations_commit_in_one_statement_without_a_transaction,
+});
+
+/// The hot path: a lone allocation, and a group of allocations of several
+/// products, commit in one statement with no `BEGIN`/`COMMIT`. A
+/// deallocation, whose removed lines are counted, commits in a transaction.
+async fn allocations_commit_in_one_statement_without_a_transaction(store: SqlStore) {
+    let bus = bus(&store);
+    let (lamp, table) = (sku(), sku());
+    let (lamp_batch, table_batch) = (batchref("lamp"), batchref("table"));
+    bus.add_batch(&lamp_batch, &lamp, 10, None).await;
+    bus.add_batch(&table_batch, &table, 10, None).await;
+    let orders: Vec<OrderId> = (0..5).map(|n| orderid(&format!("o{n}"))).collect();
+
+    let mut product = load_product(&store, &lamp, Lines::OfOrder(&orders[0])).await;
+    let stored = product.version();
+    product
+        .allocate(line(&orders[0], &lamp, 1))
+        .expect("allocates");
+    let lone = statements_of_commit(&store, changes_of(&mut product, Some(stored))).await;
+    assert_eq!(lone, ["WITH versioned AS ("], "a lone allocation");
+
+    let mut lamp_product = load_product(&store, &lamp, Lines::OfOrders(&orders[1..3])).await;
+    let mut table_product = load_product(&store, &table, Lines::OfOrders(&orders[3..])).await;
+    let (lamp_stored, table_stored) = (lamp_product.version(), table_product.version());
+    for order in &orders[1..3] {
+        lamp_product
+            .allocate(line(order, &lamp, 1))
+            .expect("allocates");
+    }
+    for order in &orders[3..] {
+        table_product
+            .allocate(line(order, &table, 1))
+            .expect("allocates");
+    }
+    let group = together([
+        changes_of(&mut lamp_product, Some(lamp_stored)),
+        changes_of(&mut table_product, Some(table_stored)),
+    ]);
+    let group = statements_of_commit(&store, group).await;
+    assert_eq!(group, ["WITH checked AS ("], "a group of two products");
+
+    let mut product = load_product(&store, &lamp, Lines::OfOrder(&orders[0])).await;
+    let stored = product.version();
+    product.deallocate(&orders[0]).expect("deallocates");
+    let counted = statements_of_commit(&store, changes_of(&mut product, Some(stored))).await;
+    assert_eq!(counted, ["WITH versioned AS (", "COMMIT"], "a deallocation");
+
+    assert_eq!(allocated_totals(&batch_views(&store, &lamp).await), vec![2]);
+    assert_eq!(
+        allocated_totals(&batch_views(&store, &table).await),
+        vec![2]
+    );
+}
+
+/// Commits `changes` and returns the first words of each statement sqlx
+/// sent to the database for it. (sqlx logs each statement it runs at debug
+/// level; a `BEGIN` is queued with the statement after it and not logged,
+/// the `COMMIT` is.)
+async fn statements_of_commit(store: &SqlStore, changes: ChangeSet) -> Vec<String> {
+    let transaction = store.begin().await.expect("begin");
+    let log = StatementLog::default();
+    transaction
+        .commit(changes)
+        .with_subscriber(tracing_subscriber::registry().with(log.clone()))
+        .await
+        .expect("commit");
+    log.0.lock().expect("log readable").clone()
+}
+
+/// Records the summary (first words) of every statement sqlx logs.
+#[derive(Debug, Clone, Default)]
+struct StatementLog(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StatementLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "sqlx::query" {
+            return;
+        }
+        let mut summary = Summary(None);
+        event.record(&mut summary);
+        if let (Some(summary), Ok(mut log)) = (summary.0, self.0.lock()) {
+            log.push(summary.trim_end_matches(" …").to_owned());
+        }
+    }
+}
+
+struct Summary(Option<String>);
+
+impl tracing::field::Visit for Summary {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "summary" {
+            self.0 = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
 }

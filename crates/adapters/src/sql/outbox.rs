@@ -1,0 +1,142 @@
+//! The outbox as the relay sees it (book chapter 11's "transactional
+//! outbox"): claiming committed messages for a lease, marking them sent,
+//! giving them back. Commits write the messages (`write`).
+
+use std::time::{Duration, SystemTime};
+
+use domain::events::Allocated;
+use domain::{BatchRef, OrderId, Sku};
+use service_layer::ports::{ClaimedMessage, Outbox, OutboxBacklog, OutboxMessage, StoreError};
+use sqlx::{Any, AssertSqlSafe, Executor};
+use uuid::Uuid;
+
+use super::rows::{get, identifier, quantity_from_db, unix_millis};
+use super::{Dialect, SqlStore};
+
+impl Dialect {
+    /// Claims a batch of outbox rows for a lease. On PostgreSQL, `FOR UPDATE
+    /// SKIP LOCKED` lets relays of several instances claim side by side,
+    /// each skipping the rows another is claiming right now. SQLite runs one
+    /// writer at a time, so the plain statement is already exclusive.
+    fn claim_outbox_statement(self) -> &'static str {
+        match self {
+            Self::Sqlite => {
+                "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
+                 SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until <= $2 \
+                 ORDER BY id LIMIT $3) \
+                 RETURNING id, message_id, orderid, sku, qty, batchref"
+            }
+            // `= ANY(ARRAY(...))` rather than `IN (...)`: the ids are
+            // picked first and then updated through the primary key. With
+            // `IN`, the planner may hash-join against a scan of the whole
+            // table, whose size is mostly the dead rows the relay leaves
+            // behind until vacuum: the claim would slow down as the outbox
+            // churns.
+            Self::Postgres => {
+                "UPDATE outbox SET claimed_until = $1 WHERE id = ANY(ARRAY(\
+                 SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until <= $2 \
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+                 RETURNING id, message_id, orderid, sku, qty, batchref"
+            }
+        }
+    }
+}
+
+impl Outbox for SqlStore {
+    async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let _writing = self.wait_to_write().await?;
+        let now = SystemTime::now();
+        let rows = sqlx::query(self.dialect.claim_outbox_statement())
+            .bind(unix_millis(now + lease))
+            .bind(unix_millis(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                let sku = identifier(&get::<String>(row, "sku")?, Sku::parse)?;
+                let event = Allocated {
+                    orderid: identifier(&get::<String>(row, "orderid")?, OrderId::parse)?,
+                    qty: quantity_from_db(get(row, "qty")?)?,
+                    batchref: identifier(&get::<String>(row, "batchref")?, BatchRef::parse)?,
+                    sku,
+                };
+                Ok(ClaimedMessage {
+                    position: get(row, "id")?,
+                    message: OutboxMessage {
+                        message_id: identifier(
+                            &get::<String>(row, "message_id")?,
+                            Uuid::parse_str,
+                        )?,
+                        event,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // RETURNING gives no order; the relay publishes oldest first.
+        claimed.sort_by_key(|message| message.position);
+        Ok(claimed)
+    }
+
+    async fn mark_sent(&self, positions: &[i64]) -> Result<(), StoreError> {
+        self.for_rows("DELETE FROM outbox WHERE id IN", positions)
+            .await
+    }
+
+    async fn release(&self, positions: &[i64]) -> Result<(), StoreError> {
+        self.for_rows(
+            "UPDATE outbox SET claimed_until = NULL WHERE id IN",
+            positions,
+        )
+        .await
+    }
+
+    async fn backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        read_outbox_backlog(&self.pool).await
+    }
+}
+
+impl SqlStore {
+    /// Runs `statement`, which ends in `WHERE id IN`, for all `ids` in one
+    /// round trip. Not cached as a prepared statement: its text changes
+    /// with the number of ids.
+    async fn for_rows(&self, statement: &str, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _writing = self.wait_to_write().await?;
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!("{statement} ({})", placeholders.join(", "));
+        let query = ids.iter().fold(
+            sqlx::query(AssertSqlSafe(sql)).persistent(false),
+            |query, id| query.bind(*id),
+        );
+        query
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+}
+
+/// How many messages wait in the outbox, and for how long the oldest has:
+/// for the metrics (`Outbox::backlog`) and for `check`, in its snapshot.
+pub(super) async fn read_outbox_backlog<'e>(
+    executor: impl Executor<'e, Database = Any>,
+) -> Result<OutboxBacklog, StoreError> {
+    let row = sqlx::query("SELECT COUNT(*) AS messages, MIN(created_at) AS oldest FROM outbox")
+        .fetch_one(executor)
+        .await
+        .map_err(StoreError::backend)?;
+    let messages: i64 = get(&row, "messages")?;
+    let oldest: Option<i64> = get(&row, "oldest")?;
+    let now = unix_millis(SystemTime::now());
+    Ok(OutboxBacklog {
+        messages: u64::try_from(messages).unwrap_or_default(),
+        // Clocks of several hosts may disagree a little: never negative.
+        oldest_age: oldest
+            .map(|written| Duration::from_millis(u64::try_from(now - written).unwrap_or_default())),
+    })
+}

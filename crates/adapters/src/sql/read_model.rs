@@ -1,0 +1,53 @@
+//! The query side (book chapter 12): an order's allocations from the
+//! `allocations_view` table, a product's batches from the write tables.
+
+use domain::{BatchRef, OrderId, Sku};
+use service_layer::ports::{AllocationView, BatchView, ReadModel, StoreError};
+
+use super::SqlStore;
+use super::queries;
+use super::rows::{eta_from_db, get, identifier, to_u64};
+
+impl ReadModel for SqlStore {
+    async fn allocations(&self, orderid: &OrderId) -> Result<Vec<AllocationView>, StoreError> {
+        let rows = sqlx::query(queries::ALLOCATIONS_OF_ORDER)
+            .bind(orderid.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok(AllocationView {
+                    sku: identifier(&get::<String>(row, "sku")?, Sku::parse)?,
+                    batchref: identifier(&get::<String>(row, "batchref")?, BatchRef::parse)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn batches(&self, sku: &Sku) -> Result<Vec<BatchView>, StoreError> {
+        let rows = sqlx::query(queries::BATCHES_OF_PRODUCT)
+            .bind(sku.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        rows.iter()
+            .map(|row| {
+                Ok(BatchView {
+                    reference: identifier(&get::<String>(row, "reference")?, BatchRef::parse)?,
+                    eta: eta_from_db(get(row, "eta")?)?,
+                    purchased: to_u64(get(row, "purchased_quantity")?, "purchased_quantity")?,
+                    allocated: to_u64(get(row, "allocated_quantity")?, "allocated_quantity")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! How values are stored: decoding columns into domain types, and the
+//! encodings of dates and times the two databases share.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::NaiveDate;
+use domain::Quantity;
+use service_layer::ports::StoreError;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row};
+
+/// The database holds something this code cannot have written, or a commit
+/// disagrees with what is stored.
+#[derive(Debug, thiserror::Error)]
+#[error("stored data does not match: {0}")]
+pub(super) struct Mismatch(pub(super) String);
+
+pub(super) fn mismatch(detail: String) -> StoreError {
+    StoreError::backend(Mismatch(detail))
+}
+
+pub(super) fn get<'r, T>(row: &'r AnyRow, column: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(column).map_err(StoreError::backend)
+}
+
+/// A stored identifier (SKU, reference, order id, message id), parsed.
+pub(super) fn identifier<T, E: fmt::Display>(
+    raw: &str,
+    parse: fn(&str) -> Result<T, E>,
+) -> Result<T, StoreError> {
+    parse(raw).map_err(|e| mismatch(format!("{raw:?}: {e}")))
+}
+
+pub(super) fn quantity_from_db(value: i64) -> Result<Quantity, StoreError> {
+    Quantity::parse(i128::from(value), "qty").map_err(|e| mismatch(e.to_string()))
+}
+
+pub(super) fn to_u64(value: i64, column: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| mismatch(format!("{column} is negative: {value}")))
+}
+
+pub(super) fn to_i64(value: u64, column: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| mismatch(format!("{column} is too large to store: {value}")))
+}
+
+/// Dates are stored as ISO 8601 text: the `Any` driver has no date type,
+/// and text sorts and reads the same on both databases.
+const ETA_FORMAT: &str = "%Y-%m-%d";
+
+pub(super) fn eta_to_db(eta: NaiveDate) -> String {
+    eta.format(ETA_FORMAT).to_string()
+}
+
+pub(super) fn eta_from_db(eta: Option<String>) -> Result<Option<NaiveDate>, StoreError> {
+    eta.map(|text| {
+        NaiveDate::parse_from_str(&text, ETA_FORMAT)
+            .map_err(|e| mismatch(format!("eta {text:?}: {e}")))
+    })
+    .transpose()
+}
+
+/// Times (an outbox message's creation, a lease's end) are unix
+/// milliseconds from the clock of the process, not of the database, so that
+/// the same statements work on both; instances' clocks need only roughly
+/// agree (a skew shortens or lengthens a lease, it never loses a message).
+pub(super) fn unix_millis(time: SystemTime) -> i64 {
+    let millis = time
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis())
+        .unwrap_or_default();
+    i64::try_from(millis).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,343 @@
+//! PostgreSQL's writers: the version check and each kind of change as
+//! data-modifying CTEs, composed into as few statements as a commit allows.
+//!
+//! A statement opens with `versioned`, the version check, and every writer
+//! joins its rows to it: a product that is not as loaded writes nothing.
+//! Runs join the statement in order until one would touch a table an
+//! earlier CTE of the statement wrote (CTEs of one statement share one
+//! snapshot: they cannot see each other's writes, and must not update a row
+//! twice); that run starts the next statement. A lone allocation, or a group
+//! of allocations of one product or several, is thus one statement, atomic
+//! on its own: no `BEGIN`/`COMMIT`. Several statements, or a writer whose
+//! rows are counted (`Kind::counted`), run inside a transaction.
+
+use domain::Sku;
+use service_layer::ports::StoreError;
+use sqlx::{AnyConnection, AssertSqlSafe, Connection as _};
+
+use super::{Kind, Plan, Run, Table};
+use crate::sql::Dialect;
+use crate::sql::rows::{get, identifier, mismatch};
+
+/// The version check of a commit that changes one stored product: bumps it
+/// from the version it was loaded at, or returns no row. A concurrent commit
+/// of the product makes it wait, then find the version moved on.
+const VERSIONED_ONE: &str = r#"
+versioned AS (
+    UPDATE products p SET version_number = c.new_version
+    FROM jsonb_to_recordset($1::jsonb) AS c(sku text, stored_version bigint, new_version bigint)
+    WHERE p.sku = c.sku AND p.version_number = c.stored_version
+    RETURNING p.sku)"#;
+
+/// The version check of several products (or new ones), all or nothing:
+/// `locked` locks the stored ones in SKU order, as every locking writer
+/// does (so no deadlock), and in READ COMMITTED sees their latest committed
+/// versions; only if every one is as loaded are they bumped and the new
+/// ones inserted. A new product that another commit inserted first is a
+/// duplicate key: a conflict.
+const VERSIONED_ALL: &str = r#"
+checked AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb)
+        AS c(sku text, stored_version bigint, new_version bigint)),
+locked AS (
+    SELECT sku, version_number FROM products
+    WHERE sku IN (SELECT sku FROM checked WHERE stored_version IS NOT NULL)
+    ORDER BY sku FOR UPDATE),
+all_current AS (
+    SELECT count(*) = (SELECT count(stored_version) FROM checked) AS yes
+    FROM locked JOIN checked c ON c.sku = locked.sku AND c.stored_version = locked.version_number),
+bumped AS (
+    UPDATE products p SET version_number = c.new_version FROM checked c
+    WHERE p.sku = c.sku AND p.version_number = c.stored_version
+    AND (SELECT yes FROM all_current)
+    RETURNING p.sku),
+created AS (
+    INSERT INTO products (sku, version_number)
+    SELECT sku, new_version FROM checked
+    WHERE stored_version IS NULL AND (SELECT yes FROM all_current)
+    RETURNING sku),
+versioned AS (SELECT sku FROM bumped UNION ALL SELECT sku FROM created)"#;
+
+/// The first stored product that is not as loaded, with [`VERSIONED_ALL`].
+const STALE_OF_ALL: &str = r#"(
+    SELECT c.sku FROM checked c
+    LEFT JOIN locked l ON l.sku = c.sku AND l.version_number = c.stored_version
+    WHERE c.stored_version IS NOT NULL AND l.sku IS NULL
+    ORDER BY c.sku LIMIT 1)"#;
+
+/// In the statements after the first, inside the transaction: the products
+/// the first one checked.
+const VERSIONED_ALREADY: &str = r#"
+versioned AS (SELECT sku FROM jsonb_to_recordset($1::jsonb) AS c(sku text))"#;
+
+/// New batches, in the order they were created: their ids order them.
+const BATCHES_CREATED: &str = r#"
+batches_created AS (
+    INSERT INTO batches (reference, sku, purchased_quantity, eta)
+    SELECT r.reference, r.sku, r.qty, r.eta
+    FROM jsonb_to_recordset({rows}::jsonb)
+        AS r(n bigint, sku text, reference text, qty bigint, eta text)
+    JOIN versioned v ON v.sku = r.sku
+    ORDER BY r.n)"#;
+
+/// Lines allocated: each batch takes the sum of its new lines, then the
+/// lines are inserted in the order they were allocated. A batch that is not
+/// stored leaves its lines' `batch_id` NULL, which its NOT NULL refuses,
+/// failing the whole statement.
+const LINES_ALLOCATED: &str = r#"
+lines_allocated_rows AS (
+    SELECT r.* FROM jsonb_to_recordset({rows}::jsonb)
+        AS r(n bigint, sku text, orderid text, batchref text, qty bigint)
+    JOIN versioned v ON v.sku = r.sku),
+lines_allocated_to AS (
+    UPDATE batches b SET allocated_quantity = b.allocated_quantity + t.qty
+    FROM (SELECT sku, batchref, sum(qty)::bigint AS qty
+          FROM lines_allocated_rows GROUP BY sku, batchref) t
+    WHERE b.reference = t.batchref AND b.sku = t.sku
+    RETURNING b.id, b.reference),
+lines_allocated AS (
+    INSERT INTO allocations (orderid, sku, batch_id, qty)
+    SELECT r.orderid, r.sku, b.id, r.qty
+    FROM lines_allocated_rows r
+    LEFT JOIN lines_allocated_to b ON b.reference = r.batchref
+    ORDER BY r.n)"#;
+
+/// Lines that left their batches (deallocated, or cancelled): the stored
+/// lines say which batch and how much to give back.
+const LINES_REMOVED: &str = r#"
+lines_removed AS (
+    DELETE FROM allocations a
+    USING jsonb_to_recordset({rows}::jsonb) AS r(sku text, orderid text)
+    JOIN versioned v ON v.sku = r.sku
+    WHERE a.orderid = r.orderid AND a.sku = r.sku
+    RETURNING a.batch_id, a.qty),
+lines_removed_from AS (
+    UPDATE batches b SET allocated_quantity = b.allocated_quantity - t.qty
+    FROM (SELECT batch_id, sum(qty)::bigint AS qty FROM lines_removed GROUP BY batch_id) t
+    WHERE b.id = t.batch_id)"#;
+
+const BATCH_QUANTITIES_CHANGED: &str = r#"
+batch_quantities_changed AS (
+    UPDATE batches b SET purchased_quantity = r.qty
+    FROM jsonb_to_recordset({rows}::jsonb) AS r(sku text, reference text, qty bigint)
+    JOIN versioned v ON v.sku = r.sku
+    WHERE b.reference = r.reference AND b.sku = r.sku
+    RETURNING b.id)"#;
+
+const VIEW_ROWS_SET: &str = r#"
+view_rows_set AS (
+    INSERT INTO allocations_view (orderid, sku, batchref)
+    SELECT r.orderid, r.sku, r.batchref
+    FROM jsonb_to_recordset({rows}::jsonb) AS r(sku text, orderid text, batchref text)
+    JOIN versioned v ON v.sku = r.sku
+    ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref)"#;
+
+const VIEW_ROWS_REMOVED: &str = r#"
+view_rows_removed AS (
+    DELETE FROM allocations_view a
+    USING jsonb_to_recordset({rows}::jsonb) AS r(sku text, orderid text)
+    JOIN versioned v ON v.sku = r.sku
+    WHERE a.orderid = r.orderid AND a.sku = r.sku)"#;
+
+/// Messages, in the order they were written: the relay sends them in id
+/// order.
+const OUTBOX_MESSAGES: &str = r#"
+outbox_messages AS (
+    INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at)
+    SELECT r.message_id, r.orderid, r.sku, r.qty, r.batchref, r.created_at
+    FROM jsonb_to_recordset({rows}::jsonb) AS r(
+        n bigint, message_id text, sku text, orderid text, batchref text, qty bigint,
+        created_at bigint)
+    JOIN versioned v ON v.sku = r.sku
+    ORDER BY r.n)"#;
+
+/// Each kind's writer: CTEs reading the run's rows from the JSON array
+/// `{rows}`, the first of them named after the kind (what a count counts).
+fn writer(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BatchesCreated => BATCHES_CREATED,
+        Kind::LinesAllocated => LINES_ALLOCATED,
+        Kind::LinesRemoved => LINES_REMOVED,
+        Kind::BatchQuantitiesChanged => BATCH_QUANTITIES_CHANGED,
+        Kind::ViewRowsSet => VIEW_ROWS_SET,
+        Kind::ViewRowsRemoved => VIEW_ROWS_REMOVED,
+        Kind::OutboxMessages => OUTBOX_MESSAGES,
+    }
+}
+
+/// Writes `plan` on a connection outside any transaction (the optimistic
+/// unit of work): in one statement on its own when it can, else in a
+/// transaction of its own.
+pub(in crate::sql) async fn write_on_its_own(
+    conn: &mut AnyConnection,
+    plan: &Plan<'_>,
+) -> Result<(), StoreError> {
+    let statements = compose(plan);
+    let atomic_alone = statements.len() <= 1
+        && statements
+            .iter()
+            .all(|statement| statement.counted.is_empty());
+    if atomic_alone {
+        for statement in statements {
+            statement.run(conn, plan).await?;
+        }
+        return Ok(());
+    }
+    let mut transaction = conn
+        .begin_with(Dialect::Postgres.begin_statement())
+        .await
+        .map_err(StoreError::backend)?;
+    for statement in statements {
+        statement.run(&mut transaction, plan).await?;
+    }
+    transaction.commit().await.map_err(StoreError::backend)
+}
+
+/// Writes `plan` inside the caller's transaction (a locking unit of work).
+pub(in crate::sql) async fn write_in_transaction(
+    conn: &mut AnyConnection,
+    plan: &Plan<'_>,
+) -> Result<(), StoreError> {
+    for statement in compose(plan) {
+        statement.run(conn, plan).await?;
+    }
+    Ok(())
+}
+
+/// One statement of a commit: `$1` is the plan's version rows, `$2`... the
+/// rows of its runs.
+#[derive(Debug)]
+struct Statement<'p> {
+    sql: String,
+    runs: Vec<&'p Run>,
+    /// Whether it opens with the version check (the first statement).
+    checks_versions: bool,
+    /// The counted runs: their kind, and how many rows they must write.
+    counted: Vec<(Kind, usize)>,
+}
+
+/// A statement being put together.
+struct Builder<'p> {
+    ctes: Vec<String>,
+    stale: &'static str,
+    runs: Vec<&'p Run>,
+    written: Vec<Table>,
+    checks_versions: bool,
+}
+
+/// The commit's runs, in as few statements as the rule allows.
+fn compose<'p>(plan: &'p Plan<'_>) -> Vec<Statement<'p>> {
+    if plan.is_empty() {
+        return Vec::new();
+    }
+    let mut statements = Vec::new();
+    let mut current = Builder::checking_versions(plan);
+    for run in &plan.runs {
+        if run
+            .kind
+            .tables()
+            .iter()
+            .any(|t| current.written.contains(t))
+        {
+            statements.push(current.finish());
+            current = Builder::after_the_check();
+        }
+        current.add(run);
+    }
+    statements.push(current.finish());
+    statements
+}
+
+impl<'p> Builder<'p> {
+    fn checking_versions(plan: &Plan<'_>) -> Self {
+        let (versioned, stale) = match (plan.products.len(), plan.stored) {
+            (1, 1) => (VERSIONED_ONE, "NULL::text"),
+            _ => (VERSIONED_ALL, STALE_OF_ALL),
+        };
+        Self {
+            ctes: vec![versioned.to_owned()],
+            stale,
+            runs: Vec::new(),
+            written: Vec::new(),
+            checks_versions: true,
+        }
+    }
+
+    fn after_the_check() -> Self {
+        Self {
+            ctes: vec![VERSIONED_ALREADY.to_owned()],
+            stale: "NULL::text",
+            runs: Vec::new(),
+            written: Vec::new(),
+            checks_versions: false,
+        }
+    }
+
+    fn add(&mut self, run: &'p Run) {
+        let parameter = format!("${}", self.runs.len() + 2);
+        self.ctes
+            .push(writer(run.kind).replace("{rows}", &parameter));
+        self.written.extend_from_slice(run.kind.tables());
+        self.runs.push(run);
+    }
+
+    fn finish(self) -> Statement<'p> {
+        let counted: Vec<(Kind, usize)> = self
+            .runs
+            .iter()
+            .filter(|run| run.kind.counted())
+            .map(|run| (run.kind, run.len))
+            .collect();
+        let mut columns = vec![
+            "(SELECT count(*) FROM versioned) AS versioned".to_owned(),
+            format!("{} AS stale", self.stale),
+        ];
+        for (kind, _) in &counted {
+            let name = kind.name();
+            columns.push(format!("(SELECT count(*) FROM {name}) AS {name}"));
+        }
+        let sql = format!(
+            "WITH {}\nSELECT {}",
+            self.ctes.join(",\n"),
+            columns.join(",\n    ")
+        );
+        Statement {
+            sql,
+            runs: self.runs,
+            checks_versions: self.checks_versions,
+            counted,
+        }
+    }
+}
+
+impl Statement<'_> {
+    async fn run(self, conn: &mut AnyConnection, plan: &Plan<'_>) -> Result<(), StoreError> {
+        // Cached as a prepared statement like any other: a commit's shape,
+        // hence its text, is one of few.
+        let query = self.runs.iter().fold(
+            sqlx::query(AssertSqlSafe(self.sql)).bind(plan.versions.as_str()),
+            |query, run| query.bind(run.rows.as_str()),
+        );
+        let row = query
+            .fetch_one(conn)
+            .await
+            .map_err(|error| plan.failure(error))?;
+        if self.checks_versions {
+            let versioned = get::<i64>(&row, "versioned")?;
+            if usize::try_from(versioned).ok() != Some(plan.products.len()) {
+                let stale = get::<Option<String>>(&row, "stale")?;
+                let sku = match stale {
+                    Some(stale) => identifier(&stale, Sku::parse)?,
+                    None => plan.blamed().cloned().ok_or_else(|| {
+                        mismatch(format!("{versioned} products versioned, none to check"))
+                    })?,
+                };
+                return Err(StoreError::Conflict { sku });
+            }
+        }
+        for (kind, expected) in &self.counted {
+            plan.check_count(*kind, *expected, get::<i64>(&row, kind.name())?)?;
+        }
+        Ok(())
+    }
+}
