@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use url::{Host, Url};
 
-use crate::sql::redact_url;
+use crate::redact::redact_url;
 
 /// Where out-of-stock mail goes unless configured otherwise (docs/contract.md
 /// section 4, as in the book).

@@ -8,7 +8,8 @@
 //! - [`messages`]: the JSON wire formats of the Redis messages (chapter 11);
 //! - [`redis`]: Redis pub/sub, the external message bus: a publisher and a
 //!   subscription that reconnects by itself;
-//! - [`email`]: notifications by SMTP.
+//! - [`email`]: notifications by SMTP;
+//! - [`redact_url`]: how every adapter names its server in messages.
 //!
 //! The service layer defines the traits and knows nothing of this crate;
 //! the `allocation` binary picks the adapters at start and hands them to the
@@ -17,11 +18,13 @@
 pub mod email;
 pub mod log;
 pub mod messages;
+mod redact;
 pub mod redis;
 pub mod sql;
 
 pub use email::{EmailConfigError, EmailError, EmailNotifications};
 pub use log::{LogNotifications, LogPublisher};
 pub use messages::DecodeError;
+pub use redact::redact_url;
 pub use redis::{Incoming, RedisError, RedisPublisher, Subscription, subscribe, subscribe_forever};
 pub use sql::{PoolSettings, SqlError, SqlStore, SqlTransaction};

@@ -36,7 +36,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::sql::redact_url;
+use crate::redact::redact_url;
 
 pub use publisher::RedisPublisher;
 pub use reconnecting::subscribe_forever;

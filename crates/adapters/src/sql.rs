@@ -40,7 +40,6 @@ use sqlx::pool::PoolOptions;
 use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use database_url::redact as redact_url;
 pub use database_url::{DatabaseUrl, SUPPORTED_FORMS, UnsupportedDatabaseUrl};
 use dialect::Dialect;
 use outbox::read_outbox_backlog;

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use adapters::sql::{DatabaseUrl, PoolSettings, SUPPORTED_FORMS, redact_url};
+use adapters::redact_url;
+use adapters::sql::{DatabaseUrl, PoolSettings, SUPPORTED_FORMS};
 use clap::builder::{RangedU64ValueParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};

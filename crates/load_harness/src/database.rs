@@ -13,7 +13,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use adapters::sql::{PoolSettings, SqlStore, redact_url};
+use adapters::redact_url;
+use adapters::sql::{PoolSettings, SqlStore};
 use anyhow::{Context, bail};
 use reqwest::Url;
 use sqlx::any::AnyPoolOptions;

@@ -8,6 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::{Dialect, SqlError};
+use crate::redact::redact_url;
 
 /// The forms of URL [`DatabaseUrl::parse`] accepts, for messages.
 pub const SUPPORTED_FORMS: &str = "sqlite://PATH or sqlite:PATH (created if missing), \
@@ -48,7 +49,7 @@ impl DatabaseUrl {
     /// `:memory:`), or `postgres://`/`postgresql://` (schemes in any case).
     /// The path and the rest are the driver's to judge when it connects.
     pub fn parse(url: &str) -> Result<Self, UnsupportedDatabaseUrl> {
-        let redacted = redact(url);
+        let redacted = redact_url(url);
         let scheme = url
             .split_once(':')
             .map(|(scheme, _)| scheme.to_ascii_lowercase());
@@ -108,54 +109,6 @@ impl fmt::Debug for DatabaseUrl {
             .field("dialect", &self.dialect)
             .finish_non_exhaustive()
     }
-}
-
-/// The URL with any password replaced by `***`: the one in the user-info
-/// part (`postgres://user:secret@host/db`) and a `password=` parameter.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return redact_query(url);
-    };
-    let authority_start = scheme_end + "://".len();
-    let rest = &url[authority_start..];
-    let before_query = &rest[..rest.find('?').unwrap_or(rest.len())];
-    let mut redacted = url[..authority_start].to_owned();
-    // The last '@' before the query ends the user info, even if an
-    // unencoded password holds '/' or '@'.
-    let tail = match before_query.rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            match userinfo.split_once(':') {
-                Some((user, _password)) => {
-                    redacted.push_str(user);
-                    redacted.push_str(":***");
-                }
-                None => redacted.push_str(userinfo),
-            }
-            &rest[at..]
-        }
-        None => rest,
-    };
-    redacted.push_str(&redact_query(tail));
-    redacted
-}
-
-fn redact_query(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| {
-            let key = pair.split_once('=').map_or(pair, |(key, _)| key);
-            if key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword") {
-                format!("{key}=***")
-            } else {
-                pair.to_owned()
-            }
-        })
-        .collect();
-    format!("{base}?{}", pairs.join("&"))
 }
 
 #[cfg(test)]
@@ -256,27 +209,5 @@ mod tests {
             SqlError::from(refused),
             SqlError::UnsupportedUrl { url } if url == "mysql://h/db"
         ));
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://me:hunter2@db:5432/app"),
-            "postgres://me:***@db:5432/app"
-        );
-        assert_eq!(redact("postgres://me@db/app"), "postgres://me@db/app");
-        assert_eq!(
-            redact("postgres://me:a/b@c@db/app"),
-            "postgres://me:***@db/app"
-        );
-        assert_eq!(
-            redact("postgres://db/app?user=me&password=hunter2&sslmode=require"),
-            "postgres://db/app?user=me&password=***&sslmode=require"
-        );
-        assert_eq!(
-            redact("sqlite://data/a.db?mode=rwc"),
-            "sqlite://data/a.db?mode=rwc"
-        );
-        assert_eq!(redact("sqlite:a.db"), "sqlite:a.db");
     }
 }
