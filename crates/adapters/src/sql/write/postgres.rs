@@ -220,26 +220,27 @@ pub(in crate::sql) async fn write_in_transaction(
 
 /// One statement of a commit, with its parameters.
 #[derive(Debug)]
-struct Statement {
+struct Statement<'p> {
     sql: String,
-    parameters: Vec<Parameter>,
+    parameters: Vec<Parameter<'p>>,
     /// Whether it opens with the version check (the first statement).
     checks_versions: bool,
     /// The counted runs: their kind, and how many rows they must write.
     counted: Vec<(Kind, usize)>,
 }
 
-/// A value bound to a statement.
+/// A value bound to a statement, borrowed from the plan where it can be.
 #[derive(Debug)]
-enum Parameter {
-    Text(Option<String>),
+enum Parameter<'p> {
+    Text(Option<&'p str>),
     BigInt(Option<i64>),
+    Json(String),
 }
 
 /// A statement being put together.
-struct Builder {
+struct Builder<'p> {
     ctes: Vec<String>,
-    parameters: Vec<Parameter>,
+    parameters: Vec<Parameter<'p>>,
     stale: &'static str,
     written: Vec<Table>,
     checks_versions: bool,
@@ -247,7 +248,7 @@ struct Builder {
 }
 
 /// The commit's runs, in as few statements as the rule allows.
-fn compose(plan: &Plan<'_>) -> Result<Vec<Statement>, StoreError> {
+fn compose<'p>(plan: &'p Plan<'_>) -> Result<Vec<Statement<'p>>, StoreError> {
     if plan.is_empty() {
         return Ok(Vec::new());
     }
@@ -269,8 +270,8 @@ fn compose(plan: &Plan<'_>) -> Result<Vec<Statement>, StoreError> {
     Ok(statements)
 }
 
-impl Builder {
-    fn checking_versions(plan: &Plan<'_>) -> Result<Self, StoreError> {
+impl<'p> Builder<'p> {
+    fn checking_versions(plan: &'p Plan<'_>) -> Result<Self, StoreError> {
         let (versioned, stale) = match (plan.products.len(), plan.stored) {
             (1, 1) => (VERSIONED_ONE, "NULL::text"),
             _ => (VERSIONED_ALL, STALE_OF_ALL),
@@ -278,14 +279,14 @@ impl Builder {
         Self::opening_with(versioned, stale, plan, true)
     }
 
-    fn after_the_check(plan: &Plan<'_>) -> Result<Self, StoreError> {
+    fn after_the_check(plan: &'p Plan<'_>) -> Result<Self, StoreError> {
         Self::opening_with(VERSIONED_ALREADY, "NULL::text", plan, false)
     }
 
     fn opening_with(
         versioned: &str,
         stale: &'static str,
-        plan: &Plan<'_>,
+        plan: &'p Plan<'_>,
         checks_versions: bool,
     ) -> Result<Self, StoreError> {
         let mut builder = Self {
@@ -301,7 +302,7 @@ impl Builder {
         Ok(builder)
     }
 
-    fn add(&mut self, run: &Run) -> Result<(), StoreError> {
+    fn add(&mut self, run: &'p Run) -> Result<(), StoreError> {
         let source = self.source(columns(run.kind), &run.rows)?;
         self.ctes.push(writer(run.kind).replace("{rows}", &source));
         self.written.extend_from_slice(run.kind.tables());
@@ -314,13 +315,13 @@ impl Builder {
     /// Where a writer reads `rows` from, as a FROM item aliased `r` with
     /// `columns`; binds their values. Small runs as a VALUES list, large
     /// ones as a JSON array (see [`VALUES_UP_TO`]).
-    fn source(&mut self, columns: &str, rows: &Rows) -> Result<String, StoreError> {
+    fn source(&mut self, columns: &str, rows: &'p Rows) -> Result<String, StoreError> {
         let columns: Vec<(&str, &str)> = columns
             .split(',')
             .filter_map(|column| column.trim().split_once(' '))
             .collect();
         if rows.len() > VALUES_UP_TO {
-            self.parameters.push(Parameter::Text(Some(rows.json()?)));
+            self.parameters.push(Parameter::Json(rows.json()?));
             let definitions: Vec<String> = columns
                 .iter()
                 .map(|(name, kind)| format!("{name} {kind}"))
@@ -338,7 +339,7 @@ impl Builder {
                 let value = &row[*name];
                 self.parameters.push(match *kind {
                     "bigint" => Parameter::BigInt(value.as_i64()),
-                    _ => Parameter::Text(value.as_str().map(str::to_owned)),
+                    _ => Parameter::Text(value.as_str()),
                 });
                 values.push(format!("${}::{kind}", self.parameters.len()));
             }
@@ -352,7 +353,7 @@ impl Builder {
         ))
     }
 
-    fn finish(self) -> Statement {
+    fn finish(self) -> Statement<'p> {
         let mut columns = vec![
             "(SELECT count(*) FROM versioned) AS versioned".to_owned(),
             format!("{} AS stale", self.stale),
@@ -375,7 +376,7 @@ impl Builder {
     }
 }
 
-impl Statement {
+impl Statement<'_> {
     async fn run(self, conn: &mut AnyConnection, plan: &Plan<'_>) -> Result<(), StoreError> {
         // Cached as a prepared statement like any other: a commit's shape,
         // hence its text, is one of few.
@@ -384,6 +385,7 @@ impl Statement {
             |query, parameter| match parameter {
                 Parameter::Text(text) => query.bind(text),
                 Parameter::BigInt(number) => query.bind(number),
+                Parameter::Json(json) => query.bind(json),
             },
         );
         let row = query
