@@ -222,22 +222,49 @@ fn message_row(message: &OutboxMessage, created_at: i64) -> Row<'_> {
 #[derive(Debug)]
 pub(super) struct Run {
     pub(super) kind: Kind,
-    /// A JSON array of [`Numbered`] rows: sqlx's `Any` driver binds no
-    /// arrays, and JSON reads the same on both databases.
-    pub(super) rows: String,
-    pub(super) len: usize,
+    pub(super) rows: Rows,
 }
 
 impl Run {
     fn of(kind: Kind, rows: Vec<Row<'_>>) -> Result<Self, StoreError> {
-        let len = rows.len();
-        let numbered: Vec<Numbered<'_>> = rows
+        let numbered = rows
             .into_iter()
             .enumerate()
-            .map(|(n, row)| Numbered { n, row })
-            .collect();
-        let rows = serde_json::to_string(&numbered).map_err(StoreError::backend)?;
-        Ok(Self { kind, rows, len })
+            .map(|(n, row)| Numbered { n, row });
+        Ok(Self {
+            kind,
+            rows: Rows::of(numbered)?,
+        })
+    }
+}
+
+/// Rows as JSON objects whose fields are the writer's columns: what a
+/// writer reads, as one JSON array (sqlx's `Any` driver binds no arrays,
+/// and JSON reads the same on both databases) or, on PostgreSQL, as a
+/// VALUES list of its fields.
+#[derive(Debug)]
+pub(super) struct Rows(Vec<serde_json::Value>);
+
+impl Rows {
+    fn of<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<Self, StoreError> {
+        rows.into_iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()
+            .map(Self)
+            .map_err(StoreError::backend)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &serde_json::Value> {
+        self.0.iter()
+    }
+
+    /// The rows as one JSON array.
+    pub(super) fn json(&self) -> Result<String, StoreError> {
+        serde_json::to_string(&self.0).map_err(StoreError::backend)
     }
 }
 
@@ -258,8 +285,8 @@ pub(super) struct Plan<'a> {
     products: Vec<&'a Sku>,
     /// How many of them are stored already; the others are new.
     stored: usize,
-    /// A JSON array of [`VersionRow`]s, in SKU order.
-    versions: String,
+    /// The version check's rows ([`VersionRow`]), in SKU order.
+    versions: Rows,
     runs: Vec<Run>,
 }
 
@@ -285,7 +312,7 @@ impl<'a> Plan<'a> {
             .iter()
             .filter(|row| row.stored_version.is_some())
             .count();
-        let versions = serde_json::to_string(&versions).map_err(StoreError::backend)?;
+        let versions = Rows::of(versions)?;
 
         let mut runs = Vec::new();
         let mut pending: Vec<Vec<(Kind, Row<'a>)>> = products
@@ -375,7 +402,7 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// A run wrote `written` rows where it should have written `run.len`.
+    /// A run wrote `written` rows where it should have written `expected`.
     fn check_count(&self, run_kind: Kind, expected: usize, written: i64) -> Result<(), StoreError> {
         if usize::try_from(written).ok() == Some(expected) {
             return Ok(());

@@ -15,6 +15,7 @@ use crate::helpers::*;
 per_backend!(mod every_backend on [memory, sqlite, postgres] via one_store {
     a_group_of_allocations_commits_as_one,
     a_conflict_on_any_product_of_a_group_writes_nothing,
+    a_large_group_keeps_each_products_order,
     a_batch_created_and_allocated_in_one_commit,
     a_line_deallocated_then_allocated_again_in_one_commit,
     a_shrink_commits_with_other_products_allocations,
@@ -163,6 +164,76 @@ async fn a_conflict_on_any_product_of_a_group_writes_nothing<S: Store + ReadMode
     assert_eq!(allocations(&store, &first).await, vec![]);
     assert_eq!(allocations(&store, &third).await, vec![]);
     assert_eq!(outbox_of(&store).await, vec![(meanwhile, table_batch)]);
+}
+
+/// A group of more allocations than the SQL stores bind one by one (they
+/// then send the rows as one JSON array): every line written, in the
+/// order the allocations were made.
+async fn a_large_group_keeps_each_products_order<S: Store + ReadModel + Outbox>(store: S) {
+    let bus = bus(&store);
+    let (lamp, table) = (sku(), sku());
+    let (lamp_batch, table_batch) = (batchref("lamp"), batchref("table"));
+    bus.add_batch(&lamp_batch, &lamp, 1000, None).await;
+    bus.add_batch(&table_batch, &table, 1000, None).await;
+    let orders: Vec<OrderId> = (0..50).map(|n| orderid(&format!("o{n}"))).collect();
+    let (lamp_orders, table_orders) = orders.split_at(40);
+
+    let mut lamp_product = load_product(&store, &lamp, Lines::OfOrders(lamp_orders)).await;
+    let mut table_product = load_product(&store, &table, Lines::OfOrders(table_orders)).await;
+    let (lamp_stored, table_stored) = (lamp_product.version(), table_product.version());
+    for (n, order) in lamp_orders.iter().enumerate() {
+        let units = u32::try_from(n % 3 + 1).expect("small");
+        lamp_product
+            .allocate(line(order, &lamp, units))
+            .expect("allocates");
+    }
+    for order in table_orders {
+        table_product
+            .allocate(line(order, &table, 2))
+            .expect("allocates");
+    }
+    commit(
+        &store,
+        together([
+            changes_of(&mut lamp_product, Some(lamp_stored)),
+            changes_of(&mut table_product, Some(table_stored)),
+        ]),
+    )
+    .await
+    .expect("commit");
+
+    let expected_lines: Vec<_> = lamp_orders
+        .iter()
+        .enumerate()
+        .map(|(n, order)| line(order, &lamp, u32::try_from(n % 3 + 1).expect("small")))
+        .collect();
+    assert_eq!(
+        lines_of_batch(&store, &lamp, &lamp_batch).await,
+        expected_lines,
+        "oldest first"
+    );
+    assert_eq!(
+        allocated_totals(&batch_views(&store, &lamp).await),
+        vec![79]
+    );
+    assert_eq!(
+        allocated_totals(&batch_views(&store, &table).await),
+        vec![20]
+    );
+    let lamp_loaded = load(&store, &lamp, Lines::None).await.expect("stored");
+    assert_eq!(lamp_loaded.version, lamp_stored + 40);
+    assert_eq!(
+        allocations(&store, &orders[39]).await,
+        vec![view(&lamp, &lamp_batch)]
+    );
+    let outbox = outbox_of(&store).await;
+    let lamp_messages: Vec<OrderId> = outbox
+        .iter()
+        .filter(|(_, batch)| *batch == lamp_batch)
+        .map(|(order, _)| order.clone())
+        .collect();
+    assert_eq!(lamp_messages, lamp_orders.to_vec());
+    assert_eq!(outbox.len(), 50);
 }
 
 /// A new product's batch, and an allocation to it, in one commit; then the

@@ -199,7 +199,7 @@ async fn allocations_commit_in_one_statement_without_a_transaction(store: SqlSto
         .allocate(line(&orders[0], &lamp, 1))
         .expect("allocates");
     let lone = statements_of_commit(&store, changes_of(&mut product, Some(stored))).await;
-    assert_eq!(lone, ["WITH versioned AS ("], "a lone allocation");
+    assert_eq!(lone, ["WITH"], "a lone allocation");
 
     let mut lamp_product = load_product(&store, &lamp, Lines::OfOrders(&orders[1..3])).await;
     let mut table_product = load_product(&store, &table, Lines::OfOrders(&orders[3..])).await;
@@ -219,13 +219,13 @@ async fn allocations_commit_in_one_statement_without_a_transaction(store: SqlSto
         changes_of(&mut table_product, Some(table_stored)),
     ]);
     let group = statements_of_commit(&store, group).await;
-    assert_eq!(group, ["WITH checked AS ("], "a group of two products");
+    assert_eq!(group, ["WITH"], "a group of two products");
 
     let mut product = load_product(&store, &lamp, Lines::OfOrder(&orders[0])).await;
     let stored = product.version();
     product.deallocate(&orders[0]).expect("deallocates");
     let counted = statements_of_commit(&store, changes_of(&mut product, Some(stored))).await;
-    assert_eq!(counted, ["WITH versioned AS (", "COMMIT"], "a deallocation");
+    assert_eq!(counted, ["WITH", "COMMIT"], "a deallocation");
 
     assert_eq!(allocated_totals(&batch_views(&store, &lamp).await), vec![2]);
     assert_eq!(
@@ -234,7 +234,7 @@ async fn allocations_commit_in_one_statement_without_a_transaction(store: SqlSto
     );
 }
 
-/// Commits `changes` and returns the first words of each statement sqlx
+/// Commits `changes` and returns the first word of each statement sqlx
 /// sent to the database for it. (sqlx logs each statement it runs at debug
 /// level; a `BEGIN` is queued with the statement after it and not logged,
 /// the `COMMIT` is.)
@@ -249,7 +249,7 @@ async fn statements_of_commit(store: &SqlStore, changes: ChangeSet) -> Vec<Strin
     log.0.lock().expect("log readable").clone()
 }
 
-/// Records the summary (first words) of every statement sqlx logs.
+/// Records the first word of every statement sqlx logs.
 #[derive(Debug, Clone, Default)]
 struct StatementLog(Arc<Mutex<Vec<String>>>);
 
@@ -261,7 +261,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StatementLog {
         let mut summary = Summary(None);
         event.record(&mut summary);
         if let (Some(summary), Ok(mut log)) = (summary.0, self.0.lock()) {
-            log.push(summary.trim_end_matches(" …").to_owned());
+            log.push(summary.split(' ').next().unwrap_or_default().to_owned());
         }
     }
 }

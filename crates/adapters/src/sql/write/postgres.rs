@@ -15,7 +15,7 @@ use domain::Sku;
 use service_layer::ports::StoreError;
 use sqlx::{AnyConnection, AssertSqlSafe, Connection as _};
 
-use super::{Kind, Plan, Run, Table};
+use super::{Kind, Plan, Rows, Run, Table};
 use crate::sql::Dialect;
 use crate::sql::rows::{get, identifier, mismatch};
 
@@ -24,9 +24,9 @@ use crate::sql::rows::{get, identifier, mismatch};
 /// of the product makes it wait, then find the version moved on.
 const VERSIONED_ONE: &str = r#"
 versioned AS (
-    UPDATE products p SET version_number = c.new_version
-    FROM jsonb_to_recordset($1::jsonb) AS c(sku text, stored_version bigint, new_version bigint)
-    WHERE p.sku = c.sku AND p.version_number = c.stored_version
+    UPDATE products p SET version_number = r.new_version
+    FROM {rows}
+    WHERE p.sku = r.sku AND p.version_number = r.stored_version
     RETURNING p.sku)"#;
 
 /// The version check of several products (or new ones), all or nothing:
@@ -36,9 +36,7 @@ versioned AS (
 /// ones inserted. A new product that another commit inserted first is a
 /// duplicate key: a conflict.
 const VERSIONED_ALL: &str = r#"
-checked AS (
-    SELECT * FROM jsonb_to_recordset($1::jsonb)
-        AS c(sku text, stored_version bigint, new_version bigint)),
+checked AS (SELECT * FROM {rows}),
 locked AS (
     SELECT sku, version_number FROM products
     WHERE sku IN (SELECT sku FROM checked WHERE stored_version IS NOT NULL)
@@ -68,16 +66,14 @@ const STALE_OF_ALL: &str = r#"(
 /// In the statements after the first, inside the transaction: the products
 /// the first one checked.
 const VERSIONED_ALREADY: &str = r#"
-versioned AS (SELECT sku FROM jsonb_to_recordset($1::jsonb) AS c(sku text))"#;
+versioned AS (SELECT r.sku FROM {rows})"#;
 
 /// New batches, in the order they were created: their ids order them.
 const BATCHES_CREATED: &str = r#"
 batches_created AS (
     INSERT INTO batches (reference, sku, purchased_quantity, eta)
     SELECT r.reference, r.sku, r.qty, r.eta
-    FROM jsonb_to_recordset({rows}::jsonb)
-        AS r(n bigint, sku text, reference text, qty bigint, eta text)
-    JOIN versioned v ON v.sku = r.sku
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
     ORDER BY r.n)"#;
 
 /// Lines allocated: each batch takes the sum of its new lines, then the
@@ -86,9 +82,7 @@ batches_created AS (
 /// failing the whole statement.
 const LINES_ALLOCATED: &str = r#"
 lines_allocated_rows AS (
-    SELECT r.* FROM jsonb_to_recordset({rows}::jsonb)
-        AS r(n bigint, sku text, orderid text, batchref text, qty bigint)
-    JOIN versioned v ON v.sku = r.sku),
+    SELECT r.* FROM {rows} JOIN versioned v ON v.sku = r.sku),
 lines_allocated_to AS (
     UPDATE batches b SET allocated_quantity = b.allocated_quantity + t.qty
     FROM (SELECT sku, batchref, sum(qty)::bigint AS qty
@@ -107,8 +101,7 @@ lines_allocated AS (
 const LINES_REMOVED: &str = r#"
 lines_removed AS (
     DELETE FROM allocations a
-    USING jsonb_to_recordset({rows}::jsonb) AS r(sku text, orderid text)
-    JOIN versioned v ON v.sku = r.sku
+    USING {rows} JOIN versioned v ON v.sku = r.sku
     WHERE a.orderid = r.orderid AND a.sku = r.sku
     RETURNING a.batch_id, a.qty),
 lines_removed_from AS (
@@ -119,8 +112,7 @@ lines_removed_from AS (
 const BATCH_QUANTITIES_CHANGED: &str = r#"
 batch_quantities_changed AS (
     UPDATE batches b SET purchased_quantity = r.qty
-    FROM jsonb_to_recordset({rows}::jsonb) AS r(sku text, reference text, qty bigint)
-    JOIN versioned v ON v.sku = r.sku
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
     WHERE b.reference = r.reference AND b.sku = r.sku
     RETURNING b.id)"#;
 
@@ -128,15 +120,13 @@ const VIEW_ROWS_SET: &str = r#"
 view_rows_set AS (
     INSERT INTO allocations_view (orderid, sku, batchref)
     SELECT r.orderid, r.sku, r.batchref
-    FROM jsonb_to_recordset({rows}::jsonb) AS r(sku text, orderid text, batchref text)
-    JOIN versioned v ON v.sku = r.sku
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
     ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref)"#;
 
 const VIEW_ROWS_REMOVED: &str = r#"
 view_rows_removed AS (
     DELETE FROM allocations_view a
-    USING jsonb_to_recordset({rows}::jsonb) AS r(sku text, orderid text)
-    JOIN versioned v ON v.sku = r.sku
+    USING {rows} JOIN versioned v ON v.sku = r.sku
     WHERE a.orderid = r.orderid AND a.sku = r.sku)"#;
 
 /// Messages, in the order they were written: the relay sends them in id
@@ -145,14 +135,11 @@ const OUTBOX_MESSAGES: &str = r#"
 outbox_messages AS (
     INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at)
     SELECT r.message_id, r.orderid, r.sku, r.qty, r.batchref, r.created_at
-    FROM jsonb_to_recordset({rows}::jsonb) AS r(
-        n bigint, message_id text, sku text, orderid text, batchref text, qty bigint,
-        created_at bigint)
-    JOIN versioned v ON v.sku = r.sku
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
     ORDER BY r.n)"#;
 
-/// Each kind's writer: CTEs reading the run's rows from the JSON array
-/// `{rows}`, the first of them named after the kind (what a count counts).
+/// Each kind's writer: CTEs reading the run's rows from `{rows}` (aliased
+/// `r`), the first of them named after the kind (what a count counts).
 fn writer(kind: Kind) -> &'static str {
     match kind {
         Kind::BatchesCreated => BATCHES_CREATED,
@@ -165,6 +152,33 @@ fn writer(kind: Kind) -> &'static str {
     }
 }
 
+/// The columns each writer reads, with their types.
+fn columns(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BatchesCreated => "n bigint, sku text, reference text, qty bigint, eta text",
+        Kind::LinesAllocated => "n bigint, sku text, orderid text, batchref text, qty bigint",
+        Kind::LinesRemoved | Kind::ViewRowsRemoved => "sku text, orderid text",
+        Kind::BatchQuantitiesChanged => "sku text, reference text, qty bigint",
+        Kind::ViewRowsSet => "sku text, orderid text, batchref text",
+        Kind::OutboxMessages => {
+            "n bigint, message_id text, sku text, orderid text, batchref text, qty bigint, \
+             created_at bigint"
+        }
+    }
+}
+
+/// The version check's columns.
+const VERSION_COLUMNS: &str = "sku text, stored_version bigint, new_version bigint";
+
+/// Up to this many rows, a writer reads them from a VALUES list of
+/// parameters: the planner then knows how many rows come, and nothing is
+/// parsed (a JSON array costs its parsing and a set-returning function per
+/// writer, which doubled the server's time for a lone allocation). More
+/// rows come as one JSON array: a text and a parameter count that stay the
+/// same whatever the size, so that large runs neither fill the statement
+/// cache nor reach PostgreSQL's limit on parameters.
+const VALUES_UP_TO: usize = 32;
+
 /// Writes `plan` on a connection outside any transaction (the optimistic
 /// unit of work): in one statement on its own when it can, else in a
 /// transaction of its own.
@@ -172,7 +186,7 @@ pub(in crate::sql) async fn write_on_its_own(
     conn: &mut AnyConnection,
     plan: &Plan<'_>,
 ) -> Result<(), StoreError> {
-    let statements = compose(plan);
+    let statements = compose(plan)?;
     let atomic_alone = statements.len() <= 1
         && statements
             .iter()
@@ -198,40 +212,48 @@ pub(in crate::sql) async fn write_in_transaction(
     conn: &mut AnyConnection,
     plan: &Plan<'_>,
 ) -> Result<(), StoreError> {
-    for statement in compose(plan) {
+    for statement in compose(plan)? {
         statement.run(conn, plan).await?;
     }
     Ok(())
 }
 
-/// One statement of a commit: `$1` is the plan's version rows, `$2`... the
-/// rows of its runs.
+/// One statement of a commit, with its parameters.
 #[derive(Debug)]
 struct Statement<'p> {
     sql: String,
-    runs: Vec<&'p Run>,
+    parameters: Vec<Parameter<'p>>,
     /// Whether it opens with the version check (the first statement).
     checks_versions: bool,
     /// The counted runs: their kind, and how many rows they must write.
     counted: Vec<(Kind, usize)>,
 }
 
+/// A value bound to a statement, borrowed from the plan where it can be.
+#[derive(Debug)]
+enum Parameter<'p> {
+    Text(Option<&'p str>),
+    BigInt(Option<i64>),
+    Json(String),
+}
+
 /// A statement being put together.
 struct Builder<'p> {
     ctes: Vec<String>,
+    parameters: Vec<Parameter<'p>>,
     stale: &'static str,
-    runs: Vec<&'p Run>,
     written: Vec<Table>,
     checks_versions: bool,
+    counted: Vec<(Kind, usize)>,
 }
 
 /// The commit's runs, in as few statements as the rule allows.
-fn compose<'p>(plan: &'p Plan<'_>) -> Vec<Statement<'p>> {
+fn compose<'p>(plan: &'p Plan<'_>) -> Result<Vec<Statement<'p>>, StoreError> {
     if plan.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let mut statements = Vec::new();
-    let mut current = Builder::checking_versions(plan);
+    let mut current = Builder::checking_versions(plan)?;
     for run in &plan.runs {
         if run
             .kind
@@ -240,59 +262,103 @@ fn compose<'p>(plan: &'p Plan<'_>) -> Vec<Statement<'p>> {
             .any(|t| current.written.contains(t))
         {
             statements.push(current.finish());
-            current = Builder::after_the_check();
+            current = Builder::after_the_check(plan)?;
         }
-        current.add(run);
+        current.add(run)?;
     }
     statements.push(current.finish());
-    statements
+    Ok(statements)
 }
 
 impl<'p> Builder<'p> {
-    fn checking_versions(plan: &Plan<'_>) -> Self {
+    fn checking_versions(plan: &'p Plan<'_>) -> Result<Self, StoreError> {
         let (versioned, stale) = match (plan.products.len(), plan.stored) {
             (1, 1) => (VERSIONED_ONE, "NULL::text"),
             _ => (VERSIONED_ALL, STALE_OF_ALL),
         };
-        Self {
-            ctes: vec![versioned.to_owned()],
+        Self::opening_with(versioned, stale, plan, true)
+    }
+
+    fn after_the_check(plan: &'p Plan<'_>) -> Result<Self, StoreError> {
+        Self::opening_with(VERSIONED_ALREADY, "NULL::text", plan, false)
+    }
+
+    fn opening_with(
+        versioned: &str,
+        stale: &'static str,
+        plan: &'p Plan<'_>,
+        checks_versions: bool,
+    ) -> Result<Self, StoreError> {
+        let mut builder = Self {
+            ctes: Vec::new(),
+            parameters: Vec::new(),
             stale,
-            runs: Vec::new(),
             written: Vec::new(),
-            checks_versions: true,
-        }
+            checks_versions,
+            counted: Vec::new(),
+        };
+        let source = builder.source(VERSION_COLUMNS, &plan.versions)?;
+        builder.ctes.push(versioned.replace("{rows}", &source));
+        Ok(builder)
     }
 
-    fn after_the_check() -> Self {
-        Self {
-            ctes: vec![VERSIONED_ALREADY.to_owned()],
-            stale: "NULL::text",
-            runs: Vec::new(),
-            written: Vec::new(),
-            checks_versions: false,
-        }
-    }
-
-    fn add(&mut self, run: &'p Run) {
-        let parameter = format!("${}", self.runs.len() + 2);
-        self.ctes
-            .push(writer(run.kind).replace("{rows}", &parameter));
+    fn add(&mut self, run: &'p Run) -> Result<(), StoreError> {
+        let source = self.source(columns(run.kind), &run.rows)?;
+        self.ctes.push(writer(run.kind).replace("{rows}", &source));
         self.written.extend_from_slice(run.kind.tables());
-        self.runs.push(run);
+        if run.kind.counted() {
+            self.counted.push((run.kind, run.rows.len()));
+        }
+        Ok(())
+    }
+
+    /// Where a writer reads `rows` from, as a FROM item aliased `r` with
+    /// `columns`; binds their values. Small runs as a VALUES list, large
+    /// ones as a JSON array (see [`VALUES_UP_TO`]).
+    fn source(&mut self, columns: &str, rows: &'p Rows) -> Result<String, StoreError> {
+        let columns: Vec<(&str, &str)> = columns
+            .split(',')
+            .filter_map(|column| column.trim().split_once(' '))
+            .collect();
+        if rows.len() > VALUES_UP_TO {
+            self.parameters.push(Parameter::Json(rows.json()?));
+            let definitions: Vec<String> = columns
+                .iter()
+                .map(|(name, kind)| format!("{name} {kind}"))
+                .collect();
+            return Ok(format!(
+                "jsonb_to_recordset(${}::jsonb) AS r({})",
+                self.parameters.len(),
+                definitions.join(", ")
+            ));
+        }
+        let mut tuples = Vec::with_capacity(rows.len());
+        for row in rows.iter() {
+            let mut values = Vec::with_capacity(columns.len());
+            for (name, kind) in &columns {
+                let value = &row[*name];
+                self.parameters.push(match *kind {
+                    "bigint" => Parameter::BigInt(value.as_i64()),
+                    _ => Parameter::Text(value.as_str()),
+                });
+                values.push(format!("${}::{kind}", self.parameters.len()));
+            }
+            tuples.push(format!("({})", values.join(", ")));
+        }
+        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+        Ok(format!(
+            "(VALUES {}) AS r({})",
+            tuples.join(", "),
+            names.join(", ")
+        ))
     }
 
     fn finish(self) -> Statement<'p> {
-        let counted: Vec<(Kind, usize)> = self
-            .runs
-            .iter()
-            .filter(|run| run.kind.counted())
-            .map(|run| (run.kind, run.len))
-            .collect();
         let mut columns = vec![
             "(SELECT count(*) FROM versioned) AS versioned".to_owned(),
             format!("{} AS stale", self.stale),
         ];
-        for (kind, _) in &counted {
+        for (kind, _) in &self.counted {
             let name = kind.name();
             columns.push(format!("(SELECT count(*) FROM {name}) AS {name}"));
         }
@@ -303,9 +369,9 @@ impl<'p> Builder<'p> {
         );
         Statement {
             sql,
-            runs: self.runs,
+            parameters: self.parameters,
             checks_versions: self.checks_versions,
-            counted,
+            counted: self.counted,
         }
     }
 }
@@ -314,9 +380,13 @@ impl Statement<'_> {
     async fn run(self, conn: &mut AnyConnection, plan: &Plan<'_>) -> Result<(), StoreError> {
         // Cached as a prepared statement like any other: a commit's shape,
         // hence its text, is one of few.
-        let query = self.runs.iter().fold(
-            sqlx::query(AssertSqlSafe(self.sql)).bind(plan.versions.as_str()),
-            |query, run| query.bind(run.rows.as_str()),
+        let query = self.parameters.into_iter().fold(
+            sqlx::query(AssertSqlSafe(self.sql)),
+            |query, parameter| match parameter {
+                Parameter::Text(text) => query.bind(text),
+                Parameter::BigInt(number) => query.bind(number),
+                Parameter::Json(json) => query.bind(json),
+            },
         );
         let row = query
             .fetch_one(conn)

@@ -122,12 +122,12 @@ pub(in crate::sql) async fn write(
     check_versions(conn, plan).await?;
     for run in &plan.runs {
         let written = sqlx::query(writer(run.kind))
-            .bind(run.rows.as_str())
+            .bind(run.rows.json()?)
             .fetch_all(&mut *conn)
             .await
             .map_err(|error| plan.failure(error))?;
         if run.kind.counted() {
-            plan.check_count(run.kind, run.len, written.len() as i64)?;
+            plan.check_count(run.kind, run.rows.len(), written.len() as i64)?;
         }
     }
     Ok(())
@@ -137,7 +137,7 @@ pub(in crate::sql) async fn write(
 /// that is not as loaded.
 async fn check_versions(conn: &mut AnyConnection, plan: &Plan<'_>) -> Result<(), StoreError> {
     let versioned = sqlx::query(VERSIONED)
-        .bind(plan.versions.as_str())
+        .bind(plan.versions.json()?)
         .fetch_all(&mut *conn)
         .await
         .map_err(|error| plan.failure(error))?;
