@@ -14,6 +14,8 @@ use rand::{Rng, SeedableRng};
 use service_layer::{Error, Store};
 use sqlx::Row;
 use test_support::{TestDatabase, on_database, per_backend};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::backends::{connect_directly, open};
 use crate::helpers::*;
@@ -334,13 +336,18 @@ fn logged_warnings() -> &'static Mutex<Vec<u8>> {
     LOG.get_or_init(|| {
         let log = Arc::new(Mutex::new(Vec::new()));
         let writer = log.clone();
-        // Fails only if another subscriber was installed first, which no
-        // test in this binary does.
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
+        // The level is the layer's own filter, not the subscriber's: a
+        // subscriber-wide WARN would lower the process's maximum level, and
+        // sqlx would then stop emitting the DEBUG statement events another
+        // test of this binary captures with a scoped subscriber
+        // (`specific::statements_of_commit`).
+        let warnings = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(move || SharedLog(writer.clone()))
-            .try_init()
+            .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+        // Fails only if another subscriber was installed first, which no
+        // test in this binary does.
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(warnings))
             .expect("the first global subscriber");
         log
     })
