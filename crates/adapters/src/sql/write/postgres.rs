@@ -152,23 +152,49 @@ fn writer(kind: Kind) -> &'static str {
     }
 }
 
+/// A column a writer reads: its name (the row's field) and its SQL type.
+type Column = (&'static str, &'static str);
+
 /// The columns each writer reads, with their types.
-fn columns(kind: Kind) -> &'static str {
+fn columns(kind: Kind) -> &'static [Column] {
     match kind {
-        Kind::BatchesCreated => "n bigint, sku text, reference text, qty bigint, eta text",
-        Kind::LinesAllocated => "n bigint, sku text, orderid text, batchref text, qty bigint",
-        Kind::LinesRemoved | Kind::ViewRowsRemoved => "sku text, orderid text",
-        Kind::BatchQuantitiesChanged => "sku text, reference text, qty bigint",
-        Kind::ViewRowsSet => "sku text, orderid text, batchref text",
-        Kind::OutboxMessages => {
-            "n bigint, message_id text, sku text, orderid text, batchref text, qty bigint, \
-             created_at bigint"
+        Kind::BatchesCreated => &[
+            ("n", "bigint"),
+            ("sku", "text"),
+            ("reference", "text"),
+            ("qty", "bigint"),
+            ("eta", "text"),
+        ],
+        Kind::LinesAllocated => &[
+            ("n", "bigint"),
+            ("sku", "text"),
+            ("orderid", "text"),
+            ("batchref", "text"),
+            ("qty", "bigint"),
+        ],
+        Kind::LinesRemoved | Kind::ViewRowsRemoved => &[("sku", "text"), ("orderid", "text")],
+        Kind::BatchQuantitiesChanged => {
+            &[("sku", "text"), ("reference", "text"), ("qty", "bigint")]
         }
+        Kind::ViewRowsSet => &[("sku", "text"), ("orderid", "text"), ("batchref", "text")],
+        Kind::OutboxMessages => &[
+            ("n", "bigint"),
+            ("message_id", "text"),
+            ("sku", "text"),
+            ("orderid", "text"),
+            ("batchref", "text"),
+            ("qty", "bigint"),
+            ("created_at", "bigint"),
+        ],
     }
 }
 
 /// The version check's columns.
-const VERSION_COLUMNS: &str = "sku text, stored_version bigint, new_version bigint";
+const VERSION_COLUMNS: &[Column] = &[
+    ("sku", "text"),
+    ("stored_version", "bigint"),
+    ("new_version", "bigint"),
+];
 
 /// Up to this many rows, a writer reads them from a VALUES list of
 /// parameters: the planner then knows how many rows come, and nothing is
@@ -315,11 +341,7 @@ impl<'p> Builder<'p> {
     /// Where a writer reads `rows` from, as a FROM item aliased `r` with
     /// `columns`; binds their values. Small runs as a VALUES list, large
     /// ones as a JSON array (see [`VALUES_UP_TO`]).
-    fn source(&mut self, columns: &str, rows: &'p Rows) -> Result<String, StoreError> {
-        let columns: Vec<(&str, &str)> = columns
-            .split(',')
-            .filter_map(|column| column.trim().split_once(' '))
-            .collect();
+    fn source(&mut self, columns: &[Column], rows: &'p Rows) -> Result<String, StoreError> {
         if rows.len() > VALUES_UP_TO {
             self.parameters.push(Parameter::Json(rows.json()?));
             let definitions: Vec<String> = columns
@@ -335,7 +357,7 @@ impl<'p> Builder<'p> {
         let mut tuples = Vec::with_capacity(rows.len());
         for row in rows.iter() {
             let mut values = Vec::with_capacity(columns.len());
-            for (name, kind) in &columns {
+            for (name, kind) in columns {
                 let value = &row[*name];
                 self.parameters.push(match *kind {
                     "bigint" => Parameter::BigInt(value.as_i64()),
