@@ -83,8 +83,8 @@ impl<S: Store> MessageBus<S> {
     /// while it still waited for its turn never begins: no work for nobody.
     pub async fn handle<C: Grouped>(self: &Arc<Self>, command: C) -> Result<C::Reply, Error> {
         let bus = Arc::clone(self);
-        ToTheEnd::new(&self.running, |caller| async move {
-            bus.handle_to_the_end(command, &caller).await
+        ToTheEnd::new(&self.running, |caller| {
+            bus.handle_to_the_end(command, caller)
         })
         .await
     }
@@ -100,12 +100,17 @@ impl<S: Store> MessageBus<S> {
     /// [`handle`](Self::handle)'s work: in the caller's future, or in a
     /// task of its own once the caller has left. The book's `handle`: the
     /// command, then its events.
+    ///
+    /// It takes the bus and the caller by value so that `handle` can box
+    /// this future as it is, with no wrapper holding second copies of them:
+    /// every command pays for the box (docs/BENCHMARKS.md, "One path for
+    /// every command").
     async fn handle_to_the_end<C: Grouped>(
-        &self,
+        self: Arc<Self>,
         command: C,
-        caller: &Caller,
+        caller: Caller,
     ) -> Result<C::Reply, Error> {
-        let result = self.runner.run(command, caller).await;
+        let result = self.runner.run(command, &caller).await;
         count_handled(match &result {
             Ok(_) => handled_key!("command", C::NAME, "ok"),
             Err(Error::CallerLeft) => handled_key!("command", C::NAME, "abandoned"),
@@ -179,7 +184,10 @@ impl<S: Store> MessageBus<S> {
             }
             Event::Deallocated(e) => {
                 let follow_up = handlers::reallocate(e);
-                let committed = self.runner.run(follow_up, &Caller::bus()).await?;
+                // Boxed: every command's future holds its events' handlers,
+                // and a follow-up command inline would make each one as
+                // large as two commands' for a path few of them take.
+                let committed = Box::pin(self.runner.run(follow_up, &Caller::bus())).await?;
                 return Ok(committed.events);
             }
             Event::BatchCreated(_)

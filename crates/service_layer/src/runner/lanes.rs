@@ -132,6 +132,24 @@ impl<C: Clone, R> Lane<C, R> {
                 return answers.pop();
             }
         }
+        // Boxed: a command's whole future is boxed (`caller::ToTheEnd`),
+        // and the state of waiting in the queue would make every lone
+        // command's box larger than the allocator serves from its caches.
+        Box::pin(self.queue_then_lead(command, caller, run)).await
+    }
+
+    /// A busy lane: queues `command`, and waits until its group answers
+    /// it, or until the lane's seat is free, and then leads: runs what is
+    /// queued, this command's group first, until this command is answered.
+    async fn queue_then_lead<F>(
+        &self,
+        command: C,
+        caller: &Caller,
+        run: impl Fn(Vec<C>) -> F,
+    ) -> Option<R>
+    where
+        F: Future<Output = Vec<R>>,
+    {
         let mut waiting = self.enqueue(command.clone());
         let mut still_wanted = true;
         // Held until this caller returns, so that one group runs at a time.
