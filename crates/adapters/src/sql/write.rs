@@ -87,94 +87,110 @@ impl Kind {
     }
 }
 
-/// One row of a run, as its writer reads it from the run's JSON array. The
-/// field names are the writers' column names.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-enum Row<'a> {
-    Batch {
-        sku: &'a str,
-        reference: &'a str,
-        qty: u32,
-        eta: Option<String>,
-    },
-    Line {
-        sku: &'a str,
-        orderid: &'a str,
-        batchref: &'a str,
-        qty: u32,
-    },
-    LineOfOrder {
-        sku: &'a str,
-        orderid: &'a str,
-    },
-    View {
-        sku: &'a str,
-        orderid: &'a str,
-        batchref: &'a str,
-    },
-    BatchQuantity {
-        sku: &'a str,
-        reference: &'a str,
-        qty: u32,
-    },
-    Message {
-        message_id: String,
-        sku: &'a str,
-        orderid: &'a str,
-        batchref: &'a str,
-        qty: u32,
-        created_at: i64,
-    },
+/// One row of a run: the columns its kind's writer reads, by name (the
+/// writers' column names), the others `None`. A writer reads rows as
+/// parameters of a VALUES list or as one JSON array (see [`Columns`]).
+#[derive(Debug, Default, Serialize)]
+pub(super) struct Row<'a> {
+    /// Its place in the run: writers that insert order by it, so that ids
+    /// follow the order things happened in.
+    n: i64,
+    sku: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    orderid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batchref: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qty: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created_at: Option<i64>,
 }
 
-/// A row with its place in the run: writers that insert order by it, so
-/// that ids follow the order things happened in.
-#[derive(Debug, Serialize)]
-struct Numbered<'a> {
-    n: usize,
-    #[serde(flatten)]
-    row: Row<'a>,
+impl<'a> Row<'a> {
+    fn of(sku: &'a str) -> Self {
+        Self {
+            sku,
+            ..Self::default()
+        }
+    }
+}
+
+/// A column's value, borrowed from its row.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Value<'r> {
+    Text(Option<&'r str>),
+    BigInt(Option<i64>),
+}
+
+/// Rows whose columns a writer reads by name: as a JSON array of objects
+/// (serde, field names) or one value at a time ([`Columns::value`]).
+pub(super) trait Columns: Serialize {
+    /// The value of `column`, or `None` if the row has no such column.
+    fn value(&self, column: &str) -> Option<Value<'_>>;
+}
+
+impl Columns for Row<'_> {
+    fn value(&self, column: &str) -> Option<Value<'_>> {
+        use Value::{BigInt, Text};
+        Some(match column {
+            "n" => BigInt(Some(self.n)),
+            "sku" => Text(Some(self.sku)),
+            "reference" => Text(self.reference),
+            "orderid" => Text(self.orderid),
+            "batchref" => Text(self.batchref),
+            "qty" => BigInt(self.qty),
+            "eta" => Text(self.eta.as_deref()),
+            "message_id" => Text(self.message_id.as_deref()),
+            "created_at" => BigInt(self.created_at),
+            _ => return None,
+        })
+    }
 }
 
 /// What an event says to write, if anything: the one place events meet
 /// writers.
 fn change_of<'a>(sku: &'a Sku, event: &'a Event) -> Option<(Kind, Row<'a>)> {
-    let sku = sku.as_str();
+    let row = Row::of(sku.as_str());
     let change = match event {
         Event::BatchCreated(e) => (
             Kind::BatchesCreated,
-            Row::Batch {
-                sku,
-                reference: e.reference.as_str(),
-                qty: e.qty.get(),
+            Row {
+                reference: Some(e.reference.as_str()),
+                qty: Some(e.qty.get().into()),
                 eta: e.eta.map(eta_to_db),
+                ..row
             },
         ),
         Event::Allocated(e) => (
             Kind::LinesAllocated,
-            Row::Line {
-                sku,
-                orderid: e.orderid.as_str(),
-                batchref: e.batchref.as_str(),
-                qty: e.qty.get(),
+            Row {
+                orderid: Some(e.orderid.as_str()),
+                batchref: Some(e.batchref.as_str()),
+                qty: Some(e.qty.get().into()),
+                ..row
             },
         ),
         // The stored line says which batch and how much to give back.
         Event::Deallocated(Deallocated { orderid, .. })
         | Event::AllocationCancelled(AllocationCancelled { orderid, .. }) => (
             Kind::LinesRemoved,
-            Row::LineOfOrder {
-                sku,
-                orderid: orderid.as_str(),
+            Row {
+                orderid: Some(orderid.as_str()),
+                ..row
             },
         ),
         Event::BatchQuantityChanged(e) => (
             Kind::BatchQuantitiesChanged,
-            Row::BatchQuantity {
-                sku,
-                reference: e.reference.as_str(),
-                qty: e.qty.get(),
+            Row {
+                reference: Some(e.reference.as_str()),
+                qty: Some(e.qty.get().into()),
+                ..row
             },
         ),
         Event::OutOfStock(_) => return None,
@@ -190,17 +206,17 @@ fn change_of_view(view: &ViewChange) -> (Kind, Row<'_>) {
             batchref,
         } => (
             Kind::ViewRowsSet,
-            Row::View {
-                sku: sku.as_str(),
-                orderid: orderid.as_str(),
-                batchref: batchref.as_str(),
+            Row {
+                orderid: Some(orderid.as_str()),
+                batchref: Some(batchref.as_str()),
+                ..Row::of(sku.as_str())
             },
         ),
         ViewChange::Deallocated { orderid, sku } => (
             Kind::ViewRowsRemoved,
-            Row::LineOfOrder {
-                sku: sku.as_str(),
-                orderid: orderid.as_str(),
+            Row {
+                orderid: Some(orderid.as_str()),
+                ..Row::of(sku.as_str())
             },
         ),
     }
@@ -208,57 +224,49 @@ fn change_of_view(view: &ViewChange) -> (Kind, Row<'_>) {
 
 fn message_row(message: &OutboxMessage, created_at: i64) -> Row<'_> {
     let event = &message.event;
-    Row::Message {
-        message_id: message.message_id.to_string(),
-        sku: event.sku.as_str(),
-        orderid: event.orderid.as_str(),
-        batchref: event.batchref.as_str(),
-        qty: event.qty.get(),
-        created_at,
+    Row {
+        message_id: Some(message.message_id.to_string()),
+        orderid: Some(event.orderid.as_str()),
+        batchref: Some(event.batchref.as_str()),
+        qty: Some(event.qty.get().into()),
+        created_at: Some(created_at),
+        ..Row::of(event.sku.as_str())
     }
 }
 
 /// Rows of one kind, written by one statement of its writer.
 #[derive(Debug)]
-pub(super) struct Run {
+pub(super) struct Run<'a> {
     pub(super) kind: Kind,
-    pub(super) rows: Rows,
+    pub(super) rows: Rows<Row<'a>>,
 }
 
-impl Run {
-    fn of(kind: Kind, rows: Vec<Row<'_>>) -> Result<Self, StoreError> {
+impl<'a> Run<'a> {
+    fn of(kind: Kind, rows: Vec<Row<'a>>) -> Self {
         let numbered = rows
             .into_iter()
-            .enumerate()
-            .map(|(n, row)| Numbered { n, row });
-        Ok(Self {
+            .zip(0..)
+            .map(|(row, n)| Row { n, ..row })
+            .collect();
+        Self {
             kind,
-            rows: Rows::of(numbered)?,
-        })
+            rows: Rows(numbered),
+        }
     }
 }
 
-/// Rows as JSON objects whose fields are the writer's columns: what a
-/// writer reads, as one JSON array (sqlx's `Any` driver binds no arrays,
-/// and JSON reads the same on both databases) or, on PostgreSQL, as a
-/// VALUES list of its fields.
+/// The rows a writer reads: as one JSON array (sqlx's `Any` driver binds
+/// no arrays, and JSON reads the same on both databases) or, on PostgreSQL,
+/// as a VALUES list of their columns.
 #[derive(Debug)]
-pub(super) struct Rows(Vec<serde_json::Value>);
+pub(super) struct Rows<T>(Vec<T>);
 
-impl Rows {
-    fn of<T: Serialize>(rows: impl IntoIterator<Item = T>) -> Result<Self, StoreError> {
-        rows.into_iter()
-            .map(serde_json::to_value)
-            .collect::<Result<_, _>>()
-            .map(Self)
-            .map_err(StoreError::backend)
-    }
-
+impl<T: Columns> Rows<T> {
     pub(super) fn len(&self) -> usize {
         self.0.len()
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = &serde_json::Value> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &T> {
         self.0.iter()
     }
 
@@ -271,10 +279,21 @@ impl Rows {
 /// The version check's row for one product: `stored_version` is `None`
 /// for a product that is not stored yet, which the check inserts.
 #[derive(Debug, Serialize)]
-struct VersionRow<'a> {
+pub(super) struct VersionRow<'a> {
     sku: &'a str,
     stored_version: Option<i64>,
     new_version: i64,
+}
+
+impl Columns for VersionRow<'_> {
+    fn value(&self, column: &str) -> Option<Value<'_>> {
+        Some(match column {
+            "sku" => Value::Text(Some(self.sku)),
+            "stored_version" => Value::BigInt(self.stored_version),
+            "new_version" => Value::BigInt(Some(self.new_version)),
+            _ => return None,
+        })
+    }
 }
 
 /// Everything a commit writes, in the order it must be written.
@@ -286,8 +305,8 @@ pub(super) struct Plan<'a> {
     /// How many of them are stored already; the others are new.
     stored: usize,
     /// The version check's rows ([`VersionRow`]), in SKU order.
-    versions: Rows,
-    runs: Vec<Run>,
+    versions: Rows<VersionRow<'a>>,
+    runs: Vec<Run<'a>>,
 }
 
 impl<'a> Plan<'a> {
@@ -312,7 +331,7 @@ impl<'a> Plan<'a> {
             .iter()
             .filter(|row| row.stored_version.is_some())
             .count();
-        let versions = Rows::of(versions)?;
+        let versions = Rows(versions);
 
         let mut runs = Vec::new();
         let mut pending: Vec<Vec<(Kind, Row<'a>)>> = products
@@ -339,7 +358,7 @@ impl<'a> Plan<'a> {
                     }
                 }
             }
-            runs.push(Run::of(kind, last_quantity_per_batch(kind, rows))?);
+            runs.push(Run::of(kind, last_quantity_per_batch(kind, rows)));
         }
 
         let owned_by_a_product = |sku: &Sku| skus.binary_search(&sku).is_ok();
@@ -349,7 +368,7 @@ impl<'a> Plan<'a> {
             while let Some((_, row)) = views.next_if(|(next, _)| *next == kind) {
                 rows.push(row);
             }
-            runs.push(Run::of(kind, rows)?);
+            runs.push(Run::of(kind, rows));
         }
         let view_skus = changes.views.iter().map(|view| match view {
             ViewChange::Allocated { sku, .. } | ViewChange::Deallocated { sku, .. } => sku,
@@ -372,7 +391,7 @@ impl<'a> Plan<'a> {
                 .iter()
                 .map(|message| message_row(message, created_at))
                 .collect();
-            runs.push(Run::of(Kind::OutboxMessages, rows)?);
+            runs.push(Run::of(Kind::OutboxMessages, rows));
         }
         Ok(Self {
             products: skus,
@@ -420,17 +439,9 @@ fn last_quantity_per_batch(kind: Kind, rows: Vec<Row<'_>>) -> Vec<Row<'_>> {
     if kind != Kind::BatchQuantitiesChanged {
         return rows;
     }
-    fn reference_of<'a>(row: &Row<'a>) -> Option<&'a str> {
-        match row {
-            Row::BatchQuantity { reference, .. } => Some(reference),
-            _ => None,
-        }
-    }
     let mut kept: Vec<Row<'_>> = Vec::with_capacity(rows.len());
     for row in rows {
-        let earlier = kept
-            .iter()
-            .position(|kept| reference_of(kept) == reference_of(&row));
+        let earlier = kept.iter().position(|kept| kept.reference == row.reference);
         match earlier {
             Some(at) => kept[at] = row,
             None => kept.push(row),

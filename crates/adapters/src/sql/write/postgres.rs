@@ -15,7 +15,7 @@ use domain::Sku;
 use service_layer::ports::StoreError;
 use sqlx::{AnyConnection, AssertSqlSafe, Connection as _};
 
-use super::{Kind, Plan, Rows, Run, Table};
+use super::{Columns, Kind, Plan, Rows, Run, Table, Value};
 use crate::sql::Dialect;
 use crate::sql::rows::{get, identifier, mismatch};
 
@@ -255,11 +255,11 @@ struct Statement<'p> {
     counted: Vec<(Kind, usize)>,
 }
 
-/// A value bound to a statement, borrowed from the plan where it can be.
+/// A value bound to a statement: a column's, borrowed from the plan, or a
+/// run's rows as one JSON array.
 #[derive(Debug)]
 enum Parameter<'p> {
-    Text(Option<&'p str>),
-    BigInt(Option<i64>),
+    Column(Value<'p>),
     Json(String),
 }
 
@@ -328,7 +328,7 @@ impl<'p> Builder<'p> {
         Ok(builder)
     }
 
-    fn add(&mut self, run: &'p Run) -> Result<(), StoreError> {
+    fn add(&mut self, run: &'p Run<'_>) -> Result<(), StoreError> {
         let source = self.source(columns(run.kind), &run.rows)?;
         self.ctes.push(writer(run.kind).replace("{rows}", &source));
         self.written.extend_from_slice(run.kind.tables());
@@ -341,7 +341,11 @@ impl<'p> Builder<'p> {
     /// Where a writer reads `rows` from, as a FROM item aliased `r` with
     /// `columns`; binds their values. Small runs as a VALUES list, large
     /// ones as a JSON array (see [`VALUES_UP_TO`]).
-    fn source(&mut self, columns: &[Column], rows: &'p Rows) -> Result<String, StoreError> {
+    fn source<T: Columns>(
+        &mut self,
+        columns: &[Column],
+        rows: &'p Rows<T>,
+    ) -> Result<String, StoreError> {
         if rows.len() > VALUES_UP_TO {
             self.parameters.push(Parameter::Json(rows.json()?));
             let definitions: Vec<String> = columns
@@ -358,11 +362,10 @@ impl<'p> Builder<'p> {
         for row in rows.iter() {
             let mut values = Vec::with_capacity(columns.len());
             for (name, kind) in columns {
-                let value = &row[*name];
-                self.parameters.push(match *kind {
-                    "bigint" => Parameter::BigInt(value.as_i64()),
-                    _ => Parameter::Text(value.as_str()),
-                });
+                let value = row.value(name).ok_or_else(|| {
+                    mismatch(format!("a writer reads {name}, which its rows lack"))
+                })?;
+                self.parameters.push(Parameter::Column(value));
                 values.push(format!("${}::{kind}", self.parameters.len()));
             }
             tuples.push(format!("({})", values.join(", ")));
@@ -405,8 +408,8 @@ impl Statement<'_> {
         let query = self.parameters.into_iter().fold(
             sqlx::query(AssertSqlSafe(self.sql)),
             |query, parameter| match parameter {
-                Parameter::Text(text) => query.bind(text),
-                Parameter::BigInt(number) => query.bind(number),
+                Parameter::Column(Value::Text(text)) => query.bind(text),
+                Parameter::Column(Value::BigInt(number)) => query.bind(number),
                 Parameter::Json(json) => query.bind(json),
             },
         );
