@@ -11,9 +11,9 @@
 //! of read-model rows and one of messages, written by the same writers as a
 //! lone allocation.
 //!
-//! Adding a kind of change: a [`Kind`] (and a [`Row`] if it needs new
-//! columns), the event's arm in [`change_of`], and its writer in each of
-//! `postgres` and `sqlite`.
+//! Adding a kind of change: a [`Kind`] (and a field of [`Row`] if it needs
+//! a new column), the event's arm in [`change_of`], and its writer in each
+//! of `postgres` and `sqlite`.
 
 pub(super) mod postgres;
 pub(super) mod sqlite;
@@ -30,7 +30,7 @@ use super::Dialect;
 use super::rows::{eta_to_db, mismatch, to_i64, unix_millis};
 
 /// A kind of change a commit writes: one writer per backend each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Kind {
     BatchesCreated,
     LinesAllocated,

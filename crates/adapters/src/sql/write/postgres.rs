@@ -11,13 +11,14 @@
 //! on its own: no `BEGIN`/`COMMIT`. Several statements, or a writer whose
 //! rows are counted (`Kind::counted`), run inside a transaction.
 
-use domain::Sku;
-use service_layer::ports::StoreError;
-use sqlx::{AnyConnection, AssertSqlSafe, Connection as _};
+mod statement;
 
-use super::{Columns, Kind, Plan, Rows, Run, Table, Value};
+use service_layer::ports::StoreError;
+use sqlx::{AnyConnection, Connection as _};
+
+use super::{Kind, Plan};
 use crate::sql::Dialect;
-use crate::sql::rows::{get, identifier, mismatch};
+use statement::compose;
 
 /// The version check of a commit that changes one stored product: bumps it
 /// from the version it was loaded at, or returns no row. A concurrent commit
@@ -76,25 +77,23 @@ batches_created AS (
     FROM {rows} JOIN versioned v ON v.sku = r.sku
     ORDER BY r.n)"#;
 
-/// Lines allocated: each batch takes the sum of its new lines, then the
-/// lines are inserted in the order they were allocated. A batch that is not
-/// stored leaves its lines' `batch_id` NULL, which its NOT NULL refuses,
-/// failing the whole statement.
+/// Lines allocated, inserted in the order they were allocated, each with
+/// its batch's id; then each batch takes the sum of its new lines (as
+/// `LINES_REMOVED` gives it back). A batch that is not stored gives its
+/// lines no `batch_id`, which its NOT NULL refuses, failing the whole
+/// statement.
 const LINES_ALLOCATED: &str = r#"
-lines_allocated_rows AS (
-    SELECT r.* FROM {rows} JOIN versioned v ON v.sku = r.sku),
-lines_allocated_to AS (
-    UPDATE batches b SET allocated_quantity = b.allocated_quantity + t.qty
-    FROM (SELECT sku, batchref, sum(qty)::bigint AS qty
-          FROM lines_allocated_rows GROUP BY sku, batchref) t
-    WHERE b.reference = t.batchref AND b.sku = t.sku
-    RETURNING b.id, b.reference),
 lines_allocated AS (
     INSERT INTO allocations (orderid, sku, batch_id, qty)
     SELECT r.orderid, r.sku, b.id, r.qty
-    FROM lines_allocated_rows r
-    LEFT JOIN lines_allocated_to b ON b.reference = r.batchref
-    ORDER BY r.n)"#;
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
+    LEFT JOIN batches b ON b.reference = r.batchref AND b.sku = r.sku
+    ORDER BY r.n
+    RETURNING batch_id, qty),
+lines_allocated_to AS (
+    UPDATE batches b SET allocated_quantity = b.allocated_quantity + t.qty
+    FROM (SELECT batch_id, sum(qty)::bigint AS qty FROM lines_allocated GROUP BY batch_id) t
+    WHERE b.id = t.batch_id)"#;
 
 /// Lines that left their batches (deallocated, or cancelled): the stored
 /// lines say which batch and how much to give back.
@@ -242,197 +241,4 @@ pub(in crate::sql) async fn write_in_transaction(
         statement.run(conn, plan).await?;
     }
     Ok(())
-}
-
-/// One statement of a commit, with its parameters.
-#[derive(Debug)]
-struct Statement<'p> {
-    sql: String,
-    parameters: Vec<Parameter<'p>>,
-    /// Whether it opens with the version check (the first statement).
-    checks_versions: bool,
-    /// The counted runs: their kind, and how many rows they must write.
-    counted: Vec<(Kind, usize)>,
-}
-
-/// A value bound to a statement: a column's, borrowed from the plan, or a
-/// run's rows as one JSON array.
-#[derive(Debug)]
-enum Parameter<'p> {
-    Column(Value<'p>),
-    Json(String),
-}
-
-/// A statement being put together.
-struct Builder<'p> {
-    ctes: Vec<String>,
-    parameters: Vec<Parameter<'p>>,
-    stale: &'static str,
-    written: Vec<Table>,
-    checks_versions: bool,
-    counted: Vec<(Kind, usize)>,
-}
-
-/// The commit's runs, in as few statements as the rule allows.
-fn compose<'p>(plan: &'p Plan<'_>) -> Result<Vec<Statement<'p>>, StoreError> {
-    if plan.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut statements = Vec::new();
-    let mut current = Builder::checking_versions(plan)?;
-    for run in &plan.runs {
-        if run
-            .kind
-            .tables()
-            .iter()
-            .any(|t| current.written.contains(t))
-        {
-            statements.push(current.finish());
-            current = Builder::after_the_check(plan)?;
-        }
-        current.add(run)?;
-    }
-    statements.push(current.finish());
-    Ok(statements)
-}
-
-impl<'p> Builder<'p> {
-    fn checking_versions(plan: &'p Plan<'_>) -> Result<Self, StoreError> {
-        let (versioned, stale) = match (plan.products.len(), plan.stored) {
-            (1, 1) => (VERSIONED_ONE, "NULL::text"),
-            _ => (VERSIONED_ALL, STALE_OF_ALL),
-        };
-        Self::opening_with(versioned, stale, plan, true)
-    }
-
-    fn after_the_check(plan: &'p Plan<'_>) -> Result<Self, StoreError> {
-        Self::opening_with(VERSIONED_ALREADY, "NULL::text", plan, false)
-    }
-
-    fn opening_with(
-        versioned: &str,
-        stale: &'static str,
-        plan: &'p Plan<'_>,
-        checks_versions: bool,
-    ) -> Result<Self, StoreError> {
-        let mut builder = Self {
-            ctes: Vec::new(),
-            parameters: Vec::new(),
-            stale,
-            written: Vec::new(),
-            checks_versions,
-            counted: Vec::new(),
-        };
-        let source = builder.source(VERSION_COLUMNS, &plan.versions)?;
-        builder.ctes.push(versioned.replace("{rows}", &source));
-        Ok(builder)
-    }
-
-    fn add(&mut self, run: &'p Run<'_>) -> Result<(), StoreError> {
-        let source = self.source(columns(run.kind), &run.rows)?;
-        self.ctes.push(writer(run.kind).replace("{rows}", &source));
-        self.written.extend_from_slice(run.kind.tables());
-        if run.kind.counted() {
-            self.counted.push((run.kind, run.rows.len()));
-        }
-        Ok(())
-    }
-
-    /// Where a writer reads `rows` from, as a FROM item aliased `r` with
-    /// `columns`; binds their values. Small runs as a VALUES list, large
-    /// ones as a JSON array (see [`VALUES_UP_TO`]).
-    fn source<T: Columns>(
-        &mut self,
-        columns: &[Column],
-        rows: &'p Rows<T>,
-    ) -> Result<String, StoreError> {
-        if rows.len() > VALUES_UP_TO {
-            self.parameters.push(Parameter::Json(rows.json()?));
-            let definitions: Vec<String> = columns
-                .iter()
-                .map(|(name, kind)| format!("{name} {kind}"))
-                .collect();
-            return Ok(format!(
-                "jsonb_to_recordset(${}::jsonb) AS r({})",
-                self.parameters.len(),
-                definitions.join(", ")
-            ));
-        }
-        let mut tuples = Vec::with_capacity(rows.len());
-        for row in rows.iter() {
-            let mut values = Vec::with_capacity(columns.len());
-            for (name, kind) in columns {
-                let value = row.value(name).ok_or_else(|| {
-                    mismatch(format!("a writer reads {name}, which its rows lack"))
-                })?;
-                self.parameters.push(Parameter::Column(value));
-                values.push(format!("${}::{kind}", self.parameters.len()));
-            }
-            tuples.push(format!("({})", values.join(", ")));
-        }
-        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-        Ok(format!(
-            "(VALUES {}) AS r({})",
-            tuples.join(", "),
-            names.join(", ")
-        ))
-    }
-
-    fn finish(self) -> Statement<'p> {
-        let mut columns = vec![
-            "(SELECT count(*) FROM versioned) AS versioned".to_owned(),
-            format!("{} AS stale", self.stale),
-        ];
-        for (kind, _) in &self.counted {
-            let name = kind.name();
-            columns.push(format!("(SELECT count(*) FROM {name}) AS {name}"));
-        }
-        let sql = format!(
-            "WITH {}\nSELECT {}",
-            self.ctes.join(",\n"),
-            columns.join(",\n    ")
-        );
-        Statement {
-            sql,
-            parameters: self.parameters,
-            checks_versions: self.checks_versions,
-            counted: self.counted,
-        }
-    }
-}
-
-impl Statement<'_> {
-    async fn run(self, conn: &mut AnyConnection, plan: &Plan<'_>) -> Result<(), StoreError> {
-        // Cached as a prepared statement like any other: a commit's shape,
-        // hence its text, is one of few.
-        let query = self.parameters.into_iter().fold(
-            sqlx::query(AssertSqlSafe(self.sql)),
-            |query, parameter| match parameter {
-                Parameter::Column(Value::Text(text)) => query.bind(text),
-                Parameter::Column(Value::BigInt(number)) => query.bind(number),
-                Parameter::Json(json) => query.bind(json),
-            },
-        );
-        let row = query
-            .fetch_one(conn)
-            .await
-            .map_err(|error| plan.failure(error))?;
-        if self.checks_versions {
-            let versioned = get::<i64>(&row, "versioned")?;
-            if usize::try_from(versioned).ok() != Some(plan.products.len()) {
-                let stale = get::<Option<String>>(&row, "stale")?;
-                let sku = match stale {
-                    Some(stale) => identifier(&stale, Sku::parse)?,
-                    None => plan.blamed().cloned().ok_or_else(|| {
-                        mismatch(format!("{versioned} products versioned, none to check"))
-                    })?,
-                };
-                return Err(StoreError::Conflict { sku });
-            }
-        }
-        for (kind, expected) in &self.counted {
-            plan.check_count(*kind, *expected, get::<i64>(&row, kind.name())?)?;
-        }
-        Ok(())
-    }
 }

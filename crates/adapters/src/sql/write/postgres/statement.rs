@@ -1,0 +1,393 @@
+//! A commit's PostgreSQL statements: their text, composed from the
+//! writers' CTEs once per *shape* (see [`Shape`]), and their parameters,
+//! bound from the plan's rows for every commit.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+
+use domain::Sku;
+use service_layer::ports::StoreError;
+use sqlx::{AnyConnection, AssertSqlSafe};
+
+use super::{
+    Column, STALE_OF_ALL, VALUES_UP_TO, VERSION_COLUMNS, VERSIONED_ALL, VERSIONED_ALREADY,
+    VERSIONED_ONE, columns, writer,
+};
+use crate::sql::rows::{get, identifier, mismatch};
+use crate::sql::write::{Columns, Kind, Plan, Rows, Run, Table, Value};
+
+/// One statement of a commit, with its parameters.
+#[derive(Debug)]
+pub(super) struct Statement<'p> {
+    sql: Arc<str>,
+    parameters: Vec<Parameter<'p>>,
+    /// Whether it opens with the version check (the first statement).
+    checks_versions: bool,
+    /// The counted runs: their kind, and how many rows they must write.
+    pub(super) counted: Vec<(Kind, usize)>,
+}
+
+/// A value bound to a statement: a column's, borrowed from the plan, or a
+/// run's rows as one JSON array.
+#[derive(Debug)]
+enum Parameter<'p> {
+    Column(Value<'p>),
+    Json(String),
+}
+
+/// What the text of a commit's statements depends on, and all it depends
+/// on: how many products it versions, whether it is one stored product,
+/// and each run's kind and number of rows (`None` for a JSON array).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Shape {
+    products: Option<usize>,
+    one_stored_product: bool,
+    runs: Vec<(Kind, Option<usize>)>,
+}
+
+impl Shape {
+    fn of(plan: &Plan<'_>) -> Self {
+        let rows = |count: usize| (count <= VALUES_UP_TO).then_some(count);
+        Self {
+            products: rows(plan.versions.len()),
+            one_stored_product: plan.products.len() == 1 && plan.stored == 1,
+            runs: plan
+                .runs
+                .iter()
+                .map(|run| (run.kind, rows(run.rows.len())))
+                .collect(),
+        }
+    }
+}
+
+/// The text of each shape's statements, composed once: formatting a few
+/// kilobytes of SQL for every commit cost the service more than all else
+/// the write does (docs/BENCHMARKS.md). Commits take few shapes; past
+/// [`SHAPES_KEPT`] (a flood of odd groups), texts are composed each time.
+static TEXTS: LazyLock<Mutex<Texts>> = LazyLock::new(Mutex::default);
+
+/// Each shape's statements' texts, in order. Looked up on every commit:
+/// foldhash, as SipHash measured costly there.
+type Texts = HashMap<Shape, Arc<[Arc<str>]>, foldhash::fast::FixedState>;
+
+const SHAPES_KEPT: usize = 1024;
+
+/// The commit's statements: its runs, in as few statements as the rule
+/// allows (see the module `postgres`), each with its parameters.
+pub(super) fn compose<'p>(plan: &'p Plan<'_>) -> Result<Vec<Statement<'p>>, StoreError> {
+    if plan.is_empty() {
+        return Ok(Vec::new());
+    }
+    let shape = Shape::of(plan);
+    let known = texts().get(&shape).cloned();
+    let mut built = Vec::new();
+    let mut current = Builder::checking_versions(plan, known.is_none())?;
+    for run in &plan.runs {
+        if run
+            .kind
+            .tables()
+            .iter()
+            .any(|t| current.written.contains(t))
+        {
+            built.push(current.finish());
+            current = Builder::after_the_check(plan, known.is_none())?;
+        }
+        current.add(run)?;
+    }
+    built.push(current.finish());
+    let texts = match known {
+        Some(texts) => texts,
+        None => {
+            let composed: Arc<[Arc<str>]> = built
+                .iter_mut()
+                .map(|built| Arc::from(built.text.take().unwrap_or_default()))
+                .collect();
+            let mut known = self::texts();
+            if known.len() < SHAPES_KEPT {
+                known.insert(shape, Arc::clone(&composed));
+            }
+            composed
+        }
+    };
+    Ok(built
+        .into_iter()
+        .zip(texts.iter())
+        .map(|(built, sql)| Statement {
+            sql: Arc::clone(sql),
+            parameters: built.parameters,
+            checks_versions: built.checks_versions,
+            counted: built.counted,
+        })
+        .collect())
+}
+
+fn texts() -> MutexGuard<'static, Texts> {
+    // A map of finished texts stays consistent whatever panicked.
+    TEXTS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A statement put together, before its text is looked up.
+struct Built<'p> {
+    text: Option<String>,
+    parameters: Vec<Parameter<'p>>,
+    checks_versions: bool,
+    counted: Vec<(Kind, usize)>,
+}
+
+/// A statement being put together: its parameters always, its text only
+/// when its shape is new (`sql` is `None` otherwise). Writing to a
+/// `String` cannot fail: the `fmt::Result`s below are dropped.
+struct Builder<'p> {
+    sql: Option<String>,
+    parameters: Vec<Parameter<'p>>,
+    stale: &'static str,
+    written: Vec<Table>,
+    checks_versions: bool,
+    counted: Vec<(Kind, usize)>,
+}
+
+impl<'p> Builder<'p> {
+    fn checking_versions(plan: &'p Plan<'_>, with_text: bool) -> Result<Self, StoreError> {
+        let (versioned, stale) = match (plan.products.len(), plan.stored) {
+            (1, 1) => (VERSIONED_ONE, "NULL::text"),
+            _ => (VERSIONED_ALL, STALE_OF_ALL),
+        };
+        Self::opening_with(versioned, stale, plan, true, with_text)
+    }
+
+    fn after_the_check(plan: &'p Plan<'_>, with_text: bool) -> Result<Self, StoreError> {
+        Self::opening_with(VERSIONED_ALREADY, "NULL::text", plan, false, with_text)
+    }
+
+    fn opening_with(
+        versioned: &'static str,
+        stale: &'static str,
+        plan: &'p Plan<'_>,
+        checks_versions: bool,
+        with_text: bool,
+    ) -> Result<Self, StoreError> {
+        let mut builder = Self {
+            sql: with_text.then(|| String::from("WITH")),
+            parameters: Vec::new(),
+            stale,
+            written: Vec::new(),
+            checks_versions,
+            counted: Vec::new(),
+        };
+        builder.cte(versioned, VERSION_COLUMNS, &plan.versions)?;
+        Ok(builder)
+    }
+
+    fn add(&mut self, run: &'p Run<'_>) -> Result<(), StoreError> {
+        self.text(",");
+        self.cte(writer(run.kind), columns(run.kind), &run.rows)?;
+        self.written.extend_from_slice(run.kind.tables());
+        if run.kind.counted() {
+            self.counted.push((run.kind, run.rows.len()));
+        }
+        Ok(())
+    }
+
+    fn text(&mut self, piece: &str) {
+        if let Some(sql) = &mut self.sql {
+            sql.push_str(piece);
+        }
+    }
+
+    /// Writes a writer's CTEs, with `rows` where it says `{rows}`.
+    fn cte<T: Columns>(
+        &mut self,
+        template: &'static str,
+        columns: &[Column],
+        rows: &'p Rows<T>,
+    ) -> Result<(), StoreError> {
+        if self.sql.is_none() {
+            return self.source(columns, rows);
+        }
+        let (before, after) = template.split_once("{rows}").unwrap_or((template, ""));
+        self.text(before);
+        self.source(columns, rows)?;
+        self.text(after);
+        Ok(())
+    }
+
+    /// Binds `rows`' values and writes where the writer reads them from: a
+    /// FROM item aliased `r` with `columns`. Small runs as a VALUES list,
+    /// large ones as a JSON array (see [`VALUES_UP_TO`]).
+    fn source<T: Columns>(
+        &mut self,
+        columns: &[Column],
+        rows: &'p Rows<T>,
+    ) -> Result<(), StoreError> {
+        if rows.len() > VALUES_UP_TO {
+            self.parameters.push(Parameter::Json(rows.json()?));
+            let number = self.parameters.len();
+            if let Some(sql) = &mut self.sql {
+                let _ = write!(sql, "jsonb_to_recordset(${number}::jsonb) AS r(");
+                for (i, (name, kind)) in columns.iter().enumerate() {
+                    let _ = write!(sql, "{}{name} {kind}", if i == 0 { "" } else { ", " });
+                }
+                sql.push(')');
+            }
+            return Ok(());
+        }
+        self.text("(VALUES ");
+        for (i, row) in rows.iter().enumerate() {
+            self.text(if i == 0 { "(" } else { ", (" });
+            for (j, (name, kind)) in columns.iter().enumerate() {
+                let value = row.value(name).ok_or_else(|| {
+                    mismatch(format!("a writer reads {name}, which its rows lack"))
+                })?;
+                self.parameters.push(Parameter::Column(value));
+                let number = self.parameters.len();
+                if let Some(sql) = &mut self.sql {
+                    let separator = if j == 0 { "" } else { ", " };
+                    let _ = write!(sql, "{separator}${number}::{kind}");
+                }
+            }
+            self.text(")");
+        }
+        self.text(") AS r(");
+        for (i, (name, _)) in columns.iter().enumerate() {
+            self.text(if i == 0 { "" } else { ", " });
+            self.text(name);
+        }
+        self.text(")");
+        Ok(())
+    }
+
+    /// The statement's text (if it was written) and parameters.
+    fn finish(mut self) -> Built<'p> {
+        if let Some(sql) = &mut self.sql {
+            let _ = write!(
+                sql,
+                "\nSELECT (SELECT count(*) FROM versioned) AS versioned, {} AS stale",
+                self.stale
+            );
+            for (kind, _) in &self.counted {
+                let name = kind.name();
+                let _ = write!(sql, ", (SELECT count(*) FROM {name}) AS {name}");
+            }
+        }
+        Built {
+            text: self.sql,
+            parameters: self.parameters,
+            checks_versions: self.checks_versions,
+            counted: self.counted,
+        }
+    }
+}
+
+impl Statement<'_> {
+    pub(super) async fn run(
+        self,
+        conn: &mut AnyConnection,
+        plan: &Plan<'_>,
+    ) -> Result<(), StoreError> {
+        // Prepared once per connection, as any other: a shape's text is
+        // always the same.
+        let query = self.parameters.into_iter().fold(
+            sqlx::query(AssertSqlSafe(self.sql)),
+            |query, parameter| match parameter {
+                Parameter::Column(Value::Text(text)) => query.bind(text),
+                Parameter::Column(Value::BigInt(number)) => query.bind(number),
+                Parameter::Json(json) => query.bind(json),
+            },
+        );
+        let row = query
+            .fetch_one(conn)
+            .await
+            .map_err(|error| plan.failure(error))?;
+        if self.checks_versions {
+            let versioned = get::<i64>(&row, "versioned")?;
+            if usize::try_from(versioned).ok() != Some(plan.products.len()) {
+                let stale = get::<Option<String>>(&row, "stale")?;
+                let sku = match stale {
+                    Some(stale) => identifier(&stale, Sku::parse)?,
+                    None => plan.blamed().cloned().ok_or_else(|| {
+                        mismatch(format!("{versioned} products versioned, none to check"))
+                    })?,
+                };
+                return Err(StoreError::Conflict { sku });
+            }
+        }
+        for (kind, expected) in &self.counted {
+            plan.check_count(*kind, *expected, get::<i64>(&row, kind.name())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::events::BatchQuantityChanged;
+    use domain::{BatchRef, Event, Quantity, Sku};
+    use service_layer::ports::{ChangeSet, ProductChanges};
+
+    use super::*;
+
+    /// A change set of one stored product whose batches' quantities change.
+    fn quantities_changed(sku: &str, batches: &[(&str, i128)]) -> ChangeSet {
+        let sku = Sku::parse(sku).expect("sku");
+        let events = batches
+            .iter()
+            .map(|(reference, qty)| {
+                Event::BatchQuantityChanged(BatchQuantityChanged {
+                    sku: sku.clone(),
+                    reference: BatchRef::parse(reference).expect("reference"),
+                    qty: Quantity::parse(*qty, "qty").expect("qty"),
+                })
+            })
+            .collect();
+        ChangeSet {
+            products: vec![ProductChanges {
+                sku,
+                stored_version: Some(3),
+                new_version: 4,
+                events,
+            }],
+            ..ChangeSet::default()
+        }
+    }
+
+    fn texts_and_values(changes: &ChangeSet) -> Vec<(Arc<str>, Vec<String>)> {
+        let plan = Plan::of(changes).expect("plan");
+        compose(&plan)
+            .expect("composed")
+            .into_iter()
+            .map(|statement| {
+                let values = statement
+                    .parameters
+                    .iter()
+                    .map(|parameter| format!("{parameter:?}"))
+                    .collect();
+                (statement.sql, values)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shape_seen_before_reuses_its_text_and_binds_its_own_values() {
+        let first = texts_and_values(&quantities_changed("LAMP", &[("b1", 5)]));
+        let second = texts_and_values(&quantities_changed("DESK", &[("b7", 9)]));
+        assert_eq!(first.len(), 1);
+        assert_eq!(second.len(), 1);
+        assert!(Arc::ptr_eq(&first[0].0, &second[0].0), "one text per shape");
+        assert_ne!(first[0].1, second[0].1);
+        assert!(second[0].1.iter().any(|value| value.contains("DESK")));
+        assert!(second[0].1.iter().any(|value| value.contains("b7")));
+    }
+
+    #[test]
+    fn another_shape_gets_a_text_of_its_own() {
+        let one = texts_and_values(&quantities_changed("LAMP", &[("b1", 5)]));
+        let two = texts_and_values(&quantities_changed("LAMP", &[("b1", 5), ("b2", 6)]));
+        assert_ne!(one[0].0, two[0].0);
+        assert_eq!(
+            two[0].0.matches('$').count(),
+            two[0].1.len(),
+            "each value bound has its placeholder"
+        );
+    }
+}
