@@ -241,9 +241,17 @@ async fn allocations_commit_in_one_statement_without_a_transaction(store: SqlSto
 async fn statements_of_commit(store: &SqlStore, changes: ChangeSet) -> Vec<String> {
     let transaction = store.begin().await.expect("begin");
     let log = StatementLog::default();
+    // While only one subscriber exists in the process, `tracing-core` asks
+    // the *current thread's* subscriber whether an event site is wanted:
+    // a sqlx site first reached by another test's thread meanwhile would be
+    // cached as "no one wants it", and this log would stay empty. With the
+    // binary's global subscriber installed first, every site asks all of
+    // them, this one included, whichever tests run first.
+    crate::under_load::logged_warnings();
+    let subscriber = tracing::Dispatch::new(tracing_subscriber::registry().with(log.clone()));
     transaction
         .commit(changes)
-        .with_subscriber(tracing_subscriber::registry().with(log.clone()))
+        .with_subscriber(subscriber)
         .await
         .expect("commit");
     log.0.lock().expect("log readable").clone()

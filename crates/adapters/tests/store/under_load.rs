@@ -331,7 +331,7 @@ fn check_version_chains(committed: &[&Commit], stored: &HashMap<String, u64>) {
 /// logs, and otherwise swallows, the failures of what it runs after a
 /// command (follow-up commands such as reallocation, notifications): this
 /// is how a test sees them. Installed once, for the whole binary.
-fn logged_warnings() -> &'static Mutex<Vec<u8>> {
+pub(crate) fn logged_warnings() -> &'static Mutex<Vec<u8>> {
     static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOG.get_or_init(|| {
         let log = Arc::new(Mutex::new(Vec::new()));
