@@ -9,7 +9,8 @@
 //! twice); that run starts the next statement. A lone allocation, or a group
 //! of allocations of one product or several, is thus one statement, atomic
 //! on its own: no `BEGIN`/`COMMIT`. Several statements, or a writer whose
-//! rows are counted (`Kind::counted`), run inside a transaction.
+//! rows are counted (`Kind::counted`), run inside a transaction. How a
+//! statement's text is put together, once per shape: `statement`.
 
 mod statement;
 

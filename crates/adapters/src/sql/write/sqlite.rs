@@ -1,42 +1,56 @@
-//! SQLite's writers: the version check and each kind of change as one call
-//! of one or two statements, run in order inside the unit of work's
-//! `BEGIN IMMEDIATE` transaction, which holds the database's write lock, so
-//! nothing can change between them. A failed check returns at once; the
-//! caller drops the transaction, which rolls back.
+//! SQLite's writers: the version check, then each kind of change as one or
+//! two statements, all in one call inside the unit of work's `BEGIN
+//! IMMEDIATE` transaction, which holds the database's write lock, so
+//! nothing can change between them. A statement that fails fails the call;
+//! the caller drops the transaction, which rolls back.
 //!
-//! Every writer reads its run's rows from the JSON array `$1` with
-//! `json_each` (`$1` is the same argument in each statement of a call).
-//! The rows a call returns are the ones a count counts (`Kind::counted`).
+//! Every writer reads its run's rows from a JSON array with `json_each`
+//! (`{rows}`, the run's parameter), and the counted ones return a row per
+//! row they wrote, tagged with the run's place (`{run}`; see
+//! `Kind::counted`).
 
 use domain::Sku;
 use service_layer::ports::StoreError;
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::{Kind, Plan};
-use crate::sql::rows::{get, identifier};
+use crate::sql::rows::{get, identifier, mismatch};
 
 /// Bumps each stored product from the version it was loaded at, and
-/// inserts the new ones; returns the SKU of each product it wrote. A new
-/// product that another commit inserted first is a duplicate key: a
-/// conflict.
+/// inserts the new ones; returns a row per product it wrote. A stored
+/// product that is not at the version it was loaded at gets a NULL
+/// version, which its NOT NULL refuses: the statement fails, and the call
+/// writes nothing after it (see [`refused_version`]). A new product that
+/// another commit inserted first is a duplicate key: a conflict.
 const VERSIONED: &str = r#"
-UPDATE products SET version_number = c.new_version
+UPDATE products SET version_number =
+    CASE WHEN products.version_number = c.stored_version THEN c.new_version END
 FROM (SELECT value ->> 'sku' AS sku,
              value ->> 'stored_version' AS stored_version,
              value ->> 'new_version' AS new_version
-      FROM json_each($1)) AS c
-WHERE products.sku = c.sku AND products.version_number = c.stored_version
-RETURNING sku;
+      FROM json_each({rows}) WHERE value ->> 'stored_version' IS NOT NULL) AS c
+WHERE products.sku = c.sku
+RETURNING {run} AS run;
 INSERT INTO products (sku, version_number)
-SELECT value ->> 'sku', value ->> 'new_version' FROM json_each($1)
+SELECT value ->> 'sku', value ->> 'new_version' FROM json_each({rows})
 WHERE value ->> 'stored_version' IS NULL
-RETURNING sku"#;
+RETURNING {run} AS run"#;
+
+/// The first product (in SKU order) not at the version it was loaded at,
+/// or not stored at all: what a refused version check names.
+const STALE: &str = r#"
+SELECT c.value ->> 'sku' AS sku
+FROM json_each($1) AS c
+LEFT JOIN products p
+    ON p.sku = c.value ->> 'sku' AND p.version_number = c.value ->> 'stored_version'
+WHERE c.value ->> 'stored_version' IS NOT NULL AND p.sku IS NULL
+ORDER BY 1 LIMIT 1"#;
 
 /// New batches, in the order they were created: their ids order them.
 const BATCHES_CREATED: &str = r#"
 INSERT INTO batches (reference, sku, purchased_quantity, eta)
 SELECT value ->> 'reference', value ->> 'sku', value ->> 'qty', value ->> 'eta'
-FROM json_each($1) ORDER BY value ->> 'n'"#;
+FROM json_each({rows}) ORDER BY value ->> 'n'"#;
 
 /// Lines allocated: each batch takes the sum of its new lines, then the
 /// lines are inserted in the order they were allocated. A batch that is not
@@ -45,7 +59,7 @@ const LINES_ALLOCATED: &str = r#"
 UPDATE batches SET allocated_quantity = allocated_quantity + t.qty
 FROM (SELECT value ->> 'sku' AS sku, value ->> 'batchref' AS batchref,
              sum(value ->> 'qty') AS qty
-      FROM json_each($1) GROUP BY 1, 2) AS t
+      FROM json_each({rows}) GROUP BY 1, 2) AS t
 WHERE batches.reference = t.batchref AND batches.sku = t.sku;
 INSERT INTO allocations (orderid, sku, batch_id, qty)
 SELECT r.orderid, r.sku,
@@ -53,7 +67,7 @@ SELECT r.orderid, r.sku,
        r.qty
 FROM (SELECT value ->> 'n' AS n, value ->> 'sku' AS sku, value ->> 'orderid' AS orderid,
              value ->> 'batchref' AS batchref, value ->> 'qty' AS qty
-      FROM json_each($1)) AS r
+      FROM json_each({rows})) AS r
 ORDER BY r.n"#;
 
 /// Lines that left their batches (deallocated, or cancelled): the stored
@@ -63,32 +77,32 @@ UPDATE batches SET allocated_quantity = allocated_quantity - t.qty
 FROM (SELECT a.batch_id, sum(a.qty) AS qty
       FROM allocations a
       JOIN (SELECT value ->> 'sku' AS sku, value ->> 'orderid' AS orderid
-            FROM json_each($1)) AS r ON a.orderid = r.orderid AND a.sku = r.sku
+            FROM json_each({rows})) AS r ON a.orderid = r.orderid AND a.sku = r.sku
       GROUP BY a.batch_id) AS t
 WHERE batches.id = t.batch_id;
 DELETE FROM allocations
-WHERE (orderid, sku) IN (SELECT value ->> 'orderid', value ->> 'sku' FROM json_each($1))
-RETURNING id"#;
+WHERE (orderid, sku) IN (SELECT value ->> 'orderid', value ->> 'sku' FROM json_each({rows}))
+RETURNING {run} AS run"#;
 
 const BATCH_QUANTITIES_CHANGED: &str = r#"
 UPDATE batches SET purchased_quantity = r.qty
 FROM (SELECT value ->> 'sku' AS sku, value ->> 'reference' AS reference,
              value ->> 'qty' AS qty
-      FROM json_each($1)) AS r
+      FROM json_each({rows})) AS r
 WHERE batches.reference = r.reference AND batches.sku = r.sku
-RETURNING id"#;
+RETURNING {run} AS run"#;
 
 /// `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert's,
 /// not a join's.
 const VIEW_ROWS_SET: &str = r#"
 INSERT INTO allocations_view (orderid, sku, batchref)
-SELECT value ->> 'orderid', value ->> 'sku', value ->> 'batchref' FROM json_each($1)
+SELECT value ->> 'orderid', value ->> 'sku', value ->> 'batchref' FROM json_each({rows})
 WHERE true
 ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref"#;
 
 const VIEW_ROWS_REMOVED: &str = r#"
 DELETE FROM allocations_view
-WHERE (orderid, sku) IN (SELECT value ->> 'orderid', value ->> 'sku' FROM json_each($1))"#;
+WHERE (orderid, sku) IN (SELECT value ->> 'orderid', value ->> 'sku' FROM json_each({rows}))"#;
 
 /// Messages, in the order they were written: the relay sends them in id
 /// order.
@@ -96,7 +110,7 @@ const OUTBOX_MESSAGES: &str = r#"
 INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at)
 SELECT value ->> 'message_id', value ->> 'orderid', value ->> 'sku', value ->> 'qty',
        value ->> 'batchref', value ->> 'created_at'
-FROM json_each($1) ORDER BY value ->> 'n'"#;
+FROM json_each({rows}) ORDER BY value ->> 'n'"#;
 
 fn writer(kind: Kind) -> &'static str {
     match kind {
@@ -110,8 +124,13 @@ fn writer(kind: Kind) -> &'static str {
     }
 }
 
-/// Writes `plan` inside the caller's transaction: the version check, then
-/// one call per run.
+/// Writes `plan` inside the caller's transaction in one call: the version
+/// check, then every run's statements, each reading its own JSON array
+/// (`$1` the versions, `$2` the first run's rows, and so on). Every call is
+/// a hop to sqlx's SQLite thread and back, which cost a lone allocation
+/// more than its statements did when each run made its own. Rows the call
+/// returns are tagged with the statement's place (`run`): the version
+/// check's `-1`, a counted writer's its run's.
 pub(in crate::sql) async fn write(
     conn: &mut AnyConnection,
     plan: &Plan<'_>,
@@ -119,42 +138,84 @@ pub(in crate::sql) async fn write(
     if plan.is_empty() {
         return Ok(());
     }
-    check_versions(conn, plan).await?;
-    for run in &plan.runs {
-        let written = sqlx::query(writer(run.kind))
-            .bind(run.rows.json()?)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(|error| plan.failure(error))?;
+    let query = plan.runs.iter().try_fold(
+        sqlx::query(AssertSqlSafe(text_of(plan))).bind(plan.versions.json()?),
+        |query, run| Ok::<_, StoreError>(query.bind(run.rows.json()?)),
+    )?;
+    let written = match query.fetch_all(&mut *conn).await {
+        Ok(written) => written,
+        Err(error) if refused_version(&error) => return Err(stale(conn, plan).await),
+        Err(error) => return Err(plan.failure(error)),
+    };
+    let mut versioned = 0;
+    let mut counted = vec![0_i64; plan.runs.len()];
+    for row in &written {
+        let run = get::<i64>(row, "run")?;
+        match usize::try_from(run)
+            .ok()
+            .and_then(|run| counted.get_mut(run))
+        {
+            Some(count) => *count += 1,
+            None => versioned += 1,
+        }
+    }
+    if versioned != plan.products.len() {
+        return Err(stale(conn, plan).await);
+    }
+    for (run, written) in plan.runs.iter().zip(counted) {
         if run.kind.counted() {
-            plan.check_count(run.kind, run.rows.len(), written.len() as i64)?;
+            plan.check_count(run.kind, run.rows.len(), written)?;
         }
     }
     Ok(())
 }
 
-/// The version check: a conflict names the first product (in SKU order)
-/// that is not as loaded.
-async fn check_versions(conn: &mut AnyConnection, plan: &Plan<'_>) -> Result<(), StoreError> {
-    let versioned = sqlx::query(VERSIONED)
-        .bind(plan.versions.json()?)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|error| plan.failure(error))?;
-    if versioned.len() == plan.products.len() {
-        return Ok(());
+/// The call's text: the version check, then each run's writer, each
+/// reading its own parameter and tagging the rows it returns with its
+/// place. The same kinds of runs in the same order give the same text,
+/// which sqlx prepares once per connection.
+fn text_of(plan: &Plan<'_>) -> String {
+    let mut text = VERSIONED.replace("{rows}", "$1").replace("{run}", "-1");
+    for (place, run) in plan.runs.iter().enumerate() {
+        text.push(';');
+        text.push_str(
+            &writer(run.kind)
+                .replace("{rows}", &format!("${}", place + 2))
+                .replace("{run}", &place.to_string()),
+        );
     }
-    let versioned = versioned
-        .iter()
-        .map(|row| identifier(&get::<String>(row, "sku")?, Sku::parse))
-        .collect::<Result<Vec<Sku>, StoreError>>()?;
-    let stale = plan
-        .products
-        .iter()
-        .find(|sku| !versioned.contains(sku))
-        .or(plan.products.first());
-    match stale {
-        Some(&sku) => Err(StoreError::Conflict { sku: sku.clone() }),
-        None => Ok(()),
+    text
+}
+
+/// Whether the version check refused a product (its NULL version, see
+/// [`VERSIONED`]).
+fn refused_version(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|db| {
+        db.message()
+            .starts_with("NOT NULL constraint failed: products.version_number")
+    })
+}
+
+/// The conflict of a refused version check, naming the first product that
+/// is not as loaded. (SQLite rolled back the failed statement only; the
+/// caller drops the transaction.)
+async fn stale(conn: &mut AnyConnection, plan: &Plan<'_>) -> StoreError {
+    let named = async {
+        let stale = sqlx::query(STALE)
+            .bind(plan.versions.json()?)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(StoreError::backend)?;
+        stale
+            .map(|row| identifier(&get::<String>(&row, "sku")?, Sku::parse))
+            .transpose()
+    };
+    match named.await {
+        Ok(Some(sku)) => StoreError::Conflict { sku },
+        Ok(None) => match plan.blamed() {
+            Some(sku) => StoreError::Conflict { sku: sku.clone() },
+            None => mismatch("a version check refused, with no product to blame".to_owned()),
+        },
+        Err(error) => error,
     }
 }

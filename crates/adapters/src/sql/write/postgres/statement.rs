@@ -369,8 +369,15 @@ mod tests {
 
     #[test]
     fn a_shape_seen_before_reuses_its_text_and_binds_its_own_values() {
-        let first = texts_and_values(&quantities_changed("LAMP", &[("b1", 5)]));
-        let second = texts_and_values(&quantities_changed("DESK", &[("b7", 9)]));
+        // A shape no other test composes (texts are shared by the process).
+        let first = texts_and_values(&quantities_changed(
+            "LAMP",
+            &[("b1", 5), ("b2", 1), ("b3", 2)],
+        ));
+        let second = texts_and_values(&quantities_changed(
+            "DESK",
+            &[("b7", 9), ("b8", 1), ("b9", 2)],
+        ));
         assert_eq!(first.len(), 1);
         assert_eq!(second.len(), 1);
         assert!(Arc::ptr_eq(&first[0].0, &second[0].0), "one text per shape");
