@@ -110,6 +110,14 @@ pub(super) fn compose<'p>(plan: &'p Plan<'_>) -> Result<Vec<Statement<'p>>, Stor
             composed
         }
     };
+    if texts.len() != built.len() {
+        // A shape must say all a text depends on; this would mean it does not.
+        return Err(mismatch(format!(
+            "{} statements for a shape composed as {}",
+            built.len(),
+            texts.len()
+        )));
+    }
     Ok(built
         .into_iter()
         .zip(texts.iter())
