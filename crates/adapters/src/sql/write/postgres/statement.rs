@@ -81,8 +81,15 @@ pub(super) fn compose<'p>(plan: &'p Plan<'_>) -> Result<Vec<Statement<'p>>, Stor
     }
     let shape = Shape::of(plan);
     let known = texts().get(&shape).cloned();
-    let mut built = Vec::new();
-    let mut current = Builder::checking_versions(plan, known.is_none())?;
+    let text_of = |place: usize| match &known {
+        Some(texts) => texts.get(place).cloned().map(Text::Known).ok_or_else(|| {
+            // A shape must say all a text depends on; this would mean it does not.
+            mismatch(format!("statement {place} of a shape composed with fewer"))
+        }),
+        None => Ok(Text::Writing(String::from("WITH"))),
+    };
+    let mut statements = Vec::new();
+    let mut current = Builder::checking_versions(plan, text_of(0)?)?;
     for run in &plan.runs {
         if run
             .kind
@@ -90,44 +97,22 @@ pub(super) fn compose<'p>(plan: &'p Plan<'_>) -> Result<Vec<Statement<'p>>, Stor
             .iter()
             .any(|t| current.written.contains(t))
         {
-            built.push(current.finish());
-            current = Builder::after_the_check(plan, known.is_none())?;
+            statements.push(current.finish());
+            current = Builder::after_the_check(plan, text_of(statements.len())?)?;
         }
         current.add(run)?;
     }
-    built.push(current.finish());
-    let texts = match known {
-        Some(texts) => texts,
-        None => {
-            let composed: Arc<[Arc<str>]> = built
-                .iter_mut()
-                .map(|built| Arc::from(built.text.take().unwrap_or_default()))
-                .collect();
-            let mut known = self::texts();
-            if known.len() < SHAPES_KEPT {
-                known.insert(shape, Arc::clone(&composed));
-            }
-            composed
+    statements.push(current.finish());
+    if known.is_none() {
+        let mut texts = texts();
+        if texts.len() < SHAPES_KEPT {
+            let composed = statements
+                .iter()
+                .map(|statement| Arc::clone(&statement.sql));
+            texts.insert(shape, composed.collect());
         }
-    };
-    if texts.len() != built.len() {
-        // A shape must say all a text depends on; this would mean it does not.
-        return Err(mismatch(format!(
-            "{} statements for a shape composed as {}",
-            built.len(),
-            texts.len()
-        )));
     }
-    Ok(built
-        .into_iter()
-        .zip(texts.iter())
-        .map(|(built, sql)| Statement {
-            sql: Arc::clone(sql),
-            parameters: built.parameters,
-            checks_versions: built.checks_versions,
-            counted: built.counted,
-        })
-        .collect())
+    Ok(statements)
 }
 
 fn texts() -> MutexGuard<'static, Texts> {
@@ -135,19 +120,18 @@ fn texts() -> MutexGuard<'static, Texts> {
     TEXTS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A statement put together, before its text is looked up.
-struct Built<'p> {
-    text: Option<String>,
-    parameters: Vec<Parameter<'p>>,
-    checks_versions: bool,
-    counted: Vec<(Kind, usize)>,
+/// A statement's text: kept from an earlier commit of the same shape, or
+/// being written by this one.
+enum Text {
+    Known(Arc<str>),
+    Writing(String),
 }
 
 /// A statement being put together: its parameters always, its text only
-/// when its shape is new (`sql` is `None` otherwise). Writing to a
-/// `String` cannot fail: the `fmt::Result`s below are dropped.
+/// when its shape is new. Writing to a `String` cannot fail: the
+/// `fmt::Result`s below are dropped.
 struct Builder<'p> {
-    sql: Option<String>,
+    sql: Text,
     parameters: Vec<Parameter<'p>>,
     stale: &'static str,
     written: Vec<Table>,
@@ -156,16 +140,16 @@ struct Builder<'p> {
 }
 
 impl<'p> Builder<'p> {
-    fn checking_versions(plan: &'p Plan<'_>, with_text: bool) -> Result<Self, StoreError> {
+    fn checking_versions(plan: &'p Plan<'_>, sql: Text) -> Result<Self, StoreError> {
         let (versioned, stale) = match (plan.products.len(), plan.stored) {
             (1, 1) => (VERSIONED_ONE, "NULL::text"),
             _ => (VERSIONED_ALL, STALE_OF_ALL),
         };
-        Self::opening_with(versioned, stale, plan, true, with_text)
+        Self::opening_with(versioned, stale, plan, true, sql)
     }
 
-    fn after_the_check(plan: &'p Plan<'_>, with_text: bool) -> Result<Self, StoreError> {
-        Self::opening_with(VERSIONED_ALREADY, "NULL::text", plan, false, with_text)
+    fn after_the_check(plan: &'p Plan<'_>, sql: Text) -> Result<Self, StoreError> {
+        Self::opening_with(VERSIONED_ALREADY, "NULL::text", plan, false, sql)
     }
 
     fn opening_with(
@@ -173,10 +157,10 @@ impl<'p> Builder<'p> {
         stale: &'static str,
         plan: &'p Plan<'_>,
         checks_versions: bool,
-        with_text: bool,
+        sql: Text,
     ) -> Result<Self, StoreError> {
         let mut builder = Self {
-            sql: with_text.then(|| String::from("WITH")),
+            sql,
             parameters: Vec::new(),
             stale,
             written: Vec::new(),
@@ -198,7 +182,7 @@ impl<'p> Builder<'p> {
     }
 
     fn text(&mut self, piece: &str) {
-        if let Some(sql) = &mut self.sql {
+        if let Text::Writing(sql) = &mut self.sql {
             sql.push_str(piece);
         }
     }
@@ -210,7 +194,7 @@ impl<'p> Builder<'p> {
         columns: &[Column],
         rows: &'p Rows<T>,
     ) -> Result<(), StoreError> {
-        if self.sql.is_none() {
+        if matches!(self.sql, Text::Known(_)) {
             return self.source(columns, rows);
         }
         let (before, after) = template.split_once("{rows}").unwrap_or((template, ""));
@@ -231,7 +215,7 @@ impl<'p> Builder<'p> {
         if rows.len() > VALUES_UP_TO {
             self.parameters.push(Parameter::Json(rows.json()?));
             let number = self.parameters.len();
-            if let Some(sql) = &mut self.sql {
+            if let Text::Writing(sql) = &mut self.sql {
                 let _ = write!(sql, "jsonb_to_recordset(${number}::jsonb) AS r(");
                 for (i, (name, kind)) in columns.iter().enumerate() {
                     let _ = write!(sql, "{}{name} {kind}", if i == 0 { "" } else { ", " });
@@ -249,7 +233,7 @@ impl<'p> Builder<'p> {
                 })?;
                 self.parameters.push(Parameter::Column(value));
                 let number = self.parameters.len();
-                if let Some(sql) = &mut self.sql {
+                if let Text::Writing(sql) = &mut self.sql {
                     let separator = if j == 0 { "" } else { ", " };
                     let _ = write!(sql, "{separator}${number}::{kind}");
                 }
@@ -265,9 +249,8 @@ impl<'p> Builder<'p> {
         Ok(())
     }
 
-    /// The statement's text (if it was written) and parameters.
-    fn finish(mut self) -> Built<'p> {
-        if let Some(sql) = &mut self.sql {
+    fn finish(mut self) -> Statement<'p> {
+        if let Text::Writing(sql) = &mut self.sql {
             let _ = write!(
                 sql,
                 "\nSELECT (SELECT count(*) FROM versioned) AS versioned, {} AS stale",
@@ -278,8 +261,12 @@ impl<'p> Builder<'p> {
                 let _ = write!(sql, ", (SELECT count(*) FROM {name}) AS {name}");
             }
         }
-        Built {
-            text: self.sql,
+        let sql = match self.sql {
+            Text::Known(sql) => sql,
+            Text::Writing(sql) => Arc::from(sql),
+        };
+        Statement {
+            sql,
             parameters: self.parameters,
             checks_versions: self.checks_versions,
             counted: self.counted,
