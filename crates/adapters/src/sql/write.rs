@@ -15,6 +15,7 @@
 //! a new column), the event's arm in [`change_of`], and its writer in each
 //! of `postgres` and `sqlite`.
 
+mod kept_texts;
 pub(super) mod postgres;
 pub(super) mod sqlite;
 

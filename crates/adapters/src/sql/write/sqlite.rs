@@ -9,10 +9,13 @@
 //! row they wrote, tagged with the run's place (`{run}`; see
 //! `Kind::counted`).
 
+use std::sync::Arc;
+
 use domain::Sku;
 use service_layer::ports::StoreError;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
+use super::kept_texts::KeptTexts;
 use super::{Kind, Plan};
 use crate::sql::rows::{get, identifier, mismatch};
 
@@ -170,21 +173,26 @@ pub(in crate::sql) async fn write(
     Ok(())
 }
 
+/// Each sequence of run kinds' call text.
+static TEXTS: KeptTexts<Vec<Kind>, Arc<str>> = KeptTexts::new();
+
 /// The call's text: the version check, then each run's writer, each
 /// reading its own parameter and tagging the rows it returns with its
-/// place. The same kinds of runs in the same order give the same text,
-/// which sqlx prepares once per connection.
-fn text_of(plan: &Plan<'_>) -> String {
-    let mut text = VERSIONED.replace("{rows}", "$1").replace("{run}", "-1");
-    for (place, run) in plan.runs.iter().enumerate() {
-        text.push(';');
-        text.push_str(
-            &writer(run.kind)
-                .replace("{rows}", &format!("${}", place + 2))
-                .replace("{run}", &place.to_string()),
-        );
-    }
-    text
+/// place. It depends only on the runs' kinds, in order.
+fn text_of(plan: &Plan<'_>) -> Arc<str> {
+    let kinds = plan.runs.iter().map(|run| run.kind).collect();
+    TEXTS.get_or_compose(kinds, || {
+        let mut text = VERSIONED.replace("{rows}", "$1").replace("{run}", "-1");
+        for (place, run) in plan.runs.iter().enumerate() {
+            text.push(';');
+            text.push_str(
+                &writer(run.kind)
+                    .replace("{rows}", &format!("${}", place + 2))
+                    .replace("{run}", &place.to_string()),
+            );
+        }
+        text.into()
+    })
 }
 
 /// Whether the version check refused a product (its NULL version, see

@@ -1,10 +1,9 @@
 //! A commit's PostgreSQL statements: their text, composed from the
-//! writers' CTEs once per *shape* (see [`Shape`]), and their parameters,
+//! writers' CTEs once per *shape* (see [`Shape`], `kept_texts`), and their parameters,
 //! bound from the plan's rows for every commit.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use domain::Sku;
 use service_layer::ports::StoreError;
@@ -15,6 +14,7 @@ use super::{
     VERSIONED_ONE, columns, writer,
 };
 use crate::sql::rows::{get, identifier, mismatch};
+use crate::sql::write::kept_texts::KeptTexts;
 use crate::sql::write::{Columns, Kind, Plan, Rows, Run, Table, Value};
 
 /// One statement of a commit, with its parameters.
@@ -61,17 +61,8 @@ impl Shape {
     }
 }
 
-/// The text of each shape's statements, composed once: formatting a few
-/// kilobytes of SQL for every commit cost the service more than all else
-/// the write does (docs/BENCHMARKS.md). Commits take few shapes; past
-/// [`SHAPES_KEPT`] (a flood of odd groups), texts are composed each time.
-static TEXTS: LazyLock<Mutex<Texts>> = LazyLock::new(Mutex::default);
-
-/// Each shape's statements' texts, in order. Looked up on every commit:
-/// foldhash, as SipHash measured costly there.
-type Texts = HashMap<Shape, Arc<[Arc<str>]>, foldhash::fast::FixedState>;
-
-const SHAPES_KEPT: usize = 1024;
+/// The text of each shape's statements, in order.
+static TEXTS: KeptTexts<Shape, Arc<[Arc<str>]>> = KeptTexts::new();
 
 /// The commit's statements: its runs, in as few statements as the rule
 /// allows (see the module `postgres`), each with its parameters.
@@ -80,7 +71,7 @@ pub(super) fn compose<'p>(plan: &'p Plan<'_>) -> Result<Vec<Statement<'p>>, Stor
         return Ok(Vec::new());
     }
     let shape = Shape::of(plan);
-    let known = texts().get(&shape).cloned();
+    let known = TEXTS.get(&shape);
     let text_of = |place: usize| match &known {
         Some(texts) => texts.get(place).cloned().map(Text::Known).ok_or_else(|| {
             // A shape must say all a text depends on; this would mean it does not.
@@ -104,20 +95,12 @@ pub(super) fn compose<'p>(plan: &'p Plan<'_>) -> Result<Vec<Statement<'p>>, Stor
     }
     statements.push(current.finish());
     if known.is_none() {
-        let mut texts = texts();
-        if texts.len() < SHAPES_KEPT {
-            let composed = statements
-                .iter()
-                .map(|statement| Arc::clone(&statement.sql));
-            texts.insert(shape, composed.collect());
-        }
+        let composed = statements
+            .iter()
+            .map(|statement| Arc::clone(&statement.sql));
+        TEXTS.keep(shape, composed.collect());
     }
     Ok(statements)
-}
-
-fn texts() -> MutexGuard<'static, Texts> {
-    // A map of finished texts stays consistent whatever panicked.
-    TEXTS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A statement's text: kept from an earlier commit of the same shape, or
