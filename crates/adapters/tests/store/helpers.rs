@@ -1,7 +1,8 @@
 //! Helpers the tests share: random identifiers, a message bus with
 //! recording fakes, and loading what a store holds in a comparable form.
 
-use std::sync::Arc;
+use std::io;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::NaiveDate;
 use domain::commands::{Allocate, CreateBatch, Deallocate};
@@ -14,6 +15,8 @@ use service_layer::ports::{AllocationView, BatchView, Outbox, OutboxMessage, Rea
 use service_layer::ports::{ChangeSet, Lines, ProductChanges, ViewChange};
 use service_layer::{Error, MessageBus, RetryPolicy, Store, StoreError, StoreTransaction};
 pub use test_support::unique;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
 use uuid::Uuid;
 
 pub fn sku() -> Sku {
@@ -316,5 +319,44 @@ pub async fn assert_conflict<S: Store>(store: &S, changes: ChangeSet, sku: &Sku)
     match commit(store, changes).await {
         Err(StoreError::Conflict { sku: conflicted }) => assert_eq!(&conflicted, sku),
         other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+/// Every warning and error logged in this test binary, as text. The bus
+/// logs, and otherwise swallows, the failures of what it runs after a
+/// command (follow-up commands such as reallocation, notifications): this
+/// is how a test sees them. Installed once, for the whole binary.
+pub fn logged_warnings() -> &'static Mutex<Vec<u8>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let writer = log.clone();
+        // The level is the layer's own filter, not the subscriber's: a
+        // subscriber-wide WARN would lower the process's maximum level, and
+        // sqlx would then stop emitting the DEBUG statement events another
+        // test of this binary captures with a scoped subscriber
+        // (`specific::statements_of_commit`).
+        let warnings = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || SharedLog(writer.clone()))
+            .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+        // Fails only if another subscriber was installed first, which no
+        // test in this binary does.
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(warnings))
+            .expect("the first global subscriber");
+        log
+    })
+}
+
+struct SharedLog(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for SharedLog {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        crate::watched::lock(&self.0).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -247,7 +247,7 @@ async fn statements_of_commit(store: &SqlStore, changes: ChangeSet) -> Vec<Strin
     // cached as "no one wants it", and this log would stay empty. With the
     // binary's global subscriber installed first, every site asks all of
     // them, this one included, whichever tests run first.
-    crate::under_load::logged_warnings();
+    logged_warnings();
     let subscriber = tracing::Dispatch::new(tracing_subscriber::registry().with(log.clone()));
     transaction
         .commit(changes)

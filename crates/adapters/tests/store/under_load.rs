@@ -3,8 +3,7 @@
 //! SQL, and each product's committed versions checked for a lost update.
 
 use std::collections::HashMap;
-use std::io;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use domain::commands::ChangeBatchQuantity;
@@ -14,8 +13,6 @@ use rand::{Rng, SeedableRng};
 use service_layer::{Error, Store};
 use sqlx::Row;
 use test_support::{TestDatabase, on_database, per_backend};
-use tracing_subscriber::Layer as _;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::backends::{connect_directly, open};
 use crate::helpers::*;
@@ -324,44 +321,5 @@ fn check_version_chains(committed: &[&Commit], stored: &HashMap<String, u64>) {
             at = to;
         }
         assert_eq!(stored.get(&sku), Some(&at), "{sku}: stored version");
-    }
-}
-
-/// Every warning and error logged in this test binary, as text. The bus
-/// logs, and otherwise swallows, the failures of what it runs after a
-/// command (follow-up commands such as reallocation, notifications): this
-/// is how a test sees them. Installed once, for the whole binary.
-pub(crate) fn logged_warnings() -> &'static Mutex<Vec<u8>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let writer = log.clone();
-        // The level is the layer's own filter, not the subscriber's: a
-        // subscriber-wide WARN would lower the process's maximum level, and
-        // sqlx would then stop emitting the DEBUG statement events another
-        // test of this binary captures with a scoped subscriber
-        // (`specific::statements_of_commit`).
-        let warnings = tracing_subscriber::fmt::layer()
-            .with_ansi(false)
-            .with_writer(move || SharedLog(writer.clone()))
-            .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
-        // Fails only if another subscriber was installed first, which no
-        // test in this binary does.
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(warnings))
-            .expect("the first global subscriber");
-        log
-    })
-}
-
-struct SharedLog(Arc<Mutex<Vec<u8>>>);
-
-impl io::Write for SharedLog {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        lock(&self.0).extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
