@@ -4,7 +4,7 @@
 
 use chrono::NaiveDate;
 
-use crate::values::{BatchRef, OrderId, Quantity, Sku};
+use crate::values::{BatchRef, OrderId, OrderLines, Quantity, Sku};
 
 /// Add a batch of stock: in the warehouse (`eta: None`) or on a shipment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,13 @@ pub struct Allocate {
     pub orderid: OrderId,
     pub sku: Sku,
     pub qty: Quantity,
+}
+
+/// Allocate every line of an order, or none of them (beyond the book).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocateOrder {
+    pub orderid: OrderId,
+    pub lines: OrderLines,
 }
 
 /// Set a batch's purchased quantity, e.g. when part of a shipment is lost.
@@ -42,6 +49,7 @@ pub struct Deallocate {
 pub enum Command {
     CreateBatch(CreateBatch),
     Allocate(Allocate),
+    AllocateOrder(AllocateOrder),
     ChangeBatchQuantity(ChangeBatchQuantity),
     Deallocate(Deallocate),
 }
@@ -52,6 +60,7 @@ impl Command {
         match self {
             Self::CreateBatch(_) => "CreateBatch",
             Self::Allocate(_) => "Allocate",
+            Self::AllocateOrder(_) => "AllocateOrder",
             Self::ChangeBatchQuantity(_) => "ChangeBatchQuantity",
             Self::Deallocate(_) => "Deallocate",
         }
@@ -67,4 +76,10 @@ macro_rules! into_command {
         })*
     };
 }
-into_command!(CreateBatch, Allocate, ChangeBatchQuantity, Deallocate);
+into_command!(
+    CreateBatch,
+    Allocate,
+    AllocateOrder,
+    ChangeBatchQuantity,
+    Deallocate
+);

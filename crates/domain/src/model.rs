@@ -22,6 +22,10 @@ use crate::events::{
 };
 use crate::values::{BatchRef, OrderId, Quantity, Sku};
 
+mod orders;
+
+pub use orders::{Part, Placement, Shortage};
+
 /// A customer's request for `qty` units of one SKU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderLine {
@@ -49,9 +53,33 @@ pub enum DomainError {
     },
     #[error("Order {orderid} has no allocation of {sku}")]
     NotAllocated { orderid: OrderId, sku: Sku },
+    /// Some lines of a whole order have no batch that can take them; the
+    /// order is refused whole, and nothing is allocated.
+    #[error("Not enough stock for order {orderid}: {}", shortages(short))]
+    OrderShort {
+        orderid: OrderId,
+        short: Vec<Shortage>,
+    },
+    /// A placement taken after its product changed (see `orders`).
+    #[error("No batch of {sku} can take {requested} units any more")]
+    NoPlace { sku: Sku, requested: Quantity },
     /// The repository loaded fewer lines than the batch's total says it holds.
     #[error("Batch {reference} needs its order lines loaded to shrink")]
     LinesNotLoaded { reference: BatchRef },
+}
+
+/// How an [`DomainError::OrderShort`] lists its short lines.
+fn shortages(short: &[Shortage]) -> String {
+    let lines: Vec<String> = short
+        .iter()
+        .map(|s| {
+            format!(
+                "{} (requested {}, available {})",
+                s.sku, s.requested, s.available
+            )
+        })
+        .collect();
+    lines.join(", ")
 }
 
 /// Stock of one SKU: in the warehouse (`eta` is `None`) or due on a shipment.
@@ -246,27 +274,14 @@ impl Product {
     /// when no batch can. Needs the lines of `line.orderid` loaded: a line
     /// already allocated is answered with its batch and changes nothing.
     pub fn allocate(&mut self, line: OrderLine) -> Result<Option<BatchRef>, DomainError> {
-        if let Some((batch, existing)) = self.allocation_of(&line.orderid) {
-            return if existing.qty == line.qty {
-                Ok(Some(batch.reference.clone()))
-            } else {
-                Err(DomainError::AlreadyAllocated {
-                    orderid: line.orderid,
-                    sku: line.sku,
-                    allocated: existing.qty,
-                    batchref: batch.reference.clone(),
-                })
-            };
+        if let Some((batch, _)) = self.same_allocation_of(&line)? {
+            return Ok(Some(batch.reference.clone()));
         }
-        let chosen = self
-            .batches
-            .iter_mut()
-            .filter(|batch| batch.can_allocate(&line))
-            .min_by_key(|batch| batch.preference());
-        let Some(batch) = chosen else {
+        let Some(index) = self.preferred_batch_for(&line) else {
             self.record(Event::OutOfStock(OutOfStock { sku: line.sku }));
             return Ok(None);
         };
+        let batch = &mut self.batches[index];
         let batchref = batch.reference.clone();
         let event = Allocated {
             orderid: line.orderid.clone(),
@@ -370,6 +385,37 @@ impl Product {
         self.batches
             .iter()
             .find_map(|batch| Some((batch, batch.line_of(orderid)?)))
+    }
+
+    /// The allocation of `line`'s order, if it has one of the same
+    /// quantity: sending a line again is answered with it. One of another
+    /// quantity is refused.
+    fn same_allocation_of(
+        &self,
+        line: &OrderLine,
+    ) -> Result<Option<(&Batch, &OrderLine)>, DomainError> {
+        match self.allocation_of(&line.orderid) {
+            Some((batch, existing)) if existing.qty != line.qty => {
+                Err(DomainError::AlreadyAllocated {
+                    orderid: line.orderid.clone(),
+                    sku: line.sku.clone(),
+                    allocated: existing.qty,
+                    batchref: batch.reference.clone(),
+                })
+            }
+            same => Ok(same),
+        }
+    }
+
+    /// The allocation policy: of the batches that can take all of `line`,
+    /// warehouse stock first, then the earliest shipment, then the oldest.
+    fn preferred_batch_for(&self, line: &OrderLine) -> Option<usize> {
+        self.batches
+            .iter()
+            .enumerate()
+            .filter(|(_, batch)| batch.can_allocate(line))
+            .min_by_key(|(_, batch)| batch.preference())
+            .map(|(index, _)| index)
     }
 
     /// Every change goes through here, so the version moves with the events.

@@ -30,6 +30,10 @@ pub enum ValueError {
         Quantity::MAX
     )]
     QuantityOutOfRange { field: &'static str, value: i128 },
+    #[error("an order must have from 1 to {} lines, got {count}", OrderLines::MAX)]
+    LineCount { count: usize },
+    #[error("an order names each sku at most once; {sku} appears twice")]
+    RepeatedSku { sku: Sku },
 }
 
 macro_rules! identifier {
@@ -123,6 +127,52 @@ impl Quantity {
     }
 }
 
+/// What a whole order asks for: 1 to [`OrderLines::MAX`] lines, each of a
+/// different SKU, in the order the client listed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderLines(Vec<(Sku, Quantity)>);
+
+impl OrderLines {
+    /// Enough for any basket; bounds the products one unit of work holds.
+    pub const MAX: usize = 100;
+
+    pub fn new(lines: Vec<(Sku, Quantity)>) -> Result<Self, ValueError> {
+        if !(1..=Self::MAX).contains(&lines.len()) {
+            return Err(ValueError::LineCount { count: lines.len() });
+        }
+        let mut skus: Vec<&Sku> = lines.iter().map(|(sku, _)| sku).collect();
+        skus.sort_unstable();
+        if let Some(pair) = skus.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(ValueError::RepeatedSku {
+                sku: pair[0].clone(),
+            });
+        }
+        Ok(Self(lines))
+    }
+
+    /// The lines, in the order the client listed them.
+    pub fn iter(&self) -> impl Iterator<Item = &(Sku, Quantity)> {
+        self.0.iter()
+    }
+
+    /// The lines sorted by SKU: the order in which a unit of work loads
+    /// (and, when locking, locks) products, the same for every command.
+    pub fn sorted_by_sku(&self) -> Vec<&(Sku, Quantity)> {
+        let mut lines: Vec<&(Sku, Quantity)> = self.0.iter().collect();
+        lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        lines
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: an order has at least one line.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The whole number a JSON number written as a float holds (`3.0`, `1e3`),
 /// if it holds one: JSON Schema's `integer` accepts those, and so do both
 /// entrypoints. `None` for a fraction, or beyond `i128` (which the
@@ -194,6 +244,48 @@ mod tests {
             OrderId::parse("order\n1"),
             Err(ValueError::ControlCharacter { field: "orderid" })
         );
+    }
+
+    fn line(sku: &str, qty: i128) -> (Sku, Quantity) {
+        (
+            Sku::parse(sku).expect("sku"),
+            Quantity::parse(qty, "qty").expect("qty"),
+        )
+    }
+
+    #[test]
+    fn an_order_has_one_to_a_hundred_lines_of_different_skus() {
+        let hundred: Vec<_> = (0..100).map(|i| line(&format!("SKU-{i}"), 1)).collect();
+        assert_eq!(OrderLines::new(hundred.clone()).map(|l| l.len()), Ok(100));
+        assert_eq!(
+            OrderLines::new(Vec::new()),
+            Err(ValueError::LineCount { count: 0 })
+        );
+        let mut too_many = hundred;
+        too_many.push(line("SKU-100", 1));
+        assert_eq!(
+            OrderLines::new(too_many),
+            Err(ValueError::LineCount { count: 101 })
+        );
+        assert_eq!(
+            OrderLines::new(vec![line("LAMP", 1), line("DESK", 2), line("LAMP", 3)]),
+            Err(ValueError::RepeatedSku {
+                sku: Sku::parse("LAMP").expect("sku")
+            })
+        );
+    }
+
+    #[test]
+    fn an_order_keeps_its_lines_in_order_and_lists_its_skus_sorted() {
+        let lines = OrderLines::new(vec![line("LAMP", 1), line("DESK", 2)]).expect("lines");
+        let listed: Vec<&str> = lines.iter().map(|(sku, _)| sku.as_str()).collect();
+        assert_eq!(listed, ["LAMP", "DESK"]);
+        let sorted: Vec<&str> = lines
+            .sorted_by_sku()
+            .iter()
+            .map(|(sku, _)| sku.as_str())
+            .collect();
+        assert_eq!(sorted, ["DESK", "LAMP"]);
     }
 
     #[test]

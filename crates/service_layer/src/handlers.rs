@@ -14,9 +14,11 @@
 use std::fmt;
 use std::future::Future;
 
-use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
+use domain::commands::{Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate};
 use domain::events::{Allocated, Deallocated, OutOfStock};
-use domain::{BatchRef, DomainError, Event, OrderId, OrderLine, Product, Sku};
+use domain::{
+    BatchRef, DomainError, Event, OrderId, OrderLine, Part, Product, Quantity, Shortage, Sku,
+};
 use uuid::Uuid;
 
 use crate::error::Error;
@@ -44,14 +46,14 @@ pub trait CommandHandler: fmt::Debug + Clone + Send + Sync + 'static {
         uow: &mut UnitOfWork<T>,
     ) -> impl Future<Output = Result<Self::Reply, Error>> + Send;
 
-    /// The product the command changes, when the command names it: the bus
-    /// then runs it in that product's turn, and groups it with other
-    /// commands on the same product.
-    fn product(&self) -> Option<&Sku> {
-        None
+    /// The products the command changes, when the command names them: the
+    /// bus then runs it in those products' turns, and groups it with other
+    /// commands on the same (first) product.
+    fn products(&self) -> impl Iterator<Item = &Sku> + Send {
+        std::iter::empty()
     }
 
-    /// The order whose lines of [`product`](Self::product) the command
+    /// The order whose lines of [`products`](Self::products) the command
     /// needs, when it names one: a group loads each of its products once,
     /// with the lines of all its commands' orders.
     fn order(&self) -> Option<&OrderId> {
@@ -63,8 +65,8 @@ impl CommandHandler for CreateBatch {
     type Reply = ();
     const NAME: &'static str = "CreateBatch";
 
-    fn product(&self) -> Option<&Sku> {
-        Some(&self.sku)
+    fn products(&self) -> impl Iterator<Item = &Sku> + Send {
+        std::iter::once(&self.sku)
     }
 
     async fn handle<T: StoreTransaction>(&self, uow: &mut UnitOfWork<T>) -> Result<(), Error> {
@@ -95,8 +97,8 @@ impl CommandHandler for Allocate {
     type Reply = Option<BatchRef>;
     const NAME: &'static str = "Allocate";
 
-    fn product(&self) -> Option<&Sku> {
-        Some(&self.sku)
+    fn products(&self) -> impl Iterator<Item = &Sku> + Send {
+        std::iter::once(&self.sku)
     }
 
     fn order(&self) -> Option<&OrderId> {
@@ -121,6 +123,86 @@ impl CommandHandler for Allocate {
     }
 }
 
+/// One line of a whole order, allocated: to one batch, or several parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocatedLine {
+    pub sku: Sku,
+    pub qty: Quantity,
+    pub parts: Vec<Part>,
+}
+
+impl CommandHandler for AllocateOrder {
+    /// Every line, in the order the client listed them.
+    type Reply = Vec<AllocatedLine>;
+    const NAME: &'static str = "AllocateOrder";
+
+    fn products(&self) -> impl Iterator<Item = &Sku> + Send {
+        self.lines.iter().map(|(sku, _)| sku)
+    }
+
+    fn order(&self) -> Option<&OrderId> {
+        Some(&self.orderid)
+    }
+
+    /// All or nothing (see `domain::model::orders`): every line's place is
+    /// found before any is taken, and one short line refuses the order.
+    /// Products are loaded in SKU order, so that locking units of work lock
+    /// them in the same order and two orders cannot deadlock.
+    async fn handle<T: StoreTransaction>(
+        &self,
+        uow: &mut UnitOfWork<T>,
+    ) -> Result<Vec<AllocatedLine>, Error> {
+        let mut placements = Vec::with_capacity(self.lines.len());
+        for (sku, qty) in self.lines.sorted_by_sku() {
+            let product = uow
+                .products()
+                .get_for_order(sku, &self.orderid)
+                .await?
+                .ok_or_else(|| Error::InvalidSku(sku.clone()))?;
+            let line = OrderLine {
+                orderid: self.orderid.clone(),
+                sku: sku.clone(),
+                qty: *qty,
+            };
+            placements.push(product.placement(&line)?);
+        }
+        let short: Vec<Shortage> = placements
+            .iter()
+            .filter_map(|placement| placement.shortage().cloned())
+            .collect();
+        if !short.is_empty() {
+            return Err(DomainError::OrderShort {
+                orderid: self.orderid.clone(),
+                short,
+            }
+            .into());
+        }
+        let mut placed = Vec::with_capacity(placements.len());
+        for placement in placements {
+            let sku = placement.sku().clone();
+            let product = uow
+                .products()
+                .get(&sku)
+                .await?
+                .ok_or_else(|| Error::InvalidSku(sku.clone()))?;
+            placed.push((sku, product.place(placement)?));
+        }
+        Ok(self
+            .lines
+            .iter()
+            .map(|(sku, qty)| AllocatedLine {
+                sku: sku.clone(),
+                qty: *qty,
+                parts: placed
+                    .iter()
+                    .find(|(placed_sku, _)| placed_sku == sku)
+                    .map(|(_, parts)| parts.clone())
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
 impl CommandHandler for ChangeBatchQuantity {
     type Reply = ();
     const NAME: &'static str = "ChangeBatchQuantity";
@@ -142,8 +224,8 @@ impl CommandHandler for Deallocate {
     type Reply = BatchRef;
     const NAME: &'static str = "Deallocate";
 
-    fn product(&self) -> Option<&Sku> {
-        Some(&self.sku)
+    fn products(&self) -> impl Iterator<Item = &Sku> + Send {
+        std::iter::once(&self.sku)
     }
 
     fn order(&self) -> Option<&OrderId> {

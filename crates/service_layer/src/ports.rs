@@ -98,6 +98,30 @@ pub struct AllocationView {
     pub batchref: BatchRef,
 }
 
+/// One line of `GET /orders/<orderid>`: a SKU of the order, how many units,
+/// where they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderLineView {
+    pub sku: Sku,
+    pub qty: u64,
+    pub status: LineStatus,
+    pub parts: Vec<PartView>,
+}
+
+/// Where a line of an order stands. (Shipping, cancelling and backorders
+/// add their states as they come.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineStatus {
+    Allocated,
+}
+
+/// Units of an order line on one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartView {
+    pub batchref: BatchRef,
+    pub qty: u64,
+}
+
 /// One batch of a product, as the product query shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchView {
@@ -121,6 +145,13 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
         &self,
         orderid: &OrderId,
     ) -> impl Future<Output = Result<Vec<AllocationView>, StoreError>> + Send;
+
+    /// The lines of an order, allocated through any route, sorted by SKU;
+    /// empty when it has none.
+    fn order(
+        &self,
+        orderid: &OrderId,
+    ) -> impl Future<Output = Result<Vec<OrderLineView>, StoreError>> + Send;
 
     /// A product's batches in creation order; empty for an unknown SKU.
     fn batches(&self, sku: &Sku)

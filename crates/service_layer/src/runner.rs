@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
+use domain::commands::{Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate};
 use domain::{Event, OrderId, Sku};
 use rand::Rng;
 use tracing::{debug, warn};
@@ -96,6 +96,7 @@ pub(crate) struct Runner<S> {
 pub struct CommandLanes {
     create_batch: LanesOf<CreateBatch>,
     allocate: LanesOf<Allocate>,
+    allocate_order: LanesOf<AllocateOrder>,
     change_batch_quantity: LanesOf<ChangeBatchQuantity>,
     deallocate: LanesOf<Deallocate>,
 }
@@ -125,6 +126,7 @@ macro_rules! grouped {
 grouped! {
     CreateBatch => create_batch,
     Allocate => allocate,
+    AllocateOrder => allocate_order,
     ChangeBatchQuantity => change_batch_quantity,
     Deallocate => deallocate,
 }
@@ -147,7 +149,7 @@ impl<S: Store> Runner<S> {
     /// A command whose `caller` leaves before its group begins never runs
     /// ([`Error::CallerLeft`]).
     pub(crate) async fn run<C: Grouped>(&self, command: C, caller: &Caller) -> Answer<C> {
-        let lane = C::lanes(&self.lanes).lane(command.product());
+        let lane = C::lanes(&self.lanes).lane(command.products().next());
         lane.submit((command, caller.clone()), caller, |group| {
             self.run_group(group)
         })
@@ -191,7 +193,7 @@ impl<S: Store> Runner<S> {
         group: &[(C, Caller)],
         attempt: u32,
     ) -> Result<Vec<Answer<C>>, Error> {
-        let products = group.iter().filter_map(|(command, _)| command.product());
+        let products = group.iter().flat_map(|(command, _)| command.products());
         let turns = self.product_turns.wait_for_all(products).await;
         let mut uow = self.begin(attempt, turns.contended).await?;
         if group.len() > 1 {
@@ -248,7 +250,7 @@ async fn load_together<C: CommandHandler, T: StoreTransaction>(
 ) -> Result<(), StoreError> {
     let mut orders: BTreeMap<&Sku, Vec<OrderId>> = BTreeMap::new();
     for (command, _) in group {
-        if let Some(sku) = command.product() {
+        for sku in command.products() {
             let orders_of_product = orders.entry(sku).or_default();
             orders_of_product.extend(command.order().cloned());
         }

@@ -121,6 +121,8 @@ fn renamed(error: ValueError, field: &'static str) -> DecodeReason {
         ValueError::QuantityOutOfRange { value, .. } => {
             ValueError::QuantityOutOfRange { field, value }
         }
+        // Not about one field: no message of this service carries an order.
+        other @ (ValueError::LineCount { .. } | ValueError::RepeatedSku { .. }) => other,
     })
 }
 

@@ -53,6 +53,12 @@ pub const SKU_OF_BATCH: &str = "SELECT sku FROM batches WHERE reference = $1";
 pub const ALLOCATIONS_OF_ORDER: &str =
     "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY sku";
 
+/// An order's lines, one row per part, from the write tables (what
+/// `GET /orders/<orderid>` shows): found through `(orderid, sku)`.
+pub const LINES_OF_ORDER: &str = "SELECT a.sku, b.reference AS batchref, a.qty \
+     FROM allocations a JOIN batches b ON b.id = a.batch_id \
+     WHERE a.orderid = $1 ORDER BY a.sku, a.id";
+
 /// A product's batches, from the write tables (they are the read model
 /// of the product query).
 pub const BATCHES_OF_PRODUCT: &str = "SELECT reference, eta, purchased_quantity, allocated_quantity \

@@ -1,8 +1,11 @@
 //! The query side (book chapter 12): an order's allocations from the
-//! `allocations_view` table, a product's batches from the write tables.
+//! `allocations_view` table; an order's lines and a product's batches from
+//! the write tables.
 
 use domain::{BatchRef, OrderId, Sku};
-use service_layer::ports::{AllocationView, BatchView, ReadModel, StoreError};
+use service_layer::ports::{
+    AllocationView, BatchView, LineStatus, OrderLineView, PartView, ReadModel, StoreError,
+};
 
 use super::SqlStore;
 use super::queries;
@@ -23,6 +26,36 @@ impl ReadModel for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn order(&self, orderid: &OrderId) -> Result<Vec<OrderLineView>, StoreError> {
+        let rows = sqlx::query(queries::LINES_OF_ORDER)
+            .bind(orderid.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        let mut lines: Vec<OrderLineView> = Vec::new();
+        for row in &rows {
+            let sku = identifier(&get::<String>(row, "sku")?, Sku::parse)?;
+            let part = PartView {
+                batchref: identifier(&get::<String>(row, "batchref")?, BatchRef::parse)?,
+                qty: to_u64(get(row, "qty")?, "qty")?,
+            };
+            // Rows come sorted by SKU: a line's parts are consecutive.
+            match lines.last_mut() {
+                Some(line) if line.sku == sku => {
+                    line.qty += part.qty;
+                    line.parts.push(part);
+                }
+                _ => lines.push(OrderLineView {
+                    sku,
+                    qty: part.qty,
+                    status: LineStatus::Allocated,
+                    parts: vec![part],
+                }),
+            }
+        }
+        Ok(lines)
     }
 
     async fn batches(&self, sku: &Sku) -> Result<Vec<BatchView>, StoreError> {

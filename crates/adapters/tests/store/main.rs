@@ -8,6 +8,8 @@
 //! - `commits`: all or nothing, version conflicts, duplicate keys, many
 //!   commands at once;
 //! - `change_sets`: commits of several products and several kinds of change;
+//! - `orders`: whole orders, all lines or none, also racing on two
+//!   instances;
 //! - `read_model`: the query side, written with the commits;
 //! - `concurrency`: a version conflict between two instances, forced and
 //!   retried through the message bus; `under_load`: two instances under
@@ -29,6 +31,7 @@ mod concurrency;
 mod helpers;
 mod loading;
 mod maintenance;
+mod orders;
 mod outbox;
 mod query_plans;
 mod read_model;

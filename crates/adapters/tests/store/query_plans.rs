@@ -58,6 +58,13 @@ const LOOKUPS: &[Lookup] = &[
         sqlite_indexes: &["sqlite_autoindex_allocations_view_1"],
     },
     Lookup {
+        what: "an order's lines (GET /orders/<orderid>)",
+        sql: Sql::Both(queries::LINES_OF_ORDER),
+        params: &["order-4242"],
+        postgres_indexes: &["allocations_orderid_sku_key", "batches_pkey"],
+        sqlite_indexes: &["sqlite_autoindex_allocations_1"],
+    },
+    Lookup {
         what: "a product's batches (read model, GET /products/<sku>/batches)",
         sql: Sql::Both(queries::BATCHES_OF_PRODUCT),
         params: &["sku-4243"],

@@ -80,6 +80,9 @@ fn record_ids(command: &Command) {
             span.record("orderid", c.orderid.as_str());
             span.record("sku", c.sku.as_str());
         }
+        Command::AllocateOrder(c) => {
+            span.record("orderid", c.orderid.as_str());
+        }
         Command::ChangeBatchQuantity(c) => {
             span.record("batchref", c.reference.as_str());
         }

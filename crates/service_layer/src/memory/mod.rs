@@ -23,8 +23,8 @@ use indexmap::IndexMap;
 use smallvec::SmallVec;
 
 use crate::ports::{
-    AllocationView, BatchView, ChangeSet, Lines, OutboxMessage, ReadModel, Store, StoreError,
-    StoreTransaction, ViewChange,
+    AllocationView, BatchView, ChangeSet, LineStatus, Lines, OrderLineView, OutboxMessage,
+    PartView, ReadModel, Store, StoreError, StoreTransaction, ViewChange,
 };
 use outbox::OutboxTable;
 
@@ -313,6 +313,28 @@ impl ReadModel for MemoryStore {
             .get(orderid)
             .map(|rows| rows.to_vec())
             .unwrap_or_default())
+    }
+
+    async fn order(&self, orderid: &OrderId) -> Result<Vec<OrderLineView>, StoreError> {
+        let tables = self.lock();
+        let rows = tables.allocations_view.get(orderid);
+        Ok(rows
+            .into_iter()
+            .flatten()
+            .filter_map(|row| {
+                let line = tables.products.get(&row.sku)?.lines.get(orderid)?;
+                let qty = u64::from(line.qty.get());
+                Some(OrderLineView {
+                    sku: row.sku.clone(),
+                    qty,
+                    status: LineStatus::Allocated,
+                    parts: vec![PartView {
+                        batchref: row.batchref.clone(),
+                        qty,
+                    }],
+                })
+            })
+            .collect())
     }
 
     async fn batches(&self, sku: &Sku) -> Result<Vec<BatchView>, StoreError> {

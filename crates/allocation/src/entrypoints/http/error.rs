@@ -16,6 +16,21 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// The body of a 409 for an order refused whole: every line short of stock.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShortBody {
+    pub message: String,
+    pub short: Vec<ShortLine>,
+}
+
+/// A line no batch can take whole, and the most one batch could give it now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShortLine {
+    pub sku: String,
+    pub requested: u32,
+    pub available: u64,
+}
+
 /// Everything an HTTP handler can answer with besides success.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -27,6 +42,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// An order refused whole (409), with its short lines.
+    #[error("{message}")]
+    Short {
+        message: String,
+        short: Vec<ShortLine>,
+    },
     /// A rejected body: the status axum chose (400, 413, 415) and why.
     #[error("{message}")]
     Body { status: StatusCode, message: String },
@@ -47,7 +68,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::Short { .. } => StatusCode::CONFLICT,
             Self::Body { status, .. } => *status,
             Self::Unavailable(_) | Self::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -64,6 +85,9 @@ impl IntoResponse for ApiError {
             Self::Storage(source) => tracing::error!(error = %source, "storage failed"),
             // Not `message`: that is the name of the log line's own text.
             _ => tracing::debug!(%status, reason = %self, "request refused"),
+        }
+        if let Self::Short { message, short } = self {
+            return (status, Json(ShortBody { message, short })).into_response();
         }
         let body = ErrorBody {
             message: self.to_string(),
@@ -111,7 +135,20 @@ impl From<service_layer::Error> for ApiError {
                 DomainError::UnknownBatch { .. } | DomainError::NotAllocated { .. } => {
                     Self::NotFound(rejection.to_string())
                 }
-                DomainError::LinesNotLoaded { .. } => Self::Internal(Box::new(rejection)),
+                DomainError::OrderShort { ref short, .. } => Self::Short {
+                    message: rejection.to_string(),
+                    short: short
+                        .iter()
+                        .map(|line| ShortLine {
+                            sku: line.sku.to_string(),
+                            requested: line.requested.get(),
+                            available: line.available,
+                        })
+                        .collect(),
+                },
+                DomainError::LinesNotLoaded { .. } | DomainError::NoPlace { .. } => {
+                    Self::Internal(Box::new(rejection))
+                }
             },
             Error::Contention { .. } => Self::Unavailable(format!("{error}; try again later")),
             // Only ever answered to a caller that has gone: said for completeness.

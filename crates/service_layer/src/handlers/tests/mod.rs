@@ -3,6 +3,7 @@
 //! the bus runs them: retries, groups, callers that leave (`running`).
 
 mod commands;
+mod orders;
 mod running;
 
 use std::sync::Arc;

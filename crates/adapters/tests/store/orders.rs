@@ -1,0 +1,163 @@
+//! Whole orders on every backend: all lines or none, written in one
+//! commit, read back line by line, and never half allocated however many
+//! orders (and instances) race for the same stock.
+
+use domain::commands::AllocateOrder;
+use domain::{BatchRef, DomainError, OrderId, OrderLines, Sku};
+use futures::future::join_all;
+use service_layer::handlers::AllocatedLine;
+use service_layer::ports::{LineStatus, OrderLineView, Outbox, PartView, ReadModel};
+use service_layer::{Error, Store};
+use test_support::per_backend;
+
+use crate::backends::{one_store, two_instances};
+use crate::helpers::*;
+use crate::watched::bounded;
+
+per_backend!(mod every_backend on [memory, sqlite, postgres] via one_store {
+    an_order_is_written_whole_and_read_back_line_by_line,
+    a_short_order_writes_nothing,
+});
+
+per_backend!(mod across_instances on [memory, postgres] via two_instances {
+    orders_racing_on_two_instances_are_never_half_allocated,
+});
+
+fn order(orderid: &OrderId, lines: &[(&Sku, u32)]) -> AllocateOrder {
+    let lines = lines
+        .iter()
+        .map(|(sku, units)| ((*sku).clone(), qty(*units)));
+    AllocateOrder {
+        orderid: orderid.clone(),
+        lines: OrderLines::new(lines.collect()).expect("valid lines"),
+    }
+}
+
+async fn place<S: Store>(
+    bus: &Bus<S>,
+    orderid: &OrderId,
+    lines: &[(&Sku, u32)],
+) -> Result<Vec<AllocatedLine>, Error> {
+    bus.bus.handle(order(orderid, lines)).await
+}
+
+/// Three SKUs, named so that their order is known.
+fn three_skus() -> [Sku; 3] {
+    ["a", "b", "c"].map(|name| Sku::parse(&unique(&format!("{name}-sku"))).expect("sku"))
+}
+
+async fn an_order_is_written_whole_and_read_back_line_by_line<S: Store + ReadModel + Outbox>(
+    store: S,
+) {
+    let bus = bus(&store);
+    let [a, b, c] = three_skus();
+    let (batch_a, batch_b, batch_c) = (batchref("a"), batchref("b"), batchref("c"));
+    bus.add_batch(&batch_a, &a, 10, None).await;
+    bus.add_batch(&batch_b, &b, 10, None).await;
+    bus.add_batch(&batch_c, &c, 10, None).await;
+    let o = orderid("o");
+
+    let answer = place(&bus, &o, &[(&c, 3), (&a, 1), (&b, 2)]).await;
+    let skus: Vec<Sku> = answer
+        .expect("allocated")
+        .into_iter()
+        .map(|line| line.sku)
+        .collect();
+    assert_eq!(skus, [c.clone(), a.clone(), b.clone()], "as listed");
+
+    let line = |sku: &Sku, units: u64, batch: &BatchRef| OrderLineView {
+        sku: sku.clone(),
+        qty: units,
+        status: LineStatus::Allocated,
+        parts: vec![PartView {
+            batchref: batch.clone(),
+            qty: units,
+        }],
+    };
+    assert_eq!(
+        store.order(&o).await.expect("query"),
+        [
+            line(&a, 1, &batch_a),
+            line(&b, 2, &batch_b),
+            line(&c, 3, &batch_c)
+        ]
+    );
+    assert_eq!(outbox_of(&store).await.len(), 3);
+    assert_eq!(store.order(&orderid("other")).await.expect("query"), []);
+
+    // Sent again: the same answer, nothing written twice.
+    place(&bus, &o, &[(&c, 3), (&a, 1), (&b, 2)])
+        .await
+        .expect("again");
+    assert_eq!(allocated_totals(&batch_views(&store, &c).await), [3]);
+    // The three messages are claimed above: any new one would show.
+    assert_eq!(outbox_of(&store).await, [], "no message written twice");
+}
+
+async fn a_short_order_writes_nothing<S: Store + ReadModel + Outbox>(store: S) {
+    let bus = bus(&store);
+    let [a, b, _] = three_skus();
+    bus.add_batch(&batchref("a"), &a, 10, None).await;
+    bus.add_batch(&batchref("b"), &b, 1, None).await;
+    let o = orderid("o");
+
+    let refused = place(&bus, &o, &[(&a, 5), (&b, 2)]).await;
+    let Err(Error::Rejected(DomainError::OrderShort { short, .. })) = refused else {
+        panic!("refused whole: {refused:?}");
+    };
+    assert_eq!(short.len(), 1);
+    assert_eq!((&short[0].sku, short[0].available), (&b, 1));
+    assert_eq!(allocated_totals(&batch_views(&store, &a).await), [0]);
+    assert_eq!(store.order(&o).await.expect("query"), []);
+    assert!(outbox_of(&store).await.is_empty());
+}
+
+/// Two instances each send orders of two or three of the same three SKUs,
+/// listed in different orders, for more units than there are: whatever
+/// wins, no batch is over-allocated, every order is allocated whole or
+/// not at all, and none deadlocks.
+async fn orders_racing_on_two_instances_are_never_half_allocated<S: Store + ReadModel + Outbox>(
+    one: S,
+    two: S,
+) {
+    let (bus_one, bus_two) = (bus(&one), bus(&two));
+    let skus = three_skus();
+    for sku in &skus {
+        bus_one.add_batch(&batchref("stock"), sku, 12, None).await;
+    }
+    let [a, b, c] = &skus;
+    let shapes: [&[(&Sku, u32)]; 4] = [
+        &[(a, 1), (b, 1)],
+        &[(c, 1), (b, 1), (a, 1)],
+        &[(b, 2), (c, 1)],
+        &[(c, 1), (a, 2)],
+    ];
+    let orders: Vec<(OrderId, usize)> = (0..40)
+        .map(|i| (orderid("race"), i % shapes.len()))
+        .collect();
+    let attempts = orders.iter().enumerate().map(|(i, (o, shape))| {
+        let bus = if i % 2 == 0 { &bus_one } else { &bus_two };
+        place(bus, o, shapes[*shape])
+    });
+    let answers = bounded("racing orders", join_all(attempts)).await;
+
+    for ((o, shape), answer) in orders.iter().zip(&answers) {
+        let lines = one.order(o).await.expect("query");
+        match answer {
+            Ok(_) => assert_eq!(lines.len(), shapes[*shape].len(), "{o} whole"),
+            Err(Error::Rejected(DomainError::OrderShort { .. })) => {
+                assert_eq!(lines, [], "{o} refused, so nothing allocated")
+            }
+            Err(other) => panic!("{o}: {other:?}"),
+        }
+    }
+    let won = answers.iter().filter(|answer| answer.is_ok()).count();
+    assert!(won > 0, "some orders got stock");
+    for sku in &skus {
+        let views = batch_views(&one, sku).await;
+        assert!(
+            views.iter().all(|v| v.allocated <= v.purchased),
+            "{views:?}"
+        );
+    }
+}
