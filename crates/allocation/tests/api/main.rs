@@ -19,6 +19,7 @@ mod maintenance;
 mod notifications;
 mod observability;
 mod openapi;
+mod orders;
 mod outage;
 mod redis_flood;
 mod shutdown;

@@ -18,6 +18,8 @@ const ROUTES: &[&str] = &[
     "GET /allocations/{orderid}",
     "POST /deallocate",
     "POST /change_batch_quantity",
+    "POST /orders/{orderid}/allocate",
+    "GET /orders/{orderid}",
     "GET /products/{sku}/batches",
     "GET /healthz",
     "GET /readyz",
@@ -185,6 +187,7 @@ async fn the_documented_bounds_are_the_domain_values() {
         ("DeallocateRequest", "orderid"),
         ("DeallocateRequest", "sku"),
         ("ChangeBatchQuantityRequest", "batchref"),
+        ("RequestedLine", "sku"),
     ];
     for (schema, field) in identifiers {
         let property = resolved(&document, &schemas[schema]["properties"][field]);
@@ -196,6 +199,7 @@ async fn the_documented_bounds_are_the_domain_values() {
     assert_eq!(eta["pattern"], "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "{eta}");
     for (path, name) in [
         ("/allocations/{orderid}", "orderid"),
+        ("/orders/{orderid}", "orderid"),
         ("/products/{sku}/batches", "sku"),
     ] {
         let parameter = &document["paths"][path]["get"]["parameters"][0];
@@ -206,12 +210,25 @@ async fn the_documented_bounds_are_the_domain_values() {
         "AddBatchRequest",
         "AllocateRequest",
         "ChangeBatchQuantityRequest",
+        "RequestedLine",
     ] {
         let qty = resolved(&document, &schemas[schema]["properties"]["qty"]);
         assert_eq!(qty["type"], "integer", "{schema}");
         assert_eq!(qty["minimum"], 1, "{schema}");
         assert_eq!(qty["maximum"], domain::Quantity::MAX, "{schema}");
     }
+    // An order: 1 to 100 lines; this version takes whole lines and no hold.
+    let order = &schemas["OrderRequest"]["properties"];
+    assert_eq!(order["lines"]["minItems"], 1, "{order}");
+    assert_eq!(
+        order["lines"]["maxItems"],
+        domain::OrderLines::MAX,
+        "{order}"
+    );
+    let split = resolved(&document, &order["split"]);
+    assert_eq!(split["enum"], serde_json::json!([false]), "{split}");
+    let hold = resolved(&document, &order["hold_id"]);
+    assert_eq!(hold["type"], "null", "{hold}");
 }
 
 /// The schema `schema` stands for: itself, or the component its `$ref` names.
@@ -255,6 +272,7 @@ async fn every_operation_documents_its_refusals() {
         ("/allocate", "409"),
         ("/deallocate", "404"),
         ("/change_batch_quantity", "404"),
+        ("/orders/{orderid}/allocate", "400"),
     ];
     for (path, own) in writes {
         let responses = &document["paths"][path]["post"]["responses"];
@@ -264,6 +282,7 @@ async fn every_operation_documents_its_refusals() {
     }
     for (path, own) in [
         ("/allocations/{orderid}", "404"),
+        ("/orders/{orderid}", "404"),
         ("/products/{sku}/batches", "404"),
     ] {
         let responses = &document["paths"][path]["get"]["responses"];
@@ -274,6 +293,17 @@ async fn every_operation_documents_its_refusals() {
     assert_error_body(
         &document["paths"]["/readyz"]["get"]["responses"]["503"],
         "GET /readyz 503",
+    );
+    // An order refused whole says which lines are short, beside `message`.
+    let refused = &document["paths"]["/orders/{orderid}/allocate"]["post"]["responses"]["409"];
+    assert_eq!(
+        refused["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ShortBody",
+        "{refused}"
+    );
+    let short = &document["components"]["schemas"]["ShortBody"]["properties"];
+    assert!(
+        short["message"].is_object() && short["short"].is_object(),
+        "{short}"
     );
 }
 
@@ -302,7 +332,7 @@ async fn the_unknown_sku_answer_is_documented_where_it_is_given() {
             .unwrap_or_else(|| panic!("POST {path} documents no 400"))
             .to_owned()
     };
-    for path in ["/allocate", "/deallocate"] {
+    for path in ["/allocate", "/deallocate", "/orders/{orderid}/allocate"] {
         assert!(bad_request(path).contains("Invalid sku"), "{path}");
     }
     for path in ["/add_batch", "/change_batch_quantity"] {

@@ -16,11 +16,13 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// The body of a 409 for an order refused whole: every line short of stock.
+/// The body of a 409 for an order refused whole: why, and every line short
+/// of stock when that is the reason.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ShortBody {
     pub message: String,
-    pub short: Vec<ShortLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub short: Option<Vec<ShortLine>>,
 }
 
 /// A line no batch can take whole, and the most one batch could give it now.
@@ -87,6 +89,7 @@ impl IntoResponse for ApiError {
             _ => tracing::debug!(%status, reason = %self, "request refused"),
         }
         if let Self::Short { message, short } = self {
+            let short = Some(short);
             return (status, Json(ShortBody { message, short })).into_response();
         }
         let body = ErrorBody {

@@ -1,6 +1,6 @@
 //! The HTTP API (axum): the book's three routes exactly as its clients know
-//! them, plus deallocation, batch quantity changes, the product query and
-//! health probes (docs/contract.md section 2).
+//! them, plus deallocation, batch quantity changes, whole orders, the
+//! product query and health probes (docs/contract.md sections 2 and 6).
 //!
 //! Writes go through the message bus; reads go straight to the read model
 //! (CQRS, book chapter 12). Every error is rendered once, by [`ApiError`].
@@ -19,6 +19,7 @@ mod input;
 mod observe;
 mod openapi;
 mod operations;
+mod orders;
 pub mod server;
 
 use std::sync::Arc;
@@ -110,5 +111,6 @@ fn documented_routes<S: Store + ReadModel + Outbox>() -> OpenApiRouter<AppState<
     OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
         .merge(batches::routes())
         .merge(allocations::routes())
+        .merge(orders::routes())
         .merge(operations::routes())
 }

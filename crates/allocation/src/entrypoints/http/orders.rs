@@ -1,0 +1,248 @@
+//! Whole orders (beyond the book): allocating every line of an order or
+//! none, and an order's lines with where they stand.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use domain::commands::AllocateOrder;
+use domain::{OrderId, OrderLines, Part, Sku};
+use serde::{Deserialize, Serialize};
+use service_layer::Store;
+use service_layer::handlers::AllocatedLine;
+use service_layer::ports::{LineStatus, OrderLineView, PartView, ReadModel};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{OpenApi, PartialSchema, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+
+use super::error::ShortBody;
+use super::input::{ApiJson, Identifier, Units};
+use super::openapi::{ReadRefusals, UnknownSku, WriteRefusals, documented};
+use super::{ApiError, AppState, ErrorBody, observe};
+
+/// This resource's routes, with their descriptions and schemas.
+pub fn routes<S: Store + ReadModel>() -> OpenApiRouter<AppState<S>> {
+    OpenApiRouter::with_openapi(Schemas::openapi())
+        .routes(documented::<__path_allocate_order, _, _, _>(
+            allocate_order::<S>,
+        ))
+        .routes(documented::<__path_order, _, _, _>(order::<S>))
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(components(schemas(
+    OrderRequest,
+    RequestedLine,
+    OrderResponse,
+    AllocatedLineResponse,
+    OrderLinesResponse,
+    OrderLineResponse,
+    PartResponse,
+    ShortBody,
+    super::error::ShortLine,
+)))]
+struct Schemas;
+
+#[derive(Debug, Deserialize, ToSchema)]
+struct OrderRequest {
+    /// 1 to 100 lines, each SKU at most once.
+    #[schema(min_items = 1, max_items = 100)]
+    lines: Vec<RequestedLine>,
+    /// Whether a line no single batch can take may be spread over several:
+    /// this version allocates each line whole, so only `false`.
+    #[serde(default)]
+    #[schema(value_type = WholeLinesOnly)]
+    split: bool,
+    /// A checkout hold to convert: holds are not offered by this version,
+    /// so only `null`.
+    #[serde(default)]
+    #[schema(value_type = NoHold)]
+    hold_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+struct RequestedLine {
+    #[schema(value_type = Identifier)]
+    sku: String,
+    #[schema(value_type = Units)]
+    qty: Units,
+}
+
+/// `split` as this version takes it: `false` (the default) only.
+struct WholeLinesOnly;
+
+impl PartialSchema for WholeLinesOnly {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Boolean)
+            .enum_values(Some([false]))
+            .default(Some(false.into()))
+            .into()
+    }
+}
+
+impl ToSchema for WholeLinesOnly {}
+
+/// `hold_id` as this version takes it: `null` (the default) only.
+struct NoHold;
+
+impl PartialSchema for NoHold {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new().schema_type(Type::Null).into()
+    }
+}
+
+impl ToSchema for NoHold {}
+
+/// Every line of the order, in the order the request listed them.
+#[derive(Debug, Serialize, ToSchema)]
+struct OrderResponse {
+    orderid: String,
+    lines: Vec<AllocatedLineResponse>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct AllocatedLineResponse {
+    sku: String,
+    qty: u32,
+    allocations: Vec<PartResponse>,
+}
+
+/// Units of a line on one batch.
+#[derive(Debug, Serialize, ToSchema)]
+struct PartResponse {
+    batchref: String,
+    qty: u64,
+}
+
+impl From<Part> for PartResponse {
+    fn from(part: Part) -> Self {
+        Self {
+            batchref: part.batchref.to_string(),
+            qty: part.qty.get().into(),
+        }
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/orders/{orderid}/allocate",
+    tag = "allocation",
+    params(("orderid" = Identifier, Path, description = "The order's id")),
+    request_body = OrderRequest,
+    responses(
+        (status = 202, description = "Every line allocated (or, sent again, the first answer)", body = OrderResponse),
+        (status = 409, description = "Refused whole, nothing allocated: lines short of stock (`short`, with what is available now), or a line already allocated with another quantity", body = ShortBody),
+        UnknownSku,
+        WriteRefusals,
+    ),
+    security((), ("api_token" = []))
+)]
+async fn allocate_order<S: Store>(
+    State(state): State<AppState<S>>,
+    orderid: Result<Path<String>, PathRejection>,
+    ApiJson(body): ApiJson<OrderRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(orderid) = orderid?;
+    let orderid = OrderId::parse(&orderid)?;
+    observe::record_id("orderid", orderid.as_str());
+    if body.split || body.hold_id.is_some() {
+        return Err(ApiError::BadRequest(
+            "this version allocates each line whole and offers no holds: \
+             \"split\" must be false and \"hold_id\" null"
+                .into(),
+        ));
+    }
+    let lines = body
+        .lines
+        .iter()
+        .map(|line| Ok((Sku::parse(&line.sku)?, line.qty.quantity()?)))
+        .collect::<Result<Vec<_>, domain::ValueError>>()?;
+    let command = AllocateOrder {
+        orderid: orderid.clone(),
+        lines: OrderLines::new(lines)?,
+    };
+    let lines = state.bus.handle(command).await?;
+    let answer = OrderResponse {
+        orderid: orderid.to_string(),
+        lines: lines
+            .into_iter()
+            .map(|AllocatedLine { sku, qty, parts }| AllocatedLineResponse {
+                sku: sku.to_string(),
+                qty: qty.get(),
+                allocations: parts.into_iter().map(PartResponse::from).collect(),
+            })
+            .collect(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// An order's lines, by SKU.
+#[derive(Debug, Serialize, ToSchema)]
+struct OrderLinesResponse {
+    orderid: String,
+    lines: Vec<OrderLineResponse>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct OrderLineResponse {
+    sku: String,
+    qty: u64,
+    /// `allocated` (shipping, cancelling and backorders add theirs).
+    status: &'static str,
+    allocations: Vec<PartResponse>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/orders/{orderid}",
+    tag = "allocation",
+    params(("orderid" = Identifier, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order's lines, allocated through any route, by SKU", body = OrderLinesResponse),
+        (status = 404, description = "No line of this order is known", body = ErrorBody),
+        ReadRefusals,
+    )
+)]
+async fn order<S: ReadModel>(
+    State(state): State<AppState<S>>,
+    orderid: Result<Path<String>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path(orderid) = orderid?;
+    let orderid = OrderId::parse(&orderid)?;
+    observe::record_id("orderid", orderid.as_str());
+    let lines = state.read_model.order(&orderid).await?;
+    if lines.is_empty() {
+        return Err(ApiError::NotFound(format!("Order {orderid} is not known")));
+    }
+    let lines = lines
+        .into_iter()
+        .map(
+            |OrderLineView {
+                 sku,
+                 qty,
+                 status,
+                 parts,
+             }| OrderLineResponse {
+                sku: sku.to_string(),
+                qty,
+                status: match status {
+                    LineStatus::Allocated => "allocated",
+                },
+                allocations: parts
+                    .into_iter()
+                    .map(|PartView { batchref, qty }| PartResponse {
+                        batchref: batchref.to_string(),
+                        qty,
+                    })
+                    .collect(),
+            },
+        )
+        .collect();
+    Ok(Json(OrderLinesResponse {
+        orderid: orderid.to_string(),
+        lines,
+    }))
+}
