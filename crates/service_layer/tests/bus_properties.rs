@@ -1,4 +1,5 @@
-//! Property test of the service layer: random commands on two products
+//! Property test of the service layer: random commands (single lines and
+//! whole orders of both products) on two products
 //! through the message bus over the in-memory store, with the reallocation
 //! handler running as in the service. After every command, nothing is
 //! over-allocated, the write side, the read model and the outbox agree, and
@@ -8,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{Days, NaiveDate};
-use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
+use domain::commands::{Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate};
 use domain::fixtures::{batchref, orderid, qty, sku};
-use domain::{BatchRef, OrderId, Sku};
+use domain::{BatchRef, DomainError, OrderId, OrderLines, Sku};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use service_layer::memory::{MemoryStore, RecordingNotifications};
@@ -35,6 +36,11 @@ enum Step {
         sku: usize,
         qty: u32,
     },
+    /// A whole order: one line of each SKU listed.
+    AllocateOrder {
+        order: usize,
+        lines: Vec<(usize, u32)>,
+    },
     Deallocate {
         order: usize,
         sku: usize,
@@ -52,6 +58,11 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(batch, sku, qty, eta)| Step::AddBatch { batch, sku, qty, eta }),
         4 => (0..ORDERS, sku.clone(), 1..=12u32)
             .prop_map(|(order, sku, qty)| Step::Allocate { order, sku, qty }),
+        2 => (0..ORDERS, proptest::sample::subsequence(vec![0, 1], 1..=2), 1..=12u32, 1..=12u32)
+            .prop_map(|(order, skus, first, second)| Step::AllocateOrder {
+                order,
+                lines: skus.into_iter().zip([first, second]).collect(),
+            }),
         1 => (0..ORDERS, sku).prop_map(|(order, sku)| Step::Deallocate { order, sku }),
         2 => (0..BATCHES, 1..=30u32).prop_map(|(batch, qty)| Step::ChangeBatchQuantity { batch, qty }),
     ]
@@ -166,6 +177,53 @@ impl App {
                         prop_assert_eq!(sent.len(), notified + 1);
                         let warning = format!("Out of stock for {}", line.1);
                         prop_assert!(sent[notified].body.contains(&warning));
+                    }
+                    Err(error) => {
+                        refused_only_by_the_domain(Err::<(), _>(error))?;
+                        prop_assert_eq!(after, before);
+                    }
+                }
+            }
+            Step::AllocateOrder { order, ref lines } => {
+                let orderid = order_name(order);
+                let requested: Vec<(Sku, u32)> = lines
+                    .iter()
+                    .map(|(product, units)| (sku(SKUS[*product]), *units))
+                    .collect();
+                let command = AllocateOrder {
+                    orderid: orderid.clone(),
+                    lines: OrderLines::new(
+                        requested
+                            .iter()
+                            .map(|(s, units)| (s.clone(), qty(*units)))
+                            .collect(),
+                    )
+                    .expect("one line per SKU"),
+                };
+                let notified = self.notifications.sent().len();
+                let reply = self.bus.handle(command).await;
+                let after = self.placement().await;
+                prop_assert_eq!(
+                    self.notifications.sent().len(),
+                    notified,
+                    "orders send no email"
+                );
+                match reply {
+                    Ok(allocated) => {
+                        for (line, (product, units)) in allocated.iter().zip(&requested) {
+                            let key = (orderid.clone(), product.clone());
+                            prop_assert_eq!(after.get(&key), Some(&line.parts[0].batchref));
+                            self.quantities.insert(key, *units);
+                        }
+                    }
+                    Err(Error::Rejected(DomainError::OrderShort { short, .. })) => {
+                        prop_assert_eq!(after, before, "all or nothing");
+                        for line in short {
+                            prop_assert_eq!(
+                                self.room_for(&line.sku, line.requested.get()).await,
+                                vec![]
+                            );
+                        }
                     }
                     Err(error) => {
                         refused_only_by_the_domain(Err::<(), _>(error))?;
