@@ -177,29 +177,25 @@ impl CommandHandler for AllocateOrder {
             }
             .into());
         }
-        let mut placed = Vec::with_capacity(placements.len());
-        for placement in placements {
-            let sku = placement.sku().clone();
+        // Taken in the order the client listed the lines, the order of the
+        // reply: the products are in the unit of work already.
+        placements.sort_by_cached_key(|placement| {
+            self.lines.iter().position(|(sku, _)| sku == placement.sku())
+        });
+        let mut allocated = Vec::with_capacity(placements.len());
+        for (placement, (sku, qty)) in placements.into_iter().zip(self.lines.iter()) {
             let product = uow
                 .products()
-                .get(&sku)
+                .get(sku)
                 .await?
                 .ok_or_else(|| Error::InvalidSku(sku.clone()))?;
-            placed.push((sku, product.place(placement)?));
-        }
-        Ok(self
-            .lines
-            .iter()
-            .map(|(sku, qty)| AllocatedLine {
+            allocated.push(AllocatedLine {
                 sku: sku.clone(),
                 qty: *qty,
-                parts: placed
-                    .iter()
-                    .find(|(placed_sku, _)| placed_sku == sku)
-                    .map(|(_, parts)| parts.clone())
-                    .unwrap_or_default(),
-            })
-            .collect())
+                parts: product.place(placement)?,
+            });
+        }
+        Ok(allocated)
     }
 }
 
