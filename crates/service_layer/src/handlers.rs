@@ -180,7 +180,9 @@ impl CommandHandler for AllocateOrder {
         // Taken in the order the client listed the lines, the order of the
         // reply: the products are in the unit of work already.
         placements.sort_by_cached_key(|placement| {
-            self.lines.iter().position(|(sku, _)| sku == placement.sku())
+            self.lines
+                .iter()
+                .position(|(sku, _)| sku == placement.sku())
         });
         let mut allocated = Vec::with_capacity(placements.len());
         for (placement, (sku, qty)) in placements.into_iter().zip(self.lines.iter()) {

@@ -14,7 +14,7 @@ use service_layer::ports::{AllocationView, ReadModel};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
-use super::input::{ApiJson, Identifier, Units};
+use super::input::{ApiJson, Identifier, Units, path_id};
 use super::openapi::{ReadRefusals, UnknownSku, WriteRefusals, documented};
 use super::{ApiError, AppState, ErrorBody, observe};
 
@@ -116,9 +116,7 @@ async fn allocations_of_order<S: ReadModel>(
     State(state): State<AppState<S>>,
     orderid: Result<Path<String>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Path(orderid) = orderid?;
-    let orderid = OrderId::parse(&orderid)?;
-    observe::record_id("orderid", orderid.as_str());
+    let orderid = path_id(orderid, "orderid", OrderId::parse)?;
     let rows = state.read_model.allocations(&orderid).await?;
     if rows.is_empty() {
         return Err(ApiError::NotFound(format!(

@@ -15,7 +15,7 @@ use service_layer::ports::ReadModel;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
-use super::input::{ApiJson, Identifier, Units};
+use super::input::{ApiJson, Identifier, Units, path_id};
 use super::openapi::{InvalidBody, ReadRefusals, WriteRefusals, documented};
 use super::{ApiError, AppState, ErrorBody, observe};
 
@@ -180,9 +180,7 @@ async fn batches_of_product<S: ReadModel>(
     State(state): State<AppState<S>>,
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Path(sku) = sku?;
-    let sku = Sku::parse(&sku)?;
-    observe::record_id("sku", sku.as_str());
+    let sku = path_id(sku, "sku", Sku::parse)?;
     let batches = state.read_model.batches(&sku).await?;
     if batches.is_empty() {
         return Err(ApiError::NotFound(format!("Unknown sku {sku}")));

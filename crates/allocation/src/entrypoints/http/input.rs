@@ -5,7 +5,8 @@
 use std::fmt;
 
 use axum::Json;
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, Path, Request};
 use domain::values::{IDENTIFIER_PATTERN, MAX_IDENTIFIER_LEN, whole_number};
 use domain::{Quantity, ValueError};
 use serde::Deserialize;
@@ -14,7 +15,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::{PartialSchema, ToSchema};
 
-use super::ApiError;
+use super::{ApiError, observe};
 
 /// `axum::Json`, with its rejections rendered as our JSON errors.
 pub struct ApiJson<T>(pub T);
@@ -26,6 +27,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let Json(value) = Json::<T>::from_request(request, state).await?;
         Ok(Self(value))
     }
+}
+
+/// The identifier of a route's path (`/orders/{orderid}`), parsed as the
+/// domain parses it (`parse`, e.g. `OrderId::parse`) and, once valid,
+/// recorded on the request's span as `field`.
+pub fn path_id<T: AsRef<str>>(
+    path: Result<Path<String>, PathRejection>,
+    field: &'static str,
+    parse: fn(&str) -> Result<T, ValueError>,
+) -> Result<T, ApiError> {
+    let Path(raw) = path?;
+    let id = parse(&raw)?;
+    observe::record_id(field, id.as_ref());
+    Ok(id)
 }
 
 /// The schema of every identifier (SKU, order id, batch reference), in

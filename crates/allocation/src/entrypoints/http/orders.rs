@@ -18,9 +18,9 @@ use utoipa::{OpenApi, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
 use super::error::ShortBody;
-use super::input::{ApiJson, Identifier, Units};
+use super::input::{ApiJson, Identifier, Units, path_id};
 use super::openapi::{ReadRefusals, UnknownSku, WriteRefusals, documented};
-use super::{ApiError, AppState, ErrorBody, observe};
+use super::{ApiError, AppState, ErrorBody};
 
 /// This resource's routes, with their descriptions and schemas.
 pub fn routes<S: Store + ReadModel>() -> OpenApiRouter<AppState<S>> {
@@ -126,6 +126,15 @@ impl From<Part> for PartResponse {
     }
 }
 
+impl From<PartView> for PartResponse {
+    fn from(PartView { batchref, qty }: PartView) -> Self {
+        Self {
+            batchref: batchref.to_string(),
+            qty,
+        }
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/orders/{orderid}/allocate",
@@ -145,9 +154,7 @@ async fn allocate_order<S: Store>(
     orderid: Result<Path<String>, PathRejection>,
     ApiJson(body): ApiJson<OrderRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Path(orderid) = orderid?;
-    let orderid = OrderId::parse(&orderid)?;
-    observe::record_id("orderid", orderid.as_str());
+    let orderid = path_id(orderid, "orderid", OrderId::parse)?;
     if body.split || body.hold_id.is_some() {
         return Err(ApiError::BadRequest(
             "this version allocates each line whole and offers no holds: \
@@ -210,9 +217,7 @@ async fn order<S: ReadModel>(
     State(state): State<AppState<S>>,
     orderid: Result<Path<String>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Path(orderid) = orderid?;
-    let orderid = OrderId::parse(&orderid)?;
-    observe::record_id("orderid", orderid.as_str());
+    let orderid = path_id(orderid, "orderid", OrderId::parse)?;
     let lines = state.read_model.order(&orderid).await?;
     if lines.is_empty() {
         return Err(ApiError::NotFound(format!("Order {orderid} is not known")));
@@ -231,13 +236,7 @@ async fn order<S: ReadModel>(
                 status: match status {
                     LineStatus::Allocated => "allocated",
                 },
-                allocations: parts
-                    .into_iter()
-                    .map(|PartView { batchref, qty }| PartResponse {
-                        batchref: batchref.to_string(),
-                        qty,
-                    })
-                    .collect(),
+                allocations: parts.into_iter().map(PartResponse::from).collect(),
             },
         )
         .collect();
