@@ -281,6 +281,12 @@ impl Product {
             self.record(Event::OutOfStock(OutOfStock { sku: line.sku }));
             return Ok(None);
         };
+        Ok(Some(self.allocate_to(index, line)))
+    }
+
+    /// Allocates `line` to the batch at `index`, which can take it, and
+    /// records [`Allocated`]; returns the batch's reference.
+    fn allocate_to(&mut self, index: usize, line: OrderLine) -> BatchRef {
         let batch = &mut self.batches[index];
         let batchref = batch.reference.clone();
         let event = Allocated {
@@ -291,7 +297,7 @@ impl Product {
         };
         batch.allocate(line);
         self.record(Event::Allocated(event));
-        Ok(Some(batchref))
+        batchref
     }
 
     /// Cancels the allocation of `orderid`'s line and frees its stock, without

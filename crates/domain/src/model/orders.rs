@@ -8,7 +8,6 @@
 //! before the second for any, in one unit of work that commits them all
 //! or none (docs/architecture.md, "Whole orders").
 
-use crate::events::{Allocated, Event};
 use crate::model::{DomainError, OrderLine, Product};
 use crate::values::{BatchRef, Quantity, Sku};
 
@@ -108,27 +107,17 @@ impl Product {
             }
             Placement::Fits { line, batchref } => (line, batchref),
         };
-        let batch = self
+        let index = self
             .batches
-            .iter_mut()
-            .find(|batch| batch.reference == batchref && batch.can_allocate(&line))
+            .iter()
+            .position(|batch| batch.reference == batchref && batch.can_allocate(&line))
             .ok_or_else(|| DomainError::NoPlace {
                 sku: line.sku.clone(),
                 requested: line.qty,
             })?;
-        let part = Part {
-            batchref: batchref.clone(),
-            qty: line.qty,
-        };
-        let event = Allocated {
-            orderid: line.orderid.clone(),
-            sku: line.sku.clone(),
-            qty: line.qty,
-            batchref,
-        };
-        batch.allocate(line);
-        self.record(Event::Allocated(event));
-        Ok(vec![part])
+        let qty = line.qty;
+        let batchref = self.allocate_to(index, line);
+        Ok(vec![Part { batchref, qty }])
     }
 }
 
@@ -137,6 +126,7 @@ mod tests {
     use chrono::NaiveDate;
 
     use super::*;
+    use crate::events::{Allocated, Event};
     use crate::fixtures::{batchref, orderid, qty, sku};
 
     fn line(order: &str, units: u32) -> OrderLine {
