@@ -24,10 +24,23 @@ pub struct Allocate {
 }
 
 /// Allocate every line of an order, or none of them (beyond the book).
+/// With `split`, a line that no single batch can take may be spread over
+/// several.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocateOrder {
     pub orderid: OrderId,
     pub lines: OrderLines,
+    pub split: bool,
+}
+
+/// Put back a line, or a part of a split line, that a shrinking batch gave
+/// up. The book sends `Allocate` for this; a part needs its own command,
+/// because the rest of its line is still allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reallocate {
+    pub orderid: OrderId,
+    pub sku: Sku,
+    pub qty: Quantity,
 }
 
 /// Set a batch's purchased quantity, e.g. when part of a shipment is lost.
@@ -50,6 +63,7 @@ pub enum Command {
     CreateBatch(CreateBatch),
     Allocate(Allocate),
     AllocateOrder(AllocateOrder),
+    Reallocate(Reallocate),
     ChangeBatchQuantity(ChangeBatchQuantity),
     Deallocate(Deallocate),
 }
@@ -61,6 +75,7 @@ impl Command {
             Self::CreateBatch(_) => "CreateBatch",
             Self::Allocate(_) => "Allocate",
             Self::AllocateOrder(_) => "AllocateOrder",
+            Self::Reallocate(_) => "Reallocate",
             Self::ChangeBatchQuantity(_) => "ChangeBatchQuantity",
             Self::Deallocate(_) => "Deallocate",
         }
@@ -80,6 +95,7 @@ into_command!(
     CreateBatch,
     Allocate,
     AllocateOrder,
+    Reallocate,
     ChangeBatchQuantity,
     Deallocate
 );

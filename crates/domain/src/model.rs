@@ -42,14 +42,13 @@ pub enum DomainError {
     #[error("Invalid batch ref {reference}")]
     UnknownBatch { reference: BatchRef },
     #[error(
-        "Order {orderid} already has {allocated} of {sku} allocated to batch {batchref}; \
+        "Order {orderid} already has {allocated} of {sku} allocated; \
          deallocate it before allocating a different quantity"
     )]
     AlreadyAllocated {
         orderid: OrderId,
         sku: Sku,
-        allocated: Quantity,
-        batchref: BatchRef,
+        allocated: u64,
     },
     #[error("Order {orderid} has no allocation of {sku}")]
     NotAllocated { orderid: OrderId, sku: Sku },
@@ -148,17 +147,31 @@ impl Batch {
         &self.lines
     }
 
+    /// Whether the batch has room for `line`, joining the part of its line
+    /// it may hold already (a part reallocated next to another).
     pub fn can_allocate(&self, line: &OrderLine) -> bool {
-        self.sku == line.sku && self.available_quantity() >= u64::from(line.qty.get())
+        let joined = match self.line_of(&line.orderid) {
+            Some(part) => part.qty.checked_add(line.qty).is_some(),
+            None => true,
+        };
+        self.sku == line.sku && self.available_quantity() >= u64::from(line.qty.get()) && joined
     }
 
+    /// The line of `orderid` on this batch: all of it, or one part of it.
     fn line_of(&self, orderid: &OrderId) -> Option<&OrderLine> {
         self.lines.iter().find(|line| &line.orderid == orderid)
     }
 
+    /// Allocates `line`, which [`can_allocate`](Self::can_allocate) allowed.
+    /// A batch holds one part per line: a part of a line it holds already
+    /// joins it, keeping its place among the lines.
     fn allocate(&mut self, line: OrderLine) {
         self.allocated += u64::from(line.qty.get());
-        self.lines.push(line);
+        match self.lines.iter_mut().find(|l| l.orderid == line.orderid) {
+            // `can_allocate` checked that the sum is a quantity.
+            Some(part) => part.qty = part.qty.checked_add(line.qty).unwrap_or(part.qty),
+            None => self.lines.push(line),
+        }
     }
 
     fn deallocate(&mut self, orderid: &OrderId) -> Option<OrderLine> {
@@ -272,16 +285,31 @@ impl Product {
     /// Allocates `line` to the preferred batch that can take all of it and
     /// returns that batch's reference, or `None` (recording [`OutOfStock`])
     /// when no batch can. Needs the lines of `line.orderid` loaded: a line
-    /// already allocated is answered with its batch and changes nothing.
+    /// already allocated is answered with its (first) batch and changes
+    /// nothing.
     pub fn allocate(&mut self, line: OrderLine) -> Result<Option<BatchRef>, DomainError> {
-        if let Some((batch, _)) = self.same_allocation_of(&line)? {
-            return Ok(Some(batch.reference.clone()));
+        if let Some(parts) = self.same_allocation_of(&line)? {
+            return Ok(parts.into_iter().next().map(|part| part.batchref));
         }
+        Ok(self.allocate_to_preferred(line))
+    }
+
+    /// Puts back a line, or one part of a split line, that a shrinking
+    /// batch gave up ([`Deallocated`]): whole, to the preferred batch that
+    /// can take it, joining the line's part already there if there is one;
+    /// or nowhere, recording [`OutOfStock`]. Unlike [`Product::allocate`] it
+    /// accepts a line of which other parts are allocated. Needs the lines
+    /// of `line.orderid` loaded.
+    pub fn reallocate(&mut self, line: OrderLine) -> Option<BatchRef> {
+        self.allocate_to_preferred(line)
+    }
+
+    fn allocate_to_preferred(&mut self, line: OrderLine) -> Option<BatchRef> {
         let Some(index) = self.preferred_batch_for(&line) else {
             self.record(Event::OutOfStock(OutOfStock { sku: line.sku }));
-            return Ok(None);
+            return None;
         };
-        Ok(Some(self.allocate_to(index, line)))
+        Some(self.allocate_to(index, line))
     }
 
     /// Allocates `line` to the batch at `index`, which can take it, and
@@ -301,25 +329,35 @@ impl Product {
     }
 
     /// Cancels the allocation of `orderid`'s line and frees its stock, without
-    /// reallocating it. Needs the lines of `orderid` loaded.
-    pub fn deallocate(&mut self, orderid: &OrderId) -> Result<BatchRef, DomainError> {
-        let deallocated = self
-            .batches
-            .iter_mut()
-            .find_map(|batch| Some((batch.reference.clone(), batch.deallocate(orderid)?)));
-        let Some((batchref, line)) = deallocated else {
+    /// reallocating it; returns its parts, one per batch it was on. Needs the
+    /// lines of `orderid` loaded.
+    pub fn deallocate(&mut self, orderid: &OrderId) -> Result<Vec<Part>, DomainError> {
+        let mut cancelled = Vec::new();
+        for batch in &mut self.batches {
+            if let Some(line) = batch.deallocate(orderid) {
+                cancelled.push((batch.reference.clone(), line));
+            }
+        }
+        if cancelled.is_empty() {
             return Err(DomainError::NotAllocated {
                 orderid: orderid.clone(),
                 sku: self.sku.clone(),
             });
-        };
-        self.record(Event::AllocationCancelled(AllocationCancelled {
-            orderid: line.orderid,
-            sku: line.sku,
-            qty: line.qty,
-            batchref: batchref.clone(),
-        }));
-        Ok(batchref)
+        }
+        let mut parts = Vec::with_capacity(cancelled.len());
+        for (batchref, line) in cancelled {
+            parts.push(Part {
+                batchref: batchref.clone(),
+                qty: line.qty,
+            });
+            self.record(Event::AllocationCancelled(AllocationCancelled {
+                orderid: line.orderid,
+                sku: line.sku,
+                qty: line.qty,
+                batchref,
+            }));
+        }
+        Ok(parts)
     }
 
     /// Sets a batch's purchased quantity. If that leaves it over-allocated,
@@ -387,30 +425,38 @@ impl Product {
         &self.events
     }
 
-    fn allocation_of(&self, orderid: &OrderId) -> Option<(&Batch, &OrderLine)> {
+    /// The parts of `orderid`'s line, in batch order: one, or several if
+    /// the line was split; none if it is not allocated (or not loaded).
+    fn parts_of(&self, orderid: &OrderId) -> Vec<Part> {
         self.batches
             .iter()
-            .find_map(|batch| Some((batch, batch.line_of(orderid)?)))
+            .filter_map(|batch| {
+                let line = batch.line_of(orderid)?;
+                Some(Part {
+                    batchref: batch.reference.clone(),
+                    qty: line.qty,
+                })
+            })
+            .collect()
     }
 
     /// The allocation of `line`'s order, if it has one of the same
     /// quantity: sending a line again is answered with it. One of another
     /// quantity is refused.
-    fn same_allocation_of(
-        &self,
-        line: &OrderLine,
-    ) -> Result<Option<(&Batch, &OrderLine)>, DomainError> {
-        match self.allocation_of(&line.orderid) {
-            Some((batch, existing)) if existing.qty != line.qty => {
-                Err(DomainError::AlreadyAllocated {
-                    orderid: line.orderid.clone(),
-                    sku: line.sku.clone(),
-                    allocated: existing.qty,
-                    batchref: batch.reference.clone(),
-                })
-            }
-            same => Ok(same),
+    fn same_allocation_of(&self, line: &OrderLine) -> Result<Option<Vec<Part>>, DomainError> {
+        let parts = self.parts_of(&line.orderid);
+        if parts.is_empty() {
+            return Ok(None);
         }
+        let allocated: u64 = parts.iter().map(|part| u64::from(part.qty.get())).sum();
+        if allocated != u64::from(line.qty.get()) {
+            return Err(DomainError::AlreadyAllocated {
+                orderid: line.orderid.clone(),
+                sku: line.sku.clone(),
+                allocated,
+            });
+        }
+        Ok(Some(parts))
     }
 
     /// The allocation policy: of the batches that can take all of `line`,

@@ -125,6 +125,13 @@ impl Quantity {
     pub fn get(self) -> u32 {
         self.0
     }
+
+    /// The sum, if it is still a quantity (at most [`Quantity::MAX`]).
+    pub fn checked_add(self, other: Quantity) -> Option<Quantity> {
+        Some(self.0.checked_add(other.0)?)
+            .filter(|units| *units <= Self::MAX)
+            .map(Self)
+    }
 }
 
 /// What a whole order asks for: 1 to [`OrderLines::MAX`] lines, each of a

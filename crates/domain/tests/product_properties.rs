@@ -120,7 +120,8 @@ struct Outcome {
 enum Reply {
     Done,
     AllocatedTo(Option<BatchRef>),
-    DeallocatedFrom(BatchRef),
+    /// The batches the line's parts were on.
+    DeallocatedFrom(Vec<BatchRef>),
     Refused(DomainError),
 }
 
@@ -226,8 +227,7 @@ impl Model {
                     Outcome::refused(DomainError::AlreadyAllocated {
                         orderid: orderid.clone(),
                         sku: sku(),
-                        allocated: quantity(*existing),
-                        batchref: batch.reference.clone(),
+                        allocated: u64::from(*existing),
                     })
                 };
             }
@@ -267,7 +267,7 @@ impl Model {
             if let Some(position) = batch.lines.iter().position(|(o, _)| o == orderid) {
                 let (_, qty) = batch.lines.remove(position);
                 return Outcome {
-                    reply: Reply::DeallocatedFrom(batch.reference.clone()),
+                    reply: Reply::DeallocatedFrom(vec![batch.reference.clone()]),
                     events: vec![Event::AllocationCancelled(AllocationCancelled {
                         orderid: orderid.clone(),
                         sku: sku(),
@@ -405,7 +405,9 @@ fn run(product: &mut Product, command: &Command) -> Result<Outcome, TestCaseErro
             product.add_batch(reference, qty, eta).map(|()| Reply::Done)
         }
         Command::Allocate(line) => product.allocate(line).map(Reply::AllocatedTo),
-        Command::Deallocate(orderid) => product.deallocate(&orderid).map(Reply::DeallocatedFrom),
+        Command::Deallocate(orderid) => product
+            .deallocate(&orderid)
+            .map(|parts| Reply::DeallocatedFrom(parts.into_iter().map(|p| p.batchref).collect())),
         Command::ChangeBatchQuantity(reference, qty) => product
             .change_batch_quantity(&reference, qty)
             .map(|()| Reply::Done),

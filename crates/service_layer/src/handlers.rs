@@ -14,7 +14,9 @@
 use std::fmt;
 use std::future::Future;
 
-use domain::commands::{Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate};
+use domain::commands::{
+    Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate, Reallocate,
+};
 use domain::events::{Allocated, Deallocated, OutOfStock};
 use domain::{
     BatchRef, DomainError, Event, OrderId, OrderLine, Part, Product, Quantity, Shortage, Sku,
@@ -123,6 +125,36 @@ impl CommandHandler for Allocate {
     }
 }
 
+impl CommandHandler for Reallocate {
+    /// The batch the line went to, or `None` when it is out of stock.
+    type Reply = Option<BatchRef>;
+    const NAME: &'static str = "Reallocate";
+
+    fn products(&self) -> impl Iterator<Item = &Sku> + Send {
+        std::iter::once(&self.sku)
+    }
+
+    fn order(&self) -> Option<&OrderId> {
+        Some(&self.orderid)
+    }
+
+    async fn handle<T: StoreTransaction>(
+        &self,
+        uow: &mut UnitOfWork<T>,
+    ) -> Result<Option<BatchRef>, Error> {
+        let product = uow
+            .products()
+            .get_for_order(&self.sku, &self.orderid)
+            .await?
+            .ok_or_else(|| Error::InvalidSku(self.sku.clone()))?;
+        Ok(product.reallocate(OrderLine {
+            orderid: self.orderid.clone(),
+            sku: self.sku.clone(),
+            qty: self.qty,
+        }))
+    }
+}
+
 /// One line of a whole order, allocated: to one batch, or several parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocatedLine {
@@ -164,7 +196,7 @@ impl CommandHandler for AllocateOrder {
                 sku: sku.clone(),
                 qty: *qty,
             };
-            placements.push(product.placement(&line)?);
+            placements.push(product.placement(&line, self.split)?);
         }
         let short: Vec<Shortage> = placements
             .iter()
@@ -218,8 +250,8 @@ impl CommandHandler for ChangeBatchQuantity {
 }
 
 impl CommandHandler for Deallocate {
-    /// The batch the line was taken off.
-    type Reply = BatchRef;
+    /// The parts the line was taken off: one per batch it was on.
+    type Reply = Vec<Part>;
     const NAME: &'static str = "Deallocate";
 
     fn products(&self) -> impl Iterator<Item = &Sku> + Send {
@@ -233,7 +265,7 @@ impl CommandHandler for Deallocate {
     async fn handle<T: StoreTransaction>(
         &self,
         uow: &mut UnitOfWork<T>,
-    ) -> Result<BatchRef, Error> {
+    ) -> Result<Vec<Part>, Error> {
         let product = uow
             .products()
             .get_for_order(&self.sku, &self.orderid)
@@ -251,8 +283,12 @@ pub fn handle_in_transaction<T: StoreTransaction>(event: &Event, uow: &mut UnitO
             add_allocation_to_read_model(e, uow);
             add_to_outbox(e, uow);
         }
-        Event::Deallocated(e) => remove_allocation_from_read_model(&e.orderid, &e.sku, uow),
-        Event::AllocationCancelled(e) => remove_allocation_from_read_model(&e.orderid, &e.sku, uow),
+        Event::Deallocated(e) => {
+            remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow)
+        }
+        Event::AllocationCancelled(e) => {
+            remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow)
+        }
         Event::BatchCreated(_) | Event::BatchQuantityChanged(_) | Event::OutOfStock(_) => {}
     }
 }
@@ -269,15 +305,18 @@ pub fn add_allocation_to_read_model<T: StoreTransaction>(
     });
 }
 
-/// Transactional: a line that left its batch leaves the read model too.
+/// Transactional: a line (or a part of one) that left its batch leaves the
+/// read model too.
 pub fn remove_allocation_from_read_model<T: StoreTransaction>(
     orderid: &OrderId,
     sku: &Sku,
+    batchref: &BatchRef,
     uow: &mut UnitOfWork<T>,
 ) {
     uow.update_view(ViewChange::Deallocated {
         orderid: orderid.clone(),
         sku: sku.clone(),
+        batchref: batchref.clone(),
     });
 }
 
@@ -302,10 +341,10 @@ pub async fn send_out_of_stock_notification(
     notifications.send(&notification).await
 }
 
-/// After commit: a line taken off a shrunk batch is allocated again,
-/// to another batch if one can take it.
-pub fn reallocate(event: &Deallocated) -> Allocate {
-    Allocate {
+/// After commit: a line (or part of one) taken off a shrunk batch is
+/// allocated again, to another batch if one can take it.
+pub fn reallocate(event: &Deallocated) -> Reallocate {
+    Reallocate {
         orderid: event.orderid.clone(),
         sku: event.sku.clone(),
         qty: event.qty,

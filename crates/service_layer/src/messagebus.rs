@@ -130,6 +130,7 @@ impl<S: Store> MessageBus<S> {
             Command::CreateBatch(c) => self.handle(c).await,
             Command::Allocate(c) => self.handle(c).await.map(drop),
             Command::AllocateOrder(c) => self.handle(c).await.map(drop),
+            Command::Reallocate(c) => self.handle(c).await.map(drop),
             Command::ChangeBatchQuantity(c) => self.handle(c).await,
             Command::Deallocate(c) => self.handle(c).await.map(drop),
         }

@@ -289,5 +289,6 @@ pub enum ViewChange {
     Deallocated {
         orderid: OrderId,
         sku: Sku,
+        batchref: BatchRef,
     },
 }

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use domain::commands::{Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate};
+use domain::commands::{
+    Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate, Reallocate,
+};
 use domain::{Event, OrderId, Sku};
 use rand::Rng;
 use tracing::{debug, warn};
@@ -97,6 +99,7 @@ pub struct CommandLanes {
     create_batch: LanesOf<CreateBatch>,
     allocate: LanesOf<Allocate>,
     allocate_order: LanesOf<AllocateOrder>,
+    reallocate: LanesOf<Reallocate>,
     change_batch_quantity: LanesOf<ChangeBatchQuantity>,
     deallocate: LanesOf<Deallocate>,
 }
@@ -127,6 +130,7 @@ grouped! {
     CreateBatch => create_batch,
     Allocate => allocate,
     AllocateOrder => allocate_order,
+    Reallocate => reallocate,
     ChangeBatchQuantity => change_batch_quantity,
     Deallocate => deallocate,
 }

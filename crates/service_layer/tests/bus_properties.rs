@@ -1,9 +1,10 @@
 //! Property test of the service layer: random commands (single lines and
-//! whole orders of both products) on two products
+//! whole orders of both products, split or not) on two products
 //! through the message bus over the in-memory store, with the reallocation
 //! handler running as in the service. After every command, nothing is
 //! over-allocated, the write side, the read model and the outbox agree, and
-//! every line that lost its batch and was not reallocated had nowhere to go.
+//! every line (or part) that lost its batch and was not reallocated had
+//! nowhere to go.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ enum Step {
     AllocateOrder {
         order: usize,
         lines: Vec<(usize, u32)>,
+        split: bool,
     },
     Deallocate {
         order: usize,
@@ -58,10 +60,11 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(batch, sku, qty, eta)| Step::AddBatch { batch, sku, qty, eta }),
         4 => (0..ORDERS, sku.clone(), 1..=12u32)
             .prop_map(|(order, sku, qty)| Step::Allocate { order, sku, qty }),
-        2 => (0..ORDERS, proptest::sample::subsequence(vec![0, 1], 1..=2), 1..=12u32, 1..=12u32)
-            .prop_map(|(order, skus, first, second)| Step::AllocateOrder {
+        2 => (0..ORDERS, proptest::sample::subsequence(vec![0, 1], 1..=2), 1..=40u32, 1..=40u32, any::<bool>())
+            .prop_map(|(order, skus, first, second, split)| Step::AllocateOrder {
                 order,
                 lines: skus.into_iter().zip([first, second]).collect(),
+                split,
             }),
         1 => (0..ORDERS, sku).prop_map(|(order, sku)| Step::Deallocate { order, sku }),
         2 => (0..BATCHES, 1..=30u32).prop_map(|(batch, qty)| Step::ChangeBatchQuantity { batch, qty }),
@@ -81,16 +84,22 @@ fn eta(days_later: Option<u64>) -> Option<NaiveDate> {
     days_later.map(|days| first + Days::new(days))
 }
 
-/// A line as the read model places it: `(orderid, sku)` on a batch.
-type Placement = HashMap<(OrderId, Sku), BatchRef>;
+/// Where the read model places each line `(orderid, sku)`: its parts,
+/// `(batch, units)`, by batch.
+type Placement = HashMap<(OrderId, Sku), Vec<(BatchRef, u64)>>;
 
 struct App {
     bus: Arc<MessageBus<MemoryStore>>,
     store: MemoryStore,
     notifications: Arc<RecordingNotifications>,
-    /// The quantity of each line as last allocated: the read model knows
-    /// where a line is, not how much it holds.
-    quantities: HashMap<(OrderId, Sku), u32>,
+}
+
+fn total(parts: &[(BatchRef, u64)]) -> u64 {
+    parts.iter().map(|(_, units)| units).sum()
+}
+
+fn batches_of(parts: &[(BatchRef, u64)]) -> Vec<&BatchRef> {
+    parts.iter().map(|(batch, _)| batch).collect()
 }
 
 impl App {
@@ -107,34 +116,74 @@ impl App {
             bus,
             store,
             notifications,
-            quantities: HashMap::new(),
         }
     }
 
-    /// Every line the read model shows allocated.
-    async fn placement(&self) -> Placement {
+    /// Every line the read models show allocated: the order query's parts,
+    /// which the `allocations` view must show on the same batches.
+    async fn placement(&self) -> Result<Placement, TestCaseError> {
         let mut placement = HashMap::new();
         for order in (0..ORDERS).map(order_name) {
-            let rows = self.store.allocations(&order).await.expect("a query");
-            for row in rows {
-                placement.insert((order.clone(), row.sku), row.batchref);
+            let mut shown: Vec<(Sku, BatchRef)> = self
+                .store
+                .allocations(&order)
+                .await
+                .expect("a query")
+                .into_iter()
+                .map(|row| (row.sku, row.batchref))
+                .collect();
+            let mut lines = Vec::new();
+            for line in self.store.order(&order).await.expect("a query") {
+                let mut parts: Vec<_> = line
+                    .parts
+                    .into_iter()
+                    .map(|p| (p.batchref, p.qty))
+                    .collect();
+                parts.sort();
+                prop_assert_eq!(line.qty, total(&parts));
+                lines.extend(
+                    parts
+                        .iter()
+                        .map(|(batch, _)| (line.sku.clone(), batch.clone())),
+                );
+                placement.insert((order.clone(), line.sku), parts);
             }
+            shown.sort();
+            lines.sort();
+            prop_assert_eq!(shown, lines, "the view shows every part of {:?}", order);
         }
-        placement
+        Ok(placement)
     }
 
-    /// Free units of the batches of `product` that could take `units`.
-    async fn room_for(&self, product: &Sku, units: u32) -> Vec<BatchRef> {
+    /// The batches of `product` that could take `units` whole.
+    async fn room_for(&self, product: &Sku, units: u64) -> Vec<BatchRef> {
         let batches = self.store.batches(product).await.expect("a query");
         batches
             .into_iter()
-            .filter(|b| b.available() >= u64::from(units))
+            .filter(|b| b.available() >= units)
             .map(|b| b.reference)
             .collect()
     }
 
+    /// What a line of `product` could get: from the best batch alone, or
+    /// with `split` from all of them.
+    async fn available_for(&self, product: &Sku, split: bool) -> u64 {
+        let available = self
+            .store
+            .batches(product)
+            .await
+            .expect("a query")
+            .into_iter()
+            .map(|b| b.available());
+        if split {
+            available.sum()
+        } else {
+            available.max().unwrap_or(0)
+        }
+    }
+
     async fn run(&mut self, step: &Step) -> Result<(), TestCaseError> {
-        let before = self.placement().await;
+        let before = self.placement().await?;
         match *step {
             Step::AddBatch {
                 batch,
@@ -149,7 +198,7 @@ impl App {
                     eta: eta(days),
                 };
                 refused_only_by_the_domain(self.bus.handle(command).await)?;
-                prop_assert_eq!(self.placement().await, before);
+                prop_assert_eq!(self.placement().await?, before);
             }
             Step::Allocate {
                 order,
@@ -164,15 +213,16 @@ impl App {
                 };
                 let notified = self.notifications.sent().len();
                 let reply = self.bus.handle(command).await;
-                let after = self.placement().await;
+                let after = self.placement().await?;
                 match reply {
                     Ok(Some(batch)) => {
-                        prop_assert_eq!(after.get(&line), Some(&batch));
-                        self.quantities.insert(line, units);
+                        let parts = after.get(&line).map(Vec::as_slice).unwrap_or_default();
+                        prop_assert!(batches_of(parts).contains(&&batch));
+                        prop_assert_eq!(total(parts), u64::from(units));
                     }
                     Ok(None) => {
                         prop_assert_eq!(after.get(&line), None);
-                        prop_assert_eq!(self.room_for(&line.1, units).await, vec![]);
+                        prop_assert_eq!(self.room_for(&line.1, units.into()).await, vec![]);
                         let sent = self.notifications.sent();
                         prop_assert_eq!(sent.len(), notified + 1);
                         let warning = format!("Out of stock for {}", line.1);
@@ -184,7 +234,11 @@ impl App {
                     }
                 }
             }
-            Step::AllocateOrder { order, ref lines } => {
+            Step::AllocateOrder {
+                order,
+                ref lines,
+                split,
+            } => {
                 let orderid = order_name(order);
                 let requested: Vec<(Sku, u32)> = lines
                     .iter()
@@ -199,10 +253,15 @@ impl App {
                             .collect(),
                     )
                     .expect("one line per SKU"),
+                    split,
                 };
+                let mut available = HashMap::new();
+                for (product, _) in &requested {
+                    available.insert(product.clone(), self.available_for(product, split).await);
+                }
                 let notified = self.notifications.sent().len();
                 let reply = self.bus.handle(command).await;
-                let after = self.placement().await;
+                let after = self.placement().await?;
                 prop_assert_eq!(
                     self.notifications.sent().len(),
                     notified,
@@ -212,17 +271,24 @@ impl App {
                     Ok(allocated) => {
                         for (line, (product, units)) in allocated.iter().zip(&requested) {
                             let key = (orderid.clone(), product.clone());
-                            prop_assert_eq!(after.get(&key), Some(&line.parts[0].batchref));
-                            self.quantities.insert(key, *units);
+                            let mut parts: Vec<_> = line
+                                .parts
+                                .iter()
+                                .map(|p| (p.batchref.clone(), u64::from(p.qty.get())))
+                                .collect();
+                            parts.sort();
+                            prop_assert_eq!(after.get(&key), Some(&parts));
+                            prop_assert_eq!(total(&parts), u64::from(*units));
+                            if !split {
+                                prop_assert_eq!(parts.len(), 1, "whole lines only");
+                            }
                         }
                     }
                     Err(Error::Rejected(DomainError::OrderShort { short, .. })) => {
                         prop_assert_eq!(after, before, "all or nothing");
                         for line in short {
-                            prop_assert_eq!(
-                                self.room_for(&line.sku, line.requested.get()).await,
-                                vec![]
-                            );
+                            prop_assert_eq!(line.available, available[&line.sku]);
+                            prop_assert!(line.available < u64::from(line.requested.get()));
                         }
                     }
                     Err(error) => {
@@ -241,10 +307,15 @@ impl App {
                     sku: line.1.clone(),
                 };
                 let reply = self.bus.handle(command).await;
-                let after = self.placement().await;
+                let after = self.placement().await?;
                 match reply {
-                    Ok(batch) => {
-                        prop_assert_eq!(before.get(&line), Some(&batch));
+                    Ok(parts) => {
+                        let mut parts: Vec<_> = parts
+                            .into_iter()
+                            .map(|p| (p.batchref, u64::from(p.qty.get())))
+                            .collect();
+                        parts.sort();
+                        prop_assert_eq!(before.get(&line), Some(&parts));
                         prop_assert_eq!(after.get(&line), None, "cancelled lines stay cancelled");
                     }
                     Err(error) => {
@@ -262,25 +333,39 @@ impl App {
                     qty: qty(units),
                 };
                 refused_only_by_the_domain(self.bus.handle(command).await)?;
-                // A line that left its batch and is nowhere now was tried
-                // on every batch of its product: none has room for it.
-                let after = self.placement().await;
+                // Only lines with a part on the changed batch move. A part
+                // that left it and is nowhere now was tried on every batch
+                // of its product: none has room for it.
+                let after = self.placement().await?;
                 let changed = batch_name(batch);
-                for (line, placed) in before.iter().filter(|(_, placed)| **placed != changed) {
-                    prop_assert_eq!(
-                        after.get(line),
-                        Some(placed),
-                        "only the changed batch's lines move"
-                    );
-                }
-                for line in before.keys().filter(|line| !after.contains_key(*line)) {
-                    let units = self.quantities[line];
-                    prop_assert_eq!(
-                        self.room_for(&line.1, units).await,
-                        vec![],
-                        "{:?} was not reallocated",
-                        line
-                    );
+                for (line, parts) in &before {
+                    let now = after.get(line).map(Vec::as_slice).unwrap_or_default();
+                    if !batches_of(parts).contains(&&changed) {
+                        prop_assert_eq!(
+                            now,
+                            parts.as_slice(),
+                            "only the changed batch's lines move"
+                        );
+                        continue;
+                    }
+                    for (batch, units) in parts.iter().filter(|(batch, _)| *batch != changed) {
+                        let kept = now.iter().find(|(b, _)| b == batch).map(|(_, u)| *u);
+                        prop_assert!(
+                            kept >= Some(*units),
+                            "{:?} lost its part on {:?}",
+                            line,
+                            batch
+                        );
+                    }
+                    let lost = total(parts) - total(now);
+                    if lost > 0 {
+                        prop_assert_eq!(
+                            self.room_for(&line.1, lost).await,
+                            vec![],
+                            "{:?} was not reallocated",
+                            line
+                        );
+                    }
                 }
             }
         }
@@ -288,9 +373,9 @@ impl App {
     }
 
     /// Nothing over-allocated; each batch's total is what the read model's
-    /// lines on it hold; the outbox's last word on each line is where it is.
+    /// parts on it hold; every part was announced on its batch.
     async fn check_consistency(&self) -> Result<(), TestCaseError> {
-        let placement = self.placement().await;
+        let placement = self.placement().await?;
         let messages = self.store.unsent_messages();
         for product in SKUS.map(sku) {
             for batch in self.store.batches(&product).await.expect("a query") {
@@ -300,21 +385,31 @@ impl App {
                     batch
                 );
                 let on_batch: u64 = placement
-                    .iter()
-                    .filter(|(_, placed)| **placed == batch.reference)
-                    .map(|(line, _)| u64::from(self.quantities[line]))
+                    .values()
+                    .flatten()
+                    .filter(|(placed, _)| *placed == batch.reference)
+                    .map(|(_, units)| units)
                     .sum();
                 prop_assert_eq!(batch.allocated, on_batch, "{:?}", batch.reference);
             }
         }
-        for ((order, product), batch) in &placement {
-            let last = messages
-                .iter()
-                .rev()
-                .find(|m| &m.event.orderid == order && &m.event.sku == product);
-            let announced = last.map(|m| (&m.event.batchref, m.event.qty.get()));
-            let units = self.quantities[&(order.clone(), product.clone())];
-            prop_assert_eq!(announced, Some((batch, units)));
+        for ((order, product), parts) in &placement {
+            for (batch, units) in parts {
+                let last = messages.iter().rev().find(|m| {
+                    &m.event.orderid == order
+                        && &m.event.sku == product
+                        && &m.event.batchref == batch
+                });
+                // A part joined by a reallocated one was announced in pieces.
+                let announced = last.map(|m| u64::from(m.event.qty.get()));
+                prop_assert!(
+                    announced.is_some_and(|announced| announced <= *units),
+                    "{:?} on {:?} announced as {:?}",
+                    (order, product),
+                    batch,
+                    announced
+                );
+            }
         }
         Ok(())
     }

@@ -49,18 +49,18 @@ impl RebuildReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConsistencyReport {
     pub totals: Totals,
-    /// Allocated lines the read model does not show (`batchref`: the batch
-    /// it should show).
+    /// Parts of allocated lines the read model does not show (`batchref`:
+    /// the batch it should show).
     pub missing_rows: Findings<ViewRow>,
     /// Read-model rows with no allocated line behind them.
     pub extra_rows: Findings<ViewRow>,
-    /// Read-model rows that show another batch than the line is on.
+    /// Read-model rows that show a batch the line has no part on.
     pub wrong_batch: Findings<WrongBatch>,
     /// Batches whose `allocated_quantity` is not the total of their lines.
     pub allocated_totals: Findings<BatchTotal>,
     /// Batches with more allocated than purchased.
     pub over_allocated: Findings<OverAllocated>,
-    /// Order lines `(orderid, sku)` allocated more than once.
+    /// Order lines `(orderid, sku)` with two rows on one batch.
     pub duplicate_lines: Findings<DuplicateLine>,
     /// Lines allocated to a batch of another SKU.
     pub lines_on_foreign_batches: Findings<ForeignBatchLine>,
@@ -204,17 +204,23 @@ mod rebuild {
     pub const TAKE_PRODUCT: &str =
         "UPDATE products SET version_number = version_number + 1 WHERE sku = $1";
 
+    /// Rows of the product's lines that show a batch the line has no part
+    /// on.
+    pub const REMOVE_WRONG_ROWS: &str = "DELETE FROM allocations_view \
+         WHERE sku = $1 AND orderid IN (\
+         SELECT a.orderid FROM batches b JOIN allocations a ON a.batch_id = b.id WHERE b.sku = $1) \
+         AND NOT EXISTS (\
+         SELECT 1 FROM allocations a JOIN batches b ON b.id = a.batch_id \
+         WHERE a.orderid = allocations_view.orderid AND a.sku = allocations_view.sku \
+         AND b.reference = allocations_view.batchref)";
+
+    /// A row for every part of the product's lines that has none.
     pub const ADD_MISSING_ROWS: &str = "INSERT INTO allocations_view (orderid, sku, batchref) \
          SELECT a.orderid, a.sku, b.reference \
          FROM batches b JOIN allocations a ON a.batch_id = b.id \
          WHERE b.sku = $1 AND NOT EXISTS (\
-         SELECT 1 FROM allocations_view v WHERE v.orderid = a.orderid AND v.sku = a.sku)";
-
-    pub const FIX_WRONG_BATCHES: &str = "UPDATE allocations_view SET batchref = b.reference \
-         FROM batches b JOIN allocations a ON a.batch_id = b.id \
-         WHERE b.sku = $1 \
-         AND allocations_view.orderid = a.orderid AND allocations_view.sku = a.sku \
-         AND allocations_view.batchref <> b.reference";
+         SELECT 1 FROM allocations_view v \
+         WHERE v.orderid = a.orderid AND v.sku = a.sku AND v.batchref = b.reference)";
 
     /// Rows with no line behind them, for every product at once: one pass
     /// over the read model, each row checked by `allocations (orderid, sku)`.
@@ -231,24 +237,42 @@ mod check {
          (SELECT COUNT(*) FROM allocations) AS allocations, \
          (SELECT COUNT(*) FROM allocations_view) AS view_rows";
 
+    /// Parts of lines with no row for their batch, where no row of the
+    /// line shows a wrong batch either (that is a `WRONG_BATCH`).
     pub const MISSING_ROWS: &str = "SELECT a.orderid, a.sku, b.reference AS batchref \
          FROM allocations a JOIN batches b ON b.id = a.batch_id \
          WHERE NOT EXISTS (\
-         SELECT 1 FROM allocations_view v WHERE v.orderid = a.orderid AND v.sku = a.sku) \
-         ORDER BY a.sku, a.orderid";
+         SELECT 1 FROM allocations_view v \
+         WHERE v.orderid = a.orderid AND v.sku = a.sku AND v.batchref = b.reference) \
+         AND NOT EXISTS (\
+         SELECT 1 FROM allocations_view v WHERE v.orderid = a.orderid AND v.sku = a.sku \
+         AND NOT EXISTS (\
+         SELECT 1 FROM allocations a2 JOIN batches b2 ON b2.id = a2.batch_id \
+         WHERE a2.orderid = v.orderid AND a2.sku = v.sku AND b2.reference = v.batchref)) \
+         ORDER BY a.sku, a.orderid, b.reference";
 
+    /// Rows of lines that are not allocated at all.
     pub const EXTRA_ROWS: &str = "SELECT v.orderid, v.sku, v.batchref \
          FROM allocations_view v \
          WHERE NOT EXISTS (\
          SELECT 1 FROM allocations a WHERE a.orderid = v.orderid AND a.sku = v.sku) \
-         ORDER BY v.sku, v.orderid";
+         ORDER BY v.sku, v.orderid, v.batchref";
 
-    pub const WRONG_BATCH: &str = "SELECT v.orderid, v.sku, v.batchref AS shown, b.reference AS allocated \
+    /// Rows of allocated lines that show a batch the line has no part on,
+    /// with the batch of a part that no row shows (or else the first).
+    pub const WRONG_BATCH: &str = "SELECT v.orderid, v.sku, v.batchref AS shown, (\
+         SELECT b.reference FROM allocations a JOIN batches b ON b.id = a.batch_id \
+         WHERE a.orderid = v.orderid AND a.sku = v.sku \
+         ORDER BY CASE WHEN EXISTS (\
+         SELECT 1 FROM allocations_view w \
+         WHERE w.orderid = a.orderid AND w.sku = a.sku AND w.batchref = b.reference) \
+         THEN 1 ELSE 0 END, a.batch_id LIMIT 1) AS allocated \
          FROM allocations_view v \
-         JOIN allocations a ON a.orderid = v.orderid AND a.sku = v.sku \
-         JOIN batches b ON b.id = a.batch_id \
-         WHERE v.batchref <> b.reference \
-         ORDER BY v.sku, v.orderid";
+         WHERE EXISTS (SELECT 1 FROM allocations a WHERE a.orderid = v.orderid AND a.sku = v.sku) \
+         AND NOT EXISTS (\
+         SELECT 1 FROM allocations a JOIN batches b ON b.id = a.batch_id \
+         WHERE a.orderid = v.orderid AND a.sku = v.sku AND b.reference = v.batchref) \
+         ORDER BY v.sku, v.orderid, v.batchref";
 
     /// `SUM` of BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode.
     pub const ALLOCATED_TOTALS: &str = "SELECT b.reference, b.sku, b.allocated_quantity, \
@@ -261,8 +285,9 @@ mod check {
     pub const OVER_ALLOCATED: &str = "SELECT reference, sku, allocated_quantity, purchased_quantity \
          FROM batches WHERE allocated_quantity > purchased_quantity ORDER BY id";
 
+    /// A line may have one row per batch, never two on one batch.
     pub const DUPLICATE_LINES: &str = "SELECT orderid, sku, COUNT(*) AS lines \
-         FROM allocations GROUP BY orderid, sku HAVING COUNT(*) > 1 \
+         FROM allocations GROUP BY orderid, sku, batch_id HAVING COUNT(*) > 1 \
          ORDER BY sku, orderid";
 
     pub const LINES_ON_FOREIGN_BATCHES: &str = "SELECT a.orderid, a.sku, b.reference, b.sku AS batch_sku \
@@ -312,12 +337,17 @@ impl SqlStore {
             let mut transaction = self.begin_with(self.dialect.begin_statement()).await?;
             let conn = &mut *transaction;
             execute(conn, rebuild::TAKE_PRODUCT, sku).await?;
-            report.added += execute(conn, rebuild::ADD_MISSING_ROWS, sku).await?;
-            report.changed += execute(conn, rebuild::FIX_WRONG_BATCHES, sku).await?;
+            let wrong = execute(conn, rebuild::REMOVE_WRONG_ROWS, sku).await?;
+            let added = execute(conn, rebuild::ADD_MISSING_ROWS, sku).await?;
             transaction.commit().await.map_err(StoreError::backend)?;
+            // A wrong row replaced by the right one was changed.
+            let changed = wrong.min(added);
+            report.changed += changed;
+            report.added += added - changed;
+            report.removed += wrong - changed;
             report.products += 1;
         }
-        report.removed = self.remove_orphan_rows().await?;
+        report.removed += self.remove_orphan_rows().await?;
         Ok(report)
     }
 

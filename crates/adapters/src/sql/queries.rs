@@ -51,13 +51,15 @@ pub const SKU_OF_BATCH: &str = "SELECT sku FROM batches WHERE reference = $1";
 
 /// An order's allocations, from the read model.
 pub const ALLOCATIONS_OF_ORDER: &str =
-    "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY sku";
+    "SELECT sku, batchref FROM allocations_view WHERE orderid = $1 ORDER BY sku, batchref";
 
 /// An order's lines, one row per part, from the write tables (what
-/// `GET /orders/<orderid>` shows): found through `(orderid, sku)`.
+/// `GET /orders/<orderid>` shows): found through `(orderid, sku,
+/// batch_id)`, in its order, so a split line's parts come in the order
+/// their batches were created.
 pub const LINES_OF_ORDER: &str = "SELECT a.sku, b.reference AS batchref, a.qty \
      FROM allocations a JOIN batches b ON b.id = a.batch_id \
-     WHERE a.orderid = $1 ORDER BY a.sku, a.id";
+     WHERE a.orderid = $1 ORDER BY a.sku, a.batch_id";
 
 /// A product's batches, from the write tables (they are the read model
 /// of the product query).

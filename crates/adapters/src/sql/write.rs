@@ -177,12 +177,17 @@ fn change_of<'a>(sku: &'a Sku, event: &'a Event) -> Option<(Kind, Row<'a>)> {
                 ..row
             },
         ),
-        // The stored line says which batch and how much to give back.
-        Event::Deallocated(Deallocated { orderid, .. })
-        | Event::AllocationCancelled(AllocationCancelled { orderid, .. }) => (
+        // The stored line on that batch says how much to give back.
+        Event::Deallocated(Deallocated {
+            orderid, batchref, ..
+        })
+        | Event::AllocationCancelled(AllocationCancelled {
+            orderid, batchref, ..
+        }) => (
             Kind::LinesRemoved,
             Row {
                 orderid: Some(orderid.as_str()),
+                batchref: Some(batchref.as_str()),
                 ..row
             },
         ),
@@ -213,10 +218,15 @@ fn change_of_view(view: &ViewChange) -> (Kind, Row<'_>) {
                 ..Row::of(sku.as_str())
             },
         ),
-        ViewChange::Deallocated { orderid, sku } => (
+        ViewChange::Deallocated {
+            orderid,
+            sku,
+            batchref,
+        } => (
             Kind::ViewRowsRemoved,
             Row {
                 orderid: Some(orderid.as_str()),
+                batchref: Some(batchref.as_str()),
                 ..Row::of(sku.as_str())
             },
         ),

@@ -132,6 +132,7 @@ impl<S: Store> Bus<S> {
             .await
     }
 
+    /// The batch the line was on (the first, if it was split).
     pub async fn deallocate(&self, orderid: &OrderId, sku: &Sku) -> Result<BatchRef, Error> {
         self.bus
             .handle(Deallocate {
@@ -139,6 +140,7 @@ impl<S: Store> Bus<S> {
                 sku: sku.clone(),
             })
             .await
+            .map(|parts| parts[0].batchref.clone())
     }
 }
 
@@ -262,11 +264,22 @@ pub fn changes_of(product: &mut Product, stored_version: Option<u64>) -> ChangeS
                     event: allocated.clone(),
                 });
             }
-            Event::Deallocated(Deallocated { orderid, sku, .. })
-            | Event::AllocationCancelled(AllocationCancelled { orderid, sku, .. }) => {
+            Event::Deallocated(Deallocated {
+                orderid,
+                sku,
+                batchref,
+                ..
+            })
+            | Event::AllocationCancelled(AllocationCancelled {
+                orderid,
+                sku,
+                batchref,
+                ..
+            }) => {
                 views.push(ViewChange::Deallocated {
                     orderid: orderid.clone(),
                     sku: sku.clone(),
+                    batchref: batchref.clone(),
                 });
             }
             _ => {}

@@ -25,6 +25,7 @@ per_backend!(mod on_every_sql_backend on [sqlite, postgres] via on_database {
     a_fresh_database_is_consistent,
     check_reports_exactly_the_damage_and_rebuild_repairs_the_read_model,
     broken_rules_of_the_write_model_are_reported,
+    split_lines_are_checked_and_rebuilt_part_by_part,
     a_rebuild_during_concurrent_commands_leaves_everything_consistent,
 });
 
@@ -261,7 +262,7 @@ async fn broken_rules_of_the_write_model_are_reported(db: TestDatabase) {
         damage(
             &mut conn,
             &format!(
-                "ALTER TABLE allocations DROP CONSTRAINT allocations_orderid_sku_key; \
+                "ALTER TABLE allocations DROP CONSTRAINT allocations_orderid_sku_batch_id_key; \
                  INSERT INTO allocations (orderid, sku, batch_id, qty) \
                  SELECT orderid, sku, batch_id, qty FROM allocations WHERE orderid = '{over}'; \
                  UPDATE batches SET allocated_quantity = 8 WHERE reference = '{warehouse}';",
@@ -311,6 +312,63 @@ async fn broken_rules_of_the_write_model_are_reported(db: TestDatabase) {
     );
     assert_eq!((report.missing_rows.count, report.extra_rows.count), (0, 0));
     assert!(!report.is_consistent());
+}
+
+/// A line split over two batches has a row per part: both must show, and
+/// the rebuild puts back the one that went missing or went wrong.
+async fn split_lines_are_checked_and_rebuilt_part_by_part(db: TestDatabase) {
+    let store = open(db.url()).await;
+    let s = stock(&store).await;
+    let big = orderid("big");
+    let split = domain::commands::AllocateOrder {
+        orderid: big.clone(),
+        lines: domain::OrderLines::new(vec![(s.chairs.clone(), qty(150))]).expect("lines"),
+        split: true,
+    };
+    bus(&store).bus.handle(split).await.expect("allocated");
+    let report = check(&store).await;
+    assert!(report.is_consistent(), "{report:#?}");
+    assert_eq!(report.totals.allocations, 6);
+
+    let mut conn = connect_directly(db.url()).await;
+    let forget_the_shipment = format!(
+        "DELETE FROM allocations_view WHERE orderid = '{big}' AND batchref = '{}'",
+        s.shipment
+    );
+    damage(&mut conn, &forget_the_shipment).await;
+    let report = check(&store).await;
+    assert_eq!(
+        report.missing_rows,
+        found(vec![view_row(&big, &s.chairs, &s.shipment)])
+    );
+    assert_eq!(report.read_model_differences(), 1, "{report:#?}");
+
+    let show_a_ghost =
+        format!("UPDATE allocations_view SET batchref = 'ghost' WHERE orderid = '{big}'");
+    damage(&mut conn, &show_a_ghost).await;
+    let report = check(&store).await;
+    assert_eq!(
+        report.wrong_batch,
+        found(vec![WrongBatch {
+            orderid: big.to_string(),
+            sku: s.chairs.to_string(),
+            shown: "ghost".to_owned(),
+            allocated: s.warehouse.to_string(),
+        }])
+    );
+    assert_eq!(report.read_model_differences(), 1, "{report:#?}");
+
+    let rebuilt = rebuild(&store).await;
+    assert_eq!(
+        (rebuilt.added, rebuilt.changed, rebuilt.removed),
+        (1, 1, 0),
+        "{rebuilt:?}"
+    );
+    // The read model lists an order's rows by SKU, then batch.
+    let mut both = vec![view(&s.chairs, &s.warehouse), view(&s.chairs, &s.shipment)];
+    both.sort_by(|a, b| a.batchref.cmp(&b.batchref));
+    assert_eq!(allocations(&store, &big).await, both);
+    assert!(check(&store).await.is_consistent());
 }
 
 /// Orders allocated concurrently with rebuilds, some deallocated again:

@@ -17,6 +17,8 @@ use crate::watched::bounded;
 per_backend!(mod every_backend on [memory, sqlite, postgres] via one_store {
     an_order_is_written_whole_and_read_back_line_by_line,
     a_short_order_writes_nothing,
+    a_split_line_is_stored_part_by_part_and_a_part_moves_alone,
+    parts_of_one_line_joining_on_one_batch_in_one_commit_are_summed,
 });
 
 per_backend!(mod across_instances on [memory, postgres] via two_instances {
@@ -30,6 +32,14 @@ fn order(orderid: &OrderId, lines: &[(&Sku, u32)]) -> AllocateOrder {
     AllocateOrder {
         orderid: orderid.clone(),
         lines: OrderLines::new(lines.collect()).expect("valid lines"),
+        split: false,
+    }
+}
+
+fn part(batch: &BatchRef, units: u64) -> PartView {
+    PartView {
+        batchref: batch.clone(),
+        qty: units,
     }
 }
 
@@ -110,6 +120,114 @@ async fn a_short_order_writes_nothing<S: Store + ReadModel + Outbox>(store: S) {
     assert_eq!(allocated_totals(&batch_views(&store, &a).await), [0]);
     assert_eq!(store.order(&o).await.expect("query"), []);
     assert!(outbox_of(&store).await.is_empty());
+}
+
+/// A line split over two batches is two rows, read back as two parts and
+/// announced as two messages. When one batch shrinks, only its part moves:
+/// here onto the other batch, where it joins the line's part there.
+async fn a_split_line_is_stored_part_by_part_and_a_part_moves_alone<
+    S: Store + ReadModel + Outbox,
+>(
+    store: S,
+) {
+    let bus = bus(&store);
+    let sku = sku();
+    let (home, ship) = (batchref("home"), batchref("ship"));
+    bus.add_batch(&home, &sku, 10, None).await;
+    bus.add_batch(&ship, &sku, 12, Some(date(2031, 1, 1))).await;
+    let o = orderid("o");
+
+    let split = AllocateOrder {
+        split: true,
+        ..order(&o, &[(&sku, 15)])
+    };
+    let answer = bus.bus.handle(split).await.expect("allocated");
+    let parts: Vec<_> = answer[0]
+        .parts
+        .iter()
+        .map(|p| (p.batchref.clone(), p.qty.get()))
+        .collect();
+    assert_eq!(parts, [(home.clone(), 10), (ship.clone(), 5)]);
+    let line = |parts: Vec<PartView>| OrderLineView {
+        sku: sku.clone(),
+        qty: parts.iter().map(|p| p.qty).sum(),
+        status: LineStatus::Allocated,
+        parts,
+    };
+    assert_eq!(
+        store.order(&o).await.expect("query"),
+        [line(vec![part(&home, 10), part(&ship, 5)])]
+    );
+    assert_eq!(
+        allocations(&store, &o).await,
+        [view(&sku, &home), view(&sku, &ship)]
+    );
+    assert_eq!(
+        outbox_of(&store).await,
+        [(o.clone(), home.clone()), (o.clone(), ship.clone())]
+    );
+    assert_eq!(allocated_totals(&batch_views(&store, &sku).await), [10, 5]);
+
+    // The shipment grows to 20, the warehouse keeps 4: the line's 10 there
+    // leave it, and the shipment, with 15 free, takes them beside the 5 it
+    // holds.
+    for (batch, units) in [(&ship, 20), (&home, 4)] {
+        bus.bus
+            .handle(domain::commands::ChangeBatchQuantity {
+                reference: batch.clone(),
+                qty: qty(units),
+            })
+            .await
+            .expect("changed");
+    }
+    assert_eq!(
+        store.order(&o).await.expect("query"),
+        [line(vec![part(&ship, 15)])]
+    );
+    assert_eq!(allocations(&store, &o).await, [view(&sku, &ship)]);
+    assert_eq!(allocated_totals(&batch_views(&store, &sku).await), [0, 15]);
+    assert_eq!(outbox_of(&store).await, [(o.clone(), ship.clone())]);
+
+    // Deallocating frees the whole line.
+    bus.deallocate(&o, &sku).await.expect("deallocated");
+    assert_eq!(store.order(&o).await.expect("query"), []);
+    assert_eq!(allocated_totals(&batch_views(&store, &sku).await), [0, 0]);
+}
+
+/// Two parts of one line reallocated to the same batch in one unit of work
+/// (a group of reallocations) join in the model: the commit writes one row
+/// of their sum, on every backend.
+async fn parts_of_one_line_joining_on_one_batch_in_one_commit_are_summed<
+    S: Store + ReadModel + Outbox,
+>(
+    store: S,
+) {
+    let bus = bus(&store);
+    let sku = sku();
+    let home = batchref("home");
+    bus.add_batch(&home, &sku, 10, None).await;
+    let o = orderid("o");
+
+    let mut product = load_product(&store, &sku, service_layer::ports::Lines::OfOrder(&o)).await;
+    let stored = product.version();
+    for units in [2, 3] {
+        assert_eq!(
+            product.reallocate(line(&o, &sku, units)),
+            Some(home.clone())
+        );
+    }
+    commit(&store, changes_of(&mut product, Some(stored)))
+        .await
+        .expect("committed");
+    let line = OrderLineView {
+        sku: sku.clone(),
+        qty: 5,
+        status: LineStatus::Allocated,
+        parts: vec![part(&home, 5)],
+    };
+    assert_eq!(store.order(&o).await.expect("query"), [line]);
+    assert_eq!(allocations(&store, &o).await, [view(&sku, &home)]);
+    assert_eq!(allocated_totals(&batch_views(&store, &sku).await), [5]);
 }
 
 /// Two instances each send orders of two or three of the same three SKUs,

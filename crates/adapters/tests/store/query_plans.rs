@@ -61,7 +61,7 @@ const LOOKUPS: &[Lookup] = &[
         what: "an order's lines (GET /orders/<orderid>)",
         sql: Sql::Both(queries::LINES_OF_ORDER),
         params: &["order-4242"],
-        postgres_indexes: &["allocations_orderid_sku_key", "batches_pkey"],
+        postgres_indexes: &["allocations_orderid_sku_batch_id_key", "batches_pkey"],
         sqlite_indexes: &["sqlite_autoindex_allocations_1"],
     },
     Lookup {
@@ -78,7 +78,7 @@ const LOOKUPS: &[Lookup] = &[
         postgres_indexes: &[
             "products_pkey",
             "batches_sku_id",
-            "allocations_orderid_sku_key",
+            "allocations_orderid_sku_batch_id_key",
         ],
         sqlite_indexes: &[
             "sqlite_autoindex_products_1",
@@ -96,7 +96,7 @@ const LOOKUPS: &[Lookup] = &[
         postgres_indexes: &[
             "products_pkey",
             "batches_sku_id",
-            "allocations_orderid_sku_key",
+            "allocations_orderid_sku_batch_id_key",
         ],
         sqlite_indexes: &[
             "sqlite_autoindex_products_1",

@@ -80,6 +80,10 @@ fn record_ids(command: &Command) {
             span.record("orderid", c.orderid.as_str());
             span.record("sku", c.sku.as_str());
         }
+        Command::Reallocate(c) => {
+            span.record("orderid", c.orderid.as_str());
+            span.record("sku", c.sku.as_str());
+        }
         Command::AllocateOrder(c) => {
             span.record("orderid", c.orderid.as_str());
         }

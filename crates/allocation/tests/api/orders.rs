@@ -14,6 +14,7 @@ per_backend!(mod every_backend on [sqlite, postgres] via on_database {
     an_order_short_on_one_line_is_refused_whole,
     of_twenty_orders_for_the_last_unit_exactly_one_is_accepted,
     bad_orders_are_refused_and_change_nothing,
+    a_split_line_spreads_over_batches_and_shows_each_part,
 });
 
 async fn an_order_is_allocated_whole_and_shows_line_by_line(db: TestDatabase) {
@@ -157,7 +158,7 @@ async fn bad_orders_are_refused_and_change_nothing(db: TestDatabase) {
             json!({ "lines": [{ "sku": unknown, "qty": 1 }] }),
             "Invalid sku",
         ),
-        (json!({ "lines": [line], "split": true }), "split"),
+        (json!({ "lines": [line], "split": "yes" }), ""),
         (json!({ "lines": [line], "hold_id": "h1" }), "hold"),
         (json!({ "lines": "many" }), ""),
     ];
@@ -177,4 +178,70 @@ async fn bad_orders_are_refused_and_change_nothing(db: TestDatabase) {
         )
         .await;
     assert_eq!(status, 202);
+}
+
+/// A line no batch can take whole: refused without `split`, naming what
+/// the best batch has; spread over the batches with it, warehouse first,
+/// each part shown by both queries and freed by one deallocation.
+async fn a_split_line_spreads_over_batches_and_shows_each_part(db: TestDatabase) {
+    let app = RunningApp::start(&db).await;
+    let sofa = unique("sofa");
+    let (shipment, warehouse) = (unique("ship"), unique("home"));
+    app.add_batch(&shipment, &sofa, 5, Some("2031-01-01")).await;
+    app.add_batch(&warehouse, &sofa, 3, None).await;
+    let orderid = unique("order");
+    let path = format!("/orders/{orderid}/allocate");
+    let line = json!([{ "sku": sofa, "qty": 6 }]);
+
+    let (status, answer) = app.post(&path, &json!({ "lines": line })).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(
+        answer["short"],
+        json!([{ "sku": sofa, "requested": 6, "available": 5 }])
+    );
+    let too_many = json!({ "lines": [{ "sku": sofa, "qty": 9 }], "split": true });
+    let (status, answer) = app.post(&path, &too_many).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["short"][0]["available"], 8, "all batches together");
+
+    let (status, answer) = app
+        .post(&path, &json!({ "lines": line, "split": true }))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let parts = json!([
+        { "batchref": warehouse, "qty": 3 },
+        { "batchref": shipment, "qty": 3 },
+    ]);
+    assert_eq!(answer["lines"][0]["allocations"], parts);
+
+    let (_, order) = app.get(&format!("/orders/{orderid}")).await;
+    let line = &order["lines"][0];
+    assert_eq!(
+        (&line["qty"], &line["status"]),
+        (&json!(6), &json!("allocated"))
+    );
+    // By batch, in the order the batches were created.
+    let shown: Vec<&str> = line["allocations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|part| part["batchref"].as_str())
+        .collect();
+    assert_eq!(shown, [shipment.as_str(), warehouse.as_str()]);
+    let (_, view) = app.get(&format!("/allocations/{orderid}")).await;
+    assert_eq!(view.as_array().map(Vec::len), Some(2), "{view}");
+
+    let (status, freed) = app
+        .post("/deallocate", &json!({ "orderid": orderid, "sku": sofa }))
+        .await;
+    assert_eq!(status, 200, "{freed}");
+    assert_eq!(freed["allocations"].as_array().map(Vec::len), Some(2));
+    let (_, batches) = app.get(&format!("/products/{sofa}/batches")).await;
+    let allocated: Vec<&serde_json::Value> = batches["batches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|batch| &batch["allocated"])
+        .collect();
+    assert_eq!(allocated, [&json!(0), &json!(0)]);
 }

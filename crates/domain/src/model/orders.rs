@@ -34,9 +34,9 @@ pub enum Placement {
     /// The line is allocated already, with the same quantity: the order
     /// was sent again, and its answer is the allocation made the first time.
     Allocated { sku: Sku, parts: Vec<Part> },
-    /// A batch can take the line.
-    Fits { line: OrderLine, batchref: BatchRef },
-    /// No batch can take the line whole.
+    /// The line fits: whole on one batch, or split over several.
+    Fits { line: OrderLine, parts: Vec<Part> },
+    /// Not enough stock for the line.
     Short(Shortage),
 }
 
@@ -61,43 +61,82 @@ impl Product {
     /// Where `line` would go, by the book's policy (warehouse first, then
     /// earliest ETA, then creation order), without changing anything and
     /// without recording [`OutOfStock`](crate::events::OutOfStock): an order
-    /// refused whole tells its client, not the buyers. Needs the lines of
-    /// `line.orderid` loaded. A line allocated already with another quantity
-    /// is refused, as by [`Product::allocate`].
-    pub fn placement(&self, line: &OrderLine) -> Result<Placement, DomainError> {
-        if let Some((batch, existing)) = self.same_allocation_of(line)? {
+    /// refused whole tells its client, not the buyers.
+    ///
+    /// The line goes whole to the preferred batch that can take it. If none
+    /// can and `split` allows, it is spread over batches in the same order,
+    /// each giving what it has, and is short only if all of them together
+    /// cannot cover it; the shortage's `available` is what the line could
+    /// get: the best batch's stock, or with `split` every batch's.
+    ///
+    /// Needs the lines of `line.orderid` loaded. A line allocated already
+    /// with another quantity is refused, as by [`Product::allocate`].
+    pub fn placement(&self, line: &OrderLine, split: bool) -> Result<Placement, DomainError> {
+        if let Some(parts) = self.same_allocation_of(line)? {
             return Ok(Placement::Allocated {
                 sku: line.sku.clone(),
+                parts,
+            });
+        }
+        if let Some(index) = self.preferred_batch_for(line) {
+            return Ok(Placement::Fits {
+                line: line.clone(),
                 parts: vec![Part {
-                    batchref: batch.reference.clone(),
-                    qty: existing.qty,
+                    batchref: self.batches[index].reference.clone(),
+                    qty: line.qty,
                 }],
             });
         }
-        Ok(match self.preferred_batch_for(line) {
-            Some(index) => Placement::Fits {
+        let available = self.batches.iter().map(|batch| batch.available_quantity());
+        let available = if split {
+            available.sum()
+        } else {
+            available.max().unwrap_or(0)
+        };
+        if split && available >= u64::from(line.qty.get()) {
+            return Ok(Placement::Fits {
                 line: line.clone(),
-                batchref: self.batches[index].reference.clone(),
-            },
-            None => Placement::Short(Shortage {
-                sku: line.sku.clone(),
-                requested: line.qty,
-                available: self
-                    .batches
-                    .iter()
-                    .map(|batch| batch.available_quantity())
-                    .max()
-                    .unwrap_or(0),
-            }),
-        })
+                parts: self.spread(line),
+            });
+        }
+        Ok(Placement::Short(Shortage {
+            sku: line.sku.clone(),
+            requested: line.qty,
+            available,
+        }))
     }
 
-    /// Takes the place [`Product::placement`] found, recording
-    /// [`Allocated`], and returns the line's parts. The product must not
-    /// have changed in between: a place no longer free is refused, changing
-    /// nothing.
+    /// `line` spread over the batches in policy order, each giving all it
+    /// has until the line is covered.
+    fn spread(&self, line: &OrderLine) -> Vec<Part> {
+        let mut by_preference: Vec<_> = self.batches.iter().collect();
+        // A stable sort: creation order still breaks ties.
+        by_preference.sort_by_key(|batch| batch.preference());
+        let mut wanted = u64::from(line.qty.get());
+        let mut parts = Vec::new();
+        for batch in by_preference {
+            let taken = wanted.min(batch.available_quantity());
+            let Ok(qty) = Quantity::parse(taken.into(), "qty") else {
+                continue; // nothing left on this batch
+            };
+            parts.push(Part {
+                batchref: batch.reference.clone(),
+                qty,
+            });
+            wanted -= taken;
+            if wanted == 0 {
+                break;
+            }
+        }
+        parts
+    }
+
+    /// Takes the place [`Product::placement`] found, recording an
+    /// [`Allocated`](crate::events::Allocated) per part, and returns the
+    /// line's parts. The product must not have changed in between: a place
+    /// no longer free is refused, changing nothing.
     pub fn place(&mut self, placement: Placement) -> Result<Vec<Part>, DomainError> {
-        let (line, batchref) = match placement {
+        let (line, parts) = match placement {
             Placement::Allocated { parts, .. } => return Ok(parts),
             Placement::Short(shortage) => {
                 return Err(DomainError::NoPlace {
@@ -105,19 +144,26 @@ impl Product {
                     requested: shortage.requested,
                 });
             }
-            Placement::Fits { line, batchref } => (line, batchref),
+            Placement::Fits { line, parts } => (line, parts),
         };
-        let index = self
-            .batches
-            .iter()
-            .position(|batch| batch.reference == batchref && batch.can_allocate(&line))
-            .ok_or_else(|| DomainError::NoPlace {
+        let part_line = |part: &Part| OrderLine {
+            qty: part.qty,
+            ..line.clone()
+        };
+        let mut places = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let place = self.batches.iter().position(|batch| {
+                batch.reference == part.batchref && batch.can_allocate(&part_line(part))
+            });
+            places.push(place.ok_or_else(|| DomainError::NoPlace {
                 sku: line.sku.clone(),
                 requested: line.qty,
-            })?;
-        let qty = line.qty;
-        let batchref = self.allocate_to(index, line);
-        Ok(vec![Part { batchref, qty }])
+            })?);
+        }
+        for (index, part) in places.into_iter().zip(&parts) {
+            self.allocate_to(index, part_line(part));
+        }
+        Ok(parts)
     }
 }
 
@@ -156,12 +202,15 @@ mod tests {
     fn a_placement_follows_the_books_policy_and_changes_nothing() {
         let product = sofa();
         let before = product.clone();
-        let placement = product.placement(&line("o1", 5)).expect("placed");
+        let placement = product.placement(&line("o1", 5), false).expect("placed");
         assert_eq!(
             placement,
             Placement::Fits {
                 line: line("o1", 5),
-                batchref: batchref("home")
+                parts: vec![Part {
+                    batchref: batchref("home"),
+                    qty: qty(5)
+                }]
             }
         );
         assert_eq!(product, before);
@@ -170,7 +219,7 @@ mod tests {
     #[test]
     fn placing_allocates_the_line_where_it_was_placed() {
         let mut product = sofa();
-        let placement = product.placement(&line("o1", 6)).expect("placed");
+        let placement = product.placement(&line("o1", 6), false).expect("placed");
         let parts = product.place(placement).expect("taken");
         assert_eq!(
             parts,
@@ -194,7 +243,7 @@ mod tests {
     #[test]
     fn a_line_no_batch_can_take_whole_is_short_by_what_the_best_batch_has() {
         let mut product = sofa();
-        let placement = product.placement(&line("o1", 11)).expect("answered");
+        let placement = product.placement(&line("o1", 11), false).expect("answered");
         assert_eq!(
             placement.shortage(),
             Some(&Shortage {
@@ -218,12 +267,12 @@ mod tests {
     #[test]
     fn a_line_sent_again_is_answered_with_its_allocation_and_changes_nothing() {
         let mut product = sofa();
-        let first = product.placement(&line("o1", 2)).expect("placed");
+        let first = product.placement(&line("o1", 2), false).expect("placed");
         product.place(first).expect("taken");
         product.take_events();
         let version = product.version();
 
-        let again = product.placement(&line("o1", 2)).expect("placed");
+        let again = product.placement(&line("o1", 2), false).expect("placed");
         assert_eq!(
             product.place(again),
             Ok(vec![Part {
@@ -235,7 +284,7 @@ mod tests {
         assert_eq!(product.version(), version);
 
         assert!(matches!(
-            product.placement(&line("o1", 3)),
+            product.placement(&line("o1", 3), false),
             Err(DomainError::AlreadyAllocated { .. })
         ));
     }
@@ -243,7 +292,7 @@ mod tests {
     #[test]
     fn a_place_taken_in_between_is_refused_and_changes_nothing() {
         let mut product = sofa();
-        let placement = product.placement(&line("o1", 5)).expect("placed");
+        let placement = product.placement(&line("o1", 5), false).expect("placed");
         product
             .allocate(line("o2", 1))
             .expect("allocated")
@@ -254,5 +303,203 @@ mod tests {
             Err(DomainError::NoPlace { .. })
         ));
         assert_eq!(product, before);
+    }
+
+    mod split {
+        use super::*;
+        use crate::events::{AllocationCancelled, Deallocated};
+
+        fn part(reference: &str, units: u32) -> Part {
+            Part {
+                batchref: batchref(reference),
+                qty: qty(units),
+            }
+        }
+
+        #[test]
+        fn a_line_no_batch_can_take_whole_is_refused_without_split() {
+            let product = sofa();
+            let placement = product.placement(&line("o1", 12), false).expect("answered");
+            assert_eq!(placement.shortage().map(|s| s.available), Some(10));
+        }
+
+        #[test]
+        fn a_split_line_takes_each_batch_in_policy_order_until_covered() {
+            let mut product = sofa();
+            let placement = product.placement(&line("o1", 12), true).expect("placed");
+            let parts = product.place(placement).expect("taken");
+            // The warehouse gives all it has first, then the shipment.
+            assert_eq!(parts, [part("home", 5), part("ship", 7)]);
+            let allocated: Vec<_> = product
+                .take_events()
+                .into_iter()
+                .map(|event| match event {
+                    Event::Allocated(Allocated { batchref, qty, .. }) => (batchref, qty),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect();
+            assert_eq!(
+                allocated,
+                [(batchref("home"), qty(5)), (batchref("ship"), qty(7))]
+            );
+            assert_eq!(
+                product
+                    .batch(&batchref("home"))
+                    .map(|b| b.available_quantity()),
+                Some(0)
+            );
+            assert_eq!(
+                product
+                    .batch(&batchref("ship"))
+                    .map(|b| b.available_quantity()),
+                Some(3)
+            );
+        }
+
+        #[test]
+        fn a_line_that_fits_one_batch_is_not_split() {
+            let product = sofa();
+            let placement = product.placement(&line("o1", 8), true).expect("placed");
+            assert_eq!(
+                placement,
+                Placement::Fits {
+                    line: line("o1", 8),
+                    parts: vec![part("ship", 8)]
+                }
+            );
+        }
+
+        #[test]
+        fn a_split_line_is_short_by_what_every_batch_has_together() {
+            let product = sofa();
+            let placement = product.placement(&line("o1", 16), true).expect("answered");
+            assert_eq!(
+                placement.shortage(),
+                Some(&Shortage {
+                    sku: sku("SOFA"),
+                    requested: qty(16),
+                    available: 15,
+                })
+            );
+        }
+
+        #[test]
+        fn a_split_line_sent_again_is_answered_with_every_part() {
+            let mut product = sofa();
+            let first = product.placement(&line("o1", 12), true).expect("placed");
+            product.place(first).expect("taken");
+            product.take_events();
+            let again = product.placement(&line("o1", 12), true).expect("placed");
+            assert_eq!(
+                again,
+                Placement::Allocated {
+                    sku: sku("SOFA"),
+                    parts: vec![part("ship", 7), part("home", 5)]
+                }
+            );
+            assert_eq!(
+                product.placement(&line("o1", 11), true),
+                Err(DomainError::AlreadyAllocated {
+                    orderid: orderid("o1"),
+                    sku: sku("SOFA"),
+                    allocated: 12,
+                })
+            );
+            // The book's route answers with a batch of the line.
+            assert_eq!(product.allocate(line("o1", 12)), Ok(Some(batchref("ship"))));
+            assert!(product.pending_events().is_empty());
+        }
+
+        #[test]
+        fn deallocating_a_split_line_frees_every_part() {
+            let mut product = sofa();
+            let placement = product.placement(&line("o1", 12), true).expect("placed");
+            product.place(placement).expect("taken");
+            product.take_events();
+            let parts = product.deallocate(&orderid("o1")).expect("deallocated");
+            assert_eq!(parts, [part("ship", 7), part("home", 5)]);
+            let cancelled = |reference: &str, units: u32| {
+                Event::AllocationCancelled(AllocationCancelled {
+                    orderid: orderid("o1"),
+                    sku: sku("SOFA"),
+                    qty: qty(units),
+                    batchref: batchref(reference),
+                })
+            };
+            assert_eq!(
+                product.take_events(),
+                [cancelled("ship", 7), cancelled("home", 5)]
+            );
+            assert!(
+                product
+                    .batches()
+                    .iter()
+                    .all(|b| b.allocated_quantity() == 0)
+            );
+        }
+
+        #[test]
+        fn a_part_given_up_by_a_shrinking_batch_is_reallocated_next_to_its_line() {
+            let due = NaiveDate::from_ymd_opt(2026, 12, 31).expect("date");
+            let mut product = sofa();
+            product
+                .add_batch(batchref("late"), qty(6), Some(due))
+                .expect("batch");
+            let placement = product.placement(&line("o1", 12), true).expect("placed");
+            product.place(placement).expect("taken");
+            product.take_events();
+
+            // The warehouse loses its stock: the line's part there leaves it.
+            product
+                .change_batch_quantity(&batchref("home"), qty(1))
+                .expect("changed");
+            let bumped = product
+                .take_events()
+                .into_iter()
+                .find_map(|event| match event {
+                    Event::Deallocated(deallocated) => Some(deallocated),
+                    _ => None,
+                });
+            assert_eq!(
+                bumped,
+                Some(Deallocated {
+                    orderid: orderid("o1"),
+                    sku: sku("SOFA"),
+                    qty: qty(5),
+                    batchref: batchref("home"),
+                })
+            );
+            // `allocate` refuses it (the line has 7 of 12 elsewhere)...
+            assert!(product.allocate(line("o1", 5)).is_err());
+            // ...`reallocate` puts the part back: the shipment has 3 left,
+            // so the part goes to the later one.
+            assert_eq!(product.reallocate(line("o1", 5)), Some(batchref("late")));
+            assert_eq!(
+                product.parts_of(&orderid("o1")),
+                [part("ship", 7), part("late", 5)]
+            );
+        }
+
+        #[test]
+        fn a_part_reallocated_to_a_batch_holding_its_line_joins_it() {
+            let mut product = sofa();
+            let placement = product.placement(&line("o1", 12), true).expect("placed");
+            product.place(placement).expect("taken");
+            product
+                .change_batch_quantity(&batchref("home"), qty(1))
+                .expect("changed");
+            product
+                .change_batch_quantity(&batchref("ship"), qty(20))
+                .expect("changed");
+            product.take_events();
+            assert_eq!(product.reallocate(line("o1", 5)), Some(batchref("ship")));
+            assert_eq!(product.parts_of(&orderid("o1")), [part("ship", 12)]);
+            assert_eq!(
+                product
+                    .batch(&batchref("ship"))
+                    .map(|b| b.allocated_quantity()),
+                Some(12)
+            );
+        }
     }
 }

@@ -254,7 +254,13 @@ mod deallocate {
         p.allocate(line("o1", "LAMP", 4)).expect("allocates");
         p.take_events();
 
-        assert_eq!(p.deallocate(&orderid("o1")), Ok(batchref("b1")));
+        assert_eq!(
+            p.deallocate(&orderid("o1")),
+            Ok(vec![Part {
+                batchref: batchref("b1"),
+                qty: qty(4)
+            }])
+        );
         assert_eq!(allocated_to(&p, "b1"), 0);
         assert_eq!(
             p.take_events(),

@@ -58,8 +58,9 @@ struct StoredProduct {
     version: u64,
     batches: Vec<StoredBatch>,
     /// Indexed by order, like the SQL tables, so loading one order's line
-    /// costs the same however many lines the product has.
-    lines: GrowingMap<OrderId, StoredLine>,
+    /// costs the same however many lines the product has. A line has one
+    /// part per batch it is on: nearly always one, kept inline.
+    lines: GrowingMap<OrderId, SmallVec<[StoredLine; 1]>>,
     next_line_seq: u64,
 }
 
@@ -188,14 +189,23 @@ impl Tables {
                 batchref,
             } => {
                 let rows = self.allocations_view.entry(orderid).or_default();
-                rows.retain(|row| row.sku != sku);
-                // Kept sorted by SKU, the order the SQL read model answers in.
-                let at = rows.partition_point(|row| row.sku < sku);
-                rows.insert(at, AllocationView { sku, batchref });
+                let row = AllocationView { sku, batchref };
+                // Kept sorted by SKU and batch, the order the SQL read model
+                // answers in; a part joining its line's part is there already.
+                let place = rows.binary_search_by(|other| {
+                    (&other.sku, &other.batchref).cmp(&(&row.sku, &row.batchref))
+                });
+                if let Err(at) = place {
+                    rows.insert(at, row);
+                }
             }
-            ViewChange::Deallocated { orderid, sku } => {
+            ViewChange::Deallocated {
+                orderid,
+                sku,
+                batchref,
+            } => {
                 if let Some(rows) = self.allocations_view.get_mut(&orderid) {
-                    rows.retain(|row| row.sku != sku);
+                    rows.retain(|row| row.sku != sku || row.batchref != batchref);
                     if rows.is_empty() {
                         self.allocations_view.swap_remove(&orderid);
                     }
@@ -235,7 +245,8 @@ impl StoredProduct {
                     let mut of_batch: Vec<_> = self
                         .lines
                         .iter()
-                        .filter(|(_, l)| l.batch == index)
+                        .flat_map(|(orderid, parts)| parts.iter().map(move |part| (orderid, part)))
+                        .filter(|(_, part)| part.batch == index)
                         .collect();
                     of_batch.sort_by_key(|(_, l)| l.seq);
                     product.load_lines(reference, of_batch.into_iter().map(|(o, l)| line(o, l)));
@@ -245,14 +256,14 @@ impl StoredProduct {
         product
     }
 
-    /// Loads the line of each order that has one.
+    /// Loads every part of the line of each order that has one.
     fn load_order_lines<'a>(
         &self,
         product: &mut Product,
         orderids: impl IntoIterator<Item = &'a OrderId>,
     ) {
         for orderid in orderids {
-            if let Some(stored) = self.lines.get(orderid) {
+            for stored in self.lines.get(orderid).into_iter().flatten() {
                 let line = OrderLine {
                     orderid: orderid.clone(),
                     sku: product.sku().clone(),
@@ -279,20 +290,37 @@ impl StoredProduct {
             Event::Allocated(e) => {
                 if let Some(index) = self.batch_index(&e.batchref) {
                     self.batches[index].allocated += u64::from(e.qty.get());
-                    let seq = self.next_line_seq;
-                    self.next_line_seq += 1;
-                    let line = StoredLine {
-                        batch: index,
-                        qty: e.qty,
-                        seq,
-                    };
-                    self.lines.insert(e.orderid, line);
+                    let parts = self.lines.entry(e.orderid).or_default();
+                    // A part joining its line's part on the same batch.
+                    if let Some(part) = parts.iter_mut().find(|part| part.batch == index) {
+                        part.qty = part.qty.checked_add(e.qty).unwrap_or(part.qty);
+                    } else {
+                        parts.push(StoredLine {
+                            batch: index,
+                            qty: e.qty,
+                            seq: self.next_line_seq,
+                        });
+                        self.next_line_seq += 1;
+                    }
                 }
             }
-            Event::Deallocated(domain::events::Deallocated { orderid, .. })
-            | Event::AllocationCancelled(domain::events::AllocationCancelled { orderid, .. }) => {
-                if let Some(line) = self.lines.swap_remove(&orderid) {
-                    self.batches[line.batch].allocated -= u64::from(line.qty.get());
+            Event::Deallocated(domain::events::Deallocated {
+                orderid, batchref, ..
+            })
+            | Event::AllocationCancelled(domain::events::AllocationCancelled {
+                orderid,
+                batchref,
+                ..
+            }) => {
+                let index = self.batch_index(&batchref);
+                if let Some(parts) = self.lines.get_mut(&orderid) {
+                    if let Some(at) = parts.iter().position(|part| Some(part.batch) == index) {
+                        let part = parts.remove(at);
+                        self.batches[part.batch].allocated -= u64::from(part.qty.get());
+                    }
+                    if parts.is_empty() {
+                        self.lines.swap_remove(&orderid);
+                    }
                 }
             }
             Event::BatchQuantityChanged(e) => {
@@ -317,21 +345,33 @@ impl ReadModel for MemoryStore {
 
     async fn order(&self, orderid: &OrderId) -> Result<Vec<OrderLineView>, StoreError> {
         let tables = self.lock();
-        let rows = tables.allocations_view.get(orderid);
-        Ok(rows
+        let mut skus: Vec<&Sku> = tables
+            .allocations_view
+            .get(orderid)
             .into_iter()
             .flatten()
-            .filter_map(|row| {
-                let line = tables.products.get(&row.sku)?.lines.get(orderid)?;
-                let qty = u64::from(line.qty.get());
+            .map(|row| &row.sku)
+            .collect();
+        skus.dedup();
+        Ok(skus
+            .into_iter()
+            .filter_map(|sku| {
+                let product = tables.products.get(sku)?;
+                let mut parts: Vec<_> = product.lines.get(orderid)?.iter().collect();
+                // By batch, in creation order, as the SQL read model.
+                parts.sort_by_key(|part| part.batch);
+                let parts: Vec<PartView> = parts
+                    .into_iter()
+                    .map(|part| PartView {
+                        batchref: product.batches[part.batch].reference.clone(),
+                        qty: u64::from(part.qty.get()),
+                    })
+                    .collect();
                 Some(OrderLineView {
-                    sku: row.sku.clone(),
-                    qty,
+                    sku: sku.clone(),
+                    qty: parts.iter().map(|part| part.qty).sum(),
                     status: LineStatus::Allocated,
-                    parts: vec![PartView {
-                        batchref: row.batchref.clone(),
-                        qty,
-                    }],
+                    parts,
                 })
             })
             .collect())

@@ -78,31 +78,36 @@ batches_created AS (
     FROM {rows} JOIN versioned v ON v.sku = r.sku
     ORDER BY r.n)"#;
 
-/// Lines allocated, inserted in the order they were allocated, each with
-/// its batch's id; then each batch takes the sum of its new lines (as
-/// `LINES_REMOVED` gives it back). A batch that is not stored gives its
-/// lines no `batch_id`, which its NOT NULL refuses, failing the whole
-/// statement.
+/// Lines (or parts of lines) allocated, each with its batch's id, inserted
+/// in the order they were allocated; a part of a line whose part is on
+/// that batch already joins it (a reallocated part). Rows of one part are
+/// summed first: one statement may not update a row twice. Then each batch
+/// takes the sum of its new units (as `LINES_REMOVED` gives them back). A
+/// batch that is not stored gives its lines no `batch_id`, which its NOT
+/// NULL refuses, failing the whole statement.
 const LINES_ALLOCATED: &str = r#"
 lines_allocated AS (
-    INSERT INTO allocations (orderid, sku, batch_id, qty)
-    SELECT r.orderid, r.sku, b.id, r.qty
+    SELECT r.orderid, r.sku, b.id AS batch_id, sum(r.qty)::bigint AS qty, min(r.n) AS n
     FROM {rows} JOIN versioned v ON v.sku = r.sku
     LEFT JOIN batches b ON b.reference = r.batchref AND b.sku = r.sku
-    ORDER BY r.n
-    RETURNING batch_id, qty),
+    GROUP BY r.orderid, r.sku, b.id),
+lines_allocated_inserted AS (
+    INSERT INTO allocations AS a (orderid, sku, batch_id, qty)
+    SELECT orderid, sku, batch_id, qty FROM lines_allocated ORDER BY n
+    ON CONFLICT (orderid, sku, batch_id) DO UPDATE SET qty = a.qty + excluded.qty),
 lines_allocated_to AS (
     UPDATE batches b SET allocated_quantity = b.allocated_quantity + t.qty
     FROM (SELECT batch_id, sum(qty)::bigint AS qty FROM lines_allocated GROUP BY batch_id) t
     WHERE b.id = t.batch_id)"#;
 
-/// Lines that left their batches (deallocated, or cancelled): the stored
-/// lines say which batch and how much to give back.
+/// Lines (or parts of lines) that left their batches (deallocated, or
+/// cancelled): the stored line on that batch says how much to give back.
 const LINES_REMOVED: &str = r#"
 lines_removed AS (
     DELETE FROM allocations a
     USING {rows} JOIN versioned v ON v.sku = r.sku
-    WHERE a.orderid = r.orderid AND a.sku = r.sku
+    JOIN batches b ON b.reference = r.batchref AND b.sku = r.sku
+    WHERE a.orderid = r.orderid AND a.sku = r.sku AND a.batch_id = b.id
     RETURNING a.batch_id, a.qty),
 lines_removed_from AS (
     UPDATE batches b SET allocated_quantity = b.allocated_quantity - t.qty
@@ -121,13 +126,13 @@ view_rows_set AS (
     INSERT INTO allocations_view (orderid, sku, batchref)
     SELECT r.orderid, r.sku, r.batchref
     FROM {rows} JOIN versioned v ON v.sku = r.sku
-    ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref)"#;
+    ON CONFLICT (orderid, sku, batchref) DO NOTHING)"#;
 
 const VIEW_ROWS_REMOVED: &str = r#"
 view_rows_removed AS (
     DELETE FROM allocations_view a
     USING {rows} JOIN versioned v ON v.sku = r.sku
-    WHERE a.orderid = r.orderid AND a.sku = r.sku)"#;
+    WHERE a.orderid = r.orderid AND a.sku = r.sku AND a.batchref = r.batchref)"#;
 
 /// Messages, in the order they were written: the relay sends them in id
 /// order.
@@ -172,11 +177,12 @@ fn columns(kind: Kind) -> &'static [Column] {
             ("batchref", "text"),
             ("qty", "bigint"),
         ],
-        Kind::LinesRemoved | Kind::ViewRowsRemoved => &[("sku", "text"), ("orderid", "text")],
+        Kind::LinesRemoved | Kind::ViewRowsRemoved | Kind::ViewRowsSet => {
+            &[("sku", "text"), ("orderid", "text"), ("batchref", "text")]
+        }
         Kind::BatchQuantitiesChanged => {
             &[("sku", "text"), ("reference", "text"), ("qty", "bigint")]
         }
-        Kind::ViewRowsSet => &[("sku", "text"), ("orderid", "text"), ("batchref", "text")],
         Kind::OutboxMessages => &[
             ("n", "bigint"),
             ("message_id", "text"),

@@ -55,9 +55,12 @@ INSERT INTO batches (reference, sku, purchased_quantity, eta)
 SELECT value ->> 'reference', value ->> 'sku', value ->> 'qty', value ->> 'eta'
 FROM json_each({rows}) ORDER BY value ->> 'n'"#;
 
-/// Lines allocated: each batch takes the sum of its new lines, then the
-/// lines are inserted in the order they were allocated. A batch that is not
-/// stored leaves its lines' `batch_id` NULL, which its NOT NULL refuses.
+/// Lines (or parts of lines) allocated: each batch takes the sum of its
+/// new units, then the lines are inserted in the order they were
+/// allocated; a part of a line whose part is on that batch already joins
+/// it (a reallocated part). A batch that is not stored leaves its lines'
+/// `batch_id` NULL, which its NOT NULL refuses. `WHERE true`: see
+/// [`VIEW_ROWS_SET`].
 const LINES_ALLOCATED: &str = r#"
 UPDATE batches SET allocated_quantity = allocated_quantity + t.qty
 FROM (SELECT value ->> 'sku' AS sku, value ->> 'batchref' AS batchref,
@@ -71,20 +74,27 @@ SELECT r.orderid, r.sku,
 FROM (SELECT value ->> 'n' AS n, value ->> 'sku' AS sku, value ->> 'orderid' AS orderid,
              value ->> 'batchref' AS batchref, value ->> 'qty' AS qty
       FROM json_each({rows})) AS r
-ORDER BY r.n"#;
+WHERE true ORDER BY r.n
+ON CONFLICT (orderid, sku, batch_id) DO UPDATE SET qty = qty + excluded.qty"#;
 
-/// Lines that left their batches (deallocated, or cancelled): the stored
-/// lines say which batch and how much to give back, before they go.
+/// Lines (or parts of lines) that left their batches (deallocated, or
+/// cancelled): the stored line on that batch says how much to give back,
+/// before it goes.
 const LINES_REMOVED: &str = r#"
 UPDATE batches SET allocated_quantity = allocated_quantity - t.qty
 FROM (SELECT a.batch_id, sum(a.qty) AS qty
-      FROM allocations a
-      JOIN (SELECT value ->> 'sku' AS sku, value ->> 'orderid' AS orderid
-            FROM json_each({rows})) AS r ON a.orderid = r.orderid AND a.sku = r.sku
+      FROM (SELECT value ->> 'sku' AS sku, value ->> 'orderid' AS orderid,
+                   value ->> 'batchref' AS batchref
+            FROM json_each({rows})) AS r
+      JOIN batches b ON b.reference = r.batchref AND b.sku = r.sku
+      JOIN allocations a ON a.orderid = r.orderid AND a.sku = r.sku AND a.batch_id = b.id
       GROUP BY a.batch_id) AS t
 WHERE batches.id = t.batch_id;
 DELETE FROM allocations
-WHERE (orderid, sku) IN (SELECT value ->> 'orderid', value ->> 'sku' FROM json_each({rows}))
+WHERE (orderid, sku, batch_id) IN (
+    SELECT r.value ->> 'orderid', r.value ->> 'sku', b.id
+    FROM json_each({rows}) AS r
+    JOIN batches b ON b.reference = r.value ->> 'batchref' AND b.sku = r.value ->> 'sku')
 RETURNING {run} AS run"#;
 
 const BATCH_QUANTITIES_CHANGED: &str = r#"
@@ -101,11 +111,12 @@ const VIEW_ROWS_SET: &str = r#"
 INSERT INTO allocations_view (orderid, sku, batchref)
 SELECT value ->> 'orderid', value ->> 'sku', value ->> 'batchref' FROM json_each({rows})
 WHERE true
-ON CONFLICT (orderid, sku) DO UPDATE SET batchref = excluded.batchref"#;
+ON CONFLICT (orderid, sku, batchref) DO NOTHING"#;
 
 const VIEW_ROWS_REMOVED: &str = r#"
 DELETE FROM allocations_view
-WHERE (orderid, sku) IN (SELECT value ->> 'orderid', value ->> 'sku' FROM json_each({rows}))"#;
+WHERE (orderid, sku, batchref) IN (
+    SELECT value ->> 'orderid', value ->> 'sku', value ->> 'batchref' FROM json_each({rows}))"#;
 
 /// Messages, in the order they were written: the relay sends them in id
 /// order.

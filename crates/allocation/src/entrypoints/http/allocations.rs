@@ -16,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use super::input::{ApiJson, Identifier, Units, path_id};
 use super::openapi::{ReadRefusals, UnknownSku, WriteRefusals, documented};
+use super::orders::PartResponse;
 use super::{ApiError, AppState, ErrorBody, observe};
 
 /// This resource's routes, with their descriptions and schemas.
@@ -141,12 +142,14 @@ struct DeallocateRequest {
     sku: String,
 }
 
-/// The line that was freed, and the batch it was allocated to.
+/// The line that was freed, and the batch it was allocated to: the first,
+/// if it was split over several (`allocations` lists them all).
 #[derive(Debug, Serialize, ToSchema)]
 struct DeallocatedResponse {
     orderid: String,
     sku: String,
     batchref: String,
+    allocations: Vec<PartResponse>,
 }
 
 #[utoipa::path(
@@ -173,10 +176,15 @@ async fn deallocate<S: Store>(
     observe::record_id("orderid", command.orderid.as_str());
     observe::record_id("sku", command.sku.as_str());
     let (orderid, sku) = (command.orderid.to_string(), command.sku.to_string());
-    let batchref = state.bus.handle(command).await?;
+    let parts = state.bus.handle(command).await?;
+    let batchref = parts
+        .first()
+        .map(|part| part.batchref.to_string())
+        .unwrap_or_default();
     Ok(Json(DeallocatedResponse {
         orderid,
         sku,
-        batchref: batchref.to_string(),
+        batchref,
+        allocations: parts.into_iter().map(PartResponse::from).collect(),
     }))
 }

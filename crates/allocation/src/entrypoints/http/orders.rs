@@ -50,10 +50,10 @@ struct OrderRequest {
     /// 1 to 100 lines, each SKU at most once.
     #[schema(min_items = 1, max_items = 100)]
     lines: Vec<RequestedLine>,
-    /// Whether a line no single batch can take may be spread over several:
-    /// this version allocates each line whole, so only `false`.
+    /// Whether a line no single batch can take may be spread over several
+    /// batches, in the order the allocation policy prefers them.
     #[serde(default)]
-    #[schema(value_type = WholeLinesOnly)]
+    #[schema(default = false)]
     split: bool,
     /// A checkout hold to convert: holds are not offered by this version,
     /// so only `null`.
@@ -69,21 +69,6 @@ struct RequestedLine {
     #[schema(value_type = Units)]
     qty: Units,
 }
-
-/// `split` as this version takes it: `false` (the default) only.
-struct WholeLinesOnly;
-
-impl PartialSchema for WholeLinesOnly {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::Boolean)
-            .enum_values(Some([false]))
-            .default(Some(false.into()))
-            .into()
-    }
-}
-
-impl ToSchema for WholeLinesOnly {}
 
 /// `hold_id` as this version takes it: `null` (the default) only.
 struct NoHold;
@@ -112,7 +97,7 @@ struct AllocatedLineResponse {
 
 /// Units of a line on one batch.
 #[derive(Debug, Serialize, ToSchema)]
-struct PartResponse {
+pub(super) struct PartResponse {
     batchref: String,
     qty: u64,
 }
@@ -155,11 +140,9 @@ async fn allocate_order<S: Store>(
     ApiJson(body): ApiJson<OrderRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let orderid = path_id(orderid, "orderid", OrderId::parse)?;
-    if body.split || body.hold_id.is_some() {
+    if body.hold_id.is_some() {
         return Err(ApiError::BadRequest(
-            "this version allocates each line whole and offers no holds: \
-             \"split\" must be false and \"hold_id\" null"
-                .into(),
+            "this version offers no holds: \"hold_id\" must be null".into(),
         ));
     }
     let lines = body
@@ -170,6 +153,7 @@ async fn allocate_order<S: Store>(
     let command = AllocateOrder {
         orderid: orderid.clone(),
         lines: OrderLines::new(lines)?,
+        split: body.split,
     };
     let lines = state.bus.handle(command).await?;
     let answer = OrderResponse {

@@ -186,7 +186,8 @@ mod deallocate {
             .await
             .expect("deallocated");
 
-        assert_eq!(from, batchref("b1"));
+        let from: Vec<_> = from.into_iter().map(|part| part.batchref).collect();
+        assert_eq!(from, [batchref("b1")]);
         assert_eq!(app.allocated_to("LAMP", "b1").await, 0);
         assert_eq!(app.allocated_to("LAMP", "b2").await, 0, "not reallocated");
         assert!(app.view_of("o1").await.is_empty());

@@ -15,6 +15,7 @@ fn order(order: &str, lines: &[(&str, u32)]) -> AllocateOrder {
     AllocateOrder {
         orderid: orderid(order),
         lines: OrderLines::new(lines).expect("valid lines"),
+        split: false,
     }
 }
 
@@ -100,6 +101,53 @@ async fn one_short_line_refuses_the_whole_order_and_names_what_is_available() {
         app.notifications.sent().is_empty(),
         "an order refused whole sends no out-of-stock email"
     );
+}
+
+#[tokio::test]
+async fn a_split_line_is_allocated_and_announced_part_by_part() {
+    let app = shop().await;
+    let split = AllocateOrder {
+        split: true,
+        ..order("o1", &[("SOFA", 6), ("CHAIR", 1)])
+    };
+    let answer = app.bus.handle(split).await.expect("allocated");
+    let part = |reference: &str, units: u32| Part {
+        batchref: batchref(reference),
+        qty: qty(units),
+    };
+    assert_eq!(answer[0].parts, [part("sofa-home", 2), part("sofa-due", 4)]);
+    assert_eq!(answer[1], line("CHAIR", 1, "chairs"));
+    assert_eq!(
+        app.view_of("o1").await,
+        [
+            ("CHAIR".into(), "chairs".into()),
+            ("SOFA".into(), "sofa-due".into()),
+            ("SOFA".into(), "sofa-home".into())
+        ]
+    );
+    assert_eq!(
+        outbox_of(&app.store),
+        [
+            ("o1".into(), "chairs".into()),
+            ("o1".into(), "sofa-home".into()),
+            ("o1".into(), "sofa-due".into())
+        ],
+        "one message per part"
+    );
+
+    // Short even split: all batches together have 1 sofa left.
+    let refused = app
+        .bus
+        .handle(AllocateOrder {
+            split: true,
+            ..order("o2", &[("SOFA", 2)])
+        })
+        .await;
+    let Err(Error::Rejected(DomainError::OrderShort { short, .. })) = refused else {
+        panic!("refused whole: {refused:?}");
+    };
+    assert_eq!(short[0].available, 1);
+    assert!(app.notifications.sent().is_empty());
 }
 
 #[tokio::test]

@@ -154,7 +154,7 @@ mod retries {
             })
         });
         for batch in futures::future::join_all(deallocations).await {
-            assert_eq!(batch.expect("deallocated"), batchref("b1"));
+            assert_eq!(batch.expect("deallocated")[0].batchref, batchref("b1"));
         }
         assert_eq!(
             store.commits_tried.load(Ordering::SeqCst) - commits_before,
@@ -343,7 +343,10 @@ mod group_commit {
         });
         let allocations = allocate_together(&app, &[("o1", "LAMP", 1), ("o2", "LAMP", 1)]);
         let (deallocated, allocated) = futures::join!(deallocation, allocations);
-        assert_eq!(deallocated.expect("deallocated"), batchref("b1"));
+        assert_eq!(
+            deallocated.expect("deallocated")[0].batchref,
+            batchref("b1")
+        );
         for answer in allocated {
             assert_eq!(answer.expect("allocated"), Some(batchref("b1")));
         }
