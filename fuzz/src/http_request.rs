@@ -127,7 +127,7 @@ async fn check_not_over_allocated(store: &MemoryStore, sku: &str, described: &st
         return;
     };
     let batches = store
-        .batches(&sku)
+        .batches(&sku, chrono::Utc::now())
         .await
         .unwrap_or_else(|error| panic!("the memory store failed: {error}"));
     for batch in batches {

@@ -21,6 +21,7 @@
 
 mod database_url;
 mod dialect;
+mod holds;
 pub mod maintenance;
 mod migrate;
 mod outbox;

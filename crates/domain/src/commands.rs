@@ -2,9 +2,11 @@
 //! handler (book chapter 10). One struct per command, gathered in an enum so
 //! that dispatching is an exhaustive `match`.
 
+use std::time::Duration;
+
 use chrono::NaiveDate;
 
-use crate::values::{BatchRef, OrderId, OrderLines, Quantity, Sku};
+use crate::values::{BatchRef, HoldId, OrderId, OrderLines, Quantity, Sku};
 
 /// Add a batch of stock: in the warehouse (`eta: None`) or on a shipment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,12 +27,36 @@ pub struct Allocate {
 
 /// Allocate every line of an order, or none of them (beyond the book).
 /// With `split`, a line that no single batch can take may be spread over
-/// several.
+/// several. With `hold_id`, a live checkout hold of exactly these lines
+/// becomes the order's allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocateOrder {
     pub orderid: OrderId,
     pub lines: OrderLines,
     pub split: bool,
+    pub hold_id: Option<HoldId>,
+}
+
+/// Set units aside for a checkout, all lines or none, for `ttl` from now.
+/// The id is chosen by the caller, so that a retry places the same hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceHold {
+    pub hold_id: HoldId,
+    pub lines: OrderLines,
+    pub ttl: Duration,
+}
+
+/// Keep a live hold for `ttl` from now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtendHold {
+    pub hold_id: HoldId,
+    pub ttl: Duration,
+}
+
+/// Give a hold's units back (the customer walked away).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseHold {
+    pub hold_id: HoldId,
 }
 
 /// Put back a line, or a part of a split line, that a shrinking batch gave
@@ -64,6 +90,9 @@ pub enum Command {
     Allocate(Allocate),
     AllocateOrder(AllocateOrder),
     Reallocate(Reallocate),
+    PlaceHold(PlaceHold),
+    ExtendHold(ExtendHold),
+    ReleaseHold(ReleaseHold),
     ChangeBatchQuantity(ChangeBatchQuantity),
     Deallocate(Deallocate),
 }
@@ -76,6 +105,9 @@ impl Command {
             Self::Allocate(_) => "Allocate",
             Self::AllocateOrder(_) => "AllocateOrder",
             Self::Reallocate(_) => "Reallocate",
+            Self::PlaceHold(_) => "PlaceHold",
+            Self::ExtendHold(_) => "ExtendHold",
+            Self::ReleaseHold(_) => "ReleaseHold",
             Self::ChangeBatchQuantity(_) => "ChangeBatchQuantity",
             Self::Deallocate(_) => "Deallocate",
         }
@@ -96,6 +128,9 @@ into_command!(
     Allocate,
     AllocateOrder,
     Reallocate,
+    PlaceHold,
+    ExtendHold,
+    ReleaseHold,
     ChangeBatchQuantity,
     Deallocate
 );

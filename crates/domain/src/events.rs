@@ -5,9 +5,9 @@
 //! state. The unit of work relies on that: it persists a product by writing
 //! what its events say happened, so a commit touches only what changed.
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::values::{BatchRef, OrderId, Quantity, Sku};
+use crate::values::{BatchRef, HoldId, OrderId, Quantity, Sku};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchCreated {
@@ -56,6 +56,44 @@ pub struct OutOfStock {
     pub sku: Sku,
 }
 
+/// Units of a batch set aside for a checkout hold until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub hold_id: HoldId,
+    pub sku: Sku,
+    pub batchref: BatchRef,
+    pub qty: Quantity,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A hold's units of this product are set aside until a new time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldExtended {
+    pub hold_id: HoldId,
+    pub sku: Sku,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A hold gave its units of a batch back: released by the client, or taken
+/// by a shrinking batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldReleased {
+    pub hold_id: HoldId,
+    pub sku: Sku,
+    pub batchref: BatchRef,
+    pub qty: Quantity,
+}
+
+/// A hold's units of a batch became an order's allocation (an
+/// [`Allocated`] follows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldConverted {
+    pub hold_id: HoldId,
+    pub sku: Sku,
+    pub batchref: BatchRef,
+    pub qty: Quantity,
+}
+
 /// Every event the domain records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -65,6 +103,10 @@ pub enum Event {
     AllocationCancelled(AllocationCancelled),
     BatchQuantityChanged(BatchQuantityChanged),
     OutOfStock(OutOfStock),
+    Held(Held),
+    HoldExtended(HoldExtended),
+    HoldReleased(HoldReleased),
+    HoldConverted(HoldConverted),
 }
 
 impl Event {
@@ -77,6 +119,10 @@ impl Event {
             Self::AllocationCancelled(_) => "AllocationCancelled",
             Self::BatchQuantityChanged(_) => "BatchQuantityChanged",
             Self::OutOfStock(_) => "OutOfStock",
+            Self::Held(_) => "Held",
+            Self::HoldExtended(_) => "HoldExtended",
+            Self::HoldReleased(_) => "HoldReleased",
+            Self::HoldConverted(_) => "HoldConverted",
         }
     }
 }

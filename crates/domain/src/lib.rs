@@ -13,5 +13,5 @@ pub mod values;
 
 pub use commands::Command;
 pub use events::Event;
-pub use model::{Batch, DomainError, OrderLine, Part, Placement, Product, Shortage};
-pub use values::{BatchRef, OrderId, OrderLines, Quantity, Sku, ValueError};
+pub use model::{Batch, DomainError, HeldPart, OrderLine, Part, Placement, Product, Shortage};
+pub use values::{BatchRef, HoldId, OrderId, OrderLines, Quantity, Sku, ValueError};

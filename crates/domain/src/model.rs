@@ -18,12 +18,14 @@ use chrono::NaiveDate;
 
 use crate::events::{
     Allocated, AllocationCancelled, BatchCreated, BatchQuantityChanged, Deallocated, Event,
-    OutOfStock,
+    HoldReleased, OutOfStock,
 };
 use crate::values::{BatchRef, OrderId, Quantity, Sku};
 
+mod holds;
 mod orders;
 
+pub use holds::HeldPart;
 pub use orders::{Part, Placement, Shortage};
 
 /// A customer's request for `qty` units of one SKU.
@@ -62,6 +64,16 @@ pub enum DomainError {
     /// A placement taken after its product changed (see `orders`).
     #[error("No batch of {sku} can take {requested} units any more")]
     NoPlace { sku: Sku, requested: Quantity },
+    /// Some lines of a checkout hold have no batch that can take them; the
+    /// hold is refused whole, and nothing is set aside.
+    #[error("Not enough stock for the hold: {}", shortages(short))]
+    HoldShort { short: Vec<Shortage> },
+    /// An order converting a live hold must ask for exactly its lines.
+    #[error("Hold {hold_id} holds other lines than the order asks for ({sku})")]
+    HoldMismatch {
+        hold_id: crate::values::HoldId,
+        sku: Sku,
+    },
     /// The repository loaded fewer lines than the batch's total says it holds.
     #[error("Batch {reference} needs its order lines loaded to shrink")]
     LinesNotLoaded { reference: BatchRef },
@@ -90,23 +102,30 @@ pub struct Batch {
     purchased: Quantity,
     /// Units allocated over all of this batch's lines, loaded or not.
     allocated: u64,
+    /// Units set aside by live checkout holds, loaded or not.
+    held: u64,
     /// The lines loaded for the current command, oldest first.
     lines: Vec<OrderLine>,
+    /// The hold parts loaded for the current command, oldest first.
+    holds: Vec<HeldPart>,
 }
 
 impl Batch {
     /// A new batch with nothing allocated.
     pub fn new(reference: BatchRef, sku: Sku, qty: Quantity, eta: Option<NaiveDate>) -> Self {
-        Self::restore(reference, sku, eta, qty, 0)
+        Self::restore(reference, sku, eta, qty, 0, 0)
     }
 
     /// A stored batch as a repository reads it: its totals, no lines yet.
+    /// `held` counts the holds live when it was read: the domain has no
+    /// clock, the repository decides what has expired.
     pub fn restore(
         reference: BatchRef,
         sku: Sku,
         eta: Option<NaiveDate>,
         purchased: Quantity,
         allocated: u64,
+        held: u64,
     ) -> Self {
         Self {
             reference,
@@ -114,7 +133,9 @@ impl Batch {
             eta,
             purchased,
             allocated,
+            held,
             lines: Vec::new(),
+            holds: Vec::new(),
         }
     }
 
@@ -138,13 +159,24 @@ impl Batch {
         self.allocated
     }
 
+    /// Units set aside by live holds.
+    pub fn held_quantity(&self) -> u64 {
+        self.held
+    }
+
+    /// What a new allocation or hold may take: neither allocated nor held.
     pub fn available_quantity(&self) -> u64 {
-        u64::from(self.purchased.get()).saturating_sub(self.allocated)
+        u64::from(self.purchased.get()).saturating_sub(self.allocated + self.held)
     }
 
     /// The order lines loaded for the current command, oldest first.
     pub fn loaded_lines(&self) -> &[OrderLine] {
         &self.lines
+    }
+
+    /// The hold parts loaded for the current command, oldest first.
+    pub fn loaded_holds(&self) -> &[HeldPart] {
+        &self.holds
     }
 
     /// Whether the batch has room for `line`, joining the part of its line
@@ -182,6 +214,32 @@ impl Batch {
         let line = self.lines.remove(position);
         self.allocated -= u64::from(line.qty.get());
         Some(line)
+    }
+
+    /// Sets units aside for a hold.
+    fn hold(&mut self, part: HeldPart) {
+        if part.live {
+            self.held += u64::from(part.qty.get());
+        }
+        self.holds.push(part);
+    }
+
+    /// Gives back the loaded part of hold `hold_id`, if any.
+    fn release_hold(&mut self, hold_id: &crate::values::HoldId) -> Option<HeldPart> {
+        let position = self.holds.iter().position(|h| &h.hold_id == hold_id)?;
+        let part = self.holds.remove(position);
+        if part.live {
+            self.held -= u64::from(part.qty.get());
+        }
+        Some(part)
+    }
+
+    /// Gives back the most recent live hold: later holds give way first.
+    fn release_latest_hold(&mut self) -> Option<HeldPart> {
+        let position = self.holds.iter().rposition(|h| h.live)?;
+        let part = self.holds.remove(position);
+        self.held -= u64::from(part.qty.get());
+        Some(part)
     }
 
     /// Deallocates the most recent line: later orders give way to earlier ones.
@@ -251,6 +309,18 @@ impl Product {
             for line in lines {
                 if batch.line_of(&line.orderid).is_none() {
                     batch.lines.push(line);
+                }
+            }
+        }
+    }
+
+    /// Adds stored hold parts to batch `reference`, as [`Product::load_lines`]
+    /// adds lines: parts it holds already are skipped.
+    pub fn load_holds(&mut self, reference: &BatchRef, parts: impl IntoIterator<Item = HeldPart>) {
+        if let Some(batch) = self.batches.iter_mut().find(|b| &b.reference == reference) {
+            for part in parts {
+                if !batch.holds.iter().any(|h| h.hold_id == part.hold_id) {
+                    batch.holds.push(part);
                 }
             }
         }
@@ -360,11 +430,12 @@ impl Product {
         Ok(parts)
     }
 
-    /// Sets a batch's purchased quantity. If that leaves it over-allocated,
-    /// its most recent lines are deallocated until it fits, each recorded as
-    /// [`Deallocated`] so that it can be reallocated. Setting the quantity it
-    /// already has changes nothing, so a repeated message is harmless. Needs
-    /// the batch's lines loaded.
+    /// Sets a batch's purchased quantity. If that leaves it over-committed,
+    /// live holds on it give way first, newest first, each recorded as
+    /// [`HoldReleased`]; then its most recent lines are deallocated until it
+    /// fits, each recorded as [`Deallocated`] so that it can be reallocated.
+    /// Setting the quantity it already has changes nothing, so a repeated
+    /// message is harmless. Needs the batch's lines and live holds loaded.
     pub fn change_batch_quantity(
         &mut self,
         reference: &BatchRef,
@@ -379,15 +450,30 @@ impl Product {
             return Ok(());
         }
         // Refused before anything changes, like every refusal of the model.
-        let loaded: u64 = batch
+        let loaded_lines: u64 = batch
             .lines
             .iter()
             .map(|line| u64::from(line.qty.get()))
             .sum();
-        if batch.allocated.saturating_sub(loaded) > u64::from(qty.get()) {
+        let loaded_holds: u64 = batch
+            .holds
+            .iter()
+            .filter(|part| part.live)
+            .map(|part| u64::from(part.qty.get()))
+            .sum();
+        let unloaded =
+            batch.allocated.saturating_sub(loaded_lines) + batch.held.saturating_sub(loaded_holds);
+        if unloaded > u64::from(qty.get()) {
             return Err(DomainError::LinesNotLoaded {
                 reference: reference.clone(),
             });
+        }
+        let mut released = Vec::new();
+        while batch.allocated + batch.held > u64::from(qty.get()) {
+            let Some(part) = batch.release_latest_hold() else {
+                break; // no live hold left: lines give way next
+            };
+            released.push(part);
         }
         let mut bumped = Vec::new();
         while batch.allocated > u64::from(qty.get()) {
@@ -397,8 +483,17 @@ impl Product {
             bumped.push(line);
         }
         batch.purchased = qty;
-        // Deallocations are recorded before the new quantity so that, applied
-        // in order, no intermediate state has a batch over-allocated.
+        // Releases and deallocations are recorded before the new quantity so
+        // that, applied in order, no intermediate state has a batch
+        // over-committed.
+        for part in released {
+            self.record(Event::HoldReleased(HoldReleased {
+                hold_id: part.hold_id,
+                sku: self.sku.clone(),
+                batchref: reference.clone(),
+                qty: part.qty,
+            }));
+        }
         for line in bumped {
             self.record(Event::Deallocated(Deallocated {
                 orderid: line.orderid,

@@ -91,6 +91,11 @@ identifier!(
     BatchRef,
     "ref"
 );
+identifier!(
+    /// A checkout hold's identifier, given by the service when it is placed.
+    HoldId,
+    "hold_id"
+);
 
 fn parse_identifier(raw: &str, field: &'static str) -> Result<Arc<str>, ValueError> {
     if raw.is_empty() {

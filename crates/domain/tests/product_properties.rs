@@ -331,6 +331,7 @@ impl Model {
                     b.eta,
                     quantity(b.purchased),
                     b.allocated(),
+                    0,
                 )
             })
             .collect();

@@ -1,7 +1,7 @@
 //! Why a command failed: what the bus answers its caller, and what the
 //! entrypoints map to HTTP statuses.
 
-use domain::{DomainError, Sku};
+use domain::{DomainError, HoldId, Sku};
 
 use crate::ports::StoreError;
 
@@ -11,6 +11,13 @@ pub enum Error {
     /// The command names a SKU the service has no batches for.
     #[error("Invalid sku {0}")]
     InvalidSku(Sku),
+    /// The command names a checkout hold that was never placed.
+    #[error("Unknown hold {0}")]
+    UnknownHold(HoldId),
+    /// The command needs a live hold, and this one expired, was released
+    /// or became an order.
+    #[error("Hold {0} is no longer active")]
+    HoldGone(HoldId),
     /// The domain model refused the command.
     #[error(transparent)]
     Rejected(#[from] DomainError),

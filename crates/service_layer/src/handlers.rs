@@ -23,6 +23,10 @@ use domain::{
 };
 use uuid::Uuid;
 
+mod holds;
+
+pub use holds::PlacedHold;
+
 use crate::error::Error;
 use crate::ports::{
     Notification, NotificationError, Notifications, OutboxMessage, StoreTransaction, ViewChange,
@@ -184,6 +188,22 @@ impl CommandHandler for AllocateOrder {
         &self,
         uow: &mut UnitOfWork<T>,
     ) -> Result<Vec<AllocatedLine>, Error> {
+        let hold = match &self.hold_id {
+            Some(hold_id) => {
+                let order_skus: Vec<&Sku> = self.lines.iter().map(|(sku, _)| sku).collect();
+                // The hold's products and the order's, locked in one SKU
+                // order whatever the hold holds.
+                let mut skus = uow.products().skus_of_hold(hold_id).await?;
+                skus.extend(order_skus.iter().map(|&sku| sku.clone()));
+                skus.sort();
+                skus.dedup();
+                for sku in &skus {
+                    uow.products().get(sku).await?;
+                }
+                holds::hold_to_convert(uow, hold_id, &order_skus).await?
+            }
+            None => None,
+        };
         let mut placements = Vec::with_capacity(self.lines.len());
         for (sku, qty) in self.lines.sorted_by_sku() {
             let product = uow
@@ -196,7 +216,7 @@ impl CommandHandler for AllocateOrder {
                 sku: sku.clone(),
                 qty: *qty,
             };
-            placements.push(product.placement(&line, self.split)?);
+            placements.push(product.placement(&line, self.split, hold.as_ref())?);
         }
         let short: Vec<Shortage> = placements
             .iter()
@@ -289,7 +309,14 @@ pub fn handle_in_transaction<T: StoreTransaction>(event: &Event, uow: &mut UnitO
         Event::AllocationCancelled(e) => {
             remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow)
         }
-        Event::BatchCreated(_) | Event::BatchQuantityChanged(_) | Event::OutOfStock(_) => {}
+        // Holds are read from the write tables: no read model to keep.
+        Event::BatchCreated(_)
+        | Event::BatchQuantityChanged(_)
+        | Event::OutOfStock(_)
+        | Event::Held(_)
+        | Event::HoldExtended(_)
+        | Event::HoldReleased(_)
+        | Event::HoldConverted(_) => {}
     }
 }
 

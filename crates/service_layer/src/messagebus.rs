@@ -21,7 +21,7 @@ use tracing::{error, warn};
 use crate::caller::{Caller, ToTheEnd};
 use crate::error::Error;
 use crate::handlers;
-use crate::ports::{NotificationError, Notifications, Store};
+use crate::ports::{Clock, NotificationError, Notifications, Store};
 use crate::runner::{Committed, Grouped, RetryPolicy, Runner};
 use crate::telemetry::{count_handled, event_handled_key, handled_key, metric_names};
 
@@ -54,6 +54,21 @@ pub struct MessageBus<S> {
     /// The commands running in tasks of their own (see `handle`), for a
     /// shutdown to wait for.
     running: TaskTracker,
+}
+
+impl<S> MessageBus<S> {
+    /// Reads the time from `clock` instead of the system's (tests move it
+    /// on to expire holds).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.runner.set_clock(clock);
+        self
+    }
+
+    /// The time by the bus's clock: what decides, for a query, whether a
+    /// hold has expired.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.runner.clock().now()
+    }
 }
 
 impl<S: Store> MessageBus<S> {
@@ -131,6 +146,9 @@ impl<S: Store> MessageBus<S> {
             Command::Allocate(c) => self.handle(c).await.map(drop),
             Command::AllocateOrder(c) => self.handle(c).await.map(drop),
             Command::Reallocate(c) => self.handle(c).await.map(drop),
+            Command::PlaceHold(c) => self.handle(c).await.map(drop),
+            Command::ExtendHold(c) => self.handle(c).await.map(drop),
+            Command::ReleaseHold(c) => self.handle(c).await.map(drop),
             Command::ChangeBatchQuantity(c) => self.handle(c).await,
             Command::Deallocate(c) => self.handle(c).await.map(drop),
         }
@@ -194,7 +212,11 @@ impl<S: Store> MessageBus<S> {
             }
             Event::BatchCreated(_)
             | Event::AllocationCancelled(_)
-            | Event::BatchQuantityChanged(_) => {}
+            | Event::BatchQuantityChanged(_)
+            | Event::Held(_)
+            | Event::HoldExtended(_)
+            | Event::HoldReleased(_)
+            | Event::HoldConverted(_) => {}
         }
         Ok(Vec::new())
     }

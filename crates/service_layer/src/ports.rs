@@ -12,10 +12,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use domain::events::Allocated;
-use domain::{BatchRef, Event, OrderId, Product, Sku};
+use domain::{BatchRef, Event, HoldId, OrderId, Product, Sku};
 use uuid::Uuid;
+
+/// What time it is. A port, so that tests can move time on: checkout holds
+/// expire, and a unit of work reads the clock once, when it begins.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
 
 /// A message for the people who look after stock, e.g. "Out of stock".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +138,33 @@ pub struct PartView {
     pub qty: u64,
 }
 
+/// A checkout hold as `GET /holds/<hold_id>` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldView {
+    pub hold_id: HoldId,
+    pub expires_at: DateTime<Utc>,
+    /// As stored: whether an active hold has expired depends on the time
+    /// of the question, which the caller knows.
+    pub state: HoldState,
+    /// By SKU.
+    pub lines: Vec<HoldLineView>,
+}
+
+/// How a hold ended, if it did. An active hold past its expiry has expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldState {
+    Active,
+    Released,
+    Converted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldLineView {
+    pub sku: Sku,
+    pub qty: u64,
+    pub parts: Vec<PartView>,
+}
+
 /// One batch of a product, as the product query shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchView {
@@ -129,11 +172,14 @@ pub struct BatchView {
     pub eta: Option<NaiveDate>,
     pub purchased: u64,
     pub allocated: u64,
+    /// Set aside by holds live at the time of the question.
+    pub held: u64,
 }
 
 impl BatchView {
+    /// Neither allocated nor held.
     pub fn available(&self) -> u64 {
-        self.purchased.saturating_sub(self.allocated)
+        self.purchased.saturating_sub(self.allocated + self.held)
     }
 }
 
@@ -153,9 +199,19 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
         orderid: &OrderId,
     ) -> impl Future<Output = Result<Vec<OrderLineView>, StoreError>> + Send;
 
-    /// A product's batches in creation order; empty for an unknown SKU.
-    fn batches(&self, sku: &Sku)
-    -> impl Future<Output = Result<Vec<BatchView>, StoreError>> + Send;
+    /// A checkout hold, or `None` if none was ever placed with this id.
+    fn hold(
+        &self,
+        hold_id: &HoldId,
+    ) -> impl Future<Output = Result<Option<HoldView>, StoreError>> + Send;
+
+    /// A product's batches in creation order, with what holds live at
+    /// `now` hold of each; empty for an unknown SKU.
+    fn batches(
+        &self,
+        sku: &Sku,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<BatchView>, StoreError>> + Send;
 
     /// Whether the storage answers (readiness probe).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -187,7 +243,11 @@ pub enum Lines<'a> {
     OfOrder(&'a OrderId),
     /// The lines of several orders: what a group of allocations needs.
     OfOrders(&'a [OrderId]),
+    /// The lines and live hold parts of a batch: what shrinking it needs.
     OfBatch(&'a BatchRef),
+    /// The parts of one hold, live or expired: what extending, releasing
+    /// or converting it needs.
+    OfHold(&'a HoldId),
 }
 
 /// A storage backend: starts transactions.
@@ -232,11 +292,21 @@ pub trait Store: Clone + Send + Sync + 'static {
 /// One open transaction of a backend. Dropping it rolls back.
 pub trait StoreTransaction: Send {
     /// The product with every batch (in creation order) and the given lines.
+    /// Each batch's held total counts the holds live at `now`, and each
+    /// hold part loaded says whether it is.
     fn load(
         &mut self,
         sku: &Sku,
         lines: Lines<'_>,
+        now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<Product>, StoreError>> + Send;
+
+    /// The SKUs a hold was placed on, whatever became of it; empty for a
+    /// hold never placed.
+    fn skus_of_hold(
+        &mut self,
+        hold_id: &HoldId,
+    ) -> impl Future<Output = Result<Vec<Sku>, StoreError>> + Send;
 
     /// The SKU of the product that holds batch `reference`, if any.
     fn sku_of_batch(

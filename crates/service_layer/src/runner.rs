@@ -14,10 +14,12 @@ mod product_turns;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use domain::commands::{
-    Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate, Reallocate,
+    Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate, ExtendHold, PlaceHold,
+    Reallocate, ReleaseHold,
 };
 use domain::{Event, OrderId, Sku};
 use rand::Rng;
@@ -26,7 +28,7 @@ use tracing::{debug, warn};
 use crate::caller::Caller;
 use crate::error::Error;
 use crate::handlers::{self, CommandHandler};
-use crate::ports::{Store, StoreError, StoreTransaction};
+use crate::ports::{Clock, Store, StoreError, StoreTransaction, SystemClock};
 use crate::telemetry::{metric_names, record_group_size};
 use crate::unit_of_work::UnitOfWork;
 use lanes::Lanes;
@@ -91,6 +93,7 @@ pub(crate) struct Runner<S> {
     retry: RetryPolicy,
     product_turns: ProductTurns,
     lanes: CommandLanes,
+    clock: Arc<dyn Clock>,
 }
 
 /// Every kind of command's lanes.
@@ -100,6 +103,9 @@ pub struct CommandLanes {
     allocate: LanesOf<Allocate>,
     allocate_order: LanesOf<AllocateOrder>,
     reallocate: LanesOf<Reallocate>,
+    place_hold: LanesOf<PlaceHold>,
+    extend_hold: LanesOf<ExtendHold>,
+    release_hold: LanesOf<ReleaseHold>,
     change_batch_quantity: LanesOf<ChangeBatchQuantity>,
     deallocate: LanesOf<Deallocate>,
 }
@@ -131,8 +137,22 @@ grouped! {
     Allocate => allocate,
     AllocateOrder => allocate_order,
     Reallocate => reallocate,
+    PlaceHold => place_hold,
+    ExtendHold => extend_hold,
+    ReleaseHold => release_hold,
     ChangeBatchQuantity => change_batch_quantity,
     Deallocate => deallocate,
+}
+
+impl<S> Runner<S> {
+    /// Reads the time from `clock` instead of the system's.
+    pub(crate) fn set_clock(&mut self, clock: Arc<dyn Clock>) {
+        self.clock = clock;
+    }
+
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
 }
 
 impl<S: Store> Runner<S> {
@@ -142,6 +162,7 @@ impl<S: Store> Runner<S> {
             product_turns: ProductTurns::new(),
             lanes: CommandLanes::new(store.write_lanes()),
             store,
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -235,10 +256,11 @@ impl<S: Store> Runner<S> {
         attempt: u32,
         contended: bool,
     ) -> Result<UnitOfWork<S::Transaction>, StoreError> {
+        let now = self.clock.now();
         if attempt == 1 && !contended {
-            UnitOfWork::begin(&self.store).await
+            UnitOfWork::begin(&self.store, now).await
         } else {
-            UnitOfWork::begin_locking(&self.store).await
+            UnitOfWork::begin_locking(&self.store, now).await
         }
     }
 }

@@ -70,7 +70,11 @@ pub(crate) fn event_handled_key(event: &Event, succeeded: bool) -> &'static Key 
         Deallocated,
         AllocationCancelled,
         BatchQuantityChanged,
-        OutOfStock
+        OutOfStock,
+        Held,
+        HoldExtended,
+        HoldReleased,
+        HoldConverted
     )
 }
 

@@ -19,7 +19,8 @@ use std::collections::hash_map::Entry;
 use foldhash::HashMap;
 use smallvec::SmallVec;
 
-use domain::{BatchRef, Event, OrderId, Product, Sku};
+use chrono::{DateTime, Utc};
+use domain::{BatchRef, Event, HoldId, OrderId, Product, Sku};
 
 use crate::ports::{
     ChangeSet, Lines, OutboxMessage, ProductChanges, Store, StoreError, StoreTransaction,
@@ -40,6 +41,8 @@ struct Tracked {
     /// command of a group shrinking the same batch must see the first's
     /// changes, not the stored lines again.
     batches_loaded: Vec<BatchRef>,
+    /// Holds whose parts of this product are loaded, for the same reason.
+    holds_loaded: Vec<HoldId>,
     /// How many of the product's pending events `collect_new_events` has
     /// handed out already. All of them stay pending until commit writes them.
     handed_out: usize,
@@ -52,6 +55,7 @@ impl Tracked {
             stored_version,
             orders_loaded: SmallVec::new(),
             batches_loaded: Vec::new(),
+            holds_loaded: Vec::new(),
             handed_out: 0,
         }
     }
@@ -65,6 +69,7 @@ impl Tracked {
             Lines::OfOrder(orderid) => self.orders_loaded.contains(orderid),
             Lines::OfOrders(orderids) => orderids.iter().all(|o| self.orders_loaded.contains(o)),
             Lines::OfBatch(reference) => self.batches_loaded.contains(reference),
+            Lines::OfHold(hold_id) => self.holds_loaded.contains(hold_id),
         }
     }
 
@@ -73,6 +78,7 @@ impl Tracked {
             Lines::OfOrder(orderid) => self.orders_loaded.push(orderid.clone()),
             Lines::OfOrders(orderids) => self.orders_loaded.extend(orderids.iter().cloned()),
             Lines::OfBatch(reference) => self.batches_loaded.push(reference.clone()),
+            Lines::OfHold(hold_id) => self.holds_loaded.push(hold_id.clone()),
             Lines::None => {}
         }
     }
@@ -85,6 +91,8 @@ impl Tracked {
 pub struct Repository<T> {
     transaction: T,
     seen: HashMap<Sku, Tracked>,
+    /// The unit of work's time: which holds are live.
+    now: DateTime<Utc>,
 }
 
 impl<T: StoreTransaction> Repository<T> {
@@ -124,6 +132,22 @@ impl<T: StoreTransaction> Repository<T> {
         self.get_with(sku, Lines::OfOrders(orderids)).await
     }
 
+    /// The product with the parts of hold `hold_id` on it loaded, live or
+    /// expired: what extending, releasing or converting the hold needs.
+    pub async fn get_for_hold(
+        &mut self,
+        sku: &Sku,
+        hold_id: &HoldId,
+    ) -> Result<Option<&mut Product>, StoreError> {
+        self.get_with(sku, Lines::OfHold(hold_id)).await
+    }
+
+    /// The SKUs hold `hold_id` was placed on, in SKU order; empty if it
+    /// never was.
+    pub async fn skus_of_hold(&mut self, hold_id: &HoldId) -> Result<Vec<Sku>, StoreError> {
+        self.transaction.skus_of_hold(hold_id).await
+    }
+
     /// The product holding batch `reference`, with that batch's lines loaded:
     /// what changing the batch's quantity needs.
     pub async fn get_by_batch(
@@ -160,7 +184,7 @@ impl<T: StoreTransaction> Repository<T> {
         let loaded = if holds_already {
             None
         } else {
-            self.transaction.load(sku, lines).await?
+            self.transaction.load(sku, lines, self.now).await?
         };
         match (self.seen.entry(sku.clone()), loaded) {
             (Entry::Occupied(entry), loaded) => {
@@ -169,6 +193,8 @@ impl<T: StoreTransaction> Repository<T> {
                 for batch in loaded.iter().flat_map(Product::batches) {
                     let lines = batch.loaded_lines().iter().cloned();
                     tracked.product.load_lines(batch.reference(), lines);
+                    let holds = batch.loaded_holds().iter().cloned();
+                    tracked.product.load_holds(batch.reference(), holds);
                 }
                 tracked.record_loaded(lines);
                 Ok(Some(&mut tracked.product))
@@ -223,25 +249,38 @@ pub struct UnitOfWork<T> {
 
 impl<T: StoreTransaction> UnitOfWork<T> {
     /// Starts a unit of work on `store`: a transaction with an empty
-    /// identity map.
-    pub async fn begin<S: Store<Transaction = T>>(store: &S) -> Result<Self, StoreError> {
-        Ok(Self::new(store.begin().await?))
+    /// identity map, happening at `now` (see [`UnitOfWork::now`]).
+    pub async fn begin<S: Store<Transaction = T>>(
+        store: &S,
+        now: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::new(store.begin().await?, now))
     }
 
     /// A unit of work over [`Store::begin_locking`].
-    pub async fn begin_locking<S: Store<Transaction = T>>(store: &S) -> Result<Self, StoreError> {
-        Ok(Self::new(store.begin_locking().await?))
+    pub async fn begin_locking<S: Store<Transaction = T>>(
+        store: &S,
+        now: DateTime<Utc>,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::new(store.begin_locking().await?, now))
     }
 
-    pub fn new(transaction: T) -> Self {
+    pub fn new(transaction: T, now: DateTime<Utc>) -> Self {
         Self {
             products: Repository {
                 transaction,
                 seen: HashMap::default(),
+                now,
             },
             views: Vec::new(),
             outbox: Vec::new(),
         }
+    }
+
+    /// When this unit of work happens: one instant for all it reads and
+    /// decides, so that a hold is live or expired for the whole of it.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.products.now
     }
 
     pub fn products(&mut self) -> &mut Repository<T> {

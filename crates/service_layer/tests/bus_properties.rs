@@ -157,7 +157,11 @@ impl App {
 
     /// The batches of `product` that could take `units` whole.
     async fn room_for(&self, product: &Sku, units: u64) -> Vec<BatchRef> {
-        let batches = self.store.batches(product).await.expect("a query");
+        let batches = self
+            .store
+            .batches(product, chrono::Utc::now())
+            .await
+            .expect("a query");
         batches
             .into_iter()
             .filter(|b| b.available() >= units)
@@ -170,7 +174,7 @@ impl App {
     async fn available_for(&self, product: &Sku, split: bool) -> u64 {
         let available = self
             .store
-            .batches(product)
+            .batches(product, chrono::Utc::now())
             .await
             .expect("a query")
             .into_iter()
@@ -254,6 +258,7 @@ impl App {
                     )
                     .expect("one line per SKU"),
                     split,
+                    hold_id: None,
                 };
                 let mut available = HashMap::new();
                 for (product, _) in &requested {
@@ -378,7 +383,12 @@ impl App {
         let placement = self.placement().await?;
         let messages = self.store.unsent_messages();
         for product in SKUS.map(sku) {
-            for batch in self.store.batches(&product).await.expect("a query") {
+            for batch in self
+                .store
+                .batches(&product, chrono::Utc::now())
+                .await
+                .expect("a query")
+            {
                 prop_assert!(
                     batch.allocated <= batch.purchased,
                     "{:?} over-allocated",

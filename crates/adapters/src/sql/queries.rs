@@ -1,14 +1,31 @@
 //! The lookups the service makes, named so that the query-plan tests check
 //! these very statements against the indexes they need.
 
-/// A product (`$1`), its batches in creation order, and the lines of
-/// its batches that `$lines` picks, one row per batch and line. A
-/// product without batches still gives one row, with NULL batch columns.
+/// The units of batch `b` set aside by holds live at `$n` (unix
+/// milliseconds): one range of the partial index `hold_parts_active`.
+/// (`SUM` of BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode.)
+macro_rules! held_at {
+    ($now:literal) => {
+        concat!(
+            "(SELECT CAST(COALESCE(SUM(h.qty), 0) AS BIGINT) FROM hold_parts h ",
+            "WHERE h.batch_id = b.id AND h.state = 'active' AND h.expires_at > ",
+            $now,
+            ") AS held_quantity"
+        )
+    };
+}
+
+/// A product (`$1`), its batches in creation order with what live holds
+/// hold of each at `$3`, and the lines of its batches that `$lines` picks,
+/// one row per batch and line. A product without batches still gives one
+/// row, with NULL batch columns.
 macro_rules! product_with_lines {
     ($lines:literal) => {
         concat!(
             "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, ",
-            "b.allocated_quantity, a.orderid AS line_orderid, a.qty AS line_qty ",
+            "b.allocated_quantity, ",
+            held_at!("$3"),
+            ", a.orderid AS line_orderid, a.qty AS line_qty ",
             "FROM products p ",
             "LEFT JOIN batches b ON b.sku = p.sku ",
             "LEFT JOIN allocations a ON ",
@@ -63,5 +80,30 @@ pub const LINES_OF_ORDER: &str = "SELECT a.sku, b.reference AS batchref, a.qty \
 
 /// A product's batches, from the write tables (they are the read model
 /// of the product query).
-pub const BATCHES_OF_PRODUCT: &str = "SELECT reference, eta, purchased_quantity, allocated_quantity \
-     FROM batches WHERE sku = $1 ORDER BY id";
+pub const BATCHES_OF_PRODUCT: &str = concat!(
+    "SELECT b.reference, b.eta, b.purchased_quantity, b.allocated_quantity, ",
+    held_at!("$2"),
+    " FROM batches b WHERE b.sku = $1 ORDER BY b.id"
+);
+
+/// The live hold parts of batch `$1` (of product `$2`) at `$3`: what
+/// shrinking a batch loads with its lines. Unsorted: the index gives them
+/// by expiry, and the few there are are put oldest first by `id` after.
+pub const LIVE_HOLDS_OF_BATCH: &str = "SELECT h.id, h.hold_id, h.qty, h.expires_at \
+     FROM batches b JOIN hold_parts h ON h.batch_id = b.id \
+     WHERE b.reference = $1 AND b.sku = $2 AND h.state = 'active' AND h.expires_at > $3";
+
+/// The active parts of hold `$1` on product `$2`, live or expired: what
+/// extending, releasing or converting the hold loads.
+pub const PARTS_OF_HOLD: &str = "SELECT b.reference, h.hold_id, h.qty, h.expires_at \
+     FROM hold_parts h JOIN batches b ON b.id = h.batch_id \
+     WHERE h.hold_id = $1 AND h.sku = $2 AND h.state = 'active' ORDER BY h.batch_id";
+
+/// The SKUs hold `$1` was placed on, whatever became of it.
+pub const SKUS_OF_HOLD: &str =
+    "SELECT DISTINCT sku FROM hold_parts WHERE hold_id = $1 ORDER BY sku";
+
+/// Every part of hold `$1`, for `GET /holds/<hold_id>`: by SKU, then batch.
+pub const HOLD: &str = "SELECT h.sku, b.reference AS batchref, h.qty, h.expires_at, h.state \
+     FROM hold_parts h JOIN batches b ON b.id = h.batch_id \
+     WHERE h.hold_id = $1 ORDER BY h.sku, h.batch_id";

@@ -1,15 +1,15 @@
 //! The query side (book chapter 12): an order's allocations from the
-//! `allocations_view` table; an order's lines and a product's batches from
-//! the write tables.
+//! `allocations_view` table; an order's lines, a hold and a product's
+//! batches from the write tables.
 
-use domain::{BatchRef, OrderId, Sku};
+use chrono::{DateTime, Utc};
+use domain::{BatchRef, HoldId, OrderId, Sku};
 use service_layer::ports::{
-    AllocationView, BatchView, LineStatus, OrderLineView, PartView, ReadModel, StoreError,
+    AllocationView, BatchView, HoldView, LineStatus, OrderLineView, PartView, ReadModel, StoreError,
 };
 
-use super::SqlStore;
-use super::queries;
-use super::rows::{eta_from_db, get, identifier, to_u64};
+use super::rows::{eta_from_db, get, identifier, time_to_db, to_u64};
+use super::{SqlStore, holds, queries};
 
 impl ReadModel for SqlStore {
     async fn allocations(&self, orderid: &OrderId) -> Result<Vec<AllocationView>, StoreError> {
@@ -58,9 +58,19 @@ impl ReadModel for SqlStore {
         Ok(lines)
     }
 
-    async fn batches(&self, sku: &Sku) -> Result<Vec<BatchView>, StoreError> {
+    async fn hold(&self, hold_id: &HoldId) -> Result<Option<HoldView>, StoreError> {
+        let rows = sqlx::query(queries::HOLD)
+            .bind(hold_id.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        holds::hold_of_rows(hold_id, &rows)
+    }
+
+    async fn batches(&self, sku: &Sku, now: DateTime<Utc>) -> Result<Vec<BatchView>, StoreError> {
         let rows = sqlx::query(queries::BATCHES_OF_PRODUCT)
             .bind(sku.as_str())
+            .bind(time_to_db(now))
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::backend)?;
@@ -71,6 +81,7 @@ impl ReadModel for SqlStore {
                     eta: eta_from_db(get(row, "eta")?)?,
                     purchased: to_u64(get(row, "purchased_quantity")?, "purchased_quantity")?,
                     allocated: to_u64(get(row, "allocated_quantity")?, "allocated_quantity")?,
+                    held: to_u64(get(row, "held_quantity")?, "held_quantity")?,
                 })
             })
             .collect()

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use domain::Quantity;
 use service_layer::ports::StoreError;
 use sqlx::any::AnyRow;
@@ -73,4 +73,14 @@ pub(super) fn unix_millis(time: SystemTime) -> i64 {
         .map(|since| since.as_millis())
         .unwrap_or_default();
     i64::try_from(millis).unwrap_or(i64::MAX)
+}
+
+/// A point in time as the holds table keeps it: unix milliseconds.
+pub(super) fn time_to_db(time: DateTime<Utc>) -> i64 {
+    time.timestamp_millis()
+}
+
+pub(super) fn time_from_db(millis: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(millis)
+        .ok_or_else(|| mismatch(format!("{millis} is no time a hold can expire at")))
 }

@@ -1,15 +1,16 @@
 //! A unit of work's hold on the database (book chapter 6): how it reads
 //! products, and how its commit hands the change set to the writer.
 
-use domain::{Batch, BatchRef, OrderId, OrderLine, Product, Sku};
+use chrono::{DateTime, Utc};
+use domain::{Batch, BatchRef, HoldId, OrderId, OrderLine, Product, Sku};
 use service_layer::ports::{ChangeSet, Lines, StoreError, StoreTransaction};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::rows::{eta_from_db, get, identifier, quantity_from_db, to_u64};
+use super::rows::{eta_from_db, get, identifier, quantity_from_db, time_to_db, to_u64};
 use super::write::{self, Plan};
-use super::{Dialect, queries};
+use super::{Dialect, holds, queries};
 
 /// One unit of work's hold on the database. Dropping it rolls back.
 #[derive(Debug)]
@@ -53,7 +54,12 @@ impl Connection {
 }
 
 impl StoreTransaction for SqlTransaction {
-    async fn load(&mut self, sku: &Sku, lines: Lines<'_>) -> Result<Option<Product>, StoreError> {
+    async fn load(
+        &mut self,
+        sku: &Sku,
+        lines: Lines<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Product>, StoreError> {
         // A PostgreSQL unit of work holds a transaction only when it locks
         // its products (SQLite's lock covers the whole database already).
         let lock_first = self.dialect == Dialect::Postgres
@@ -86,11 +92,14 @@ impl StoreTransaction for SqlTransaction {
                     Some(orderids_json.as_str()),
                 )
             }
-            Lines::None | Lines::OfBatch(_) => (queries::PRODUCT_WITH_ORDER_LINE, None),
+            Lines::None | Lines::OfBatch(_) | Lines::OfHold(_) => {
+                (queries::PRODUCT_WITH_ORDER_LINE, None)
+            }
         };
         let rows = sqlx::query(statement)
             .bind(sku.as_str())
             .bind(orders)
+            .bind(time_to_db(now))
             .fetch_all(&mut *conn)
             .await
             .map_err(StoreError::backend)?;
@@ -125,16 +134,28 @@ impl StoreTransaction for SqlTransaction {
                 eta_from_db(get(row, "eta")?)?,
                 quantity_from_db(get(row, "purchased_quantity")?)?,
                 to_u64(get(row, "allocated_quantity")?, "allocated_quantity")?,
+                to_u64(get(row, "held_quantity")?, "held_quantity")?,
             ));
         }
         let mut product = Product::restore(sku.clone(), version, batches);
         for (reference, line) in order_lines {
             product.load_lines(&reference, [line]);
         }
-        if let Lines::OfBatch(reference) = lines {
-            load_lines_of_batch(conn, &mut product, reference).await?;
+        match lines {
+            Lines::OfBatch(reference) => {
+                load_lines_of_batch(conn, &mut product, reference).await?;
+                holds::load_live_holds_of_batch(conn, &mut product, reference, now).await?;
+            }
+            Lines::OfHold(hold_id) => {
+                holds::load_parts_of_hold(conn, &mut product, hold_id, now).await?;
+            }
+            Lines::None | Lines::OfOrder(_) | Lines::OfOrders(_) => {}
         }
         Ok(Some(product))
+    }
+
+    async fn skus_of_hold(&mut self, hold_id: &HoldId) -> Result<Vec<Sku>, StoreError> {
+        holds::skus_of_hold(self.connection.reader(), hold_id).await
     }
 
     async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {

@@ -21,14 +21,14 @@ pub(super) mod sqlite;
 
 use std::time::SystemTime;
 
-use domain::events::{AllocationCancelled, Deallocated};
+use domain::events::{AllocationCancelled, Deallocated, HoldConverted, HoldReleased};
 use domain::{Event, Sku};
 use serde::Serialize;
 use service_layer::ports::{ChangeSet, OutboxMessage, StoreError, ViewChange};
 use sqlx::AnyConnection;
 
 use super::Dialect;
-use super::rows::{eta_to_db, mismatch, to_i64, unix_millis};
+use super::rows::{eta_to_db, mismatch, time_to_db, to_i64, unix_millis};
 
 /// A kind of change a commit writes: one writer per backend each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,6 +41,10 @@ pub(super) enum Kind {
     ViewRowsSet,
     ViewRowsRemoved,
     OutboxMessages,
+    HoldPartsPlaced,
+    HoldPartsExtended,
+    /// Released or converted: a part stops setting units aside.
+    HoldPartsEnded,
 }
 
 /// The tables writers write. The version check writes `products`, which no
@@ -51,6 +55,7 @@ pub(super) enum Table {
     Allocations,
     AllocationsView,
     Outbox,
+    HoldParts,
 }
 
 impl Kind {
@@ -65,6 +70,9 @@ impl Kind {
             Self::ViewRowsSet => "view_rows_set",
             Self::ViewRowsRemoved => "view_rows_removed",
             Self::OutboxMessages => "outbox_messages",
+            Self::HoldPartsPlaced => "hold_parts_placed",
+            Self::HoldPartsExtended => "hold_parts_extended",
+            Self::HoldPartsEnded => "hold_parts_ended",
         }
     }
 
@@ -74,6 +82,9 @@ impl Kind {
             Self::LinesAllocated | Self::LinesRemoved => &[Table::Batches, Table::Allocations],
             Self::ViewRowsSet | Self::ViewRowsRemoved => &[Table::AllocationsView],
             Self::OutboxMessages => &[Table::Outbox],
+            Self::HoldPartsPlaced | Self::HoldPartsExtended | Self::HoldPartsEnded => {
+                &[Table::HoldParts]
+            }
         }
     }
 
@@ -84,7 +95,10 @@ impl Kind {
     /// gets no `batch_id`, which its NOT NULL refuses; a batch created or a
     /// line allocated twice breaks a unique key.)
     pub(super) fn counted(self) -> bool {
-        matches!(self, Self::LinesRemoved | Self::BatchQuantitiesChanged)
+        matches!(
+            self,
+            Self::LinesRemoved | Self::BatchQuantitiesChanged | Self::HoldPartsEnded
+        )
     }
 }
 
@@ -111,6 +125,13 @@ pub(super) struct Row<'a> {
     message_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<i64>,
+    /// What an ended hold part became.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
 }
 
 impl<'a> Row<'a> {
@@ -149,6 +170,9 @@ impl Columns for Row<'_> {
             "eta" => Text(self.eta.as_deref()),
             "message_id" => Text(self.message_id.as_deref()),
             "created_at" => BigInt(self.created_at),
+            "hold_id" => Text(self.hold_id),
+            "expires_at" => BigInt(self.expires_at),
+            "state" => Text(self.state),
             _ => return None,
         })
     }
@@ -196,6 +220,46 @@ fn change_of<'a>(sku: &'a Sku, event: &'a Event) -> Option<(Kind, Row<'a>)> {
             Row {
                 reference: Some(e.reference.as_str()),
                 qty: Some(e.qty.get().into()),
+                ..row
+            },
+        ),
+        Event::Held(e) => (
+            Kind::HoldPartsPlaced,
+            Row {
+                hold_id: Some(e.hold_id.as_str()),
+                batchref: Some(e.batchref.as_str()),
+                qty: Some(e.qty.get().into()),
+                expires_at: Some(time_to_db(e.expires_at)),
+                ..row
+            },
+        ),
+        Event::HoldExtended(e) => (
+            Kind::HoldPartsExtended,
+            Row {
+                hold_id: Some(e.hold_id.as_str()),
+                expires_at: Some(time_to_db(e.expires_at)),
+                ..row
+            },
+        ),
+        Event::HoldReleased(HoldReleased {
+            hold_id, batchref, ..
+        }) => (
+            Kind::HoldPartsEnded,
+            Row {
+                hold_id: Some(hold_id.as_str()),
+                batchref: Some(batchref.as_str()),
+                state: Some("released"),
+                ..row
+            },
+        ),
+        Event::HoldConverted(HoldConverted {
+            hold_id, batchref, ..
+        }) => (
+            Kind::HoldPartsEnded,
+            Row {
+                hold_id: Some(hold_id.as_str()),
+                batchref: Some(batchref.as_str()),
+                state: Some("converted"),
                 ..row
             },
         ),

@@ -42,7 +42,9 @@ async fn a_group_of_allocations_commits_as_one<S: Store + ReadModel + Outbox>(st
     bus.add_batch(&table_batch, &table, 1, None).await;
     let orders: Vec<OrderId> = (0..5).map(|n| orderid(&format!("o{n}"))).collect();
 
-    let mut uow = UnitOfWork::begin(&store).await.expect("start");
+    let mut uow = UnitOfWork::begin(&store, chrono::Utc::now())
+        .await
+        .expect("start");
     uow.products()
         .get_for_orders(&lamp, &orders[..3])
         .await

@@ -45,7 +45,9 @@ async fn uncommitted_work_is_rolled_back_on_drop<S: Store + ReadModel>(store: S)
 
     // A new product, never committed.
     {
-        let mut uow = UnitOfWork::begin(&store).await.expect("start");
+        let mut uow = UnitOfWork::begin(&store, chrono::Utc::now())
+            .await
+            .expect("start");
         let mut product = Product::new(sku.clone());
         product
             .add_batch(batch.clone(), qty(10), None)
@@ -58,7 +60,9 @@ async fn uncommitted_work_is_rolled_back_on_drop<S: Store + ReadModel>(store: S)
     // A change to a stored product, never committed.
     bus.add_batch(&batch, &sku, 10, None).await;
     {
-        let mut uow = UnitOfWork::begin(&store).await.expect("start");
+        let mut uow = UnitOfWork::begin(&store, chrono::Utc::now())
+            .await
+            .expect("start");
         allocate_in(&mut uow, &order, &sku, 4).await;
     }
     let loaded = load(&store, &sku, Lines::OfOrder(&order))
@@ -98,7 +102,9 @@ async fn a_failing_handler_writes_nothing<S: Store + ReadModel>(store: S) {
     let (sku, batch, order) = (sku(), batchref("b"), orderid("o"));
     bus.add_batch(&batch, &sku, 10, None).await;
 
-    let uow = UnitOfWork::begin(&store).await.expect("start");
+    let uow = UnitOfWork::begin(&store, chrono::Utc::now())
+        .await
+        .expect("start");
     assert!(allocate_then_fail(uow, &sku, &order).await.is_err());
     let loaded = load(&store, &sku, Lines::OfOrder(&order))
         .await
@@ -191,8 +197,12 @@ async fn interleaved_units_of_work_conflict_and_the_loser_writes_nothing<S: Stor
     let (first, second) = (orderid("first"), orderid("second"));
     bus.add_batch(&batch, &sku, 10, None).await;
 
-    let mut uow_1 = UnitOfWork::begin(&store).await.expect("start");
-    let mut uow_2 = UnitOfWork::begin(&store).await.expect("start");
+    let mut uow_1 = UnitOfWork::begin(&store, chrono::Utc::now())
+        .await
+        .expect("start");
+    let mut uow_2 = UnitOfWork::begin(&store, chrono::Utc::now())
+        .await
+        .expect("start");
     for (uow, order) in [(&mut uow_1, &first), (&mut uow_2, &second)] {
         allocate_in(uow, order, &sku, 6).await;
     }
@@ -242,7 +252,9 @@ async fn a_batch_reference_taken_by_another_product_conflicts<S: Store + ReadMod
     bus.add_batch(&reference, &owner, 10, None).await;
 
     // Past the handler's own check, as a concurrent command would be.
-    let mut uow = UnitOfWork::begin(&store).await.expect("start");
+    let mut uow = UnitOfWork::begin(&store, chrono::Utc::now())
+        .await
+        .expect("start");
     let mut product = Product::new(other.clone());
     product
         .add_batch(reference.clone(), qty(5), None)

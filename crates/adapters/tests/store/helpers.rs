@@ -180,7 +180,10 @@ pub fn snapshot(product: &Product) -> Loaded {
 /// Loads `sku` with `lines` in a transaction of its own (then rolled back).
 pub async fn load<S: Store>(store: &S, sku: &Sku, lines: Lines<'_>) -> Option<Loaded> {
     let mut transaction = store.begin().await.expect("begin");
-    let product = transaction.load(sku, lines).await.expect("load");
+    let product = transaction
+        .load(sku, lines, chrono::Utc::now())
+        .await
+        .expect("load");
     product.as_ref().map(snapshot)
 }
 
@@ -220,7 +223,10 @@ pub async fn allocations<S: ReadModel>(store: &S, orderid: &OrderId) -> Vec<Allo
 }
 
 pub async fn batch_views<S: ReadModel>(store: &S, sku: &Sku) -> Vec<BatchView> {
-    store.batches(sku).await.expect("read batches")
+    store
+        .batches(sku, chrono::Utc::now())
+        .await
+        .expect("read batches")
 }
 
 pub fn allocated_totals(views: &[BatchView]) -> Vec<u64> {
@@ -315,7 +321,7 @@ pub fn together(change_sets: impl IntoIterator<Item = ChangeSet>) -> ChangeSet {
 pub async fn load_product<S: Store>(store: &S, sku: &Sku, lines: Lines<'_>) -> Product {
     let mut transaction = store.begin().await.expect("begin");
     transaction
-        .load(sku, lines)
+        .load(sku, lines, chrono::Utc::now())
         .await
         .expect("load")
         .expect("stored")

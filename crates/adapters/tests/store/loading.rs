@@ -27,7 +27,9 @@ async fn a_created_product_reloads_with_its_batches_in_creation_order<S: Store +
     let sku = sku();
     let (later, warehouse, sooner) = (batchref("later"), batchref("warehouse"), batchref("sooner"));
 
-    let mut uow = UnitOfWork::begin(&store).await.expect("start");
+    let mut uow = UnitOfWork::begin(&store, chrono::Utc::now())
+        .await
+        .expect("start");
     let mut product = Product::new(sku.clone());
     product
         .add_batch(later.clone(), qty(10), Some(date(2030, 1, 2)))

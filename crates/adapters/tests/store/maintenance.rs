@@ -324,6 +324,7 @@ async fn split_lines_are_checked_and_rebuilt_part_by_part(db: TestDatabase) {
         orderid: big.clone(),
         lines: domain::OrderLines::new(vec![(s.chairs.clone(), qty(150))]).expect("lines"),
         split: true,
+        hold_id: None,
     };
     bus(&store).bus.handle(split).await.expect("allocated");
     let report = check(&store).await;

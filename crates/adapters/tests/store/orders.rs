@@ -33,6 +33,7 @@ fn order(orderid: &OrderId, lines: &[(&Sku, u32)]) -> AllocateOrder {
         orderid: orderid.clone(),
         lines: OrderLines::new(lines.collect()).expect("valid lines"),
         split: false,
+        hold_id: None,
     }
 }
 

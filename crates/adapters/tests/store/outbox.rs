@@ -99,7 +99,9 @@ async fn a_rolled_back_unit_of_work_leaves_no_message<S: Store + Outbox>(store: 
     bus.add_batch(&batch, &sku, 10, None).await;
 
     {
-        let mut uow = UnitOfWork::begin(&store).await.expect("start");
+        let mut uow = UnitOfWork::begin(&store, chrono::Utc::now())
+            .await
+            .expect("start");
         let allocated = allocate_in(&mut uow, &orderid("dropped"), &sku, 4).await;
         assert_eq!(allocated, Some(batch.clone()));
         // Dropped without commit: rolled back, outbox message and all.
@@ -108,7 +110,9 @@ async fn a_rolled_back_unit_of_work_leaves_no_message<S: Store + Outbox>(store: 
 
     // The same allocation, committed this time, is announced.
     let order = orderid("committed");
-    let mut uow = UnitOfWork::begin(&store).await.expect("start");
+    let mut uow = UnitOfWork::begin(&store, chrono::Utc::now())
+        .await
+        .expect("start");
     allocate_in(&mut uow, &order, &sku, 4).await;
     uow.commit().await.expect("commit");
     assert_eq!(orderids(&claim(&store, 100, LONG).await), vec![order]);

@@ -20,10 +20,21 @@ use crate::backends::open;
 struct Lookup {
     what: &'static str,
     sql: Sql,
-    params: &'static [&'static str],
+    params: &'static [Param],
     postgres_indexes: &'static [&'static str],
     sqlite_indexes: &'static [&'static str],
 }
+
+/// A bound value: text, or a time in unix milliseconds.
+enum Param {
+    Text(&'static str),
+    Millis(i64),
+}
+use Param::{Millis, Text};
+
+/// The time the lookups ask at: after the expired holds `fill_postgres`
+/// makes, before the live ones.
+const NOW: Param = Millis(2_000_000_000_000);
 
 /// The query text: the same on both backends, or one for each.
 enum Sql {
@@ -53,37 +64,39 @@ const LOOKUPS: &[Lookup] = &[
     Lookup {
         what: "an order's allocations (read model, GET /allocations/<orderid>)",
         sql: Sql::Both(queries::ALLOCATIONS_OF_ORDER),
-        params: &["order-4242"],
+        params: &[Text("order-4242")],
         postgres_indexes: &["allocations_view_pkey"],
         sqlite_indexes: &["sqlite_autoindex_allocations_view_1"],
     },
     Lookup {
         what: "an order's lines (GET /orders/<orderid>)",
         sql: Sql::Both(queries::LINES_OF_ORDER),
-        params: &["order-4242"],
+        params: &[Text("order-4242")],
         postgres_indexes: &["allocations_orderid_sku_batch_id_key", "batches_pkey"],
         sqlite_indexes: &["sqlite_autoindex_allocations_1"],
     },
     Lookup {
         what: "a product's batches (read model, GET /products/<sku>/batches)",
         sql: Sql::Both(queries::BATCHES_OF_PRODUCT),
-        params: &["sku-4243"],
-        postgres_indexes: &["batches_sku_id"],
-        sqlite_indexes: &["batches_sku_id"],
+        params: &[Text("sku-4243"), NOW],
+        postgres_indexes: &["batches_sku_id", "hold_parts_active"],
+        sqlite_indexes: &["batches_sku_id", "hold_parts_active"],
     },
     Lookup {
         what: "a product with its batches and one order's line (every command)",
         sql: Sql::Both(queries::PRODUCT_WITH_ORDER_LINE),
-        params: &["sku-4243", "order-4242"],
+        params: &[Text("sku-4243"), Text("order-4242"), NOW],
         postgres_indexes: &[
             "products_pkey",
             "batches_sku_id",
             "allocations_orderid_sku_batch_id_key",
+            "hold_parts_active",
         ],
         sqlite_indexes: &[
             "sqlite_autoindex_products_1",
             "batches_sku_id",
             "sqlite_autoindex_allocations_1",
+            "hold_parts_active",
         ],
     },
     Lookup {
@@ -92,7 +105,11 @@ const LOOKUPS: &[Lookup] = &[
             sqlite: queries::PRODUCT_WITH_ORDER_LINES_SQLITE,
             postgres: queries::PRODUCT_WITH_ORDER_LINES_POSTGRES,
         },
-        params: &["sku-4243", r#"["order-4242", "order-4243"]"#],
+        params: &[
+            Text("sku-4243"),
+            Text(r#"["order-4242", "order-4243"]"#),
+            NOW,
+        ],
         postgres_indexes: &[
             "products_pkey",
             "batches_sku_id",
@@ -107,16 +124,44 @@ const LOOKUPS: &[Lookup] = &[
     Lookup {
         what: "a batch's lines (ChangeBatchQuantity)",
         sql: Sql::Both(queries::LINES_OF_BATCH),
-        params: &["batch-4242", "sku-4243"],
+        params: &[Text("batch-4242"), Text("sku-4243")],
         postgres_indexes: &["batches_reference_key", "allocations_batch_id_id"],
         sqlite_indexes: &["sqlite_autoindex_batches_1", "allocations_batch_id_id"],
     },
     Lookup {
         what: "the product that holds a batch (ChangeBatchQuantity)",
         sql: Sql::Both(queries::SKU_OF_BATCH),
-        params: &["batch-4242"],
+        params: &[Text("batch-4242")],
         postgres_indexes: &["batches_reference_key"],
         sqlite_indexes: &["sqlite_autoindex_batches_1"],
+    },
+    Lookup {
+        what: "a batch's live holds (ChangeBatchQuantity)",
+        sql: Sql::Both(queries::LIVE_HOLDS_OF_BATCH),
+        params: &[Text("batch-4243"), Text("sku-4244"), NOW],
+        postgres_indexes: &["batches_reference_key", "hold_parts_active"],
+        sqlite_indexes: &["sqlite_autoindex_batches_1", "hold_parts_active"],
+    },
+    Lookup {
+        what: "a hold's parts of one product (extend, release, convert)",
+        sql: Sql::Both(queries::PARTS_OF_HOLD),
+        params: &[Text("hold-4243"), Text("sku-4244")],
+        postgres_indexes: &["hold_parts_hold_id_sku_batch_id_key", "batches_pkey"],
+        sqlite_indexes: &["sqlite_autoindex_hold_parts_1"],
+    },
+    Lookup {
+        what: "the products a hold is on",
+        sql: Sql::Both(queries::SKUS_OF_HOLD),
+        params: &[Text("hold-4243")],
+        postgres_indexes: &["hold_parts_hold_id_sku_batch_id_key"],
+        sqlite_indexes: &["sqlite_autoindex_hold_parts_1"],
+    },
+    Lookup {
+        what: "a hold (GET /holds/<hold_id>)",
+        sql: Sql::Both(queries::HOLD),
+        params: &[Text("hold-4243")],
+        postgres_indexes: &["hold_parts_hold_id_sku_batch_id_key", "batches_pkey"],
+        sqlite_indexes: &["sqlite_autoindex_hold_parts_1"],
     },
 ];
 
@@ -126,10 +171,14 @@ fn with_params<DB>(sql: String, lookup: &Lookup) -> Query<'static, DB, DB::Argum
 where
     DB: Database,
     &'static str: Encode<'static, DB> + Type<DB>,
+    i64: Encode<'static, DB> + Type<DB>,
 {
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for &param in lookup.params {
-        query = query.bind(param);
+    for param in lookup.params {
+        query = match *param {
+            Text(text) => query.bind(text),
+            Millis(millis) => query.bind(millis),
+        };
     }
     query
 }
@@ -242,6 +291,11 @@ async fn fill_postgres(conn: &mut sqlx::PgConnection) {
         "INSERT INTO allocations_view (orderid, sku, batchref) \
          SELECT 'order-' || g, 'sku-' || (g % 10000 + 1), 'batch-' || g \
          FROM generate_series(1, 200000) g",
+        // A hold part per batch: half expired long ago, a fifth released.
+        "INSERT INTO hold_parts (hold_id, sku, batch_id, qty, expires_at, state) \
+         SELECT 'hold-' || id, sku, id, 1, \
+         CASE WHEN id % 2 = 0 THEN 1000 ELSE 4000000000000 END, \
+         CASE WHEN id % 5 = 0 THEN 'released' ELSE 'active' END FROM batches",
         "ANALYZE",
     ];
     for statement in statements {

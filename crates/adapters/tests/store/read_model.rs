@@ -36,7 +36,9 @@ async fn the_read_model_is_written_with_the_commit_and_removed_on_deallocation<
     bus.add_batch(&batch_b, &sku_b, 10, None).await;
 
     // The view changes only when the unit of work commits.
-    let mut uow = UnitOfWork::begin(&store).await.expect("start");
+    let mut uow = UnitOfWork::begin(&store, chrono::Utc::now())
+        .await
+        .expect("start");
     allocate_in(&mut uow, &order, &sku_b, 2).await;
     assert_eq!(
         allocations(&store, &order).await,
@@ -86,12 +88,14 @@ async fn batches_report_purchased_and_allocated_quantities<S: Store + ReadModel>
                 eta: Some(date(2030, 5, 1)),
                 purchased: 20,
                 allocated: 0,
+                held: 0,
             },
             BatchView {
                 reference: warehouse,
                 eta: None,
                 purchased: 10,
                 allocated: 4,
+                held: 0,
             },
         ]
     );

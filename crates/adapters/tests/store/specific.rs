@@ -34,13 +34,17 @@ async fn sqlite_write_transactions_queue_instead_of_conflicting() {
     let (first, second) = (orderid("first"), orderid("second"));
     bus.add_batch(&batch, &sku, 10, None).await;
 
-    let mut uow_1 = UnitOfWork::begin(&store).await.expect("start");
+    let mut uow_1 = UnitOfWork::begin(&store, chrono::Utc::now())
+        .await
+        .expect("start");
     let waiting = tokio::spawn({
         let (store, sku, second) = (store.clone(), sku.clone(), second.clone());
         async move {
             // Waits at BEGIN IMMEDIATE until the first unit of work is done,
             // then reads what it wrote.
-            let mut uow_2 = UnitOfWork::begin(&store).await.expect("start");
+            let mut uow_2 = UnitOfWork::begin(&store, chrono::Utc::now())
+                .await
+                .expect("start");
             let allocated = allocate_in(&mut uow_2, &second, &sku, 6).await;
             uow_2.commit().await.expect("commit");
             allocated

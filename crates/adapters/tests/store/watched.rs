@@ -100,12 +100,21 @@ pub struct WatchedTransaction<T> {
 }
 
 impl<T: StoreTransaction> StoreTransaction for WatchedTransaction<T> {
-    async fn load(&mut self, sku: &Sku, lines: Lines<'_>) -> Result<Option<Product>, StoreError> {
-        self.inner.load(sku, lines).await
+    async fn load(
+        &mut self,
+        sku: &Sku,
+        lines: Lines<'_>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Product>, StoreError> {
+        self.inner.load(sku, lines, now).await
     }
 
     async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {
         self.inner.sku_of_batch(reference).await
+    }
+
+    async fn skus_of_hold(&mut self, hold_id: &domain::HoldId) -> Result<Vec<Sku>, StoreError> {
+        self.inner.skus_of_hold(hold_id).await
     }
 
     async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {

@@ -54,7 +54,10 @@ async fn seeded_app() -> (axum::Router, MemoryStore) {
 
 async fn snapshot(store: &MemoryStore) -> String {
     let sku = Sku::parse(SKU).expect("sku");
-    let batches = store.batches(&sku).await.expect("query");
+    let batches = store
+        .batches(&sku, chrono::Utc::now())
+        .await
+        .expect("query");
     let allocations = store
         .allocations(&OrderId::parse("o1").expect("id"))
         .await
@@ -174,7 +177,10 @@ async fn whole_numbers_written_as_floats_are_quantities() {
     );
 
     let sku = Sku::parse(SKU).expect("sku");
-    let batches = store.batches(&sku).await.expect("query");
+    let batches = store
+        .batches(&sku, chrono::Utc::now())
+        .await
+        .expect("query");
     let changed = batches
         .iter()
         .find(|batch| batch.reference.as_str() == "float-batch")

@@ -124,8 +124,8 @@ async fn deallocating_and_shrinking_batches_show_in_the_product_query(db: TestDa
     assert_eq!(
         body["batches"],
         json!([
-            { "ref": warehouse, "eta": null, "purchased": 6, "allocated": 0, "available": 6 },
-            { "ref": shipment, "eta": "2031-05-01", "purchased": 10, "allocated": 5, "available": 5 },
+            { "ref": warehouse, "eta": null, "purchased": 6, "allocated": 0, "held": 0, "available": 6 },
+            { "ref": shipment, "eta": "2031-05-01", "purchased": 10, "allocated": 5, "held": 0, "available": 5 },
         ])
     );
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use axum::body::{Body, to_bytes};
 use axum::http::{Method, Request, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::helpers::in_process_app;
@@ -20,6 +20,10 @@ const ROUTES: &[&str] = &[
     "POST /change_batch_quantity",
     "POST /orders/{orderid}/allocate",
     "GET /orders/{orderid}",
+    "POST /holds",
+    "GET /holds/{hold_id}",
+    "POST /holds/{hold_id}/extend",
+    "DELETE /holds/{hold_id}",
     "GET /products/{sku}/batches",
     "GET /healthz",
     "GET /readyz",
@@ -231,8 +235,21 @@ async fn the_documented_bounds_are_the_domain_values() {
         (&serde_json::json!("boolean"), &serde_json::json!(false)),
         "{split}"
     );
-    let hold = resolved(&document, &order["hold_id"]);
-    assert_eq!(hold["type"], "null", "{hold}");
+    // A hold to convert: an identifier, or null.
+    let hold = order["hold_id"].to_string();
+    assert!(
+        hold.contains("Identifier") && hold.contains("null"),
+        "{hold}"
+    );
+    // A hold's time to live: 1 second to a day, 15 minutes by default.
+    for schema in ["HoldRequest", "ExtendRequest"] {
+        let ttl = &schemas[schema]["properties"]["ttl_seconds"];
+        assert_eq!(
+            (&ttl["minimum"], &ttl["maximum"], &ttl["default"]),
+            (&json!(1), &json!(86_400), &json!(900)),
+            "{schema}: {ttl}"
+        );
+    }
 }
 
 /// The schema `schema` stands for: itself, or the component its `$ref` names.

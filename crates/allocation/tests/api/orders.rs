@@ -159,7 +159,6 @@ async fn bad_orders_are_refused_and_change_nothing(db: TestDatabase) {
             "Invalid sku",
         ),
         (json!({ "lines": [line], "split": "yes" }), ""),
-        (json!({ "lines": [line], "hold_id": "h1" }), "hold"),
         (json!({ "lines": "many" }), ""),
     ];
     for (body, reason) in cases {

@@ -8,8 +8,9 @@
 //! before the second for any, in one unit of work that commits them all
 //! or none (docs/architecture.md, "Whole orders").
 
+use crate::events::{Event, HoldConverted};
 use crate::model::{DomainError, OrderLine, Product};
-use crate::values::{BatchRef, Quantity, Sku};
+use crate::values::{BatchRef, HoldId, Quantity, Sku};
 
 /// Units of a line on one batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +37,13 @@ pub enum Placement {
     Allocated { sku: Sku, parts: Vec<Part> },
     /// The line fits: whole on one batch, or split over several.
     Fits { line: OrderLine, parts: Vec<Part> },
+    /// A live checkout hold holds exactly the line: its units become the
+    /// line's allocation.
+    Held {
+        line: OrderLine,
+        hold_id: HoldId,
+        parts: Vec<Part>,
+    },
     /// Not enough stock for the line.
     Short(Shortage),
 }
@@ -44,7 +52,7 @@ impl Placement {
     pub fn sku(&self) -> &Sku {
         match self {
             Self::Allocated { sku, .. } => sku,
-            Self::Fits { line, .. } => &line.sku,
+            Self::Fits { line, .. } | Self::Held { line, .. } => &line.sku,
             Self::Short(shortage) => &shortage.sku,
         }
     }
@@ -52,7 +60,7 @@ impl Placement {
     pub fn shortage(&self) -> Option<&Shortage> {
         match self {
             Self::Short(shortage) => Some(shortage),
-            Self::Allocated { .. } | Self::Fits { .. } => None,
+            Self::Allocated { .. } | Self::Fits { .. } | Self::Held { .. } => None,
         }
     }
 }
@@ -71,7 +79,20 @@ impl Product {
     ///
     /// Needs the lines of `line.orderid` loaded. A line allocated already
     /// with another quantity is refused, as by [`Product::allocate`].
-    pub fn placement(&self, line: &OrderLine, split: bool) -> Result<Placement, DomainError> {
+    ///
+    /// With `hold`, a live hold the order converts (the caller checks that
+    /// it is live), the line goes exactly where the hold's part is; a line
+    /// the hold does not hold with that quantity, or one allocated
+    /// already, is refused. Needs the hold's parts loaded too.
+    pub fn placement(
+        &self,
+        line: &OrderLine,
+        split: bool,
+        hold: Option<&HoldId>,
+    ) -> Result<Placement, DomainError> {
+        if let Some(hold_id) = hold {
+            return self.conversion(line, hold_id);
+        }
         if let Some(parts) = self.same_allocation_of(line)? {
             return Ok(Placement::Allocated {
                 sku: line.sku.clone(),
@@ -104,6 +125,31 @@ impl Product {
             requested: line.qty,
             available,
         }))
+    }
+
+    fn conversion(&self, line: &OrderLine, hold_id: &HoldId) -> Result<Placement, DomainError> {
+        let allocated = self.parts_of(&line.orderid);
+        if !allocated.is_empty() {
+            return Err(DomainError::AlreadyAllocated {
+                orderid: line.orderid.clone(),
+                sku: line.sku.clone(),
+                allocated: allocated.iter().map(|p| u64::from(p.qty.get())).sum(),
+            });
+        }
+        let parts: Vec<Part> = self
+            .held_parts(hold_id)
+            .into_iter()
+            .map(|(part, _)| part)
+            .collect();
+        let held: u64 = parts.iter().map(|p| u64::from(p.qty.get())).sum();
+        if held != u64::from(line.qty.get()) {
+            return Err(self.mismatch(hold_id));
+        }
+        Ok(Placement::Held {
+            line: line.clone(),
+            hold_id: hold_id.clone(),
+            parts,
+        })
     }
 
     /// `line` spread over the batches in policy order, each giving all it
@@ -144,6 +190,11 @@ impl Product {
                     requested: shortage.requested,
                 });
             }
+            Placement::Held {
+                line,
+                hold_id,
+                parts,
+            } => return self.convert(line, &hold_id, parts),
             Placement::Fits { line, parts } => (line, parts),
         };
         let part_line = |part: &Part| OrderLine {
@@ -162,6 +213,47 @@ impl Product {
         }
         for (index, part) in places.into_iter().zip(&parts) {
             self.allocate_to(index, part_line(part));
+        }
+        Ok(parts)
+    }
+
+    /// Turns the hold's parts into the line's allocation, recording
+    /// [`HoldConverted`] then [`Allocated`](crate::events::Allocated) for
+    /// each: the units move from held to allocated, and no one else's
+    /// availability changes.
+    fn convert(
+        &mut self,
+        line: OrderLine,
+        hold_id: &HoldId,
+        parts: Vec<Part>,
+    ) -> Result<Vec<Part>, DomainError> {
+        let held = self.held_parts(hold_id);
+        let still_held = parts
+            .iter()
+            .all(|part| held.iter().any(|(at, loaded)| at == part && loaded.live));
+        if !still_held || held.len() != parts.len() {
+            return Err(self.mismatch(hold_id));
+        }
+        for part in &parts {
+            let Some(index) = self
+                .batches
+                .iter()
+                .position(|batch| batch.reference == part.batchref)
+            else {
+                continue; // unreachable: the part was found on this batch
+            };
+            self.batches[index].release_hold(hold_id);
+            self.record(Event::HoldConverted(HoldConverted {
+                hold_id: hold_id.clone(),
+                sku: self.sku.clone(),
+                batchref: part.batchref.clone(),
+                qty: part.qty,
+            }));
+            let part_line = OrderLine {
+                qty: part.qty,
+                ..line.clone()
+            };
+            self.allocate_to(index, part_line);
         }
         Ok(parts)
     }
@@ -202,7 +294,9 @@ mod tests {
     fn a_placement_follows_the_books_policy_and_changes_nothing() {
         let product = sofa();
         let before = product.clone();
-        let placement = product.placement(&line("o1", 5), false).expect("placed");
+        let placement = product
+            .placement(&line("o1", 5), false, None)
+            .expect("placed");
         assert_eq!(
             placement,
             Placement::Fits {
@@ -219,7 +313,9 @@ mod tests {
     #[test]
     fn placing_allocates_the_line_where_it_was_placed() {
         let mut product = sofa();
-        let placement = product.placement(&line("o1", 6), false).expect("placed");
+        let placement = product
+            .placement(&line("o1", 6), false, None)
+            .expect("placed");
         let parts = product.place(placement).expect("taken");
         assert_eq!(
             parts,
@@ -243,7 +339,9 @@ mod tests {
     #[test]
     fn a_line_no_batch_can_take_whole_is_short_by_what_the_best_batch_has() {
         let mut product = sofa();
-        let placement = product.placement(&line("o1", 11), false).expect("answered");
+        let placement = product
+            .placement(&line("o1", 11), false, None)
+            .expect("answered");
         assert_eq!(
             placement.shortage(),
             Some(&Shortage {
@@ -267,12 +365,16 @@ mod tests {
     #[test]
     fn a_line_sent_again_is_answered_with_its_allocation_and_changes_nothing() {
         let mut product = sofa();
-        let first = product.placement(&line("o1", 2), false).expect("placed");
+        let first = product
+            .placement(&line("o1", 2), false, None)
+            .expect("placed");
         product.place(first).expect("taken");
         product.take_events();
         let version = product.version();
 
-        let again = product.placement(&line("o1", 2), false).expect("placed");
+        let again = product
+            .placement(&line("o1", 2), false, None)
+            .expect("placed");
         assert_eq!(
             product.place(again),
             Ok(vec![Part {
@@ -284,7 +386,7 @@ mod tests {
         assert_eq!(product.version(), version);
 
         assert!(matches!(
-            product.placement(&line("o1", 3), false),
+            product.placement(&line("o1", 3), false, None),
             Err(DomainError::AlreadyAllocated { .. })
         ));
     }
@@ -292,7 +394,9 @@ mod tests {
     #[test]
     fn a_place_taken_in_between_is_refused_and_changes_nothing() {
         let mut product = sofa();
-        let placement = product.placement(&line("o1", 5), false).expect("placed");
+        let placement = product
+            .placement(&line("o1", 5), false, None)
+            .expect("placed");
         product
             .allocate(line("o2", 1))
             .expect("allocated")
@@ -319,14 +423,18 @@ mod tests {
         #[test]
         fn a_line_no_batch_can_take_whole_is_refused_without_split() {
             let product = sofa();
-            let placement = product.placement(&line("o1", 12), false).expect("answered");
+            let placement = product
+                .placement(&line("o1", 12), false, None)
+                .expect("answered");
             assert_eq!(placement.shortage().map(|s| s.available), Some(10));
         }
 
         #[test]
         fn a_split_line_takes_each_batch_in_policy_order_until_covered() {
             let mut product = sofa();
-            let placement = product.placement(&line("o1", 12), true).expect("placed");
+            let placement = product
+                .placement(&line("o1", 12), true, None)
+                .expect("placed");
             let parts = product.place(placement).expect("taken");
             // The warehouse gives all it has first, then the shipment.
             assert_eq!(parts, [part("home", 5), part("ship", 7)]);
@@ -359,7 +467,9 @@ mod tests {
         #[test]
         fn a_line_that_fits_one_batch_is_not_split() {
             let product = sofa();
-            let placement = product.placement(&line("o1", 8), true).expect("placed");
+            let placement = product
+                .placement(&line("o1", 8), true, None)
+                .expect("placed");
             assert_eq!(
                 placement,
                 Placement::Fits {
@@ -372,7 +482,9 @@ mod tests {
         #[test]
         fn a_split_line_is_short_by_what_every_batch_has_together() {
             let product = sofa();
-            let placement = product.placement(&line("o1", 16), true).expect("answered");
+            let placement = product
+                .placement(&line("o1", 16), true, None)
+                .expect("answered");
             assert_eq!(
                 placement.shortage(),
                 Some(&Shortage {
@@ -386,10 +498,14 @@ mod tests {
         #[test]
         fn a_split_line_sent_again_is_answered_with_every_part() {
             let mut product = sofa();
-            let first = product.placement(&line("o1", 12), true).expect("placed");
+            let first = product
+                .placement(&line("o1", 12), true, None)
+                .expect("placed");
             product.place(first).expect("taken");
             product.take_events();
-            let again = product.placement(&line("o1", 12), true).expect("placed");
+            let again = product
+                .placement(&line("o1", 12), true, None)
+                .expect("placed");
             assert_eq!(
                 again,
                 Placement::Allocated {
@@ -398,7 +514,7 @@ mod tests {
                 }
             );
             assert_eq!(
-                product.placement(&line("o1", 11), true),
+                product.placement(&line("o1", 11), true, None),
                 Err(DomainError::AlreadyAllocated {
                     orderid: orderid("o1"),
                     sku: sku("SOFA"),
@@ -413,7 +529,9 @@ mod tests {
         #[test]
         fn deallocating_a_split_line_frees_every_part() {
             let mut product = sofa();
-            let placement = product.placement(&line("o1", 12), true).expect("placed");
+            let placement = product
+                .placement(&line("o1", 12), true, None)
+                .expect("placed");
             product.place(placement).expect("taken");
             product.take_events();
             let parts = product.deallocate(&orderid("o1")).expect("deallocated");
@@ -445,7 +563,9 @@ mod tests {
             product
                 .add_batch(batchref("late"), qty(6), Some(due))
                 .expect("batch");
-            let placement = product.placement(&line("o1", 12), true).expect("placed");
+            let placement = product
+                .placement(&line("o1", 12), true, None)
+                .expect("placed");
             product.place(placement).expect("taken");
             product.take_events();
 
@@ -483,7 +603,9 @@ mod tests {
         #[test]
         fn a_part_reallocated_to_a_batch_holding_its_line_joins_it() {
             let mut product = sofa();
-            let placement = product.placement(&line("o1", 12), true).expect("placed");
+            let placement = product
+                .placement(&line("o1", 12), true, None)
+                .expect("placed");
             product.place(placement).expect("taken");
             product
                 .change_batch_quantity(&batchref("home"), qty(1))

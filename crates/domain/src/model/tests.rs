@@ -34,7 +34,14 @@ fn product_with(product: &str, batches: &[(&str, u32, Option<NaiveDate>)]) -> Pr
 /// Product LAMP as a repository reads it: one batch `b1` with its totals
 /// and no lines loaded.
 fn stored_lamp(version: u64, purchased: u32, allocated: u64) -> Product {
-    let batch = Batch::restore(batchref("b1"), sku("LAMP"), None, qty(purchased), allocated);
+    let batch = Batch::restore(
+        batchref("b1"),
+        sku("LAMP"),
+        None,
+        qty(purchased),
+        allocated,
+        0,
+    );
     Product::restore(sku("LAMP"), version, vec![batch])
 }
 
@@ -96,7 +103,7 @@ mod batches {
 
     #[test]
     fn restored_batches_count_lines_that_were_not_loaded() {
-        let b = Batch::restore(batchref("b"), sku("LAMP"), None, qty(100), 60);
+        let b = Batch::restore(batchref("b"), sku("LAMP"), None, qty(100), 60, 0);
         assert_eq!(b.available_quantity(), 40);
         assert!(b.loaded_lines().is_empty());
         assert!(!b.can_allocate(&line("o", "LAMP", 41)));

@@ -6,14 +6,16 @@
 //! reads only what a command needs, writes nothing until commit, and a commit
 //! whose products changed since they were read is refused with a conflict.
 
+mod clock;
+mod holds;
 mod outbox;
 mod recorders;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use chrono::NaiveDate;
-use domain::{Batch, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
+use chrono::{DateTime, NaiveDate, Utc};
+use domain::{Batch, BatchRef, Event, HoldId, OrderId, OrderLine, Product, Quantity, Sku};
 // Not std's: the bus benchmark measured SipHash, the growth of std's
 // `HashMap` and a heap row per order as real costs of every command
 // (docs/BENCHMARKS.md, "Making the lone command cheaper").
@@ -23,11 +25,14 @@ use indexmap::IndexMap;
 use smallvec::SmallVec;
 
 use crate::ports::{
-    AllocationView, BatchView, ChangeSet, LineStatus, Lines, OrderLineView, OutboxMessage,
-    PartView, ReadModel, Store, StoreError, StoreTransaction, ViewChange,
+    AllocationView, BatchView, ChangeSet, HoldLineView, HoldState, HoldView, LineStatus, Lines,
+    OrderLineView, OutboxMessage, PartView, ReadModel, Store, StoreError, StoreTransaction,
+    ViewChange,
 };
+use holds::HoldTable;
 use outbox::OutboxTable;
 
+pub use clock::ManualClock;
 pub use recorders::{Recorder, RecordingNotifications, RecordingPublisher};
 
 /// Products and the read model, shared by every transaction and query.
@@ -43,6 +48,7 @@ struct Tables {
     /// An order's rows, sorted by SKU. Nearly every order is for one SKU,
     /// so one row is kept inline rather than in a heap allocation of its own.
     allocations_view: GrowingMap<OrderId, SmallVec<[AllocationView; 1]>>,
+    holds: HoldTable,
     outbox: OutboxTable,
 }
 
@@ -114,12 +120,30 @@ pub struct MemoryTransaction {
 }
 
 impl StoreTransaction for MemoryTransaction {
-    async fn load(&mut self, sku: &Sku, lines: Lines<'_>) -> Result<Option<Product>, StoreError> {
+    async fn load(
+        &mut self,
+        sku: &Sku,
+        lines: Lines<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Product>, StoreError> {
         let tables = self.store.lock();
         Ok(tables
             .products
             .get(sku)
-            .map(|stored| stored.to_product(sku, lines)))
+            .map(|stored| stored.to_product(sku, lines, &tables.holds, now)))
+    }
+
+    async fn skus_of_hold(&mut self, hold_id: &HoldId) -> Result<Vec<Sku>, StoreError> {
+        let tables = self.store.lock();
+        let mut skus: Vec<Sku> = tables
+            .holds
+            .all_parts_of(hold_id)
+            .iter()
+            .map(|part| part.sku.clone())
+            .collect();
+        skus.sort();
+        skus.dedup();
+        Ok(skus)
     }
 
     async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {
@@ -167,9 +191,12 @@ impl Tables {
                 }
             }
             // The events move into the tables: the change set is spent here.
-            let product = self.products.entry(change.sku).or_default();
+            let product = self.products.entry(change.sku.clone()).or_default();
             product.version = change.new_version;
             for event in change.events {
+                self.holds.apply(&change.sku, &event, |reference| {
+                    product.batch_index(reference)
+                });
                 product.apply(event);
             }
         }
@@ -216,17 +243,25 @@ impl Tables {
 }
 
 impl StoredProduct {
-    fn to_product(&self, sku: &Sku, lines: Lines<'_>) -> Product {
+    fn to_product(
+        &self,
+        sku: &Sku,
+        lines: Lines<'_>,
+        holds: &HoldTable,
+        now: DateTime<Utc>,
+    ) -> Product {
         let batches = self
             .batches
             .iter()
-            .map(|b| {
+            .enumerate()
+            .map(|(index, b)| {
                 Batch::restore(
                     b.reference.clone(),
                     sku.clone(),
                     b.eta,
                     b.purchased,
                     b.allocated,
+                    holds.held(sku, index, now),
                 )
             })
             .collect();
@@ -250,6 +285,12 @@ impl StoredProduct {
                         .collect();
                     of_batch.sort_by_key(|(_, l)| l.seq);
                     product.load_lines(reference, of_batch.into_iter().map(|(o, l)| line(o, l)));
+                    product.load_holds(reference, holds.live_of_batch(sku, index, now));
+                }
+            }
+            Lines::OfHold(hold_id) => {
+                for (index, part) in holds.parts_of(hold_id, sku, now) {
+                    product.load_holds(&self.batches[index].reference, [part]);
                 }
             }
         }
@@ -328,7 +369,12 @@ impl StoredProduct {
                     self.batches[index].purchased = e.qty;
                 }
             }
-            Event::OutOfStock(_) => {}
+            // The hold table keeps holds (`Tables::apply`).
+            Event::OutOfStock(_)
+            | Event::Held(_)
+            | Event::HoldExtended(_)
+            | Event::HoldReleased(_)
+            | Event::HoldConverted(_) => {}
         }
     }
 }
@@ -377,7 +423,48 @@ impl ReadModel for MemoryStore {
             .collect())
     }
 
-    async fn batches(&self, sku: &Sku) -> Result<Vec<BatchView>, StoreError> {
+    async fn hold(&self, hold_id: &HoldId) -> Result<Option<HoldView>, StoreError> {
+        let tables = self.lock();
+        let parts = tables.holds.all_parts_of(hold_id);
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        let state = [HoldState::Converted, HoldState::Released]
+            .into_iter()
+            .find(|ended| parts.iter().any(|part| part.state == *ended))
+            .unwrap_or(HoldState::Active);
+        let mut sorted: Vec<_> = parts.iter().collect();
+        sorted.sort_by(|a, b| (&a.sku, a.batch).cmp(&(&b.sku, b.batch)));
+        let mut lines: Vec<HoldLineView> = Vec::new();
+        for part in sorted {
+            let Some(product) = tables.products.get(&part.sku) else {
+                continue;
+            };
+            let part_view = PartView {
+                batchref: product.batches[part.batch].reference.clone(),
+                qty: u64::from(part.qty.get()),
+            };
+            match lines.last_mut() {
+                Some(line) if line.sku == part.sku => {
+                    line.qty += part_view.qty;
+                    line.parts.push(part_view);
+                }
+                _ => lines.push(HoldLineView {
+                    sku: part.sku.clone(),
+                    qty: part_view.qty,
+                    parts: vec![part_view],
+                }),
+            }
+        }
+        Ok(Some(HoldView {
+            hold_id: hold_id.clone(),
+            expires_at: first.expires_at,
+            state,
+            lines,
+        }))
+    }
+
+    async fn batches(&self, sku: &Sku, now: DateTime<Utc>) -> Result<Vec<BatchView>, StoreError> {
         let tables = self.lock();
         let batches = tables
             .products
@@ -386,11 +473,13 @@ impl ReadModel for MemoryStore {
             .unwrap_or_default();
         Ok(batches
             .iter()
-            .map(|b| BatchView {
+            .enumerate()
+            .map(|(index, b)| BatchView {
                 reference: b.reference.clone(),
                 eta: b.eta,
                 purchased: u64::from(b.purchased.get()),
                 allocated: b.allocated,
+                held: tables.holds.held(sku, index, now),
             })
             .collect())
     }

@@ -143,6 +143,31 @@ outbox_messages AS (
     FROM {rows} JOIN versioned v ON v.sku = r.sku
     ORDER BY r.n)"#;
 
+/// Hold parts, inserted in the order they were placed.
+const HOLD_PARTS_PLACED: &str = r#"
+hold_parts_placed AS (
+    INSERT INTO hold_parts (hold_id, sku, batch_id, qty, expires_at)
+    SELECT r.hold_id, r.sku, b.id, r.qty, r.expires_at
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
+    LEFT JOIN batches b ON b.reference = r.batchref AND b.sku = r.sku
+    ORDER BY r.n)"#;
+
+const HOLD_PARTS_EXTENDED: &str = r#"
+hold_parts_extended AS (
+    UPDATE hold_parts h SET expires_at = r.expires_at
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
+    WHERE h.hold_id = r.hold_id AND h.sku = r.sku AND h.state = 'active')"#;
+
+/// Active parts that end: released or converted, as the row says.
+const HOLD_PARTS_ENDED: &str = r#"
+hold_parts_ended AS (
+    UPDATE hold_parts h SET state = r.state
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
+    JOIN batches b ON b.reference = r.batchref AND b.sku = r.sku
+    WHERE h.hold_id = r.hold_id AND h.sku = r.sku AND h.batch_id = b.id
+    AND h.state = 'active'
+    RETURNING h.id)"#;
+
 /// Each kind's writer: CTEs reading the run's rows from `{rows}` (aliased
 /// `r`), the first of them named after the kind (what a count counts).
 fn writer(kind: Kind) -> &'static str {
@@ -154,6 +179,9 @@ fn writer(kind: Kind) -> &'static str {
         Kind::ViewRowsSet => VIEW_ROWS_SET,
         Kind::ViewRowsRemoved => VIEW_ROWS_REMOVED,
         Kind::OutboxMessages => OUTBOX_MESSAGES,
+        Kind::HoldPartsPlaced => HOLD_PARTS_PLACED,
+        Kind::HoldPartsExtended => HOLD_PARTS_EXTENDED,
+        Kind::HoldPartsEnded => HOLD_PARTS_ENDED,
     }
 }
 
@@ -191,6 +219,25 @@ fn columns(kind: Kind) -> &'static [Column] {
             ("batchref", "text"),
             ("qty", "bigint"),
             ("created_at", "bigint"),
+        ],
+        Kind::HoldPartsPlaced => &[
+            ("n", "bigint"),
+            ("hold_id", "text"),
+            ("sku", "text"),
+            ("batchref", "text"),
+            ("qty", "bigint"),
+            ("expires_at", "bigint"),
+        ],
+        Kind::HoldPartsExtended => &[
+            ("hold_id", "text"),
+            ("sku", "text"),
+            ("expires_at", "bigint"),
+        ],
+        Kind::HoldPartsEnded => &[
+            ("hold_id", "text"),
+            ("sku", "text"),
+            ("batchref", "text"),
+            ("state", "text"),
         ],
     }
 }

@@ -126,6 +126,35 @@ SELECT value ->> 'message_id', value ->> 'orderid', value ->> 'sku', value ->> '
        value ->> 'batchref', value ->> 'created_at'
 FROM json_each({rows}) ORDER BY value ->> 'n'"#;
 
+/// Hold parts, inserted in the order they were placed. A batch that is not
+/// stored leaves `batch_id` NULL, which its NOT NULL refuses.
+const HOLD_PARTS_PLACED: &str = r#"
+INSERT INTO hold_parts (hold_id, sku, batch_id, qty, expires_at)
+SELECT value ->> 'hold_id', value ->> 'sku',
+       (SELECT id FROM batches b
+        WHERE b.reference = value ->> 'batchref' AND b.sku = value ->> 'sku'),
+       value ->> 'qty', value ->> 'expires_at'
+FROM json_each({rows}) ORDER BY value ->> 'n'"#;
+
+const HOLD_PARTS_EXTENDED: &str = r#"
+UPDATE hold_parts SET expires_at = r.expires_at
+FROM (SELECT value ->> 'hold_id' AS hold_id, value ->> 'sku' AS sku,
+             value ->> 'expires_at' AS expires_at
+      FROM json_each({rows})) AS r
+WHERE hold_parts.hold_id = r.hold_id AND hold_parts.sku = r.sku
+AND hold_parts.state = 'active'"#;
+
+/// Active parts that end: released or converted, as the row says.
+const HOLD_PARTS_ENDED: &str = r#"
+UPDATE hold_parts SET state = r.state
+FROM (SELECT value ->> 'hold_id' AS hold_id, value ->> 'sku' AS sku,
+             value ->> 'state' AS state, b.id AS batch_id
+      FROM json_each({rows})
+      JOIN batches b ON b.reference = value ->> 'batchref' AND b.sku = value ->> 'sku') AS r
+WHERE hold_parts.hold_id = r.hold_id AND hold_parts.sku = r.sku
+AND hold_parts.batch_id = r.batch_id AND hold_parts.state = 'active'
+RETURNING {run} AS run"#;
+
 fn writer(kind: Kind) -> &'static str {
     match kind {
         Kind::BatchesCreated => BATCHES_CREATED,
@@ -135,6 +164,9 @@ fn writer(kind: Kind) -> &'static str {
         Kind::ViewRowsSet => VIEW_ROWS_SET,
         Kind::ViewRowsRemoved => VIEW_ROWS_REMOVED,
         Kind::OutboxMessages => OUTBOX_MESSAGES,
+        Kind::HoldPartsPlaced => HOLD_PARTS_PLACED,
+        Kind::HoldPartsExtended => HOLD_PARTS_EXTENDED,
+        Kind::HoldPartsEnded => HOLD_PARTS_ENDED,
     }
 }
 

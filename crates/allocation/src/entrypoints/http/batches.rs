@@ -156,6 +156,9 @@ struct BatchResponse {
     eta: Option<NaiveDate>,
     purchased: u64,
     allocated: u64,
+    /// Set aside by checkout holds that live now.
+    held: u64,
+    /// Neither allocated nor held.
     available: u64,
 }
 
@@ -181,7 +184,7 @@ async fn batches_of_product<S: ReadModel>(
     sku: Result<Path<String>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let sku = path_id(sku, "sku", Sku::parse)?;
-    let batches = state.read_model.batches(&sku).await?;
+    let batches = state.read_model.batches(&sku, state.bus.now()).await?;
     if batches.is_empty() {
         return Err(ApiError::NotFound(format!("Unknown sku {sku}")));
     }
@@ -193,6 +196,7 @@ async fn batches_of_product<S: ReadModel>(
             eta: batch.eta,
             purchased: batch.purchased,
             allocated: batch.allocated,
+            held: batch.held,
         })
         .collect();
     Ok(Json(ProductResponse {

@@ -44,7 +44,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    /// An order refused whole (409), with its short lines.
+    /// What the request needs has ended for good (an expired hold).
+    #[error("{0}")]
+    Gone(String),
+    /// An order or a hold refused whole (409), with its short lines.
     #[error("{message}")]
     Short {
         message: String,
@@ -71,6 +74,7 @@ impl ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::Short { .. } => StatusCode::CONFLICT,
+            Self::Gone(_) => StatusCode::GONE,
             Self::Body { status, .. } => *status,
             Self::Unavailable(_) | Self::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -131,14 +135,17 @@ impl From<service_layer::Error> for ApiError {
         use service_layer::Error;
         match error {
             Error::InvalidSku(_) => Self::BadRequest(error.to_string()),
+            Error::UnknownHold(_) => Self::NotFound(error.to_string()),
+            Error::HoldGone(_) => Self::Gone(error.to_string()),
             Error::Rejected(rejection) => match rejection {
-                DomainError::BatchExists { .. } | DomainError::AlreadyAllocated { .. } => {
-                    Self::Conflict(rejection.to_string())
-                }
+                DomainError::BatchExists { .. }
+                | DomainError::AlreadyAllocated { .. }
+                | DomainError::HoldMismatch { .. } => Self::Conflict(rejection.to_string()),
                 DomainError::UnknownBatch { .. } | DomainError::NotAllocated { .. } => {
                     Self::NotFound(rejection.to_string())
                 }
-                DomainError::OrderShort { ref short, .. } => Self::Short {
+                DomainError::OrderShort { ref short, .. }
+                | DomainError::HoldShort { ref short } => Self::Short {
                     message: rejection.to_string(),
                     short: short
                         .iter()

@@ -1,6 +1,7 @@
 //! The HTTP API (axum): the book's three routes exactly as its clients know
-//! them, plus deallocation, batch quantity changes, whole orders, the
-//! product query and health probes (docs/contract.md sections 2 and 6).
+//! them, plus deallocation, batch quantity changes, whole orders, checkout
+//! holds, the product query and health probes (docs/contract.md sections 2
+//! and 6).
 //!
 //! Writes go through the message bus; reads go straight to the read model
 //! (CQRS, book chapter 12). Every error is rendered once, by [`ApiError`].
@@ -15,6 +16,7 @@ mod allocations;
 mod auth;
 mod batches;
 mod error;
+mod holds;
 mod input;
 mod observe;
 mod openapi;
@@ -112,5 +114,6 @@ fn documented_routes<S: Store + ReadModel + Outbox>() -> OpenApiRouter<AppState<
         .merge(batches::routes())
         .merge(allocations::routes())
         .merge(orders::routes())
+        .merge(holds::routes())
         .merge(operations::routes())
 }

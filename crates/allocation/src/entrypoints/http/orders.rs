@@ -7,14 +7,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use domain::commands::AllocateOrder;
-use domain::{OrderId, OrderLines, Part, Sku};
+use domain::{HoldId, OrderId, OrderLines, Part, Sku};
 use serde::{Deserialize, Serialize};
 use service_layer::Store;
 use service_layer::handlers::AllocatedLine;
 use service_layer::ports::{LineStatus, OrderLineView, PartView, ReadModel};
-use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-use utoipa::{OpenApi, PartialSchema, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
 use super::error::ShortBody;
@@ -55,31 +53,30 @@ struct OrderRequest {
     #[serde(default)]
     #[schema(default = false)]
     split: bool,
-    /// A checkout hold to convert: holds are not offered by this version,
-    /// so only `null`.
+    /// A live checkout hold of exactly these lines, to convert into the
+    /// order's allocation; an expired one is ignored.
     #[serde(default)]
-    #[schema(value_type = NoHold)]
+    #[schema(value_type = Option<Identifier>)]
     hold_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
-struct RequestedLine {
+pub(super) struct RequestedLine {
     #[schema(value_type = Identifier)]
     sku: String,
     #[schema(value_type = Units)]
     qty: Units,
 }
 
-/// `hold_id` as this version takes it: `null` (the default) only.
-struct NoHold;
-
-impl PartialSchema for NoHold {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new().schema_type(Type::Null).into()
-    }
+/// The lines a request lists, as the domain takes them: 1 to 100, no SKU
+/// twice (an order's, or a hold's).
+pub(super) fn requested_lines(lines: &[RequestedLine]) -> Result<OrderLines, ApiError> {
+    let lines = lines
+        .iter()
+        .map(|line| Ok((Sku::parse(&line.sku)?, line.qty.quantity()?)))
+        .collect::<Result<Vec<_>, domain::ValueError>>()?;
+    Ok(OrderLines::new(lines)?)
 }
-
-impl ToSchema for NoHold {}
 
 /// Every line of the order, in the order the request listed them.
 #[derive(Debug, Serialize, ToSchema)]
@@ -89,10 +86,20 @@ struct OrderResponse {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-struct AllocatedLineResponse {
+pub(super) struct AllocatedLineResponse {
     sku: String,
     qty: u32,
     allocations: Vec<PartResponse>,
+}
+
+impl From<AllocatedLine> for AllocatedLineResponse {
+    fn from(AllocatedLine { sku, qty, parts }: AllocatedLine) -> Self {
+        Self {
+            sku: sku.to_string(),
+            qty: qty.get(),
+            allocations: parts.into_iter().map(PartResponse::from).collect(),
+        }
+    }
 }
 
 /// Units of a line on one batch.
@@ -140,32 +147,16 @@ async fn allocate_order<S: Store>(
     ApiJson(body): ApiJson<OrderRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let orderid = path_id(orderid, "orderid", OrderId::parse)?;
-    if body.hold_id.is_some() {
-        return Err(ApiError::BadRequest(
-            "this version offers no holds: \"hold_id\" must be null".into(),
-        ));
-    }
-    let lines = body
-        .lines
-        .iter()
-        .map(|line| Ok((Sku::parse(&line.sku)?, line.qty.quantity()?)))
-        .collect::<Result<Vec<_>, domain::ValueError>>()?;
     let command = AllocateOrder {
         orderid: orderid.clone(),
-        lines: OrderLines::new(lines)?,
+        lines: requested_lines(&body.lines)?,
         split: body.split,
+        hold_id: body.hold_id.as_deref().map(HoldId::parse).transpose()?,
     };
     let lines = state.bus.handle(command).await?;
     let answer = OrderResponse {
         orderid: orderid.to_string(),
-        lines: lines
-            .into_iter()
-            .map(|AllocatedLine { sku, qty, parts }| AllocatedLineResponse {
-                sku: sku.to_string(),
-                qty: qty.get(),
-                allocations: parts.into_iter().map(PartResponse::from).collect(),
-            })
-            .collect(),
+        lines: lines.into_iter().map(AllocatedLineResponse::from).collect(),
     };
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }

@@ -11,7 +11,7 @@ mod add_batch {
         app.add_batch("b1", "CRUNCHY-ARMCHAIR", 100, None).await;
         let batches = app
             .store
-            .batches(&sku("CRUNCHY-ARMCHAIR"))
+            .batches(&sku("CRUNCHY-ARMCHAIR"), chrono::Utc::now())
             .await
             .expect("query");
         assert_eq!(batches.len(), 1);
@@ -23,7 +23,11 @@ mod add_batch {
         let app = app();
         app.add_batch("b1", "GARISH-RUG", 100, None).await;
         app.add_batch("b2", "GARISH-RUG", 99, None).await;
-        let batches = app.store.batches(&sku("GARISH-RUG")).await.expect("query");
+        let batches = app
+            .store
+            .batches(&sku("GARISH-RUG"), chrono::Utc::now())
+            .await
+            .expect("query");
         let refs: Vec<_> = batches.iter().map(|b| b.reference.to_string()).collect();
         assert_eq!(refs, ["b1", "b2"]);
     }
@@ -37,7 +41,11 @@ mod add_batch {
             .await
             .expect("idempotent");
         assert_eq!(
-            app.store.batches(&sku("LAMP")).await.expect("query").len(),
+            app.store
+                .batches(&sku("LAMP"), chrono::Utc::now())
+                .await
+                .expect("query")
+                .len(),
             1
         );
     }
@@ -56,7 +64,7 @@ mod add_batch {
         );
         assert!(
             app.store
-                .batches(&sku("TABLE"))
+                .batches(&sku("TABLE"), chrono::Utc::now())
                 .await
                 .expect("query")
                 .is_empty()
@@ -225,7 +233,7 @@ mod change_batch_quantity {
             .expect("changed");
         let batches = app
             .store
-            .batches(&sku("ADORABLE-SETTEE"))
+            .batches(&sku("ADORABLE-SETTEE"), chrono::Utc::now())
             .await
             .expect("query");
         assert_eq!(batches[0].available(), 50);

@@ -3,6 +3,7 @@
 //! the bus runs them: retries, groups, callers that leave (`running`).
 
 mod commands;
+mod holds;
 mod orders;
 mod running;
 
@@ -15,7 +16,7 @@ use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
 use domain::fixtures::{batchref, orderid, qty, sku};
 use domain::{BatchRef, Command, DomainError, Sku};
 
-use crate::memory::{MemoryStore, MemoryTransaction, RecordingNotifications};
+use crate::memory::{ManualClock, MemoryStore, MemoryTransaction, RecordingNotifications};
 use crate::ports::OutboxMessage;
 use crate::ports::{AllocationView, ReadModel};
 use crate::ports::{ChangeSet, Lines, Store, StoreError, StoreTransaction};
@@ -54,6 +55,8 @@ struct App<S = MemoryStore> {
     store: MemoryStore,
     notifications: Arc<RecordingNotifications>,
     outbox_written: Arc<Notify>,
+    /// The bus's time, which moves only when a test moves it.
+    clock: Arc<ManualClock>,
 }
 
 fn app() -> App {
@@ -72,17 +75,20 @@ fn wire<S: Store>(
 ) -> App<S> {
     let notifications = Arc::new(notifications);
     let outbox_written = Arc::new(Notify::new());
-    let bus = Arc::new(MessageBus::new(
+    let start = chrono::DateTime::from_timestamp(1_796_000_000, 0).expect("a time");
+    let clock = Arc::new(ManualClock::new(start));
+    let bus = MessageBus::new(
         bus_store,
         notifications.clone(),
         outbox_written.clone(),
         RetryPolicy::default(),
-    ));
+    );
     App {
-        bus,
+        bus: Arc::new(bus.with_clock(clock.clone())),
         store,
         notifications,
         outbox_written,
+        clock,
     }
 }
 
@@ -107,7 +113,11 @@ impl<S: Store> App<S> {
     }
 
     async fn allocated_to(&self, product: &str, reference: &str) -> u64 {
-        let batches = self.store.batches(&sku(product)).await.expect("query");
+        let batches = self
+            .store
+            .batches(&sku(product), self.bus.now())
+            .await
+            .expect("query");
         batches
             .iter()
             .find(|b| b.reference == batchref(reference))
@@ -175,8 +185,9 @@ impl StoreTransaction for ConflictingTransaction {
         &mut self,
         sku: &Sku,
         lines: Lines<'_>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<domain::Product>, StoreError> {
-        let product = self.inner.load(sku, lines).await;
+        let product = self.inner.load(sku, lines, now).await;
         // Let other commands run between read and commit, as a database
         // round trip would.
         tokio::task::yield_now().await;
@@ -185,6 +196,10 @@ impl StoreTransaction for ConflictingTransaction {
 
     async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {
         self.inner.sku_of_batch(reference).await
+    }
+
+    async fn skus_of_hold(&mut self, hold_id: &domain::HoldId) -> Result<Vec<Sku>, StoreError> {
+        self.inner.skus_of_hold(hold_id).await
     }
 
     async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {

@@ -51,7 +51,11 @@ async fn a_command_whose_caller_left_before_it_began_never_runs() {
     assert_eq!(first.await.expect("allocated"), Some(batchref("b1")));
     app.bus.finish_running_commands().await;
     assert_eq!(app.allocated_to("LAMP", "b1").await, 2, "only o1");
-    let batches = app.store.batches(&sku("LAMP")).await.expect("query");
+    let batches = app
+        .store
+        .batches(&sku("LAMP"), chrono::Utc::now())
+        .await
+        .expect("query");
     assert_eq!(batches.len(), 1, "b2 was never created: {batches:?}");
 }
 
@@ -94,8 +98,12 @@ mod retries {
     async fn two_units_of_work_on_one_product_conflict_at_commit() {
         let app = app();
         app.add_batch("b1", "LAMP", 10, None).await;
-        let mut first = UnitOfWork::begin(&app.store).await.expect("begin");
-        let mut second = UnitOfWork::begin(&app.store).await.expect("begin");
+        let mut first = UnitOfWork::begin(&app.store, chrono::Utc::now())
+            .await
+            .expect("begin");
+        let mut second = UnitOfWork::begin(&app.store, chrono::Utc::now())
+            .await
+            .expect("begin");
         for (uow, order) in [(&mut first, "o1"), (&mut second, "o2")] {
             let product = uow
                 .products()
@@ -411,7 +419,11 @@ mod group_commit {
         for answer in futures::future::join_all(shrinks).await {
             answer.expect("changed");
         }
-        let batches = app.store.batches(&sku("LAMP")).await.expect("query");
+        let batches = app
+            .store
+            .batches(&sku("LAMP"), chrono::Utc::now())
+            .await
+            .expect("query");
         assert_eq!((batches[0].purchased, batches[0].allocated), (2, 0));
         for order in ["o1", "o2", "o3"] {
             assert_eq!(app.view_of(order).await, [], "{order} is nowhere");
@@ -446,12 +458,20 @@ mod group_commit {
             2,
             "the first alone, the other three as one group"
         );
-        let lamp = app.store.batches(&sku("LAMP")).await.expect("query");
+        let lamp = app
+            .store
+            .batches(&sku("LAMP"), chrono::Utc::now())
+            .await
+            .expect("query");
         let references: Vec<_> = lamp.iter().map(|b| b.reference.as_str()).collect();
         assert_eq!(references, ["b1", "b2", "b3"]);
         assert_eq!(lamp[0].purchased, 10, "b1 untouched");
         assert_eq!(
-            app.store.batches(&sku("TABLE")).await.expect("query").len(),
+            app.store
+                .batches(&sku("TABLE"), chrono::Utc::now())
+                .await
+                .expect("query")
+                .len(),
             1
         );
     }
