@@ -10,7 +10,7 @@ use domain::events::{AllocationCancelled, Deallocated};
 use domain::{BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
 use service_layer::UnitOfWork;
 use service_layer::handlers::handle_in_transaction;
-use service_layer::memory::RecordingNotifications;
+use service_layer::memory::{ManualClock, RecordingNotifications};
 use service_layer::ports::{AllocationView, BatchView, Outbox, OutboxMessage, ReadModel};
 use service_layer::ports::{ChangeSet, Lines, ProductChanges, ViewChange};
 use service_layer::{Error, MessageBus, RetryPolicy, Store, StoreError, StoreTransaction};
@@ -78,6 +78,21 @@ pub struct Bus<S> {
 
 pub fn bus<S: Store>(store: &S) -> Bus<S> {
     bus_with(store, RetryPolicy::default())
+}
+
+/// Three SKUs, named so that their order is known.
+pub fn three_skus() -> [Sku; 3] {
+    ["a", "b", "c"].map(|name| Sku::parse(&unique(&format!("{name}-sku"))).expect("sku"))
+}
+
+/// A bus whose time is `clock`'s.
+pub fn bus_with_clock<S: Store>(store: &S, clock: Arc<ManualClock>) -> Bus<S> {
+    let Bus { bus, notifications } = bus(store);
+    let bus = Arc::into_inner(bus).expect("the only handle on a new bus");
+    Bus {
+        bus: Arc::new(bus.with_clock(clock)),
+        notifications,
+    }
 }
 
 pub fn bus_with<S: Store>(store: &S, retry: RetryPolicy) -> Bus<S> {

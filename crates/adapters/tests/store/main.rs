@@ -10,6 +10,8 @@
 //! - `change_sets`: commits of several products and several kinds of change;
 //! - `orders`: whole orders, all lines or none, also racing on two
 //!   instances;
+//! - `holds`: checkout holds, counted only while live, and racing orders
+//!   on two instances;
 //! - `read_model`: the query side, written with the commits;
 //! - `concurrency`: a version conflict between two instances, forced and
 //!   retried through the message bus; `under_load`: two instances under
@@ -29,6 +31,7 @@ mod change_sets;
 mod commits;
 mod concurrency;
 mod helpers;
+mod holds;
 mod loading;
 mod maintenance;
 mod orders;

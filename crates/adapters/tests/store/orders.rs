@@ -52,11 +52,6 @@ async fn place<S: Store>(
     bus.bus.handle(order(orderid, lines)).await
 }
 
-/// Three SKUs, named so that their order is known.
-fn three_skus() -> [Sku; 3] {
-    ["a", "b", "c"].map(|name| Sku::parse(&unique(&format!("{name}-sku"))).expect("sku"))
-}
-
 async fn an_order_is_written_whole_and_read_back_line_by_line<S: Store + ReadModel + Outbox>(
     store: S,
 ) {

@@ -303,6 +303,17 @@ impl RunningApp {
         read(response).await
     }
 
+    /// A `DELETE`, whose success has no body: its status only.
+    pub async fn delete(&self, path: &str) -> u16 {
+        let response = self
+            .client
+            .delete(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent");
+        response.status().as_u16()
+    }
+
     pub async fn add_batch(&self, reference: &str, sku: &str, qty: u32, eta: Option<&str>) {
         let body = json!({ "ref": reference, "sku": sku, "qty": qty, "eta": eta });
         let (status, answer) = self.post("/add_batch", &body).await;

@@ -14,6 +14,7 @@ mod external_events;
 mod fuzz_inputs;
 mod hang_ups;
 mod helpers;
+mod holds;
 mod http_edge;
 mod maintenance;
 mod notifications;
