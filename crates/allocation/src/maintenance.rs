@@ -80,8 +80,9 @@ pub async fn check(args: &MaintenanceArgs) -> anyhow::Result<()> {
     let Some(store) = open_persistent_store(args, "check").await? else {
         return Ok(());
     };
+    // Holds count as they do for the service at this moment.
     let report = store
-        .check_consistency()
+        .check_consistency(chrono::Utc::now())
         .await
         .context("cannot check the database")?;
     if args.json {
@@ -209,12 +210,12 @@ impl Display for CheckReport<'_> {
         )?;
         section(
             f,
-            "batches allocated beyond their quantity",
+            "batches allocated and held beyond their quantity",
             &report.over_allocated,
             |b| {
                 format!(
-                    "batch {} (sku {}): {} allocated of {}",
-                    b.batchref, b.sku, b.allocated_quantity, b.purchased_quantity
+                    "batch {} (sku {}): {} allocated and {} held of {}",
+                    b.batchref, b.sku, b.allocated_quantity, b.held_quantity, b.purchased_quantity
                 )
             },
         )?;

@@ -8,13 +8,20 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
 use service_layer::{StoreError, ports};
-use sqlx::AnyConnection;
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection};
 
+use super::rows::time_to_db;
 use super::{Dialect, SqlStore, get, read_outbox_backlog, to_u64};
+
+mod statements;
+
+use statements::{check, rebuild};
 
 /// How many examples of each kind of difference a report lists; all are
 /// counted. A badly broken database should not make the report unreadable.
@@ -58,7 +65,7 @@ pub struct ConsistencyReport {
     pub wrong_batch: Findings<WrongBatch>,
     /// Batches whose `allocated_quantity` is not the total of their lines.
     pub allocated_totals: Findings<BatchTotal>,
-    /// Batches with more allocated than purchased.
+    /// Batches with more allocated and held (by live holds) than purchased.
     pub over_allocated: Findings<OverAllocated>,
     /// Order lines `(orderid, sku)` with two rows on one batch.
     pub duplicate_lines: Findings<DuplicateLine>,
@@ -147,6 +154,8 @@ pub struct OverAllocated {
     pub batchref: String,
     pub sku: String,
     pub allocated_quantity: u64,
+    /// Held by checkout holds live at the time of the check.
+    pub held_quantity: u64,
     pub purchased_quantity: u64,
 }
 
@@ -190,109 +199,6 @@ impl OutboxBacklog {
     pub fn oldest_age(&self) -> Option<Duration> {
         self.oldest_age_ms.map(Duration::from_millis)
     }
-}
-
-/// The rebuild's statements for one product, `$1` its SKU. They reach the
-/// product's lines through its batches (`batches (sku, id)`, then
-/// `allocations (batch_id, id)`) and the read model by its primary key, so
-/// each product costs what it holds, not what the database holds.
-mod rebuild {
-    /// Takes the product as a command's commit does: on PostgreSQL the row
-    /// lock makes concurrent commits of this product wait, and the new
-    /// version fails their version check, so the bus runs them again on
-    /// what this transaction leaves. (SQLite serialises writers anyway.)
-    pub const TAKE_PRODUCT: &str =
-        "UPDATE products SET version_number = version_number + 1 WHERE sku = $1";
-
-    /// Rows of the product's lines that show a batch the line has no part
-    /// on.
-    pub const REMOVE_WRONG_ROWS: &str = "DELETE FROM allocations_view \
-         WHERE sku = $1 AND orderid IN (\
-         SELECT a.orderid FROM batches b JOIN allocations a ON a.batch_id = b.id WHERE b.sku = $1) \
-         AND NOT EXISTS (\
-         SELECT 1 FROM allocations a JOIN batches b ON b.id = a.batch_id \
-         WHERE a.orderid = allocations_view.orderid AND a.sku = allocations_view.sku \
-         AND b.reference = allocations_view.batchref)";
-
-    /// A row for every part of the product's lines that has none.
-    pub const ADD_MISSING_ROWS: &str = "INSERT INTO allocations_view (orderid, sku, batchref) \
-         SELECT a.orderid, a.sku, b.reference \
-         FROM batches b JOIN allocations a ON a.batch_id = b.id \
-         WHERE b.sku = $1 AND NOT EXISTS (\
-         SELECT 1 FROM allocations_view v \
-         WHERE v.orderid = a.orderid AND v.sku = a.sku AND v.batchref = b.reference)";
-
-    /// Rows with no line behind them, for every product at once: one pass
-    /// over the read model, each row checked by `allocations (orderid, sku)`.
-    pub const REMOVE_ORPHANS: &str = "DELETE FROM allocations_view WHERE NOT EXISTS (\
-         SELECT 1 FROM allocations a \
-         WHERE a.orderid = allocations_view.orderid AND a.sku = allocations_view.sku)";
-}
-
-/// The check's queries, each run once over the whole snapshot.
-mod check {
-    pub const TOTALS: &str = "SELECT \
-         (SELECT COUNT(*) FROM products) AS products, \
-         (SELECT COUNT(*) FROM batches) AS batches, \
-         (SELECT COUNT(*) FROM allocations) AS allocations, \
-         (SELECT COUNT(*) FROM allocations_view) AS view_rows";
-
-    /// Parts of lines with no row for their batch, where no row of the
-    /// line shows a wrong batch either (that is a `WRONG_BATCH`).
-    pub const MISSING_ROWS: &str = "SELECT a.orderid, a.sku, b.reference AS batchref \
-         FROM allocations a JOIN batches b ON b.id = a.batch_id \
-         WHERE NOT EXISTS (\
-         SELECT 1 FROM allocations_view v \
-         WHERE v.orderid = a.orderid AND v.sku = a.sku AND v.batchref = b.reference) \
-         AND NOT EXISTS (\
-         SELECT 1 FROM allocations_view v WHERE v.orderid = a.orderid AND v.sku = a.sku \
-         AND NOT EXISTS (\
-         SELECT 1 FROM allocations a2 JOIN batches b2 ON b2.id = a2.batch_id \
-         WHERE a2.orderid = v.orderid AND a2.sku = v.sku AND b2.reference = v.batchref)) \
-         ORDER BY a.sku, a.orderid, b.reference";
-
-    /// Rows of lines that are not allocated at all.
-    pub const EXTRA_ROWS: &str = "SELECT v.orderid, v.sku, v.batchref \
-         FROM allocations_view v \
-         WHERE NOT EXISTS (\
-         SELECT 1 FROM allocations a WHERE a.orderid = v.orderid AND a.sku = v.sku) \
-         ORDER BY v.sku, v.orderid, v.batchref";
-
-    /// Rows of allocated lines that show a batch the line has no part on,
-    /// with the batch of a part that no row shows (or else the first).
-    pub const WRONG_BATCH: &str = "SELECT v.orderid, v.sku, v.batchref AS shown, (\
-         SELECT b.reference FROM allocations a JOIN batches b ON b.id = a.batch_id \
-         WHERE a.orderid = v.orderid AND a.sku = v.sku \
-         ORDER BY CASE WHEN EXISTS (\
-         SELECT 1 FROM allocations_view w \
-         WHERE w.orderid = a.orderid AND w.sku = a.sku AND w.batchref = b.reference) \
-         THEN 1 ELSE 0 END, a.batch_id LIMIT 1) AS allocated \
-         FROM allocations_view v \
-         WHERE EXISTS (SELECT 1 FROM allocations a WHERE a.orderid = v.orderid AND a.sku = v.sku) \
-         AND NOT EXISTS (\
-         SELECT 1 FROM allocations a JOIN batches b ON b.id = a.batch_id \
-         WHERE a.orderid = v.orderid AND a.sku = v.sku AND b.reference = v.batchref) \
-         ORDER BY v.sku, v.orderid, v.batchref";
-
-    /// `SUM` of BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode.
-    pub const ALLOCATED_TOTALS: &str = "SELECT b.reference, b.sku, b.allocated_quantity, \
-         CAST(COALESCE(SUM(a.qty), 0) AS BIGINT) AS lines_total \
-         FROM batches b LEFT JOIN allocations a ON a.batch_id = b.id \
-         GROUP BY b.id, b.reference, b.sku, b.allocated_quantity \
-         HAVING b.allocated_quantity <> COALESCE(SUM(a.qty), 0) \
-         ORDER BY b.id";
-
-    pub const OVER_ALLOCATED: &str = "SELECT reference, sku, allocated_quantity, purchased_quantity \
-         FROM batches WHERE allocated_quantity > purchased_quantity ORDER BY id";
-
-    /// A line may have one row per batch, never two on one batch.
-    pub const DUPLICATE_LINES: &str = "SELECT orderid, sku, COUNT(*) AS lines \
-         FROM allocations GROUP BY orderid, sku, batch_id HAVING COUNT(*) > 1 \
-         ORDER BY sku, orderid";
-
-    pub const LINES_ON_FOREIGN_BATCHES: &str = "SELECT a.orderid, a.sku, b.reference, b.sku AS batch_sku \
-         FROM allocations a JOIN batches b ON b.id = a.batch_id \
-         WHERE a.sku <> b.sku ORDER BY a.id";
 }
 
 impl Dialect {
@@ -379,7 +285,10 @@ impl SqlStore {
 
     /// Compares the read model with the allocations, and checks the rules
     /// the write tables keep, all in one snapshot; writes nothing.
-    pub async fn check_consistency(&self) -> Result<ConsistencyReport, StoreError> {
+    pub async fn check_consistency(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<ConsistencyReport, StoreError> {
         let mut transaction = self.begin_with(self.dialect.snapshot_statement()).await?;
         let conn = &mut *transaction;
         let totals = sqlx::query(check::TOTALS)
@@ -399,9 +308,9 @@ impl SqlStore {
                 batchref: get(row, "batchref")?,
             })
         };
-        let missing_rows = findings(conn, check::MISSING_ROWS, view_row).await?;
-        let extra_rows = findings(conn, check::EXTRA_ROWS, view_row).await?;
-        let wrong_batch = findings(conn, check::WRONG_BATCH, |row| {
+        let missing_rows = findings(conn, sqlx::query(check::MISSING_ROWS), view_row).await?;
+        let extra_rows = findings(conn, sqlx::query(check::EXTRA_ROWS), view_row).await?;
+        let wrong_batch = findings(conn, sqlx::query(check::WRONG_BATCH), |row| {
             Ok(WrongBatch {
                 orderid: get(row, "orderid")?,
                 sku: get(row, "sku")?,
@@ -410,7 +319,7 @@ impl SqlStore {
             })
         })
         .await?;
-        let allocated_totals = findings(conn, check::ALLOCATED_TOTALS, |row| {
+        let allocated_totals = findings(conn, sqlx::query(check::ALLOCATED_TOTALS), |row| {
             Ok(BatchTotal {
                 batchref: get(row, "reference")?,
                 sku: get(row, "sku")?,
@@ -419,16 +328,21 @@ impl SqlStore {
             })
         })
         .await?;
-        let over_allocated = findings(conn, check::OVER_ALLOCATED, |row| {
-            Ok(OverAllocated {
-                batchref: get(row, "reference")?,
-                sku: get(row, "sku")?,
-                allocated_quantity: count(row, "allocated_quantity")?,
-                purchased_quantity: count(row, "purchased_quantity")?,
-            })
-        })
+        let over_allocated = findings(
+            conn,
+            sqlx::query(check::OVER_ALLOCATED).bind(time_to_db(now)),
+            |row| {
+                Ok(OverAllocated {
+                    batchref: get(row, "reference")?,
+                    sku: get(row, "sku")?,
+                    allocated_quantity: count(row, "allocated_quantity")?,
+                    held_quantity: count(row, "held_quantity")?,
+                    purchased_quantity: count(row, "purchased_quantity")?,
+                })
+            },
+        )
         .await?;
-        let duplicate_lines = findings(conn, check::DUPLICATE_LINES, |row| {
+        let duplicate_lines = findings(conn, sqlx::query(check::DUPLICATE_LINES), |row| {
             Ok(DuplicateLine {
                 orderid: get(row, "orderid")?,
                 sku: get(row, "sku")?,
@@ -436,15 +350,16 @@ impl SqlStore {
             })
         })
         .await?;
-        let lines_on_foreign_batches = findings(conn, check::LINES_ON_FOREIGN_BATCHES, |row| {
-            Ok(ForeignBatchLine {
-                orderid: get(row, "orderid")?,
-                sku: get(row, "sku")?,
-                batchref: get(row, "reference")?,
-                batch_sku: get(row, "batch_sku")?,
+        let lines_on_foreign_batches =
+            findings(conn, sqlx::query(check::LINES_ON_FOREIGN_BATCHES), |row| {
+                Ok(ForeignBatchLine {
+                    orderid: get(row, "orderid")?,
+                    sku: get(row, "sku")?,
+                    batchref: get(row, "reference")?,
+                    batch_sku: get(row, "batch_sku")?,
+                })
             })
-        })
-        .await?;
+            .await?;
         let outbox = read_outbox_backlog(&mut *conn).await?.into();
         // Nothing was written; ending it either way releases the snapshot.
         transaction.rollback().await.map_err(StoreError::backend)?;
@@ -478,13 +393,13 @@ async fn execute(
 
 /// Counts every row `query` gives, keeping the first [`EXAMPLES_PER_KIND`]:
 /// streamed, so that memory stays bounded however many there are.
-async fn findings<T>(
+async fn findings<'q, T>(
     conn: &mut AnyConnection,
-    query: &'static str,
+    query: Query<'q, Any, AnyArguments>,
     decode: impl Fn(&AnyRow) -> Result<T, StoreError>,
 ) -> Result<Findings<T>, StoreError> {
     let mut found = Findings::default();
-    let mut rows = sqlx::query(query).fetch(conn);
+    let mut rows = query.fetch(conn);
     while let Some(row) = rows.try_next().await.map_err(StoreError::backend)? {
         found.count += 1;
         if found.examples.len() < EXAMPLES_PER_KIND {

@@ -14,6 +14,7 @@ macro_rules! held_at {
         )
     };
 }
+pub(crate) use held_at;
 
 /// A product (`$1`), its batches in creation order with what live holds
 /// hold of each at `$3`, and the lines of its batches that `$lines` picks,

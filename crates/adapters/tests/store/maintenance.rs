@@ -26,6 +26,7 @@ per_backend!(mod on_every_sql_backend on [sqlite, postgres] via on_database {
     check_reports_exactly_the_damage_and_rebuild_repairs_the_read_model,
     broken_rules_of_the_write_model_are_reported,
     split_lines_are_checked_and_rebuilt_part_by_part,
+    live_holds_count_towards_over_commitment_and_expired_ones_do_not,
     a_rebuild_during_concurrent_commands_leaves_everything_consistent,
 });
 
@@ -43,7 +44,10 @@ async fn damage(conn: &mut AnyConnection, statements: &str) {
 }
 
 async fn check(store: &SqlStore) -> ConsistencyReport {
-    store.check_consistency().await.expect("check")
+    store
+        .check_consistency(chrono::Utc::now())
+        .await
+        .expect("check")
 }
 
 async fn rebuild(store: &SqlStore) -> RebuildReport {
@@ -285,6 +289,7 @@ async fn broken_rules_of_the_write_model_are_reported(db: TestDatabase) {
             batchref: s.warehouse.to_string(),
             sku: s.chairs.to_string(),
             allocated_quantity: allocated,
+            held_quantity: 0,
             purchased_quantity: 5,
         }])
     );
@@ -370,6 +375,44 @@ async fn split_lines_are_checked_and_rebuilt_part_by_part(db: TestDatabase) {
     both.sort_by(|a, b| a.batchref.cmp(&b.batchref));
     assert_eq!(allocations(&store, &big).await, both);
     assert!(check(&store).await.is_consistent());
+}
+
+/// A batch whose quantity a hand edit cut below what is allocated and held:
+/// the check names it while the hold lives, with what it holds, and not at
+/// a time after the hold has expired.
+async fn live_holds_count_towards_over_commitment_and_expired_ones_do_not(db: TestDatabase) {
+    let store = open(db.url()).await;
+    let s = stock(&store).await;
+    let hold = domain::commands::PlaceHold {
+        hold_id: domain::HoldId::parse(&unique("hold")).expect("hold id"),
+        lines: domain::OrderLines::new(vec![(s.lamps.clone(), qty(90))]).expect("lines"),
+        ttl: Duration::from_secs(900),
+    };
+    let placed = bus(&store).bus.handle(hold).await.expect("held");
+    assert!(check(&store).await.is_consistent());
+
+    let mut conn = connect_directly(db.url()).await;
+    let cut = format!(
+        "UPDATE batches SET purchased_quantity = 50 WHERE reference = '{}'",
+        s.lamp_batch
+    );
+    damage(&mut conn, &cut).await;
+    let report = check(&store).await;
+    assert_eq!(
+        report.over_allocated,
+        found(vec![OverAllocated {
+            batchref: s.lamp_batch.to_string(),
+            sku: s.lamps.to_string(),
+            allocated_quantity: 5,
+            held_quantity: 90,
+            purchased_quantity: 50,
+        }])
+    );
+    let after_expiry = store
+        .check_consistency(placed.expires_at)
+        .await
+        .expect("check");
+    assert!(after_expiry.is_consistent(), "{after_expiry:#?}");
 }
 
 /// Orders allocated concurrently with rebuilds, some deallocated again:
