@@ -74,10 +74,19 @@ pub struct HoldExtended {
     pub expires_at: DateTime<Utc>,
 }
 
-/// A hold gave its units of a batch back: released by the client, or taken
-/// by a shrinking batch.
+/// A hold gave its units of a batch back: released by the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldReleased {
+    pub hold_id: HoldId,
+    pub sku: Sku,
+    pub batchref: BatchRef,
+    pub qty: Quantity,
+}
+
+/// A shrinking batch took back a hold's units: the hold can no longer be
+/// converted whole, and the rest of it must be released too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldBroken {
     pub hold_id: HoldId,
     pub sku: Sku,
     pub batchref: BatchRef,
@@ -106,6 +115,7 @@ pub enum Event {
     Held(Held),
     HoldExtended(HoldExtended),
     HoldReleased(HoldReleased),
+    HoldBroken(HoldBroken),
     HoldConverted(HoldConverted),
 }
 
@@ -122,6 +132,7 @@ impl Event {
             Self::Held(_) => "Held",
             Self::HoldExtended(_) => "HoldExtended",
             Self::HoldReleased(_) => "HoldReleased",
+            Self::HoldBroken(_) => "HoldBroken",
             Self::HoldConverted(_) => "HoldConverted",
         }
     }

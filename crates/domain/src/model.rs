@@ -18,7 +18,7 @@ use chrono::NaiveDate;
 
 use crate::events::{
     Allocated, AllocationCancelled, BatchCreated, BatchQuantityChanged, Deallocated, Event,
-    HoldReleased, OutOfStock,
+    HoldBroken, OutOfStock,
 };
 use crate::values::{BatchRef, OrderId, Quantity, Sku};
 
@@ -432,7 +432,7 @@ impl Product {
 
     /// Sets a batch's purchased quantity. If that leaves it over-committed,
     /// live holds on it give way first, newest first, each recorded as
-    /// [`HoldReleased`]; then its most recent lines are deallocated until it
+    /// [`HoldBroken`] (so that the rest of the hold is released); then its most recent lines are deallocated until it
     /// fits, each recorded as [`Deallocated`] so that it can be reallocated.
     /// Setting the quantity it already has changes nothing, so a repeated
     /// message is harmless. Needs the batch's lines and live holds loaded.
@@ -487,7 +487,7 @@ impl Product {
         // that, applied in order, no intermediate state has a batch
         // over-committed.
         for part in released {
-            self.record(Event::HoldReleased(HoldReleased {
+            self.record(Event::HoldBroken(HoldBroken {
                 hold_id: part.hold_id,
                 sku: self.sku.clone(),
                 batchref: reference.clone(),

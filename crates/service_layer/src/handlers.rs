@@ -9,15 +9,16 @@
 //!   ([`add_allocation_to_read_model`], [`remove_allocation_from_read_model`])
 //!   and the outbox ([`add_to_outbox`]);
 //! - after commit: talk to the outside world or start a follow-up command
-//!   ([`send_out_of_stock_notification`], [`reallocate`]).
+//!   ([`send_out_of_stock_notification`], [`reallocate`],
+//!   [`release_broken_hold`]).
 
 use std::fmt;
 use std::future::Future;
 
 use domain::commands::{
-    Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate, Reallocate,
+    Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate, Reallocate, ReleaseHold,
 };
-use domain::events::{Allocated, Deallocated, OutOfStock};
+use domain::events::{Allocated, Deallocated, HoldBroken, OutOfStock};
 use domain::{
     BatchRef, DomainError, Event, OrderId, OrderLine, Part, Product, Quantity, Shortage, Sku,
 };
@@ -316,6 +317,7 @@ pub fn handle_in_transaction<T: StoreTransaction>(event: &Event, uow: &mut UnitO
         | Event::Held(_)
         | Event::HoldExtended(_)
         | Event::HoldReleased(_)
+        | Event::HoldBroken(_)
         | Event::HoldConverted(_) => {}
     }
 }
@@ -366,6 +368,14 @@ pub async fn send_out_of_stock_notification(
         body: format!("Out of stock for {}", event.sku),
     };
     notifications.send(&notification).await
+}
+
+/// After commit: a hold that a shrinking batch broke is released whole,
+/// its other products' units freed.
+pub fn release_broken_hold(event: &HoldBroken) -> ReleaseHold {
+    ReleaseHold {
+        hold_id: event.hold_id.clone(),
+    }
 }
 
 /// After commit: a line (or part of one) taken off a shrunk batch is

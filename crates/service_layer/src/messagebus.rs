@@ -210,6 +210,11 @@ impl<S: Store> MessageBus<S> {
                 let committed = Box::pin(self.runner.run(follow_up, &Caller::bus())).await?;
                 return Ok(committed.events);
             }
+            Event::HoldBroken(e) => {
+                let follow_up = handlers::release_broken_hold(e);
+                let committed = Box::pin(self.runner.run(follow_up, &Caller::bus())).await?;
+                return Ok(committed.events);
+            }
             Event::BatchCreated(_)
             | Event::AllocationCancelled(_)
             | Event::BatchQuantityChanged(_)

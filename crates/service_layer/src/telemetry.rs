@@ -74,6 +74,7 @@ pub(crate) fn event_handled_key(event: &Event, succeeded: bool) -> &'static Key 
         Held,
         HoldExtended,
         HoldReleased,
+        HoldBroken,
         HoldConverted
     )
 }

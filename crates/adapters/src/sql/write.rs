@@ -21,7 +21,7 @@ pub(super) mod sqlite;
 
 use std::time::SystemTime;
 
-use domain::events::{AllocationCancelled, Deallocated, HoldConverted, HoldReleased};
+use domain::events::{AllocationCancelled, Deallocated, HoldBroken, HoldConverted, HoldReleased};
 use domain::{Event, Sku};
 use serde::Serialize;
 use service_layer::ports::{ChangeSet, OutboxMessage, StoreError, ViewChange};
@@ -242,6 +242,9 @@ fn change_of<'a>(sku: &'a Sku, event: &'a Event) -> Option<(Kind, Row<'a>)> {
             },
         ),
         Event::HoldReleased(HoldReleased {
+            hold_id, batchref, ..
+        })
+        | Event::HoldBroken(HoldBroken {
             hold_id, batchref, ..
         }) => (
             Kind::HoldPartsEnded,

@@ -378,7 +378,7 @@ mod tests {
             .expect("changed");
         let events = product.take_events();
         assert!(
-            matches!(&events[0], Event::HoldReleased(e) if e.hold_id == hold_id("newer")),
+            matches!(&events[0], Event::HoldBroken(e) if e.hold_id == hold_id("newer")),
             "{events:?}"
         );
         assert!(

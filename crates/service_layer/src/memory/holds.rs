@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
+use domain::events::{HoldBroken, HoldReleased};
 use domain::{Event, HeldPart, HoldId, Quantity, Sku};
 use foldhash::HashMap;
 use smallvec::SmallVec;
@@ -150,9 +151,12 @@ impl HoldTable {
                     }
                 }
             }
-            Event::HoldReleased(e) => {
-                self.end(sku, &e.hold_id, batch(&e.batchref), HoldState::Released)
-            }
+            Event::HoldReleased(HoldReleased {
+                hold_id, batchref, ..
+            })
+            | Event::HoldBroken(HoldBroken {
+                hold_id, batchref, ..
+            }) => self.end(sku, hold_id, batch(batchref), HoldState::Released),
             Event::HoldConverted(e) => {
                 self.end(sku, &e.hold_id, batch(&e.batchref), HoldState::Converted)
             }

@@ -374,6 +374,7 @@ impl StoredProduct {
             | Event::Held(_)
             | Event::HoldExtended(_)
             | Event::HoldReleased(_)
+            | Event::HoldBroken(_)
             | Event::HoldConverted(_) => {}
         }
     }
