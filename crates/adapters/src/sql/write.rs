@@ -15,20 +15,22 @@
 //! a new column), the event's arm in [`change_of`], and its writer in each
 //! of `postgres` and `sqlite`.
 
+mod changes;
 mod kept_texts;
 pub(super) mod postgres;
 pub(super) mod sqlite;
 
 use std::time::SystemTime;
 
-use domain::events::{AllocationCancelled, Deallocated, HoldBroken, HoldConverted, HoldReleased};
-use domain::{Event, Sku};
+use domain::Sku;
 use serde::Serialize;
-use service_layer::ports::{ChangeSet, OutboxMessage, StoreError, ViewChange};
+use service_layer::ports::{ChangeSet, StoreError, ViewChange};
 use sqlx::AnyConnection;
 
 use super::Dialect;
-use super::rows::{eta_to_db, mismatch, time_to_db, to_i64, unix_millis};
+use super::rows::{mismatch, to_i64, unix_millis};
+pub(super) use changes::{Columns, Row, Value};
+use changes::{change_of, change_of_view, message_row};
 
 /// A kind of change a commit writes: one writer per backend each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,216 +101,6 @@ impl Kind {
             self,
             Self::LinesRemoved | Self::BatchQuantitiesChanged | Self::HoldPartsEnded
         )
-    }
-}
-
-/// One row of a run: the columns its kind's writer reads, by name (the
-/// writers' column names), the others `None`. A writer reads rows as
-/// parameters of a VALUES list or as one JSON array (see [`Columns`]).
-#[derive(Debug, Default, Serialize)]
-pub(super) struct Row<'a> {
-    /// Its place in the run: writers that insert order by it, so that ids
-    /// follow the order things happened in.
-    n: i64,
-    sku: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reference: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    orderid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    batchref: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    qty: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eta: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    created_at: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    hold_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at: Option<i64>,
-    /// What an ended hold part became.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    state: Option<&'static str>,
-}
-
-impl<'a> Row<'a> {
-    fn of(sku: &'a str) -> Self {
-        Self {
-            sku,
-            ..Self::default()
-        }
-    }
-}
-
-/// A column's value, borrowed from its row.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Value<'r> {
-    Text(Option<&'r str>),
-    BigInt(Option<i64>),
-}
-
-/// Rows whose columns a writer reads by name: as a JSON array of objects
-/// (serde, field names) or one value at a time ([`Columns::value`]).
-pub(super) trait Columns: Serialize {
-    /// The value of `column`, or `None` if the row has no such column.
-    fn value(&self, column: &str) -> Option<Value<'_>>;
-}
-
-impl Columns for Row<'_> {
-    fn value(&self, column: &str) -> Option<Value<'_>> {
-        use Value::{BigInt, Text};
-        Some(match column {
-            "n" => BigInt(Some(self.n)),
-            "sku" => Text(Some(self.sku)),
-            "reference" => Text(self.reference),
-            "orderid" => Text(self.orderid),
-            "batchref" => Text(self.batchref),
-            "qty" => BigInt(self.qty),
-            "eta" => Text(self.eta.as_deref()),
-            "message_id" => Text(self.message_id.as_deref()),
-            "created_at" => BigInt(self.created_at),
-            "hold_id" => Text(self.hold_id),
-            "expires_at" => BigInt(self.expires_at),
-            "state" => Text(self.state),
-            _ => return None,
-        })
-    }
-}
-
-/// What an event says to write, if anything: the one place events meet
-/// writers.
-fn change_of<'a>(sku: &'a Sku, event: &'a Event) -> Option<(Kind, Row<'a>)> {
-    let row = Row::of(sku.as_str());
-    let change = match event {
-        Event::BatchCreated(e) => (
-            Kind::BatchesCreated,
-            Row {
-                reference: Some(e.reference.as_str()),
-                qty: Some(e.qty.get().into()),
-                eta: e.eta.map(eta_to_db),
-                ..row
-            },
-        ),
-        Event::Allocated(e) => (
-            Kind::LinesAllocated,
-            Row {
-                orderid: Some(e.orderid.as_str()),
-                batchref: Some(e.batchref.as_str()),
-                qty: Some(e.qty.get().into()),
-                ..row
-            },
-        ),
-        // The stored line on that batch says how much to give back.
-        Event::Deallocated(Deallocated {
-            orderid, batchref, ..
-        })
-        | Event::AllocationCancelled(AllocationCancelled {
-            orderid, batchref, ..
-        }) => (
-            Kind::LinesRemoved,
-            Row {
-                orderid: Some(orderid.as_str()),
-                batchref: Some(batchref.as_str()),
-                ..row
-            },
-        ),
-        Event::BatchQuantityChanged(e) => (
-            Kind::BatchQuantitiesChanged,
-            Row {
-                reference: Some(e.reference.as_str()),
-                qty: Some(e.qty.get().into()),
-                ..row
-            },
-        ),
-        Event::Held(e) => (
-            Kind::HoldPartsPlaced,
-            Row {
-                hold_id: Some(e.hold_id.as_str()),
-                batchref: Some(e.batchref.as_str()),
-                qty: Some(e.qty.get().into()),
-                expires_at: Some(time_to_db(e.expires_at)),
-                ..row
-            },
-        ),
-        Event::HoldExtended(e) => (
-            Kind::HoldPartsExtended,
-            Row {
-                hold_id: Some(e.hold_id.as_str()),
-                expires_at: Some(time_to_db(e.expires_at)),
-                ..row
-            },
-        ),
-        Event::HoldReleased(HoldReleased {
-            hold_id, batchref, ..
-        })
-        | Event::HoldBroken(HoldBroken {
-            hold_id, batchref, ..
-        }) => (
-            Kind::HoldPartsEnded,
-            Row {
-                hold_id: Some(hold_id.as_str()),
-                batchref: Some(batchref.as_str()),
-                state: Some("released"),
-                ..row
-            },
-        ),
-        Event::HoldConverted(HoldConverted {
-            hold_id, batchref, ..
-        }) => (
-            Kind::HoldPartsEnded,
-            Row {
-                hold_id: Some(hold_id.as_str()),
-                batchref: Some(batchref.as_str()),
-                state: Some("converted"),
-                ..row
-            },
-        ),
-        Event::OutOfStock(_) => return None,
-    };
-    Some(change)
-}
-
-fn change_of_view(view: &ViewChange) -> (Kind, Row<'_>) {
-    match view {
-        ViewChange::Allocated {
-            orderid,
-            sku,
-            batchref,
-        } => (
-            Kind::ViewRowsSet,
-            Row {
-                orderid: Some(orderid.as_str()),
-                batchref: Some(batchref.as_str()),
-                ..Row::of(sku.as_str())
-            },
-        ),
-        ViewChange::Deallocated {
-            orderid,
-            sku,
-            batchref,
-        } => (
-            Kind::ViewRowsRemoved,
-            Row {
-                orderid: Some(orderid.as_str()),
-                batchref: Some(batchref.as_str()),
-                ..Row::of(sku.as_str())
-            },
-        ),
-    }
-}
-
-fn message_row(message: &OutboxMessage, created_at: i64) -> Row<'_> {
-    let event = &message.event;
-    Row {
-        message_id: Some(message.message_id.to_string()),
-        orderid: Some(event.orderid.as_str()),
-        batchref: Some(event.batchref.as_str()),
-        qty: Some(event.qty.get().into()),
-        created_at: Some(created_at),
-        ..Row::of(event.sku.as_str())
     }
 }
 

@@ -1,0 +1,221 @@
+//! What a commit's changes say to write, as rows: each event of a product,
+//! each read-model change and each message becomes a row of its [`Kind`],
+//! whose writer reads the columns it needs by name.
+
+use domain::events::{AllocationCancelled, Deallocated, HoldBroken, HoldConverted, HoldReleased};
+use domain::{Event, Sku};
+use serde::Serialize;
+use service_layer::ports::{OutboxMessage, ViewChange};
+
+use super::Kind;
+use crate::sql::rows::{eta_to_db, time_to_db};
+
+/// One row of a run: the columns its kind's writer reads, by name (the
+/// writers' column names), the others `None`. A writer reads rows as
+/// parameters of a VALUES list or as one JSON array (see [`Columns`]).
+#[derive(Debug, Default, Serialize)]
+pub(in crate::sql) struct Row<'a> {
+    /// Its place in the run: writers that insert order by it, so that ids
+    /// follow the order things happened in.
+    pub(in crate::sql) n: i64,
+    pub(in crate::sql) sku: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) reference: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) orderid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) batchref: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) qty: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) eta: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) created_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) hold_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) expires_at: Option<i64>,
+    /// What an ended hold part became.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) state: Option<&'static str>,
+}
+
+impl<'a> Row<'a> {
+    pub(super) fn of(sku: &'a str) -> Self {
+        Self {
+            sku,
+            ..Self::default()
+        }
+    }
+}
+
+/// A column's value, borrowed from its row.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::sql) enum Value<'r> {
+    Text(Option<&'r str>),
+    BigInt(Option<i64>),
+}
+
+/// Rows whose columns a writer reads by name: as a JSON array of objects
+/// (serde, field names) or one value at a time ([`Columns::value`]).
+pub(in crate::sql) trait Columns: Serialize {
+    /// The value of `column`, or `None` if the row has no such column.
+    fn value(&self, column: &str) -> Option<Value<'_>>;
+}
+
+impl Columns for Row<'_> {
+    fn value(&self, column: &str) -> Option<Value<'_>> {
+        use Value::{BigInt, Text};
+        Some(match column {
+            "n" => BigInt(Some(self.n)),
+            "sku" => Text(Some(self.sku)),
+            "reference" => Text(self.reference),
+            "orderid" => Text(self.orderid),
+            "batchref" => Text(self.batchref),
+            "qty" => BigInt(self.qty),
+            "eta" => Text(self.eta.as_deref()),
+            "message_id" => Text(self.message_id.as_deref()),
+            "created_at" => BigInt(self.created_at),
+            "hold_id" => Text(self.hold_id),
+            "expires_at" => BigInt(self.expires_at),
+            "state" => Text(self.state),
+            _ => return None,
+        })
+    }
+}
+
+/// What an event says to write, if anything: the one place events meet
+/// writers.
+pub(super) fn change_of<'a>(sku: &'a Sku, event: &'a Event) -> Option<(Kind, Row<'a>)> {
+    let row = Row::of(sku.as_str());
+    let change = match event {
+        Event::BatchCreated(e) => (
+            Kind::BatchesCreated,
+            Row {
+                reference: Some(e.reference.as_str()),
+                qty: Some(e.qty.get().into()),
+                eta: e.eta.map(eta_to_db),
+                ..row
+            },
+        ),
+        Event::Allocated(e) => (
+            Kind::LinesAllocated,
+            Row {
+                orderid: Some(e.orderid.as_str()),
+                batchref: Some(e.batchref.as_str()),
+                qty: Some(e.qty.get().into()),
+                ..row
+            },
+        ),
+        // The stored line on that batch says how much to give back.
+        Event::Deallocated(Deallocated {
+            orderid, batchref, ..
+        })
+        | Event::AllocationCancelled(AllocationCancelled {
+            orderid, batchref, ..
+        }) => (
+            Kind::LinesRemoved,
+            Row {
+                orderid: Some(orderid.as_str()),
+                batchref: Some(batchref.as_str()),
+                ..row
+            },
+        ),
+        Event::BatchQuantityChanged(e) => (
+            Kind::BatchQuantitiesChanged,
+            Row {
+                reference: Some(e.reference.as_str()),
+                qty: Some(e.qty.get().into()),
+                ..row
+            },
+        ),
+        Event::Held(e) => (
+            Kind::HoldPartsPlaced,
+            Row {
+                hold_id: Some(e.hold_id.as_str()),
+                batchref: Some(e.batchref.as_str()),
+                qty: Some(e.qty.get().into()),
+                expires_at: Some(time_to_db(e.expires_at)),
+                ..row
+            },
+        ),
+        Event::HoldExtended(e) => (
+            Kind::HoldPartsExtended,
+            Row {
+                hold_id: Some(e.hold_id.as_str()),
+                expires_at: Some(time_to_db(e.expires_at)),
+                ..row
+            },
+        ),
+        Event::HoldReleased(HoldReleased {
+            hold_id, batchref, ..
+        })
+        | Event::HoldBroken(HoldBroken {
+            hold_id, batchref, ..
+        }) => (
+            Kind::HoldPartsEnded,
+            Row {
+                hold_id: Some(hold_id.as_str()),
+                batchref: Some(batchref.as_str()),
+                state: Some("released"),
+                ..row
+            },
+        ),
+        Event::HoldConverted(HoldConverted {
+            hold_id, batchref, ..
+        }) => (
+            Kind::HoldPartsEnded,
+            Row {
+                hold_id: Some(hold_id.as_str()),
+                batchref: Some(batchref.as_str()),
+                state: Some("converted"),
+                ..row
+            },
+        ),
+        Event::OutOfStock(_) => return None,
+    };
+    Some(change)
+}
+
+pub(super) fn change_of_view(view: &ViewChange) -> (Kind, Row<'_>) {
+    match view {
+        ViewChange::Allocated {
+            orderid,
+            sku,
+            batchref,
+        } => (
+            Kind::ViewRowsSet,
+            Row {
+                orderid: Some(orderid.as_str()),
+                batchref: Some(batchref.as_str()),
+                ..Row::of(sku.as_str())
+            },
+        ),
+        ViewChange::Deallocated {
+            orderid,
+            sku,
+            batchref,
+        } => (
+            Kind::ViewRowsRemoved,
+            Row {
+                orderid: Some(orderid.as_str()),
+                batchref: Some(batchref.as_str()),
+                ..Row::of(sku.as_str())
+            },
+        ),
+    }
+}
+
+pub(super) fn message_row(message: &OutboxMessage, created_at: i64) -> Row<'_> {
+    let event = &message.event;
+    Row {
+        message_id: Some(message.message_id.to_string()),
+        orderid: Some(event.orderid.as_str()),
+        batchref: Some(event.batchref.as_str()),
+        qty: Some(event.qty.get().into()),
+        created_at: Some(created_at),
+        ..Row::of(event.sku.as_str())
+    }
+}
