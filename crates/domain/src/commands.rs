@@ -37,6 +37,19 @@ pub struct AllocateOrder {
     pub hold_id: Option<HoldId>,
 }
 
+/// Ship the order's allocated lines of `skus` (every line if empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShipOrder {
+    pub orderid: OrderId,
+    pub skus: Vec<Sku>,
+}
+
+/// Cancel an order: every line not shipped stops being allocated, for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelOrder {
+    pub orderid: OrderId,
+}
+
 /// Set units aside for a checkout, all lines or none, for `ttl` from now.
 /// The id is chosen by the caller, so that a retry places the same hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +103,8 @@ pub enum Command {
     Allocate(Allocate),
     AllocateOrder(AllocateOrder),
     Reallocate(Reallocate),
+    ShipOrder(ShipOrder),
+    CancelOrder(CancelOrder),
     PlaceHold(PlaceHold),
     ExtendHold(ExtendHold),
     ReleaseHold(ReleaseHold),
@@ -105,6 +120,8 @@ impl Command {
             Self::Allocate(_) => "Allocate",
             Self::AllocateOrder(_) => "AllocateOrder",
             Self::Reallocate(_) => "Reallocate",
+            Self::ShipOrder(_) => "ShipOrder",
+            Self::CancelOrder(_) => "CancelOrder",
             Self::PlaceHold(_) => "PlaceHold",
             Self::ExtendHold(_) => "ExtendHold",
             Self::ReleaseHold(_) => "ReleaseHold",
@@ -128,6 +145,8 @@ into_command!(
     Allocate,
     AllocateOrder,
     Reallocate,
+    ShipOrder,
+    CancelOrder,
     PlaceHold,
     ExtendHold,
     ReleaseHold,

@@ -50,6 +50,26 @@ pub struct BatchQuantityChanged {
     pub qty: Quantity,
 }
 
+/// An allocated line (part) left the warehouse: its batch has that much
+/// less, and so much less allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shipped {
+    pub orderid: OrderId,
+    pub sku: Sku,
+    pub batchref: BatchRef,
+    pub qty: Quantity,
+}
+
+/// An order was cancelled: its line (part) is no longer allocated, its
+/// stock free again, and the line stays cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineCancelled {
+    pub orderid: OrderId,
+    pub sku: Sku,
+    pub batchref: BatchRef,
+    pub qty: Quantity,
+}
+
 /// No batch could take a line; nothing was allocated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutOfStock {
@@ -111,6 +131,8 @@ pub enum Event {
     Deallocated(Deallocated),
     AllocationCancelled(AllocationCancelled),
     BatchQuantityChanged(BatchQuantityChanged),
+    Shipped(Shipped),
+    LineCancelled(LineCancelled),
     OutOfStock(OutOfStock),
     Held(Held),
     HoldExtended(HoldExtended),
@@ -128,6 +150,8 @@ impl Event {
             Self::Deallocated(_) => "Deallocated",
             Self::AllocationCancelled(_) => "AllocationCancelled",
             Self::BatchQuantityChanged(_) => "BatchQuantityChanged",
+            Self::Shipped(_) => "Shipped",
+            Self::LineCancelled(_) => "LineCancelled",
             Self::OutOfStock(_) => "OutOfStock",
             Self::Held(_) => "Held",
             Self::HoldExtended(_) => "HoldExtended",

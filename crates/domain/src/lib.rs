@@ -13,5 +13,7 @@ pub mod values;
 
 pub use commands::Command;
 pub use events::Event;
-pub use model::{Batch, DomainError, HeldPart, OrderLine, Part, Placement, Product, Shortage};
+pub use model::{
+    Batch, Closed, DomainError, HeldPart, OrderLine, Part, Placement, Product, Shipment, Shortage,
+};
 pub use values::{BatchRef, HoldId, OrderId, OrderLines, Quantity, Sku, ValueError};

@@ -25,10 +25,12 @@ use crate::values::{BatchRef, OrderId, Quantity, Sku};
 mod batch;
 mod holds;
 mod orders;
+mod shipping;
 
-pub use batch::Batch;
+pub use batch::{Batch, Closed};
 pub use holds::HeldPart;
 pub use orders::{Part, Placement, Shortage};
+pub use shipping::Shipment;
 
 /// A customer's request for `qty` units of one SKU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,19 @@ pub enum DomainError {
         hold_id: crate::values::HoldId,
         sku: Sku,
     },
+    /// Only what has arrived can leave: a line on a batch still at sea.
+    #[error("Order {orderid}'s {sku} is on batch {batchref}, which has not arrived")]
+    NotArrived {
+        orderid: OrderId,
+        sku: Sku,
+        batchref: BatchRef,
+    },
+    /// A shipped line has left the warehouse: it cannot be deallocated.
+    #[error("Order {orderid}'s {sku} has shipped")]
+    AlreadyShipped { orderid: OrderId, sku: Sku },
+    /// A cancelled order's line is not allocated again.
+    #[error("Order {orderid}'s {sku} was cancelled")]
+    LineCancelled { orderid: OrderId, sku: Sku },
     /// The repository loaded fewer lines than the batch's total says it holds.
     #[error("Batch {reference} needs its order lines loaded to shrink")]
     LinesNotLoaded { reference: BatchRef },
@@ -154,6 +169,22 @@ impl Product {
         }
     }
 
+    /// Adds stored lines that left batch `reference` (shipped or cancelled),
+    /// as [`Product::load_lines`] adds lines.
+    pub fn load_closed(
+        &mut self,
+        reference: &BatchRef,
+        lines: impl IntoIterator<Item = (OrderLine, Closed)>,
+    ) {
+        if let Some(batch) = self.batches.iter_mut().find(|b| &b.reference == reference) {
+            for (line, closed) in lines {
+                if !batch.closed.iter().any(|(l, _)| l.orderid == line.orderid) {
+                    batch.closed.push((line, closed));
+                }
+            }
+        }
+    }
+
     /// Adds stored hold parts to batch `reference`, as [`Product::load_lines`]
     /// adds lines: parts it holds already are skipped.
     pub fn load_holds(&mut self, reference: &BatchRef, parts: impl IntoIterator<Item = HeldPart>) {
@@ -175,7 +206,7 @@ impl Product {
         eta: Option<NaiveDate>,
     ) -> Result<(), DomainError> {
         if let Some(existing) = self.batch(&reference) {
-            return if existing.purchased == qty && existing.eta == eta {
+            return if existing.purchased == u64::from(qty.get()) && existing.eta == eta {
                 Ok(())
             } else {
                 Err(DomainError::BatchExists { reference })
@@ -242,6 +273,14 @@ impl Product {
     /// reallocating it; returns its parts, one per batch it was on. Needs the
     /// lines of `orderid` loaded.
     pub fn deallocate(&mut self, orderid: &OrderId) -> Result<Vec<Part>, DomainError> {
+        if self.parts_of(orderid).is_empty()
+            && !self.closed_parts_of(orderid, Closed::Shipped).is_empty()
+        {
+            return Err(DomainError::AlreadyShipped {
+                orderid: orderid.clone(),
+                sku: self.sku.clone(),
+            });
+        }
         let mut cancelled = Vec::new();
         for batch in &mut self.batches {
             if let Some(line) = batch.deallocate(orderid) {
@@ -286,7 +325,7 @@ impl Product {
                 reference: reference.clone(),
             });
         };
-        if batch.purchased == qty {
+        if batch.purchased == u64::from(qty.get()) {
             return Ok(());
         }
         // Refused before anything changes, like every refusal of the model.
@@ -322,7 +361,7 @@ impl Product {
             };
             bumped.push(line);
         }
-        batch.purchased = qty;
+        batch.purchased = qty.get().into();
         // Releases and deallocations are recorded before the new quantity so
         // that, applied in order, no intermediate state has a batch
         // over-committed.
@@ -379,7 +418,20 @@ impl Product {
     /// quantity: sending a line again is answered with it. One of another
     /// quantity is refused.
     fn same_allocation_of(&self, line: &OrderLine) -> Result<Option<Vec<Part>>, DomainError> {
-        let parts = self.parts_of(&line.orderid);
+        let mut parts = self.parts_of(&line.orderid);
+        if parts.is_empty() {
+            if !self
+                .closed_parts_of(&line.orderid, Closed::Cancelled)
+                .is_empty()
+            {
+                return Err(DomainError::LineCancelled {
+                    orderid: line.orderid.clone(),
+                    sku: line.sku.clone(),
+                });
+            }
+            // A shipped line is answered as allocated: it was.
+            parts = self.closed_parts_of(&line.orderid, Closed::Shipped);
+        }
         if parts.is_empty() {
             return Ok(None);
         }
@@ -392,6 +444,23 @@ impl Product {
             });
         }
         Ok(Some(parts))
+    }
+
+    /// The parts of `orderid`'s line that left their batches as `how`.
+    fn closed_parts_of(&self, orderid: &OrderId, how: Closed) -> Vec<Part> {
+        self.batches
+            .iter()
+            .flat_map(|batch| {
+                batch
+                    .closed
+                    .iter()
+                    .filter(move |(line, closed)| &line.orderid == orderid && *closed == how)
+                    .map(|(line, _)| Part {
+                        batchref: batch.reference.clone(),
+                        qty: line.qty,
+                    })
+            })
+            .collect()
     }
 
     /// The allocation policy: of the batches that can take all of `line`,

@@ -329,7 +329,7 @@ impl Model {
                     b.reference.clone(),
                     sku(),
                     b.eta,
-                    quantity(b.purchased),
+                    b.purchased.into(),
                     b.allocated(),
                     0,
                 )
@@ -359,10 +359,17 @@ impl Model {
     }
 
     /// Per batch, in creation order: reference, ETA, purchased, allocated.
-    fn totals(&self) -> Vec<(BatchRef, Option<NaiveDate>, u32, u64)> {
+    fn totals(&self) -> Vec<(BatchRef, Option<NaiveDate>, u64, u64)> {
         let batches = self.batches.iter();
         batches
-            .map(|b| (b.reference.clone(), b.eta, b.purchased, b.allocated()))
+            .map(|b| {
+                (
+                    b.reference.clone(),
+                    b.eta,
+                    b.purchased.into(),
+                    b.allocated(),
+                )
+            })
             .collect()
     }
 
@@ -372,11 +379,11 @@ impl Model {
     }
 }
 
-fn totals(product: &Product) -> Vec<(BatchRef, Option<NaiveDate>, u32, u64)> {
+fn totals(product: &Product) -> Vec<(BatchRef, Option<NaiveDate>, u64, u64)> {
     let batches = product.batches().iter();
     batches
         .map(|b| {
-            let purchased = b.purchased_quantity().get();
+            let purchased = b.purchased_quantity();
             (
                 b.reference().clone(),
                 b.eta(),
@@ -432,7 +439,7 @@ fn check_invariants(product: &Product, all_lines_loaded: bool) -> Result<(), Tes
     let mut allocated_orders = HashSet::new();
     for batch in product.batches() {
         prop_assert!(
-            batch.allocated_quantity() <= u64::from(batch.purchased_quantity().get()),
+            batch.allocated_quantity() <= batch.purchased_quantity(),
             "batch {} over-allocated: {} of {}",
             batch.reference(),
             batch.allocated_quantity(),

@@ -1,7 +1,7 @@
 //! Why a command failed: what the bus answers its caller, and what the
 //! entrypoints map to HTTP statuses.
 
-use domain::{DomainError, HoldId, Sku};
+use domain::{DomainError, HoldId, OrderId, Sku};
 
 use crate::ports::StoreError;
 
@@ -11,6 +11,9 @@ pub enum Error {
     /// The command names a SKU the service has no batches for.
     #[error("Invalid sku {0}")]
     InvalidSku(Sku),
+    /// The command names an order with no line at all.
+    #[error("Unknown order {0}")]
+    UnknownOrder(OrderId),
     /// The command names a checkout hold that was never placed.
     #[error("Unknown hold {0}")]
     UnknownHold(HoldId),

@@ -25,6 +25,7 @@ use domain::{
 use uuid::Uuid;
 
 mod holds;
+mod shipping;
 
 pub use holds::PlacedHold;
 
@@ -310,8 +311,14 @@ pub fn handle_in_transaction<T: StoreTransaction>(event: &Event, uow: &mut UnitO
         Event::AllocationCancelled(e) => {
             remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow)
         }
+        Event::LineCancelled(e) => {
+            remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow)
+        }
         // Holds are read from the write tables: no read model to keep.
+        // A shipped line stays on its batch in the read model: it was
+        // allocated there.
         Event::BatchCreated(_)
+        | Event::Shipped(_)
         | Event::BatchQuantityChanged(_)
         | Event::OutOfStock(_)
         | Event::Held(_)

@@ -146,6 +146,8 @@ impl<S: Store> MessageBus<S> {
             Command::Allocate(c) => self.handle(c).await.map(drop),
             Command::AllocateOrder(c) => self.handle(c).await.map(drop),
             Command::Reallocate(c) => self.handle(c).await.map(drop),
+            Command::ShipOrder(c) => self.handle(c).await.map(drop),
+            Command::CancelOrder(c) => self.handle(c).await.map(drop),
             Command::PlaceHold(c) => self.handle(c).await.map(drop),
             Command::ExtendHold(c) => self.handle(c).await.map(drop),
             Command::ReleaseHold(c) => self.handle(c).await.map(drop),
@@ -216,6 +218,8 @@ impl<S: Store> MessageBus<S> {
                 return Ok(committed.events);
             }
             Event::BatchCreated(_)
+            | Event::Shipped(_)
+            | Event::LineCancelled(_)
             | Event::AllocationCancelled(_)
             | Event::BatchQuantityChanged(_)
             | Event::Held(_)

@@ -129,6 +129,8 @@ pub struct OrderLineView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineStatus {
     Allocated,
+    Shipped,
+    Cancelled,
 }
 
 /// Units of an order line on one batch.
@@ -300,6 +302,12 @@ pub trait StoreTransaction: Send {
         lines: Lines<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<Product>, StoreError>> + Send;
+
+    /// The SKUs of an order's lines, whatever became of them, in SKU order.
+    fn skus_of_order(
+        &mut self,
+        orderid: &OrderId,
+    ) -> impl Future<Output = Result<Vec<Sku>, StoreError>> + Send;
 
     /// The SKUs a hold was placed on, whatever became of it; empty for a
     /// hold never placed.

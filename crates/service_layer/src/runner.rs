@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::commands::{
-    Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate, ExtendHold, PlaceHold,
-    Reallocate, ReleaseHold,
+    Allocate, AllocateOrder, CancelOrder, ChangeBatchQuantity, CreateBatch, Deallocate, ExtendHold,
+    PlaceHold, Reallocate, ReleaseHold, ShipOrder,
 };
 use domain::{Event, OrderId, Sku};
 use rand::Rng;
@@ -103,6 +103,8 @@ pub struct CommandLanes {
     allocate: LanesOf<Allocate>,
     allocate_order: LanesOf<AllocateOrder>,
     reallocate: LanesOf<Reallocate>,
+    ship_order: LanesOf<ShipOrder>,
+    cancel_order: LanesOf<CancelOrder>,
     place_hold: LanesOf<PlaceHold>,
     extend_hold: LanesOf<ExtendHold>,
     release_hold: LanesOf<ReleaseHold>,
@@ -137,6 +139,8 @@ grouped! {
     Allocate => allocate,
     AllocateOrder => allocate_order,
     Reallocate => reallocate,
+    ShipOrder => ship_order,
+    CancelOrder => cancel_order,
     PlaceHold => place_hold,
     ExtendHold => extend_hold,
     ReleaseHold => release_hold,

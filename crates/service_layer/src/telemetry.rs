@@ -70,6 +70,8 @@ pub(crate) fn event_handled_key(event: &Event, succeeded: bool) -> &'static Key 
         Deallocated,
         AllocationCancelled,
         BatchQuantityChanged,
+        Shipped,
+        LineCancelled,
         OutOfStock,
         Held,
         HoldExtended,

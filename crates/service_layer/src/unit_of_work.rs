@@ -142,6 +142,11 @@ impl<T: StoreTransaction> Repository<T> {
         self.get_with(sku, Lines::OfHold(hold_id)).await
     }
 
+    /// The SKUs of `orderid`'s lines, in SKU order; empty for no order.
+    pub async fn skus_of_order(&mut self, orderid: &OrderId) -> Result<Vec<Sku>, StoreError> {
+        self.transaction.skus_of_order(orderid).await
+    }
+
     /// The SKUs hold `hold_id` was placed on, in SKU order; empty if it
     /// never was.
     pub async fn skus_of_hold(&mut self, hold_id: &HoldId) -> Result<Vec<Sku>, StoreError> {

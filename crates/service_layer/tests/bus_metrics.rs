@@ -182,6 +182,10 @@ impl StoreTransaction for ConflictOnceTransaction {
         self.inner.sku_of_batch(reference).await
     }
 
+    async fn skus_of_order(&mut self, orderid: &domain::OrderId) -> Result<Vec<Sku>, StoreError> {
+        self.inner.skus_of_order(orderid).await
+    }
+
     async fn skus_of_hold(&mut self, hold_id: &domain::HoldId) -> Result<Vec<Sku>, StoreError> {
         self.inner.skus_of_hold(hold_id).await
     }

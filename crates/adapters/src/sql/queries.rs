@@ -23,10 +23,11 @@ pub(crate) use held_at;
 macro_rules! product_with_lines {
     ($lines:literal) => {
         concat!(
-            "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, ",
+            "SELECT p.version_number, b.reference, b.eta, ",
+            "b.purchased_quantity - b.shipped_quantity AS quantity, ",
             "b.allocated_quantity, ",
             held_at!("$3"),
-            ", a.orderid AS line_orderid, a.qty AS line_qty ",
+            ", a.orderid AS line_orderid, a.qty AS line_qty, a.state AS line_state ",
             "FROM products p ",
             "LEFT JOIN batches b ON b.sku = p.sku ",
             "LEFT JOIN allocations a ON ",
@@ -61,8 +62,12 @@ pub const PRODUCT_WITH_ORDER_LINES_POSTGRES: &str = product_with_lines!(
 /// shrinking a batch loads.
 pub const LINES_OF_BATCH: &str = "SELECT a.orderid, a.qty \
      FROM batches b JOIN allocations a ON a.batch_id = b.id \
-     WHERE b.reference = $1 AND b.sku = $2 \
+     WHERE b.reference = $1 AND b.sku = $2 AND a.state = 'allocated' \
      ORDER BY a.id";
+
+/// The SKUs of order `$1`'s lines, whatever became of them.
+pub const SKUS_OF_ORDER: &str =
+    "SELECT DISTINCT sku FROM allocations WHERE orderid = $1 ORDER BY sku";
 
 /// The SKU of the product that holds batch `$1`.
 pub const SKU_OF_BATCH: &str = "SELECT sku FROM batches WHERE reference = $1";
@@ -75,14 +80,15 @@ pub const ALLOCATIONS_OF_ORDER: &str =
 /// `GET /orders/<orderid>` shows): found through `(orderid, sku,
 /// batch_id)`, in its order, so a split line's parts come in the order
 /// their batches were created.
-pub const LINES_OF_ORDER: &str = "SELECT a.sku, b.reference AS batchref, a.qty \
+pub const LINES_OF_ORDER: &str = "SELECT a.sku, b.reference AS batchref, a.qty, a.state \
      FROM allocations a JOIN batches b ON b.id = a.batch_id \
      WHERE a.orderid = $1 ORDER BY a.sku, a.batch_id";
 
 /// A product's batches, from the write tables (they are the read model
 /// of the product query).
 pub const BATCHES_OF_PRODUCT: &str = concat!(
-    "SELECT b.reference, b.eta, b.purchased_quantity, b.allocated_quantity, ",
+    "SELECT b.reference, b.eta, b.purchased_quantity - b.shipped_quantity AS quantity, ",
+    "b.allocated_quantity, ",
     held_at!("$2"),
     " FROM batches b WHERE b.sku = $1 ORDER BY b.id"
 );

@@ -3,12 +3,12 @@
 //! batches from the write tables.
 
 use chrono::{DateTime, Utc};
-use domain::{BatchRef, HoldId, OrderId, Sku};
+use domain::{BatchRef, Closed, HoldId, OrderId, Sku};
 use service_layer::ports::{
     AllocationView, BatchView, HoldView, LineStatus, OrderLineView, PartView, ReadModel, StoreError,
 };
 
-use super::rows::{eta_from_db, get, identifier, time_to_db, to_u64};
+use super::rows::{closed_from_db, eta_from_db, get, identifier, time_to_db, to_u64};
 use super::{SqlStore, holds, queries};
 
 impl ReadModel for SqlStore {
@@ -50,7 +50,11 @@ impl ReadModel for SqlStore {
                 _ => lines.push(OrderLineView {
                     sku,
                     qty: part.qty,
-                    status: LineStatus::Allocated,
+                    status: match closed_from_db(&get::<String>(row, "state")?)? {
+                        None => LineStatus::Allocated,
+                        Some(Closed::Shipped) => LineStatus::Shipped,
+                        Some(Closed::Cancelled) => LineStatus::Cancelled,
+                    },
                     parts: vec![part],
                 }),
             }
@@ -79,7 +83,7 @@ impl ReadModel for SqlStore {
                 Ok(BatchView {
                     reference: identifier(&get::<String>(row, "reference")?, BatchRef::parse)?,
                     eta: eta_from_db(get(row, "eta")?)?,
-                    purchased: to_u64(get(row, "purchased_quantity")?, "purchased_quantity")?,
+                    purchased: to_u64(get(row, "quantity")?, "quantity")?,
                     allocated: to_u64(get(row, "allocated_quantity")?, "allocated_quantity")?,
                     held: to_u64(get(row, "held_quantity")?, "held_quantity")?,
                 })

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use domain::Quantity;
+use domain::{Closed, Quantity};
 use service_layer::ports::StoreError;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row};
@@ -83,4 +83,14 @@ pub(super) fn time_to_db(time: DateTime<Utc>) -> i64 {
 pub(super) fn time_from_db(millis: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_millis(millis)
         .ok_or_else(|| mismatch(format!("{millis} is no time a hold can expire at")))
+}
+
+/// A line's `state`: `None` while allocated, else how it left its batch.
+pub(super) fn closed_from_db(state: &str) -> Result<Option<Closed>, StoreError> {
+    match state {
+        "allocated" => Ok(None),
+        "shipped" => Ok(Some(Closed::Shipped)),
+        "cancelled" => Ok(Some(Closed::Cancelled)),
+        other => Err(mismatch(format!("a line in state {other}"))),
+    }
 }

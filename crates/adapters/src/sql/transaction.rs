@@ -8,7 +8,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::rows::{eta_from_db, get, identifier, quantity_from_db, time_to_db, to_u64};
+use super::rows::{
+    closed_from_db, eta_from_db, get, identifier, quantity_from_db, time_to_db, to_u64,
+};
 use super::write::{self, Plan};
 use super::{Dialect, holds, queries};
 
@@ -120,7 +122,8 @@ impl StoreTransaction for SqlTransaction {
                     sku: sku.clone(),
                     qty: quantity_from_db(get(row, "line_qty")?)?,
                 };
-                order_lines.push((reference.clone(), line));
+                let closed = closed_from_db(&get::<String>(row, "line_state")?)?;
+                order_lines.push((reference.clone(), line, closed));
             }
             if batches
                 .last()
@@ -132,14 +135,17 @@ impl StoreTransaction for SqlTransaction {
                 reference,
                 sku.clone(),
                 eta_from_db(get(row, "eta")?)?,
-                quantity_from_db(get(row, "purchased_quantity")?)?,
+                to_u64(get(row, "quantity")?, "quantity")?,
                 to_u64(get(row, "allocated_quantity")?, "allocated_quantity")?,
                 to_u64(get(row, "held_quantity")?, "held_quantity")?,
             ));
         }
         let mut product = Product::restore(sku.clone(), version, batches);
-        for (reference, line) in order_lines {
-            product.load_lines(&reference, [line]);
+        for (reference, line, closed) in order_lines {
+            match closed {
+                None => product.load_lines(&reference, [line]),
+                Some(closed) => product.load_closed(&reference, [(line, closed)]),
+            }
         }
         match lines {
             Lines::OfBatch(reference) => {
@@ -152,6 +158,15 @@ impl StoreTransaction for SqlTransaction {
             Lines::None | Lines::OfOrder(_) | Lines::OfOrders(_) => {}
         }
         Ok(Some(product))
+    }
+
+    async fn skus_of_order(&mut self, orderid: &OrderId) -> Result<Vec<Sku>, StoreError> {
+        let skus: Vec<String> = sqlx::query_scalar(queries::SKUS_OF_ORDER)
+            .bind(orderid.as_str())
+            .fetch_all(self.connection.reader())
+            .await
+            .map_err(StoreError::backend)?;
+        skus.iter().map(|sku| identifier(sku, Sku::parse)).collect()
     }
 
     async fn skus_of_hold(&mut self, hold_id: &HoldId) -> Result<Vec<Sku>, StoreError> {

@@ -39,6 +39,8 @@ pub(super) enum Kind {
     LinesAllocated,
     /// Deallocated and AllocationCancelled: a line leaves its batch.
     LinesRemoved,
+    /// Shipped and LineCancelled: a line stops being allocated, and stays.
+    LinesClosed,
     BatchQuantitiesChanged,
     ViewRowsSet,
     ViewRowsRemoved,
@@ -68,6 +70,7 @@ impl Kind {
             Self::BatchesCreated => "batches_created",
             Self::LinesAllocated => "lines_allocated",
             Self::LinesRemoved => "lines_removed",
+            Self::LinesClosed => "lines_closed",
             Self::BatchQuantitiesChanged => "batch_quantities_changed",
             Self::ViewRowsSet => "view_rows_set",
             Self::ViewRowsRemoved => "view_rows_removed",
@@ -81,7 +84,9 @@ impl Kind {
     pub(super) fn tables(self) -> &'static [Table] {
         match self {
             Self::BatchesCreated | Self::BatchQuantitiesChanged => &[Table::Batches],
-            Self::LinesAllocated | Self::LinesRemoved => &[Table::Batches, Table::Allocations],
+            Self::LinesAllocated | Self::LinesRemoved | Self::LinesClosed => {
+                &[Table::Batches, Table::Allocations]
+            }
             Self::ViewRowsSet | Self::ViewRowsRemoved => &[Table::AllocationsView],
             Self::OutboxMessages => &[Table::Outbox],
             Self::HoldPartsPlaced | Self::HoldPartsExtended | Self::HoldPartsEnded => {
@@ -99,7 +104,10 @@ impl Kind {
     pub(super) fn counted(self) -> bool {
         matches!(
             self,
-            Self::LinesRemoved | Self::BatchQuantitiesChanged | Self::HoldPartsEnded
+            Self::LinesRemoved
+                | Self::LinesClosed
+                | Self::BatchQuantitiesChanged
+                | Self::HoldPartsEnded
         )
     }
 }

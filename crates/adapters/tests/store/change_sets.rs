@@ -284,14 +284,14 @@ async fn a_batch_created_and_allocated_in_one_commit<S: Store + ReadModel + Outb
             LoadedBatch {
                 reference: first.clone(),
                 eta: Some(date(2031, 1, 2)),
-                purchased: qty(10),
+                purchased: 10,
                 allocated: 3,
                 lines: vec![line(&order, &sku, 3)],
             },
             LoadedBatch {
                 reference: second.clone(),
                 eta: None,
-                purchased: qty(5),
+                purchased: 5,
                 allocated: 4,
                 lines: vec![line(&other_order, &sku, 4)],
             },

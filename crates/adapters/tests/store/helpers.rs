@@ -164,7 +164,7 @@ impl<S: Store> Bus<S> {
 pub struct LoadedBatch {
     pub reference: BatchRef,
     pub eta: Option<NaiveDate>,
-    pub purchased: Quantity,
+    pub purchased: u64,
     pub allocated: u64,
     pub lines: Vec<OrderLine>,
 }

@@ -43,10 +43,10 @@ async fn a_created_product_reloads_with_its_batches_in_creation_order<S: Store +
     uow.products().add(product);
     uow.commit().await.expect("commit");
 
-    let batch = |reference: &BatchRef, eta, units| LoadedBatch {
+    let batch = |reference: &BatchRef, eta, units: u32| LoadedBatch {
         reference: reference.clone(),
         eta,
-        purchased: qty(units),
+        purchased: units.into(),
         allocated: 0,
         lines: Vec::new(),
     };

@@ -13,6 +13,7 @@
 //! - `holds`: checkout holds, counted only while live, and racing orders
 //!   on two instances;
 //! - `read_model`: the query side, written with the commits;
+//! - `shipping`: shipped and cancelled lines, and the check on them;
 //! - `concurrency`: a version conflict between two instances, forced and
 //!   retried through the message bus; `under_load`: two instances under
 //!   load; both watch commits through `watched`;
@@ -38,6 +39,7 @@ mod orders;
 mod outbox;
 mod query_plans;
 mod read_model;
+mod shipping;
 mod specific;
 mod under_load;
 mod watched;

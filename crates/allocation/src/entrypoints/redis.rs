@@ -84,6 +84,12 @@ fn record_ids(command: &Command) {
             span.record("orderid", c.orderid.as_str());
             span.record("sku", c.sku.as_str());
         }
+        Command::ShipOrder(c) => {
+            span.record("orderid", c.orderid.as_str());
+        }
+        Command::CancelOrder(c) => {
+            span.record("orderid", c.orderid.as_str());
+        }
         // Holds come over HTTP only.
         Command::PlaceHold(_) | Command::ExtendHold(_) | Command::ReleaseHold(_) => {}
         Command::AllocateOrder(c) => {

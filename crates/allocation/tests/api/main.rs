@@ -23,4 +23,5 @@ mod openapi;
 mod orders;
 mod outage;
 mod redis_flood;
+mod shipping;
 mod shutdown;

@@ -20,6 +20,8 @@ const ROUTES: &[&str] = &[
     "POST /change_batch_quantity",
     "POST /orders/{orderid}/allocate",
     "GET /orders/{orderid}",
+    "POST /orders/{orderid}/ship",
+    "POST /orders/{orderid}/cancel",
     "POST /holds",
     "GET /holds/{hold_id}",
     "POST /holds/{hold_id}/extend",

@@ -1,6 +1,7 @@
 //! A batch of stock (book chapter 1): its quantity, what is allocated and
-//! held of it, and the lines and hold parts loaded for the current command.
-//! Only its product changes it.
+//! held of it, and the lines and hold parts loaded for the current command
+//! (shipped and cancelled lines too, when they are the order's). Only its
+//! product changes it.
 
 use chrono::NaiveDate;
 
@@ -13,7 +14,9 @@ pub struct Batch {
     pub(super) reference: BatchRef,
     sku: Sku,
     pub(super) eta: Option<NaiveDate>,
-    pub(super) purchased: Quantity,
+    /// What it has: what was bought, less what was shipped. Zero once
+    /// everything has left.
+    pub(super) purchased: u64,
     /// Units allocated over all of this batch's lines, loaded or not.
     pub(super) allocated: u64,
     /// Units set aside by live checkout holds, loaded or not.
@@ -22,12 +25,22 @@ pub struct Batch {
     pub(super) lines: Vec<OrderLine>,
     /// The hold parts loaded for the current command, oldest first.
     pub(super) holds: Vec<HeldPart>,
+    /// Lines of the loaded orders that left it, shipped or cancelled: no
+    /// longer allocated, still the order's.
+    pub(super) closed: Vec<(OrderLine, Closed)>,
+}
+
+/// How a line stopped being allocated, other than by deallocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    Shipped,
+    Cancelled,
 }
 
 impl Batch {
     /// A new batch with nothing allocated.
     pub fn new(reference: BatchRef, sku: Sku, qty: Quantity, eta: Option<NaiveDate>) -> Self {
-        Self::restore(reference, sku, eta, qty, 0, 0)
+        Self::restore(reference, sku, eta, qty.get().into(), 0, 0)
     }
 
     /// A stored batch as a repository reads it: its totals, no lines yet.
@@ -37,7 +50,7 @@ impl Batch {
         reference: BatchRef,
         sku: Sku,
         eta: Option<NaiveDate>,
-        purchased: Quantity,
+        purchased: u64,
         allocated: u64,
         held: u64,
     ) -> Self {
@@ -50,6 +63,7 @@ impl Batch {
             held,
             lines: Vec::new(),
             holds: Vec::new(),
+            closed: Vec::new(),
         }
     }
 
@@ -65,7 +79,8 @@ impl Batch {
         self.eta
     }
 
-    pub fn purchased_quantity(&self) -> Quantity {
+    /// What the batch has now: bought, less shipped.
+    pub fn purchased_quantity(&self) -> u64 {
         self.purchased
     }
 
@@ -80,7 +95,7 @@ impl Batch {
 
     /// What a new allocation or hold may take: neither allocated nor held.
     pub fn available_quantity(&self) -> u64 {
-        u64::from(self.purchased.get()).saturating_sub(self.allocated + self.held)
+        self.purchased.saturating_sub(self.allocated + self.held)
     }
 
     /// The order lines loaded for the current command, oldest first.

@@ -38,7 +38,7 @@ fn stored_lamp(version: u64, purchased: u32, allocated: u64) -> Product {
         batchref("b1"),
         sku("LAMP"),
         None,
-        qty(purchased),
+        purchased.into(),
         allocated,
         0,
     );
@@ -103,7 +103,7 @@ mod batches {
 
     #[test]
     fn restored_batches_count_lines_that_were_not_loaded() {
-        let b = Batch::restore(batchref("b"), sku("LAMP"), None, qty(100), 60, 0);
+        let b = Batch::restore(batchref("b"), sku("LAMP"), None, 100, 60, 0);
         assert_eq!(b.available_quantity(), 40);
         assert!(b.loaded_lines().is_empty());
         assert!(!b.can_allocate(&line("o", "LAMP", 41)));

@@ -9,13 +9,14 @@
 mod clock;
 mod holds;
 mod outbox;
+mod product;
 mod recorders;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use chrono::{DateTime, NaiveDate, Utc};
-use domain::{Batch, BatchRef, Event, HoldId, OrderId, OrderLine, Product, Quantity, Sku};
+use chrono::{DateTime, Utc};
+use domain::{BatchRef, Closed, Event, HoldId, OrderId, Product, Sku};
 // Not std's: the bus benchmark measured SipHash, the growth of std's
 // `HashMap` and a heap row per order as real costs of every command
 // (docs/BENCHMARKS.md, "Making the lone command cheaper").
@@ -31,6 +32,7 @@ use crate::ports::{
 };
 use holds::HoldTable;
 use outbox::OutboxTable;
+use product::StoredProduct;
 
 pub use clock::ManualClock;
 pub use recorders::{Recorder, RecordingNotifications, RecordingPublisher};
@@ -48,6 +50,9 @@ struct Tables {
     /// An order's rows, sorted by SKU. Nearly every order is for one SKU,
     /// so one row is kept inline rather than in a heap allocation of its own.
     allocations_view: GrowingMap<OrderId, SmallVec<[AllocationView; 1]>>,
+    /// The SKUs of each order's lines, whatever became of them, sorted:
+    /// what shipping and cancelling a whole order look up.
+    order_skus: GrowingMap<OrderId, SmallVec<[Sku; 1]>>,
     holds: HoldTable,
     outbox: OutboxTable,
 }
@@ -58,33 +63,6 @@ struct Tables {
 /// new entries are appended rather than scattered. Iteration order is
 /// never relied on: removals swap the last entry into the gap.
 type GrowingMap<K, V> = IndexMap<K, V, RandomState>;
-
-#[derive(Debug, Default)]
-struct StoredProduct {
-    version: u64,
-    batches: Vec<StoredBatch>,
-    /// Indexed by order, like the SQL tables, so loading one order's line
-    /// costs the same however many lines the product has. A line has one
-    /// part per batch it is on: nearly always one, kept inline.
-    lines: GrowingMap<OrderId, SmallVec<[StoredLine; 1]>>,
-    next_line_seq: u64,
-}
-
-#[derive(Debug)]
-struct StoredBatch {
-    reference: BatchRef,
-    eta: Option<NaiveDate>,
-    purchased: Quantity,
-    allocated: u64,
-}
-
-#[derive(Debug)]
-struct StoredLine {
-    batch: usize,
-    qty: Quantity,
-    /// Allocation order, so a batch's lines load oldest first.
-    seq: u64,
-}
 
 impl MemoryStore {
     pub fn new() -> Self {
@@ -131,6 +109,12 @@ impl StoreTransaction for MemoryTransaction {
             .products
             .get(sku)
             .map(|stored| stored.to_product(sku, lines, &tables.holds, now)))
+    }
+
+    async fn skus_of_order(&mut self, orderid: &OrderId) -> Result<Vec<Sku>, StoreError> {
+        let tables = self.store.lock();
+        let skus = tables.order_skus.get(orderid);
+        Ok(skus.map(|skus| skus.to_vec()).unwrap_or_default())
     }
 
     async fn skus_of_hold(&mut self, hold_id: &HoldId) -> Result<Vec<Sku>, StoreError> {
@@ -194,6 +178,12 @@ impl Tables {
             let product = self.products.entry(change.sku.clone()).or_default();
             product.version = change.new_version;
             for event in change.events {
+                if let Event::Allocated(e) = &event {
+                    let skus = self.order_skus.entry(e.orderid.clone()).or_default();
+                    if let Err(at) = skus.binary_search(&e.sku) {
+                        skus.insert(at, e.sku.clone());
+                    }
+                }
                 self.holds.apply(&change.sku, &event, |reference| {
                     product.batch_index(reference)
                 });
@@ -242,144 +232,6 @@ impl Tables {
     }
 }
 
-impl StoredProduct {
-    fn to_product(
-        &self,
-        sku: &Sku,
-        lines: Lines<'_>,
-        holds: &HoldTable,
-        now: DateTime<Utc>,
-    ) -> Product {
-        let batches = self
-            .batches
-            .iter()
-            .enumerate()
-            .map(|(index, b)| {
-                Batch::restore(
-                    b.reference.clone(),
-                    sku.clone(),
-                    b.eta,
-                    b.purchased,
-                    b.allocated,
-                    holds.held(sku, index, now),
-                )
-            })
-            .collect();
-        let mut product = Product::restore(sku.clone(), self.version, batches);
-        let line = |orderid: &OrderId, stored: &StoredLine| OrderLine {
-            orderid: orderid.clone(),
-            sku: sku.clone(),
-            qty: stored.qty,
-        };
-        match lines {
-            Lines::None => {}
-            Lines::OfOrder(orderid) => self.load_order_lines(&mut product, [orderid]),
-            Lines::OfOrders(orderids) => self.load_order_lines(&mut product, orderids),
-            Lines::OfBatch(reference) => {
-                if let Some(index) = self.batch_index(reference) {
-                    let mut of_batch: Vec<_> = self
-                        .lines
-                        .iter()
-                        .flat_map(|(orderid, parts)| parts.iter().map(move |part| (orderid, part)))
-                        .filter(|(_, part)| part.batch == index)
-                        .collect();
-                    of_batch.sort_by_key(|(_, l)| l.seq);
-                    product.load_lines(reference, of_batch.into_iter().map(|(o, l)| line(o, l)));
-                    product.load_holds(reference, holds.live_of_batch(sku, index, now));
-                }
-            }
-            Lines::OfHold(hold_id) => {
-                for (index, part) in holds.parts_of(hold_id, sku, now) {
-                    product.load_holds(&self.batches[index].reference, [part]);
-                }
-            }
-        }
-        product
-    }
-
-    /// Loads every part of the line of each order that has one.
-    fn load_order_lines<'a>(
-        &self,
-        product: &mut Product,
-        orderids: impl IntoIterator<Item = &'a OrderId>,
-    ) {
-        for orderid in orderids {
-            for stored in self.lines.get(orderid).into_iter().flatten() {
-                let line = OrderLine {
-                    orderid: orderid.clone(),
-                    sku: product.sku().clone(),
-                    qty: stored.qty,
-                };
-                product.load_lines(&self.batches[stored.batch].reference, [line]);
-            }
-        }
-    }
-
-    fn batch_index(&self, reference: &BatchRef) -> Option<usize> {
-        self.batches.iter().position(|b| &b.reference == reference)
-    }
-
-    /// Writes what one event says happened, as the SQL stores do.
-    fn apply(&mut self, event: Event) {
-        match event {
-            Event::BatchCreated(e) => self.batches.push(StoredBatch {
-                reference: e.reference,
-                eta: e.eta,
-                purchased: e.qty,
-                allocated: 0,
-            }),
-            Event::Allocated(e) => {
-                if let Some(index) = self.batch_index(&e.batchref) {
-                    self.batches[index].allocated += u64::from(e.qty.get());
-                    let parts = self.lines.entry(e.orderid).or_default();
-                    // A part joining its line's part on the same batch.
-                    if let Some(part) = parts.iter_mut().find(|part| part.batch == index) {
-                        part.qty = part.qty.checked_add(e.qty).unwrap_or(part.qty);
-                    } else {
-                        parts.push(StoredLine {
-                            batch: index,
-                            qty: e.qty,
-                            seq: self.next_line_seq,
-                        });
-                        self.next_line_seq += 1;
-                    }
-                }
-            }
-            Event::Deallocated(domain::events::Deallocated {
-                orderid, batchref, ..
-            })
-            | Event::AllocationCancelled(domain::events::AllocationCancelled {
-                orderid,
-                batchref,
-                ..
-            }) => {
-                let index = self.batch_index(&batchref);
-                if let Some(parts) = self.lines.get_mut(&orderid) {
-                    if let Some(at) = parts.iter().position(|part| Some(part.batch) == index) {
-                        let part = parts.remove(at);
-                        self.batches[part.batch].allocated -= u64::from(part.qty.get());
-                    }
-                    if parts.is_empty() {
-                        self.lines.swap_remove(&orderid);
-                    }
-                }
-            }
-            Event::BatchQuantityChanged(e) => {
-                if let Some(index) = self.batch_index(&e.reference) {
-                    self.batches[index].purchased = e.qty;
-                }
-            }
-            // The hold table keeps holds (`Tables::apply`).
-            Event::OutOfStock(_)
-            | Event::Held(_)
-            | Event::HoldExtended(_)
-            | Event::HoldReleased(_)
-            | Event::HoldBroken(_)
-            | Event::HoldConverted(_) => {}
-        }
-    }
-}
-
 impl ReadModel for MemoryStore {
     async fn allocations(&self, orderid: &OrderId) -> Result<Vec<AllocationView>, StoreError> {
         Ok(self
@@ -392,21 +244,18 @@ impl ReadModel for MemoryStore {
 
     async fn order(&self, orderid: &OrderId) -> Result<Vec<OrderLineView>, StoreError> {
         let tables = self.lock();
-        let mut skus: Vec<&Sku> = tables
-            .allocations_view
-            .get(orderid)
-            .into_iter()
-            .flatten()
-            .map(|row| &row.sku)
-            .collect();
-        skus.dedup();
+        let skus = tables.order_skus.get(orderid).into_iter().flatten();
         Ok(skus
-            .into_iter()
             .filter_map(|sku| {
                 let product = tables.products.get(sku)?;
                 let mut parts: Vec<_> = product.lines.get(orderid)?.iter().collect();
                 // By batch, in creation order, as the SQL read model.
                 parts.sort_by_key(|part| part.batch);
+                let status = match parts.first()?.closed {
+                    None => LineStatus::Allocated,
+                    Some(Closed::Shipped) => LineStatus::Shipped,
+                    Some(Closed::Cancelled) => LineStatus::Cancelled,
+                };
                 let parts: Vec<PartView> = parts
                     .into_iter()
                     .map(|part| PartView {
@@ -417,7 +266,7 @@ impl ReadModel for MemoryStore {
                 Some(OrderLineView {
                     sku: sku.clone(),
                     qty: parts.iter().map(|part| part.qty).sum(),
-                    status: LineStatus::Allocated,
+                    status,
                     parts,
                 })
             })
@@ -478,7 +327,7 @@ impl ReadModel for MemoryStore {
             .map(|(index, b)| BatchView {
                 reference: b.reference.clone(),
                 eta: b.eta,
-                purchased: u64::from(b.purchased.get()),
+                purchased: b.purchased,
                 allocated: b.allocated,
                 held: tables.holds.held(sku, index, now),
             })

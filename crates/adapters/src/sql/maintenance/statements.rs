@@ -1,4 +1,7 @@
 //! The SQL of the rebuild and of the check, the same on both databases.
+//!
+//! The read model shows every part of a line that is allocated or shipped
+//! (`state <> 'cancelled'`): a cancelled line was never where it is now.
 
 /// The rebuild's statements for one product, `$1` its SKU. They reach the
 /// product's lines through its batches (`batches (sku, id)`, then
@@ -20,13 +23,13 @@ pub(super) mod rebuild {
          AND NOT EXISTS (\
          SELECT 1 FROM allocations a JOIN batches b ON b.id = a.batch_id \
          WHERE a.orderid = allocations_view.orderid AND a.sku = allocations_view.sku \
-         AND b.reference = allocations_view.batchref)";
+         AND b.reference = allocations_view.batchref AND a.state <> 'cancelled')";
 
     /// A row for every part of the product's lines that has none.
     pub const ADD_MISSING_ROWS: &str = "INSERT INTO allocations_view (orderid, sku, batchref) \
          SELECT a.orderid, a.sku, b.reference \
          FROM batches b JOIN allocations a ON a.batch_id = b.id \
-         WHERE b.sku = $1 AND NOT EXISTS (\
+         WHERE b.sku = $1 AND a.state <> 'cancelled' AND NOT EXISTS (\
          SELECT 1 FROM allocations_view v \
          WHERE v.orderid = a.orderid AND v.sku = a.sku AND v.batchref = b.reference)";
 
@@ -34,7 +37,8 @@ pub(super) mod rebuild {
     /// over the read model, each row checked by `allocations (orderid, sku)`.
     pub const REMOVE_ORPHANS: &str = "DELETE FROM allocations_view WHERE NOT EXISTS (\
          SELECT 1 FROM allocations a \
-         WHERE a.orderid = allocations_view.orderid AND a.sku = allocations_view.sku)";
+         WHERE a.orderid = allocations_view.orderid AND a.sku = allocations_view.sku \
+         AND a.state <> 'cancelled')";
 }
 
 /// The check's queries, each run once over the whole snapshot.
@@ -49,43 +53,47 @@ pub(super) mod check {
     /// line shows a wrong batch either (that is a `WRONG_BATCH`).
     pub const MISSING_ROWS: &str = "SELECT a.orderid, a.sku, b.reference AS batchref \
          FROM allocations a JOIN batches b ON b.id = a.batch_id \
-         WHERE NOT EXISTS (\
+         WHERE a.state <> 'cancelled' AND NOT EXISTS (\
          SELECT 1 FROM allocations_view v \
          WHERE v.orderid = a.orderid AND v.sku = a.sku AND v.batchref = b.reference) \
          AND NOT EXISTS (\
          SELECT 1 FROM allocations_view v WHERE v.orderid = a.orderid AND v.sku = a.sku \
          AND NOT EXISTS (\
          SELECT 1 FROM allocations a2 JOIN batches b2 ON b2.id = a2.batch_id \
-         WHERE a2.orderid = v.orderid AND a2.sku = v.sku AND b2.reference = v.batchref)) \
+         WHERE a2.orderid = v.orderid AND a2.sku = v.sku AND b2.reference = v.batchref \
+         AND a2.state <> 'cancelled')) \
          ORDER BY a.sku, a.orderid, b.reference";
 
     /// Rows of lines that are not allocated at all.
     pub const EXTRA_ROWS: &str = "SELECT v.orderid, v.sku, v.batchref \
          FROM allocations_view v \
          WHERE NOT EXISTS (\
-         SELECT 1 FROM allocations a WHERE a.orderid = v.orderid AND a.sku = v.sku) \
+         SELECT 1 FROM allocations a WHERE a.orderid = v.orderid AND a.sku = v.sku \
+         AND a.state <> 'cancelled') \
          ORDER BY v.sku, v.orderid, v.batchref";
 
     /// Rows of allocated lines that show a batch the line has no part on,
     /// with the batch of a part that no row shows (or else the first).
     pub const WRONG_BATCH: &str = "SELECT v.orderid, v.sku, v.batchref AS shown, (\
          SELECT b.reference FROM allocations a JOIN batches b ON b.id = a.batch_id \
-         WHERE a.orderid = v.orderid AND a.sku = v.sku \
+         WHERE a.orderid = v.orderid AND a.sku = v.sku AND a.state <> 'cancelled' \
          ORDER BY CASE WHEN EXISTS (\
          SELECT 1 FROM allocations_view w \
          WHERE w.orderid = a.orderid AND w.sku = a.sku AND w.batchref = b.reference) \
          THEN 1 ELSE 0 END, a.batch_id LIMIT 1) AS allocated \
          FROM allocations_view v \
-         WHERE EXISTS (SELECT 1 FROM allocations a WHERE a.orderid = v.orderid AND a.sku = v.sku) \
+         WHERE EXISTS (SELECT 1 FROM allocations a WHERE a.orderid = v.orderid AND a.sku = v.sku \
+         AND a.state <> 'cancelled') \
          AND NOT EXISTS (\
          SELECT 1 FROM allocations a JOIN batches b ON b.id = a.batch_id \
-         WHERE a.orderid = v.orderid AND a.sku = v.sku AND b.reference = v.batchref) \
+         WHERE a.orderid = v.orderid AND a.sku = v.sku AND b.reference = v.batchref \
+         AND a.state <> 'cancelled') \
          ORDER BY v.sku, v.orderid, v.batchref";
 
     /// `SUM` of BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode.
     pub const ALLOCATED_TOTALS: &str = "SELECT b.reference, b.sku, b.allocated_quantity, \
          CAST(COALESCE(SUM(a.qty), 0) AS BIGINT) AS lines_total \
-         FROM batches b LEFT JOIN allocations a ON a.batch_id = b.id \
+         FROM batches b LEFT JOIN allocations a ON a.batch_id = b.id AND a.state = 'allocated' \
          GROUP BY b.id, b.reference, b.sku, b.allocated_quantity \
          HAVING b.allocated_quantity <> COALESCE(SUM(a.qty), 0) \
          ORDER BY b.id";
@@ -94,7 +102,8 @@ pub(super) mod check {
     /// they have.
     pub const OVER_ALLOCATED: &str = concat!(
         "SELECT reference, sku, allocated_quantity, held_quantity, purchased_quantity FROM (",
-        "SELECT b.id, b.reference, b.sku, b.allocated_quantity, b.purchased_quantity, ",
+        "SELECT b.id, b.reference, b.sku, b.allocated_quantity, ",
+        "b.purchased_quantity - b.shipped_quantity AS purchased_quantity, ",
         crate::sql::queries::held_at!("$1"),
         " FROM batches b) t ",
         "WHERE allocated_quantity + held_quantity > purchased_quantity ORDER BY id"

@@ -2,7 +2,10 @@
 //! each read-model change and each message becomes a row of its [`Kind`],
 //! whose writer reads the columns it needs by name.
 
-use domain::events::{AllocationCancelled, Deallocated, HoldBroken, HoldConverted, HoldReleased};
+use domain::events::{
+    AllocationCancelled, Deallocated, HoldBroken, HoldConverted, HoldReleased, LineCancelled,
+    Shipped,
+};
 use domain::{Event, Sku};
 use serde::Serialize;
 use service_layer::ports::{OutboxMessage, ViewChange};
@@ -37,7 +40,7 @@ pub(in crate::sql) struct Row<'a> {
     pub(in crate::sql) hold_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(in crate::sql) expires_at: Option<i64>,
-    /// What an ended hold part became.
+    /// What an ended hold part, or a closed line, became.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(in crate::sql) state: Option<&'static str>,
 }
@@ -171,6 +174,28 @@ pub(super) fn change_of<'a>(sku: &'a Sku, event: &'a Event) -> Option<(Kind, Row
                 hold_id: Some(hold_id.as_str()),
                 batchref: Some(batchref.as_str()),
                 state: Some("converted"),
+                ..row
+            },
+        ),
+        Event::Shipped(Shipped {
+            orderid, batchref, ..
+        }) => (
+            Kind::LinesClosed,
+            Row {
+                orderid: Some(orderid.as_str()),
+                batchref: Some(batchref.as_str()),
+                state: Some("shipped"),
+                ..row
+            },
+        ),
+        Event::LineCancelled(LineCancelled {
+            orderid, batchref, ..
+        }) => (
+            Kind::LinesClosed,
+            Row {
+                orderid: Some(orderid.as_str()),
+                batchref: Some(batchref.as_str()),
+                state: Some("cancelled"),
                 ..row
             },
         ),

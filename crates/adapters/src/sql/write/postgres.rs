@@ -108,6 +108,7 @@ lines_removed AS (
     USING {rows} JOIN versioned v ON v.sku = r.sku
     JOIN batches b ON b.reference = r.batchref AND b.sku = r.sku
     WHERE a.orderid = r.orderid AND a.sku = r.sku AND a.batch_id = b.id
+    AND a.state = 'allocated'
     RETURNING a.batch_id, a.qty),
 lines_removed_from AS (
     UPDATE batches b SET allocated_quantity = b.allocated_quantity - t.qty
@@ -116,7 +117,7 @@ lines_removed_from AS (
 
 const BATCH_QUANTITIES_CHANGED: &str = r#"
 batch_quantities_changed AS (
-    UPDATE batches b SET purchased_quantity = r.qty
+    UPDATE batches b SET purchased_quantity = r.qty + b.shipped_quantity
     FROM {rows} JOIN versioned v ON v.sku = r.sku
     WHERE b.reference = r.reference AND b.sku = r.sku
     RETURNING b.id)"#;
@@ -142,6 +143,24 @@ outbox_messages AS (
     SELECT r.message_id, r.orderid, r.sku, r.qty, r.batchref, r.created_at
     FROM {rows} JOIN versioned v ON v.sku = r.sku
     ORDER BY r.n)"#;
+
+/// Allocated lines (parts) that ship or are cancelled: they leave their
+/// batch's allocated total, and a shipped one its quantity too.
+const LINES_CLOSED: &str = r#"
+lines_closed AS (
+    UPDATE allocations a SET state = r.state
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
+    JOIN batches b ON b.reference = r.batchref AND b.sku = r.sku
+    WHERE a.orderid = r.orderid AND a.sku = r.sku AND a.batch_id = b.id
+    AND a.state = 'allocated'
+    RETURNING a.batch_id, a.qty, r.state),
+lines_closed_from AS (
+    UPDATE batches b SET allocated_quantity = b.allocated_quantity - t.qty,
+        shipped_quantity = b.shipped_quantity + t.shipped
+    FROM (SELECT batch_id, sum(qty)::bigint AS qty,
+                 sum(CASE WHEN state = 'shipped' THEN qty ELSE 0 END)::bigint AS shipped
+          FROM lines_closed GROUP BY batch_id) t
+    WHERE b.id = t.batch_id)"#;
 
 /// Hold parts, inserted in the order they were placed.
 const HOLD_PARTS_PLACED: &str = r#"
@@ -179,6 +198,7 @@ fn writer(kind: Kind) -> &'static str {
         Kind::ViewRowsSet => VIEW_ROWS_SET,
         Kind::ViewRowsRemoved => VIEW_ROWS_REMOVED,
         Kind::OutboxMessages => OUTBOX_MESSAGES,
+        Kind::LinesClosed => LINES_CLOSED,
         Kind::HoldPartsPlaced => HOLD_PARTS_PLACED,
         Kind::HoldPartsExtended => HOLD_PARTS_EXTENDED,
         Kind::HoldPartsEnded => HOLD_PARTS_ENDED,
@@ -219,6 +239,12 @@ fn columns(kind: Kind) -> &'static [Column] {
             ("batchref", "text"),
             ("qty", "bigint"),
             ("created_at", "bigint"),
+        ],
+        Kind::LinesClosed => &[
+            ("sku", "text"),
+            ("orderid", "text"),
+            ("batchref", "text"),
+            ("state", "text"),
         ],
         Kind::HoldPartsPlaced => &[
             ("n", "bigint"),

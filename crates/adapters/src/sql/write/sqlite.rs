@@ -88,17 +88,18 @@ FROM (SELECT a.batch_id, sum(a.qty) AS qty
             FROM json_each({rows})) AS r
       JOIN batches b ON b.reference = r.batchref AND b.sku = r.sku
       JOIN allocations a ON a.orderid = r.orderid AND a.sku = r.sku AND a.batch_id = b.id
+          AND a.state = 'allocated'
       GROUP BY a.batch_id) AS t
 WHERE batches.id = t.batch_id;
 DELETE FROM allocations
-WHERE (orderid, sku, batch_id) IN (
+WHERE state = 'allocated' AND (orderid, sku, batch_id) IN (
     SELECT r.value ->> 'orderid', r.value ->> 'sku', b.id
     FROM json_each({rows}) AS r
     JOIN batches b ON b.reference = r.value ->> 'batchref' AND b.sku = r.value ->> 'sku')
 RETURNING {run} AS run"#;
 
 const BATCH_QUANTITIES_CHANGED: &str = r#"
-UPDATE batches SET purchased_quantity = r.qty
+UPDATE batches SET purchased_quantity = r.qty + shipped_quantity
 FROM (SELECT value ->> 'sku' AS sku, value ->> 'reference' AS reference,
              value ->> 'qty' AS qty
       FROM json_each({rows})) AS r
@@ -125,6 +126,30 @@ INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at)
 SELECT value ->> 'message_id', value ->> 'orderid', value ->> 'sku', value ->> 'qty',
        value ->> 'batchref', value ->> 'created_at'
 FROM json_each({rows}) ORDER BY value ->> 'n'"#;
+
+/// Allocated lines (parts) that ship or are cancelled: they leave their
+/// batch's allocated total, and a shipped one its quantity too.
+const LINES_CLOSED: &str = r#"
+UPDATE batches SET allocated_quantity = allocated_quantity - t.qty,
+    shipped_quantity = shipped_quantity + t.shipped
+FROM (SELECT a.batch_id, sum(a.qty) AS qty,
+             sum(CASE WHEN r.state = 'shipped' THEN a.qty ELSE 0 END) AS shipped
+      FROM (SELECT value ->> 'sku' AS sku, value ->> 'orderid' AS orderid,
+                   value ->> 'batchref' AS batchref, value ->> 'state' AS state
+            FROM json_each({rows})) AS r
+      JOIN batches b ON b.reference = r.batchref AND b.sku = r.sku
+      JOIN allocations a ON a.orderid = r.orderid AND a.sku = r.sku AND a.batch_id = b.id
+          AND a.state = 'allocated'
+      GROUP BY a.batch_id) AS t
+WHERE batches.id = t.batch_id;
+UPDATE allocations SET state = r.state
+FROM (SELECT value ->> 'sku' AS sku, value ->> 'orderid' AS orderid,
+             value ->> 'state' AS state, b.id AS batch_id
+      FROM json_each({rows})
+      JOIN batches b ON b.reference = value ->> 'batchref' AND b.sku = value ->> 'sku') AS r
+WHERE allocations.orderid = r.orderid AND allocations.sku = r.sku
+AND allocations.batch_id = r.batch_id AND allocations.state = 'allocated'
+RETURNING {run} AS run"#;
 
 /// Hold parts, inserted in the order they were placed. A batch that is not
 /// stored leaves `batch_id` NULL, which its NOT NULL refuses.
@@ -164,6 +189,7 @@ fn writer(kind: Kind) -> &'static str {
         Kind::ViewRowsSet => VIEW_ROWS_SET,
         Kind::ViewRowsRemoved => VIEW_ROWS_REMOVED,
         Kind::OutboxMessages => OUTBOX_MESSAGES,
+        Kind::LinesClosed => LINES_CLOSED,
         Kind::HoldPartsPlaced => HOLD_PARTS_PLACED,
         Kind::HoldPartsExtended => HOLD_PARTS_EXTENDED,
         Kind::HoldPartsEnded => HOLD_PARTS_ENDED,

@@ -135,12 +135,15 @@ impl From<service_layer::Error> for ApiError {
         use service_layer::Error;
         match error {
             Error::InvalidSku(_) => Self::BadRequest(error.to_string()),
-            Error::UnknownHold(_) => Self::NotFound(error.to_string()),
+            Error::UnknownHold(_) | Error::UnknownOrder(_) => Self::NotFound(error.to_string()),
             Error::HoldGone(_) => Self::Gone(error.to_string()),
             Error::Rejected(rejection) => match rejection {
                 DomainError::BatchExists { .. }
                 | DomainError::AlreadyAllocated { .. }
-                | DomainError::HoldMismatch { .. } => Self::Conflict(rejection.to_string()),
+                | DomainError::HoldMismatch { .. }
+                | DomainError::NotArrived { .. }
+                | DomainError::AlreadyShipped { .. }
+                | DomainError::LineCancelled { .. } => Self::Conflict(rejection.to_string()),
                 DomainError::UnknownBatch { .. } | DomainError::NotAllocated { .. } => {
                     Self::NotFound(rejection.to_string())
                 }

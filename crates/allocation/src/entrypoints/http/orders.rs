@@ -2,11 +2,12 @@
 //! none, and an order's lines with where they stand.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use domain::commands::AllocateOrder;
+use domain::commands::{AllocateOrder, CancelOrder, ShipOrder};
 use domain::{HoldId, OrderId, OrderLines, Part, Sku};
 use serde::{Deserialize, Serialize};
 use service_layer::Store;
@@ -27,6 +28,10 @@ pub fn routes<S: Store + ReadModel>() -> OpenApiRouter<AppState<S>> {
             allocate_order::<S>,
         ))
         .routes(documented::<__path_order, _, _, _>(order::<S>))
+        .routes(documented::<__path_ship_order, _, _, _>(ship_order::<S>))
+        .routes(documented::<__path_cancel_order, _, _, _>(
+            cancel_order::<S>,
+        ))
 }
 
 #[derive(Debug, OpenApi)]
@@ -37,6 +42,7 @@ pub fn routes<S: Store + ReadModel>() -> OpenApiRouter<AppState<S>> {
     AllocatedLineResponse,
     OrderLinesResponse,
     OrderLineResponse,
+    ShipRequest,
     PartResponse,
     ShortBody,
     super::error::ShortLine,
@@ -172,7 +178,7 @@ struct OrderLinesResponse {
 struct OrderLineResponse {
     sku: String,
     qty: u64,
-    /// `allocated` (shipping, cancelling and backorders add theirs).
+    /// `allocated`, `shipped` or `cancelled`.
     status: &'static str,
     allocations: Vec<PartResponse>,
 }
@@ -193,7 +199,16 @@ async fn order<S: ReadModel>(
     orderid: Result<Path<String>, PathRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let orderid = path_id(orderid, "orderid", OrderId::parse)?;
-    let lines = state.read_model.order(&orderid).await?;
+    Ok(Json(order_as_it_stands(&state.read_model, &orderid).await?))
+}
+
+/// The order as `GET /orders/<orderid>` shows it; 404 when none of its
+/// lines is known.
+async fn order_as_it_stands<S: ReadModel>(
+    read_model: &S,
+    orderid: &OrderId,
+) -> Result<OrderLinesResponse, ApiError> {
+    let lines = read_model.order(orderid).await?;
     if lines.is_empty() {
         return Err(ApiError::NotFound(format!("Order {orderid} is not known")));
     }
@@ -210,13 +225,91 @@ async fn order<S: ReadModel>(
                 qty,
                 status: match status {
                     LineStatus::Allocated => "allocated",
+                    LineStatus::Shipped => "shipped",
+                    LineStatus::Cancelled => "cancelled",
                 },
                 allocations: parts.into_iter().map(PartResponse::from).collect(),
             },
         )
         .collect();
-    Ok(Json(OrderLinesResponse {
+    Ok(OrderLinesResponse {
         orderid: orderid.to_string(),
         lines,
-    }))
+    })
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+struct ShipRequest {
+    /// The SKUs whose lines ship; every allocated line of the order when
+    /// left out.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Identifier>>)]
+    skus: Option<Vec<String>>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/orders/{orderid}/ship",
+    tag = "allocation",
+    params(("orderid" = Identifier, Path, description = "The order's id")),
+    request_body = ShipRequest,
+    responses(
+        (status = 200, description = "The lines left the warehouse (or had already): the order as it stands", body = OrderLinesResponse),
+        (status = 404, description = "No line of this order is known, or none of a SKU asked for", body = ErrorBody),
+        (status = 409, description = "Nothing shipped: a line is on a batch that has not arrived, or was cancelled", body = ErrorBody),
+        WriteRefusals,
+    ),
+    security((), ("api_token" = []))
+)]
+async fn ship_order<S: Store + ReadModel>(
+    State(state): State<AppState<S>>,
+    orderid: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let orderid = path_id(orderid, "orderid", OrderId::parse)?;
+    // No body at all means every line, as `{}` does.
+    let body: ShipRequest = if body.is_empty() {
+        ShipRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|error| ApiError::BadRequest(format!("invalid body: {error}")))?
+    };
+    let skus = body
+        .skus
+        .unwrap_or_default()
+        .iter()
+        .map(|sku| Sku::parse(sku))
+        .collect::<Result<Vec<_>, _>>()?;
+    let command = ShipOrder {
+        orderid: orderid.clone(),
+        skus,
+    };
+    state.bus.handle(command).await?;
+    Ok(Json(order_as_it_stands(&state.read_model, &orderid).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/orders/{orderid}/cancel",
+    tag = "allocation",
+    params(("orderid" = Identifier, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "Every line not shipped is cancelled, its stock free (and not reallocated): the order as it stands", body = OrderLinesResponse),
+        (status = 404, description = "No line of this order is known", body = ErrorBody),
+        WriteRefusals,
+    ),
+    security((), ("api_token" = []))
+)]
+async fn cancel_order<S: Store + ReadModel>(
+    State(state): State<AppState<S>>,
+    orderid: Result<Path<String>, PathRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let orderid = path_id(orderid, "orderid", OrderId::parse)?;
+    state
+        .bus
+        .handle(CancelOrder {
+            orderid: orderid.clone(),
+        })
+        .await?;
+    Ok(Json(order_as_it_stands(&state.read_model, &orderid).await?))
 }

@@ -6,6 +6,7 @@ mod commands;
 mod holds;
 mod orders;
 mod running;
+mod shipping;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -196,6 +197,10 @@ impl StoreTransaction for ConflictingTransaction {
 
     async fn sku_of_batch(&mut self, reference: &BatchRef) -> Result<Option<Sku>, StoreError> {
         self.inner.sku_of_batch(reference).await
+    }
+
+    async fn skus_of_order(&mut self, orderid: &domain::OrderId) -> Result<Vec<Sku>, StoreError> {
+        self.inner.skus_of_order(orderid).await
     }
 
     async fn skus_of_hold(&mut self, hold_id: &domain::HoldId) -> Result<Vec<Sku>, StoreError> {
