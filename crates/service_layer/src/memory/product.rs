@@ -198,11 +198,8 @@ impl StoredProduct {
         let Some(index) = self.batch_index(batchref) else {
             return;
         };
-        let parts = self.lines.get_mut(orderid).into_iter().flatten();
-        if let Some(part) = parts
-            .filter(|part| part.batch == index && part.closed.is_none())
-            .next()
-        {
+        let mut parts = self.lines.get_mut(orderid).into_iter().flatten();
+        if let Some(part) = parts.find(|part| part.batch == index && part.closed.is_none()) {
             part.closed = Some(how);
             let batch = &mut self.batches[index];
             batch.allocated -= u64::from(part.qty.get());
