@@ -22,6 +22,7 @@
 mod database_url;
 mod dialect;
 mod holds;
+mod idempotency;
 pub mod maintenance;
 mod migrate;
 mod outbox;

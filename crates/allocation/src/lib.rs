@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use service_layer::memory::MemoryStore;
-use service_layer::ports::{Outbox, ReadModel};
+use service_layer::ports::{IdempotencyKeys, Outbox, ReadModel};
 use service_layer::{MessageBus, Store};
 use tokio::sync::watch;
 use tracing::info;
@@ -71,7 +71,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Something to run once the configured store is open: the store's type is
 /// only known at run time, and the service is generic over it.
 trait WithStore {
-    async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()>;
+    async fn run<S: Store + Outbox + ReadModel + IdempotencyKeys>(
+        self,
+        store: S,
+    ) -> anyhow::Result<()>;
 }
 
 async fn with_store(database: &DatabaseArgs, job: impl WithStore) -> anyhow::Result<()> {
@@ -88,7 +91,10 @@ async fn with_store(database: &DatabaseArgs, job: impl WithStore) -> anyhow::Res
 struct Serve(ServeArgs);
 
 impl WithStore for Serve {
-    async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()> {
+    async fn run<S: Store + Outbox + ReadModel + IdempotencyKeys>(
+        self,
+        store: S,
+    ) -> anyhow::Result<()> {
         let Serve(args) = self;
         let (outbound, outbound_tasks) = OutboundAdapters::start(&args.messaging)?;
         let service = bootstrap(store, outbound);
@@ -129,7 +135,10 @@ struct ConsumeOrRelay {
 }
 
 impl WithStore for ConsumeOrRelay {
-    async fn run<S: Store + Outbox + ReadModel>(self, store: S) -> anyhow::Result<()> {
+    async fn run<S: Store + Outbox + ReadModel + IdempotencyKeys>(
+        self,
+        store: S,
+    ) -> anyhow::Result<()> {
         let (outbound, outbound_tasks) = OutboundAdapters::start(&self.args.messaging)?;
         let service = bootstrap(store, outbound);
         let redis_url = self.args.messaging.redis_url.filter(|_| self.consume);

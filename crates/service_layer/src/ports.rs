@@ -107,6 +107,51 @@ pub struct OutboxBacklog {
     pub oldest_age: Option<Duration>,
 }
 
+/// The answers to requests sent with an `Idempotency-Key`, so that a
+/// repeat gets the first answer instead of a second run. Kept by the
+/// storage, so that every instance sharing it answers alike.
+pub trait IdempotencyKeys: Clone + Send + Sync + 'static {
+    /// Claims `key` for a request whose route and body `fingerprint`
+    /// names, at `now`; or says who holds it. A claim left running since
+    /// before `stale_before` is taken over (its process died); so is an
+    /// answer older than `expired_before`.
+    fn claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+        expired_before: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Records the answer to the request that claimed `key`.
+    fn complete(
+        &self,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Gives `key` back unanswered, for a request whose answer is not
+    /// final (a 503: try again).
+    fn abandon(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// What claiming an idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is this request's: run it, then complete or abandon.
+    Claimed,
+    /// A request with the key is still running.
+    Running { fingerprint: String },
+    /// A request with the key was answered.
+    Answered {
+        fingerprint: String,
+        status: u16,
+        body: String,
+    },
+}
+
 /// One row of `GET /allocations/<orderid>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocationView {

@@ -12,6 +12,7 @@
 //!   instances;
 //! - `holds`: checkout holds, counted only while live, and racing orders
 //!   on two instances;
+//! - `idempotency`: the answers kept for requests sent with a key;
 //! - `read_model`: the query side, written with the commits;
 //! - `shipping`: shipped and cancelled lines, and the check on them;
 //! - `concurrency`: a version conflict between two instances, forced and
@@ -33,6 +34,7 @@ mod commits;
 mod concurrency;
 mod helpers;
 mod holds;
+mod idempotency;
 mod loading;
 mod maintenance;
 mod orders;

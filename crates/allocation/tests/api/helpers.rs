@@ -293,6 +293,22 @@ impl RunningApp {
         read(response).await
     }
 
+    /// A `POST` with an `Idempotency-Key`: status, body, and whether the
+    /// answer was given again.
+    pub async fn post_with_key(&self, path: &str, key: &str, body: &Value) -> (u16, Value, bool) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let (status, body) = read(response).await;
+        (status, body, replayed)
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .client

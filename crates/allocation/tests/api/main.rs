@@ -16,6 +16,7 @@ mod hang_ups;
 mod helpers;
 mod holds;
 mod http_edge;
+mod idempotency;
 mod maintenance;
 mod notifications;
 mod observability;

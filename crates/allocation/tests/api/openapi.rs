@@ -362,3 +362,35 @@ async fn the_unknown_sku_answer_is_documented_where_it_is_given() {
         assert!(!bad_request(path).contains("Invalid sku"), "{path}");
     }
 }
+
+/// Every `POST` takes an `Idempotency-Key` (docs/contract.md 6.4), and may
+/// answer 422 when it was used with another route or body.
+#[tokio::test]
+async fn every_post_documents_the_idempotency_key() {
+    let document = document().await;
+    let paths = document["paths"].as_object().expect("paths");
+    let mut posts = 0;
+    for (path, item) in paths {
+        let Some(post) = item.get("post") else {
+            continue;
+        };
+        posts += 1;
+        let header = post["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "Idempotency-Key");
+        let header = header.unwrap_or_else(|| panic!("POST {path}: no Idempotency-Key"));
+        assert_eq!(
+            (&header["in"], &header["schema"]["maxLength"]),
+            (&json!("header"), &json!(255)),
+            "POST {path}"
+        );
+        assert!(
+            post["responses"].get("422").is_some(),
+            "POST {path}: no 422"
+        );
+    }
+    let listed = ROUTES.iter().filter(|r| r.starts_with("POST ")).count();
+    assert_eq!(posts, listed, "every POST route checked");
+}

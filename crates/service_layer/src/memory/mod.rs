@@ -8,6 +8,7 @@
 
 mod clock;
 mod holds;
+mod idempotency;
 mod outbox;
 mod product;
 mod recorders;
@@ -54,6 +55,7 @@ struct Tables {
     /// what shipping and cancelling a whole order look up.
     order_skus: GrowingMap<OrderId, SmallVec<[Sku; 1]>>,
     holds: HoldTable,
+    idempotency_keys: idempotency::KeyTable,
     outbox: OutboxTable,
 }
 

@@ -17,6 +17,7 @@ mod auth;
 mod batches;
 mod error;
 mod holds;
+mod idempotency;
 mod input;
 mod observe;
 mod openapi;
@@ -34,7 +35,7 @@ use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use service_layer::MessageBus;
 use service_layer::Store;
-use service_layer::ports::{Outbox, ReadModel};
+use service_layer::ports::{IdempotencyKeys, Outbox, ReadModel};
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -70,18 +71,24 @@ impl Default for HttpSettings {
 }
 
 /// The whole API with the default settings, ready to serve.
-pub fn router<S: Store + ReadModel + Outbox>(state: AppState<S>) -> Router {
+pub fn router<S: Store + ReadModel + Outbox + IdempotencyKeys>(state: AppState<S>) -> Router {
     router_with(state, &HttpSettings::default())
 }
 
 /// The whole API, ready to serve.
-pub fn router_with<S: Store + ReadModel + Outbox>(
+pub fn router_with<S: Store + ReadModel + Outbox + IdempotencyKeys>(
     state: AppState<S>,
     settings: &HttpSettings,
 ) -> Router {
-    let (routes, document) = documented_routes::<S>().split_for_parts();
+    let (routes, mut document) = documented_routes::<S>().split_for_parts();
+    openapi::declare_idempotency_keys(&mut document);
     // Installed now, so that the first scrape already has every `# HELP`.
     crate::metrics::prometheus();
+    // Inside the token check: a refused request claims no key.
+    let routes = routes.layer(from_fn_with_state(
+        state.read_model.clone(),
+        idempotency::replay::<S>,
+    ));
     let routes = match settings.api_tokens.clone() {
         Some(tokens) => routes.layer(from_fn_with_state(tokens, auth::require_token)),
         None => routes,

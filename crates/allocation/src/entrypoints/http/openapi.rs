@@ -91,6 +91,10 @@ impl IntoResponses for WriteRefusals {
             (StatusCode::PAYLOAD_TOO_LARGE, &too_large),
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Not `application/json`"),
             (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "The `Idempotency-Key` was sent before with another route or body",
+            ),
+            (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Concurrent changes kept conflicting, the database is unavailable, \
                  or the request timed out; try again",
@@ -159,4 +163,37 @@ fn refusals(rows: &[(StatusCode, &str)]) -> BTreeMap<String, RefOr<Response>> {
             (status.as_str().to_owned(), response.into())
         })
         .collect()
+}
+
+/// Adds the optional `Idempotency-Key` header to every `POST` of `document`
+/// (see `idempotency`): written once here rather than on each operation.
+pub fn declare_idempotency_keys(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::Required;
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+
+    let header = ParameterBuilder::new()
+        .name("Idempotency-Key")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some(
+            "1 to 255 printable characters. A repeat with the same key, route and body \
+             gets the first answer (status and body, with `Idempotent-Replayed: true`) \
+             for at least 24 hours, without running again; one sent while the first \
+             runs waits for it.",
+        ))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(255)),
+        ))
+        .build();
+    for item in document.paths.paths.values_mut() {
+        if let Some(post) = item.post.as_mut() {
+            post.parameters
+                .get_or_insert_with(Vec::new)
+                .push(header.clone());
+        }
+    }
 }
