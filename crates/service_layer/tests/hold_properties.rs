@@ -1,7 +1,7 @@
-//! Property test of checkout holds through the message bus over the
-//! in-memory store: random holds, extensions, releases, conversions,
-//! orders, single allocations and batch changes of two products, with time
-//! moving on between them. After every step no batch has more allocated
+//! Property test of checkout holds and whole orders through the message
+//! bus over the in-memory store: random holds, extensions, releases,
+//! conversions, single allocations, shipments, cancellations and batch
+//! changes of two products, with time moving on between them. After every
 //! and held than it has; what each batch holds is exactly what the live
 //! holds say; and each command's answer agrees with what the test knows of
 //! the holds (live, expired, ended, unknown).
@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::commands::{
-    Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, ExtendHold, PlaceHold, ReleaseHold,
+    Allocate, AllocateOrder, CancelOrder, ChangeBatchQuantity, CreateBatch, ExtendHold, PlaceHold,
+    ReleaseHold, ShipOrder,
 };
 use domain::fixtures::{batchref, orderid, qty, sku};
 use domain::{BatchRef, DomainError, HoldId, OrderLines, Sku};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use service_layer::memory::{ManualClock, MemoryStore, RecordingNotifications};
-use service_layer::ports::{HoldState, ReadModel};
+use service_layer::ports::{HoldState, LineStatus, ReadModel};
 use service_layer::{Error, MessageBus, RetryPolicy};
 use tokio::sync::Notify;
 
@@ -34,6 +35,7 @@ enum Step {
         batch: usize,
         sku: usize,
         qty: u32,
+        eta: bool,
     },
     Hold {
         lines: Vec<(usize, u32)>,
@@ -62,6 +64,12 @@ enum Step {
         batch: usize,
         qty: u32,
     },
+    Ship {
+        order: usize,
+    },
+    Cancel {
+        order: usize,
+    },
     Wait {
         seconds: u64,
     },
@@ -76,8 +84,8 @@ fn step() -> impl Strategy<Value = Step> {
     )
         .prop_map(|(skus, first, second)| skus.into_iter().zip([first, second]).collect());
     prop_oneof![
-        2 => (0..BATCHES, sku.clone(), 1..=30u32)
-            .prop_map(|(batch, sku, qty)| Step::AddBatch { batch, sku, qty }),
+        2 => (0..BATCHES, sku.clone(), 1..=30u32, proptest::bool::weighted(0.3))
+            .prop_map(|(batch, sku, qty, eta)| Step::AddBatch { batch, sku, qty, eta }),
         4 => (lines, 1..=120u64).prop_map(|(lines, ttl)| Step::Hold { lines, ttl }),
         1 => (0..HOLDS, 1..=120u64).prop_map(|(hold, ttl)| Step::Extend { hold, ttl }),
         1 => (0..HOLDS).prop_map(|hold| Step::Release { hold }),
@@ -86,6 +94,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..ORDERS, sku, 1..=10u32)
             .prop_map(|(order, sku, qty)| Step::Allocate { order, sku, qty }),
         1 => (0..BATCHES, 1..=30u32).prop_map(|(batch, qty)| Step::ChangeBatchQuantity { batch, qty }),
+        1 => (0..ORDERS).prop_map(|order| Step::Ship { order }),
+        1 => (0..ORDERS).prop_map(|order| Step::Cancel { order }),
         2 => (1..=90u64).prop_map(|seconds| Step::Wait { seconds }),
     ]
 }
@@ -147,12 +157,15 @@ impl App {
                 batch,
                 sku: s,
                 qty: units,
+                eta,
             } => {
+                // Some on a ship: their lines cannot ship.
+                let due = chrono::NaiveDate::from_ymd_opt(2031, 1, 1);
                 let command = CreateBatch {
                     reference: batchref(&format!("batch-{batch}")),
                     sku: sku(SKUS[s]),
                     qty: qty(units),
-                    eta: None,
+                    eta: due.filter(|_| eta),
                 };
                 allowed(self.bus.handle(command).await)?;
             }
@@ -287,6 +300,45 @@ impl App {
                     qty: qty(units),
                 };
                 allowed(self.bus.handle(command).await)?;
+            }
+            Step::Ship { order } => {
+                let orderid = orderid(&format!("order-{order}"));
+                let before = self.store.order(&orderid).await.expect("a query");
+                let command = ShipOrder {
+                    orderid: orderid.clone(),
+                    skus: Vec::new(),
+                };
+                let reply = self.bus.handle(command).await;
+                let after = self.store.order(&orderid).await.expect("a query");
+                match reply {
+                    Ok(()) => {
+                        for (was, now) in before.iter().zip(&after) {
+                            let expected = match was.status {
+                                LineStatus::Allocated => LineStatus::Shipped,
+                                other => other,
+                            };
+                            prop_assert_eq!(now.status, expected);
+                        }
+                    }
+                    Err(_) => prop_assert_eq!(after, before, "refused whole"),
+                }
+            }
+            Step::Cancel { order } => {
+                let orderid = orderid(&format!("order-{order}"));
+                let before = self.store.order(&orderid).await.expect("a query");
+                let command = CancelOrder {
+                    orderid: orderid.clone(),
+                };
+                let reply = self.bus.handle(command).await;
+                let after = self.store.order(&orderid).await.expect("a query");
+                prop_assert_eq!(reply.is_ok(), !before.is_empty());
+                for (was, now) in before.iter().zip(&after) {
+                    let expected = match was.status {
+                        LineStatus::Shipped => LineStatus::Shipped,
+                        _ => LineStatus::Cancelled,
+                    };
+                    prop_assert_eq!(now.status, expected);
+                }
             }
             Step::Wait { seconds } => self.clock.advance(Duration::from_secs(seconds)),
         }
