@@ -2,6 +2,7 @@
 //! bus over the in-memory store: random holds, extensions, releases,
 //! conversions, single allocations, shipments, cancellations and batch
 //! changes of two products, with time moving on between them. After every
+//! step no batch has more allocated
 //! and held than it has; what each batch holds is exactly what the live
 //! holds say; and each command's answer agrees with what the test knows of
 //! the holds (live, expired, ended, unknown).
