@@ -1,5 +1,7 @@
 //! Allocation cost against a SKU's history: allocating one more line after
-//! N = 0, 1 000, 10 000 and 100 000 earlier allocations of the same SKU, on
+//! N = 0, 1 000, 10 000 and 100 000 earlier commands on the same SKU (a
+//! quarter each: lines allocated, lines allocated and shipped, checkout
+//! holds released, checkout holds left to expire), on
 //! the in-memory store, on SQLite, and on PostgreSQL when `DATABASE_URL` is a
 //! `postgres://` URL (a fresh database, dropped afterwards; skipped with a
 //! notice otherwise). The book's model loads every line on
@@ -19,8 +21,8 @@ use std::time::{Duration, Instant};
 use adapters::log::LogNotifications;
 use adapters::sql::{PoolSettings, SqlStore};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use domain::commands::{Allocate, CreateBatch, Deallocate};
-use domain::{BatchRef, OrderId, Quantity, Sku};
+use domain::commands::{Allocate, CreateBatch, Deallocate, PlaceHold, ReleaseHold, ShipOrder};
+use domain::{BatchRef, HoldId, OrderId, OrderLines, Quantity, Sku};
 use service_layer::memory::MemoryStore;
 use service_layer::ports::Outbox;
 use service_layer::{MessageBus, RetryPolicy, Store};
@@ -50,6 +52,34 @@ fn allocate(sku: &Sku, n: u64) -> Allocate {
         orderid: order(n),
         sku: sku.clone(),
         qty: Quantity::parse(1, "qty").expect("valid qty"),
+    }
+}
+
+/// Earlier command number `n` on `sku`: what a shop's history holds, in
+/// equal shares. Holds left to expire live one second.
+async fn make_history<S: Store>(bus: &Arc<MessageBus<S>>, sku: &Sku, n: u64) {
+    let hold_id = HoldId::parse(&format!("hold-{n}")).expect("valid hold id");
+    let one = Quantity::parse(1, "qty").expect("valid qty");
+    let hold = PlaceHold {
+        hold_id: hold_id.clone(),
+        lines: OrderLines::new(vec![(sku.clone(), one)]).expect("one line"),
+        ttl: Duration::from_secs(1),
+    };
+    match n % 4 {
+        0 => drop(bus.handle(allocate(sku, n)).await.expect("allocated")),
+        1 => {
+            bus.handle(allocate(sku, n)).await.expect("allocated");
+            let ship = ShipOrder {
+                orderid: order(n),
+                skus: vec![sku.clone()],
+            };
+            bus.handle(ship).await.expect("shipped");
+        }
+        2 => {
+            bus.handle(hold).await.expect("held");
+            bus.handle(ReleaseHold { hold_id }).await.expect("released");
+        }
+        _ => drop(bus.handle(hold).await.expect("held")),
     }
 }
 
@@ -115,9 +145,11 @@ fn history_benchmark<S: Store + Outbox>(
     for history in HISTORY {
         runtime.block_on(async {
             while seeded < history {
-                bus.handle(allocate(&sku, seeded)).await.expect("seeded");
+                make_history(&bus, &sku, seeded).await;
                 seeded += 1;
             }
+            // The last holds expire: history, not stock.
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
             drain_outbox(&store).await;
             vacuum(postgres_url).await;
         });

@@ -129,6 +129,20 @@ pub struct Args {
     )]
     pub raw: Vec<RawVariant>,
 
+    /// Compare shapes of request on one service instead of the service
+    /// with raw SQL, e.g. `allocate,order3,hold-convert`: `allocate` (one
+    /// line, the book's route), `order3` (a whole order of three lines, of
+    /// three products), `hold-convert` (a checkout hold of one line, then
+    /// the order converting it). Reports each one's requests and lines per
+    /// second and its ratio to the first, measured in alternating slices.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "SHAPE[,...]",
+        conflicts_with = "url"
+    )]
+    pub shapes: Vec<crate::http::Shape>,
+
     /// Worker threads of each service the harness starts
     /// (`TOKIO_WORKER_THREADS`). Default: tokio's, one per core. With
     /// several instances on few cores, fewer threads per instance means

@@ -26,6 +26,38 @@ pub struct HttpTarget {
     client: Client,
     bases: Vec<Url>,
     allocate: Vec<Url>,
+    shape: Shape,
+}
+
+/// What one request of a phase is (`--shapes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shape {
+    /// `POST /allocate` of one line: the book's route.
+    Allocate,
+    /// `POST /orders/<orderid>/allocate` of three lines, of three products.
+    Order3,
+    /// `POST /holds` of one line, then the order converting it: two
+    /// requests, counted as one.
+    HoldConvert,
+}
+
+impl Shape {
+    /// Order lines a successful request allocates.
+    pub fn lines(self) -> u64 {
+        match self {
+            Self::Allocate | Self::HoldConvert => 1,
+            Self::Order3 => 3,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Allocate => "allocate (1 line)",
+            Self::Order3 => "order of 3 lines",
+            Self::HoldConvert => "hold, then convert",
+        }
+    }
 }
 
 impl HttpTarget {
@@ -50,6 +82,85 @@ impl HttpTarget {
             client,
             bases,
             allocate,
+            shape: Shape::Allocate,
+        })
+    }
+
+    /// The same instances and connections, sending requests of `shape`.
+    pub fn with_shape(&self, shape: Shape) -> Self {
+        Self {
+            shape,
+            ..self.clone()
+        }
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// Sends one request of this target's shape for `line`.
+    pub async fn send(&self, line: &Line) -> Outcome {
+        match self.shape {
+            Shape::Allocate => self.allocate(line).await,
+            Shape::Order3 => {
+                let lines: Vec<Value> = std::iter::once(&line.sku)
+                    .chain(&line.more_skus)
+                    .map(|sku| json!({ "sku": sku, "qty": line.qty }))
+                    .collect();
+                self.order(line, json!({ "lines": lines })).await
+            }
+            Shape::HoldConvert => {
+                let lines = json!([{ "sku": line.sku, "qty": line.qty }]);
+                let held = self.post(line, "holds", &json!({ "lines": lines })).await;
+                let hold_id = match held {
+                    Ok(answer) => answer["hold_id"].as_str().map(str::to_owned),
+                    Err(outcome) => return outcome,
+                };
+                let Some(hold_id) = hold_id else {
+                    return Outcome::Failed("POST /holds answered no hold_id".into());
+                };
+                self.order(line, json!({ "lines": lines, "hold_id": hold_id }))
+                    .await
+            }
+        }
+    }
+
+    /// `POST /orders/<orderid>/allocate`: allocated when it says where.
+    async fn order(&self, line: &Line, body: Value) -> Outcome {
+        let path = format!("orders/{}/allocate", line.orderid);
+        match self.post(line, &path, &body).await {
+            Ok(answer) if answer["lines"].as_array().is_some_and(|l| !l.is_empty()) => {
+                Outcome::Allocated
+            }
+            Ok(_) => Outcome::NotAllocated,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// A `POST` of `body` to `path` on the instance whose turn it is: its
+    /// JSON answer, or why there is none.
+    async fn post(&self, line: &Line, path: &str, body: &Value) -> Result<Value, Outcome> {
+        let base = &self.bases[instance_for(line.seq, self.bases.len())];
+        let url = base
+            .join(path)
+            .map_err(|error| Outcome::Failed(format!("{path}: {error}")))?;
+        let response = self
+            .client
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(|error| Outcome::Failed(format!("POST /{path}: {error}")))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| Outcome::Failed(format!("POST /{path} body: {error}")))?;
+        if !status.is_success() {
+            return Err(Outcome::Status(status.as_u16()));
+        }
+        serde_json::from_slice(&bytes).map_err(|error| {
+            Outcome::Failed(format!("POST /{path} answered invalid JSON: {error}"))
         })
     }
 

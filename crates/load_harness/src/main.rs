@@ -27,6 +27,7 @@ mod plot;
 mod raw;
 mod report;
 mod service;
+mod shapes;
 mod stats;
 mod workload;
 
@@ -145,6 +146,12 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         );
     }
     let workload = Arc::new(Workload::new(tag.clone(), args.skus));
+    if !args.shapes.is_empty() {
+        let Some(binary) = &binary else {
+            bail!("--shapes needs the harness to start the service");
+        };
+        return shapes::run(args, resources, binary, &workload).await;
+    }
     let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
 
     // The service: for each instance count, a fresh database with that many

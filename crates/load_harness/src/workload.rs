@@ -37,6 +37,10 @@ pub struct Line {
     pub orderid: String,
     pub sku: String,
     pub qty: i64,
+    /// Two more SKUs, different from `sku` and each other when there are
+    /// three or more: the rest of the line's order, for requests of whole
+    /// orders (`Shape::Order3`).
+    pub more_skus: [String; 2],
 }
 
 /// One batch to create before the run.
@@ -94,11 +98,13 @@ impl Workload {
     pub fn line(&self, seq: u64) -> Line {
         let mixed = splitmix64(seq);
         let sku = u32::try_from(mixed % u64::from(self.skus)).unwrap_or(0);
+        let next = |step: u32| self.sku((sku + step) % self.skus);
         Line {
             seq,
             orderid: format!("load-{}-{seq}", self.tag),
             sku: self.sku(sku),
             qty: 1 + i64::try_from((mixed >> 40) % 3).unwrap_or(0),
+            more_skus: [next(1), next(2)],
         }
     }
 }
@@ -121,8 +127,16 @@ pub enum Target {
 impl Target {
     async fn allocate(&self, line: &Line) -> Outcome {
         match self {
-            Self::Http(target) => target.allocate(line).await,
+            Self::Http(target) => target.send(line).await,
             Self::Raw(target) => target.allocate(line).await,
+        }
+    }
+
+    /// Order lines a request allocates when it succeeds.
+    fn lines_per_request(&self) -> u64 {
+        match self {
+            Self::Http(target) => target.shape().lines(),
+            Self::Raw(_) => 1,
         }
     }
 }
@@ -143,6 +157,13 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// A phase whose lines are numbered from `first`: phases sharing a
+    /// database must not send the same order twice.
+    pub fn numbered_from(mut self, first: u64) -> Self {
+        self.next_line = AtomicU64::new(first);
+        self
+    }
+
     pub fn new(name: impl Into<String>, target: Target, cpu_sources: crate::cpu::Sources) -> Self {
         Self {
             name: name.into(),
@@ -199,10 +220,11 @@ pub async fn drive(
                 let outcome = phase.target.allocate(&line).await;
                 let latency = sent.elapsed();
                 if outcome == Outcome::Allocated {
-                    phase.allocated_total.fetch_add(1, Ordering::Relaxed);
+                    let lines = phase.target.lines_per_request();
+                    phase.allocated_total.fetch_add(lines, Ordering::Relaxed);
                     phase
                         .allocated_qty_total
-                        .fetch_add(line.qty.unsigned_abs(), Ordering::Relaxed);
+                        .fetch_add(lines * line.qty.unsigned_abs(), Ordering::Relaxed);
                 }
                 recorder.record(latency, outcome);
             }

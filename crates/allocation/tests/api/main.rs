@@ -23,6 +23,7 @@ mod observability;
 mod openapi;
 mod orders;
 mod outage;
+mod races;
 mod redis_flood;
 mod shipping;
 mod shutdown;
