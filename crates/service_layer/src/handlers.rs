@@ -27,7 +27,7 @@ use uuid::Uuid;
 mod holds;
 mod shipping;
 
-pub use holds::PlacedHold;
+pub use holds::{MAX_HOLD_TTL, PlacedHold};
 
 use crate::error::Error;
 use crate::ports::{

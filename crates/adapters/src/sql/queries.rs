@@ -4,13 +4,22 @@
 /// The units of batch `b` set aside by holds live at `$n` (unix
 /// milliseconds): one range of the partial index `hold_parts_active`.
 /// (`SUM` of BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode.)
+///
+/// The upper bound changes no answer (a hold lives at most a day from its
+/// last placing or extending, `MAX_HOLD_TTL`; two days leave room for
+/// clocks that differ), but it keeps PostgreSQL's cached plan: with an
+/// open-ended `expires_at > $n` the generic plan expects a third of the
+/// batch's expired parts, looks costly as they pile up, and every load is
+/// planned again; a bounded range it expects to be narrow.
 macro_rules! held_at {
     ($now:literal) => {
         concat!(
             "(SELECT CAST(COALESCE(SUM(h.qty), 0) AS BIGINT) FROM hold_parts h ",
             "WHERE h.batch_id = b.id AND h.state = 'active' AND h.expires_at > ",
             $now,
-            ") AS held_quantity"
+            " AND h.expires_at <= ",
+            $now,
+            " + 172800000) AS held_quantity"
         )
     };
 }
@@ -98,7 +107,8 @@ pub const BATCHES_OF_PRODUCT: &str = concat!(
 /// by expiry, and the few there are are put oldest first by `id` after.
 pub const LIVE_HOLDS_OF_BATCH: &str = "SELECT h.id, h.hold_id, h.qty, h.expires_at \
      FROM batches b JOIN hold_parts h ON h.batch_id = b.id \
-     WHERE b.reference = $1 AND b.sku = $2 AND h.state = 'active' AND h.expires_at > $3";
+     WHERE b.reference = $1 AND b.sku = $2 AND h.state = 'active' AND h.expires_at > $3 \
+     AND h.expires_at <= $3 + 172800000";
 
 /// The active parts of hold `$1` on product `$2`, live or expired: what
 /// extending, releasing or converting the hold loads.

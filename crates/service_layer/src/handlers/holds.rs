@@ -188,10 +188,14 @@ pub(super) async fn hold_to_convert<T: StoreTransaction>(
     }
 }
 
-/// `ttl` from `now`, to the millisecond (what the stores keep); a TTL
-/// beyond what a date can hold is capped.
+/// The longest a hold lives from its placing or its last extension. The
+/// SQL stores rely on it to keep the sum of live holds cheap to plan.
+pub const MAX_HOLD_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// `ttl` (at most [`MAX_HOLD_TTL`]) from `now`, to the millisecond (what
+/// the stores keep).
 fn expiry(now: DateTime<Utc>, ttl: std::time::Duration) -> DateTime<Utc> {
-    let expires_at = chrono::Duration::from_std(ttl)
+    let expires_at = chrono::Duration::from_std(ttl.min(MAX_HOLD_TTL))
         .ok()
         .and_then(|ttl| now.checked_add_signed(ttl))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);

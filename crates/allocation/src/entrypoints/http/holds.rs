@@ -26,7 +26,7 @@ use super::{ApiError, AppState, ErrorBody};
 
 /// How long a hold lives unless the request says otherwise, and at most.
 const DEFAULT_TTL_SECONDS: u64 = 900;
-const MAX_TTL_SECONDS: u64 = 86_400;
+const MAX_TTL_SECONDS: u64 = service_layer::handlers::MAX_HOLD_TTL.as_secs();
 
 /// This resource's routes, with their descriptions and schemas.
 pub fn routes<S: Store + ReadModel>() -> OpenApiRouter<AppState<S>> {
