@@ -115,8 +115,16 @@ impl StoreTransaction for MemoryTransaction {
 
     async fn skus_of_order(&mut self, orderid: &OrderId) -> Result<Vec<Sku>, StoreError> {
         let tables = self.store.lock();
-        let skus = tables.order_skus.get(orderid);
-        Ok(skus.map(|skus| skus.to_vec()).unwrap_or_default())
+        // As the SQL stores: only products that still have a row of the
+        // order (a line deallocated, or lost by a shrinking batch, has none).
+        let skus = tables.order_skus.get(orderid).into_iter().flatten();
+        Ok(skus
+            .filter(|sku| {
+                let product = tables.products.get(*sku);
+                product.is_some_and(|p| p.lines.contains_key(orderid))
+            })
+            .cloned()
+            .collect())
     }
 
     async fn skus_of_hold(&mut self, hold_id: &HoldId) -> Result<Vec<Sku>, StoreError> {
