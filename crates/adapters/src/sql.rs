@@ -141,9 +141,14 @@ impl SqlStore {
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
-        if target.dialect == Dialect::Sqlite {
-            options = options.after_connect(|conn, _meta| Box::pin(set_sqlite_pragmas(conn)));
-        }
+        options = match target.dialect {
+            Dialect::Sqlite => {
+                options.after_connect(|conn, _meta| Box::pin(set_sqlite_pragmas(conn)))
+            }
+            Dialect::Postgres => {
+                options.after_connect(|conn, _meta| Box::pin(cache_generic_plans(conn)))
+            }
+        };
         let pool = options
             .connect(&target.connect)
             .await
@@ -217,6 +222,17 @@ async fn close_if_in_transaction(conn: &mut AnyConnection) -> Result<bool, sqlx:
 // lifetime that `after_connect` asks for.
 async fn set_sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     conn.execute(SQLITE_PRAGMAS).await?;
+    Ok(())
+}
+
+/// Every statement the service prepares is looked up by indexes whatever
+/// its values (the query-plan tests check them), so its generic plan is
+/// the one to keep. Left to choose, PostgreSQL judged the product load's
+/// generic plan too costly once a batch's expired holds piled up (it
+/// expects some of them in the live range) and planned every load afresh:
+/// 0.3 ms instead of 0.12 (docs/BENCHMARKS.md, issue 15).
+async fn cache_generic_plans(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("SET plan_cache_mode = force_generic_plan").await?;
     Ok(())
 }
 
