@@ -232,7 +232,8 @@ async fn set_sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error>
 /// expects some of them in the live range) and planned every load afresh:
 /// 0.3 ms instead of 0.12 (docs/BENCHMARKS.md, issue 15).
 async fn cache_generic_plans(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
-    conn.execute("SET plan_cache_mode = force_generic_plan").await?;
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+        .await?;
     Ok(())
 }
 
