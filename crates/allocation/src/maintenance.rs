@@ -215,7 +215,7 @@ impl Display for CheckReport<'_> {
             |b| {
                 format!(
                     "batch {} (sku {}): {} allocated and {} held of {}",
-                    b.batchref, b.sku, b.allocated_quantity, b.held_quantity, b.purchased_quantity
+                    b.batchref, b.sku, b.allocated_quantity, b.held_quantity, b.quantity
                 )
             },
         )?;
@@ -233,6 +233,17 @@ impl Display for CheckReport<'_> {
                 format!(
                     "order {} sku {}: on batch {} of sku {}",
                     l.orderid, l.sku, l.batchref, l.batch_sku
+                )
+            },
+        )?;
+        section(
+            f,
+            "batches whose quantity is not the sum of their stock movements",
+            &report.ledger_drift,
+            |b| {
+                format!(
+                    "batch {} (sku {}): quantity {}, movements sum to {}",
+                    b.batchref, b.sku, b.quantity, b.ledger_total
                 )
             },
         )?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 
+use crate::model::Adjustment;
 use crate::values::{BatchRef, HoldId, OrderId, OrderLines, Quantity, Sku};
 
 /// Add a batch of stock: in the warehouse (`eta: None`) or on a shipment.
@@ -89,6 +90,14 @@ pub struct ChangeBatchQuantity {
     pub qty: Quantity,
 }
 
+/// An operator's change to a batch's quantity, with its reason (the stock
+/// ledger, beyond the book).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdjustBatch {
+    pub reference: BatchRef,
+    pub adjustment: Adjustment,
+}
+
 /// Cancel an order line's allocation and free its stock; no reallocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deallocate {
@@ -109,6 +118,7 @@ pub enum Command {
     ExtendHold(ExtendHold),
     ReleaseHold(ReleaseHold),
     ChangeBatchQuantity(ChangeBatchQuantity),
+    AdjustBatch(AdjustBatch),
     Deallocate(Deallocate),
 }
 
@@ -126,6 +136,7 @@ impl Command {
             Self::ExtendHold(_) => "ExtendHold",
             Self::ReleaseHold(_) => "ReleaseHold",
             Self::ChangeBatchQuantity(_) => "ChangeBatchQuantity",
+            Self::AdjustBatch(_) => "AdjustBatch",
             Self::Deallocate(_) => "Deallocate",
         }
     }
@@ -151,5 +162,6 @@ into_command!(
     ExtendHold,
     ReleaseHold,
     ChangeBatchQuantity,
+    AdjustBatch,
     Deallocate
 );

@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::model::Movement;
 use crate::values::{BatchRef, HoldId, OrderId, Quantity, Sku};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +44,21 @@ pub struct AllocationCancelled {
     pub batchref: BatchRef,
 }
 
+/// A batch has a new quantity (zero once an adjustment took everything).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchQuantityChanged {
     pub sku: Sku,
     pub reference: BatchRef,
-    pub qty: Quantity,
+    pub qty: u64,
+}
+
+/// A batch's quantity moved: its ledger's new entry. Recorded with every
+/// event that changes a batch's quantity, after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockMoved {
+    pub sku: Sku,
+    pub reference: BatchRef,
+    pub movement: Movement,
 }
 
 /// An allocated line (part) left the warehouse: its batch has that much
@@ -131,6 +142,7 @@ pub enum Event {
     Deallocated(Deallocated),
     AllocationCancelled(AllocationCancelled),
     BatchQuantityChanged(BatchQuantityChanged),
+    StockMoved(StockMoved),
     Shipped(Shipped),
     LineCancelled(LineCancelled),
     OutOfStock(OutOfStock),
@@ -150,6 +162,7 @@ impl Event {
             Self::Deallocated(_) => "Deallocated",
             Self::AllocationCancelled(_) => "AllocationCancelled",
             Self::BatchQuantityChanged(_) => "BatchQuantityChanged",
+            Self::StockMoved(_) => "StockMoved",
             Self::Shipped(_) => "Shipped",
             Self::LineCancelled(_) => "LineCancelled",
             Self::OutOfStock(_) => "OutOfStock",

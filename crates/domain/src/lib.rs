@@ -14,6 +14,7 @@ pub mod values;
 pub use commands::Command;
 pub use events::Event;
 pub use model::{
-    Batch, Closed, DomainError, HeldPart, OrderLine, Part, Placement, Product, Shipment, Shortage,
+    Adjustment, AdjustmentReason, Batch, Change, Closed, DomainError, HeldPart, Movement,
+    OrderLine, Part, Placement, Product, Reason, Shipment, Shortage,
 };
-pub use values::{BatchRef, HoldId, OrderId, OrderLines, Quantity, Sku, ValueError};
+pub use values::{BatchRef, HoldId, Note, OrderId, OrderLines, Quantity, Sku, ValueError};

@@ -20,15 +20,17 @@ use crate::events::{
     Allocated, AllocationCancelled, BatchCreated, BatchQuantityChanged, Deallocated, Event,
     HoldBroken, OutOfStock,
 };
-use crate::values::{BatchRef, OrderId, Quantity, Sku};
+use crate::values::{BatchRef, Note, OrderId, Quantity, Sku};
 
 mod batch;
 mod holds;
+mod ledger;
 mod orders;
 mod shipping;
 
 pub use batch::{Batch, Closed};
 pub use holds::HeldPart;
+pub use ledger::{Adjustment, AdjustmentReason, Change, Movement, Reason};
 pub use orders::{Part, Placement, Shortage};
 pub use shipping::Shipment;
 
@@ -91,6 +93,20 @@ pub enum DomainError {
     /// A cancelled order's line is not allocated again.
     #[error("Order {orderid}'s {sku} was cancelled")]
     LineCancelled { orderid: OrderId, sku: Sku },
+    /// An adjustment made on a quantity the batch no longer has.
+    #[error("Batch {reference} has {actual} units, not the {expected} expected")]
+    QuantityNotAsExpected {
+        reference: BatchRef,
+        expected: u64,
+        actual: u64,
+    },
+    /// An adjustment that would leave a batch fewer than none, or more
+    /// than a batch may have.
+    #[error(
+        "Adjusting batch {reference} would leave {result} units; a batch has 0 to {}",
+        Quantity::MAX
+    )]
+    AdjustmentOutOfRange { reference: BatchRef, result: i128 },
     /// The repository loaded fewer lines than the batch's total says it holds.
     #[error("Batch {reference} needs its order lines loaded to shrink")]
     LinesNotLoaded { reference: BatchRef },
@@ -197,8 +213,9 @@ impl Product {
         }
     }
 
-    /// Adds a batch. Sending the same batch again changes nothing; a batch
-    /// with the same reference and different data is refused.
+    /// Adds a batch, its quantity its first movement ([`Reason::Received`]).
+    /// Sending the same batch again changes nothing; a batch with the same
+    /// reference and different data is refused.
     pub fn add_batch(
         &mut self,
         reference: BatchRef,
@@ -220,6 +237,8 @@ impl Product {
             qty,
             eta,
         }));
+        let index = self.batches.len() - 1;
+        self.record_movement(index, qty.get().into(), Reason::Received, None, None);
         Ok(())
     }
 
@@ -309,26 +328,42 @@ impl Product {
         Ok(parts)
     }
 
-    /// Sets a batch's purchased quantity. If that leaves it over-committed,
-    /// live holds on it give way first, newest first, each recorded as
-    /// [`HoldBroken`] (so that the rest of the hold is released); then its most recent lines are deallocated until it
-    /// fits, each recorded as [`Deallocated`] so that it can be reallocated.
-    /// Setting the quantity it already has changes nothing, so a repeated
-    /// message is harmless. Needs the batch's lines and live holds loaded.
+    /// Sets a batch's quantity ([`Reason::Changed`]). If that leaves it
+    /// over-committed, live holds on it give way first, then its most
+    /// recent lines (see [`Product::resize_batch`]). Setting the quantity
+    /// it already has changes nothing, so a repeated message is harmless.
+    /// Needs the batch's lines and live holds loaded.
     pub fn change_batch_quantity(
         &mut self,
         reference: &BatchRef,
         qty: Quantity,
     ) -> Result<(), DomainError> {
-        let Some(batch) = self.batches.iter_mut().find(|b| &b.reference == reference) else {
-            return Err(DomainError::UnknownBatch {
-                reference: reference.clone(),
-            });
-        };
-        if batch.purchased == u64::from(qty.get()) {
+        let index = self.batch_index(reference)?;
+        let qty = u64::from(qty.get());
+        if self.batches[index].purchased == qty {
             return Ok(());
         }
-        // Refused before anything changes, like every refusal of the model.
+        self.check_loaded_to_resize(index, qty)?;
+        self.resize_batch(index, qty, Reason::Changed, None);
+        Ok(())
+    }
+
+    /// The position of batch `reference`, or the refusal of a command
+    /// naming a batch the product does not have.
+    fn batch_index(&self, reference: &BatchRef) -> Result<usize, DomainError> {
+        self.batches
+            .iter()
+            .position(|b| &b.reference == reference)
+            .ok_or_else(|| DomainError::UnknownBatch {
+                reference: reference.clone(),
+            })
+    }
+
+    /// Refuses to resize batch `index` to `qty` when what must give way
+    /// to fit is not all loaded. Refused before anything changes, like
+    /// every refusal of the model.
+    fn check_loaded_to_resize(&self, index: usize, qty: u64) -> Result<(), DomainError> {
+        let batch = &self.batches[index];
         let loaded_lines: u64 = batch
             .lines
             .iter()
@@ -342,26 +377,45 @@ impl Product {
             .sum();
         let unloaded =
             batch.allocated.saturating_sub(loaded_lines) + batch.held.saturating_sub(loaded_holds);
-        if unloaded > u64::from(qty.get()) {
+        if unloaded > qty {
             return Err(DomainError::LinesNotLoaded {
-                reference: reference.clone(),
+                reference: batch.reference.clone(),
             });
         }
+        Ok(())
+    }
+
+    /// Sets batch `index`'s quantity to `qty` and records its movement. If
+    /// that leaves it over-committed, live holds on it give way first,
+    /// newest first, each recorded as [`HoldBroken`] (so that the rest of
+    /// the hold is released); then its most recent lines are deallocated
+    /// until it fits, each recorded as [`Deallocated`] so that it can be
+    /// reallocated. Checked by [`Product::check_loaded_to_resize`] first.
+    fn resize_batch(
+        &mut self,
+        index: usize,
+        qty: u64,
+        reason: Reason,
+        note: Option<Note>,
+    ) -> Movement {
+        let batch = &mut self.batches[index];
+        let reference = batch.reference.clone();
+        let before = batch.purchased;
         let mut released = Vec::new();
-        while batch.allocated + batch.held > u64::from(qty.get()) {
+        while batch.allocated + batch.held > qty {
             let Some(part) = batch.release_latest_hold() else {
                 break; // no live hold left: lines give way next
             };
             released.push(part);
         }
         let mut bumped = Vec::new();
-        while batch.allocated > u64::from(qty.get()) {
+        while batch.allocated > qty {
             let Some(line) = batch.deallocate_latest() else {
                 break; // unreachable: the loaded lines cover the excess
             };
             bumped.push(line);
         }
-        batch.purchased = qty.get().into();
+        batch.purchased = qty;
         // Releases and deallocations are recorded before the new quantity so
         // that, applied in order, no intermediate state has a batch
         // over-committed.
@@ -381,12 +435,14 @@ impl Product {
                 batchref: reference.clone(),
             }));
         }
-        self.record(Event::BatchQuantityChanged(BatchQuantityChanged {
-            sku: self.sku.clone(),
-            reference: reference.clone(),
-            qty,
-        }));
-        Ok(())
+        if qty != before {
+            self.record(Event::BatchQuantityChanged(BatchQuantityChanged {
+                sku: self.sku.clone(),
+                reference,
+                qty,
+            }));
+        }
+        self.record_movement(index, ledger::delta(before, qty), reason, note, None)
     }
 
     /// Hands out the events recorded since the last call (book: `events`).

@@ -34,6 +34,8 @@ pub enum ValueError {
     LineCount { count: usize },
     #[error("an order names each sku at most once; {sku} appears twice")]
     RepeatedSku { sku: Sku },
+    #[error("{field} must be at most {} characters long", Note::MAX_LEN)]
+    NoteTooLong { field: &'static str },
 }
 
 macro_rules! identifier {
@@ -108,6 +110,39 @@ fn parse_identifier(raw: &str, field: &'static str) -> Result<Arc<str>, ValueErr
         return Err(ValueError::ControlCharacter { field });
     }
     Ok(Arc::from(raw))
+}
+
+/// Free text an operator attaches to a stock movement ("water damage,
+/// aisle 4"): up to [`Note::MAX_LEN`] characters, lines and tabs allowed,
+/// no other control characters (PostgreSQL's text cannot hold a NUL).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Note(Arc<str>);
+
+impl Note {
+    pub const MAX_LEN: usize = 1_000;
+
+    pub fn parse(raw: &str, field: &'static str) -> Result<Self, ValueError> {
+        if raw.chars().count() > Self::MAX_LEN {
+            return Err(ValueError::NoteTooLong { field });
+        }
+        if raw
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err(ValueError::ControlCharacter { field });
+        }
+        Ok(Self(Arc::from(raw)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
 }
 
 /// A positive number of units, small enough that sums of many never overflow.
@@ -316,5 +351,23 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn notes_take_lines_up_to_the_limit_and_no_other_control_characters() {
+        let note = "water damage\n\taisle 4";
+        assert_eq!(
+            Note::parse(note, "note").map(|n| n.as_str().to_owned()),
+            Ok(note.into())
+        );
+        assert!(Note::parse(&"é".repeat(Note::MAX_LEN), "note").is_ok());
+        assert_eq!(
+            Note::parse(&"x".repeat(Note::MAX_LEN + 1), "note"),
+            Err(ValueError::NoteTooLong { field: "note" })
+        );
+        assert_eq!(
+            Note::parse("nul\u{0}", "note"),
+            Err(ValueError::ControlCharacter { field: "note" })
+        );
     }
 }

@@ -6,13 +6,17 @@
 //! with every line loaded, and a product restored for each command with only
 //! the lines that command needs, as the repositories load it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use chrono::{Days, NaiveDate};
 use domain::events::{
     Allocated, AllocationCancelled, BatchCreated, BatchQuantityChanged, Deallocated, OutOfStock,
+    StockMoved,
 };
-use domain::{Batch, BatchRef, DomainError, Event, OrderId, OrderLine, Product, Quantity, Sku};
+use domain::{
+    Adjustment, AdjustmentReason, Batch, BatchRef, Change, DomainError, Event, Movement, OrderId,
+    OrderLine, Product, Quantity, Reason, Sku,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -66,6 +70,14 @@ enum Step {
         batch: usize,
         qty: u32,
     },
+    /// An operator's adjustment: by `delta`, or to `qty` when `delta` is 0.
+    Adjust {
+        batch: usize,
+        delta: i64,
+        qty: u32,
+        /// The quantity the operator saw, when they give one.
+        expected: Option<u32>,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -76,6 +88,13 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..ORDERS).prop_map(|order| Step::Deallocate { order }),
         2 => (0..BATCHES, 1..=MAX_BATCH_QTY)
             .prop_map(|(batch, qty)| Step::ChangeBatchQuantity { batch, qty }),
+        2 => (
+            0..BATCHES,
+            -(MAX_BATCH_QTY as i64)..=(MAX_BATCH_QTY as i64),
+            0..=MAX_BATCH_QTY,
+            proptest::option::of(0..=MAX_BATCH_QTY),
+        )
+            .prop_map(|(batch, delta, qty, expected)| Step::Adjust { batch, delta, qty, expected }),
     ]
 }
 
@@ -86,6 +105,7 @@ enum Command {
     Allocate(OrderLine),
     Deallocate(OrderId),
     ChangeBatchQuantity(BatchRef, Quantity),
+    Adjust(BatchRef, Adjustment),
 }
 
 impl From<&Step> for Command {
@@ -105,6 +125,24 @@ impl From<&Step> for Command {
             Step::ChangeBatchQuantity { batch, qty } => {
                 Self::ChangeBatchQuantity(batchref(batch), quantity(qty))
             }
+            Step::Adjust {
+                batch,
+                delta,
+                qty,
+                expected,
+            } => Self::Adjust(
+                batchref(batch),
+                Adjustment {
+                    change: if delta == 0 {
+                        Change::To(qty.into())
+                    } else {
+                        Change::By(delta)
+                    },
+                    reason: AdjustmentReason::CycleCount,
+                    note: None,
+                    expected_qty: expected.map(u64::from),
+                },
+            ),
         }
     }
 }
@@ -158,6 +196,8 @@ impl Outcome {
 struct Model {
     /// In creation order.
     batches: Vec<ModelBatch>,
+    /// One more for every change: what numbers a movement.
+    version: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -181,14 +221,64 @@ impl ModelBatch {
 
 impl Model {
     fn run(&mut self, command: &Command) -> Outcome {
-        match command {
+        let mut outcome = match command {
             Command::AddBatch(reference, qty, eta) => self.add_batch(reference, qty.get(), *eta),
             Command::Allocate(line) => self.allocate(&line.orderid, line.qty.get()),
             Command::Deallocate(orderid) => self.deallocate(orderid),
             Command::ChangeBatchQuantity(reference, qty) => {
-                self.change_batch_quantity(reference, qty.get())
+                self.change_batch_quantity(reference, qty.get(), Reason::Changed)
+            }
+            Command::Adjust(reference, adjustment) => self.adjust(reference, adjustment),
+        };
+        // Every change counts one version; a movement bears its own.
+        for event in &mut outcome.events {
+            if !matches!(event, Event::OutOfStock(_)) {
+                self.version += 1;
+            }
+            if let Event::StockMoved(moved) = event {
+                moved.movement.number = self.version;
             }
         }
+        outcome
+    }
+
+    /// An operator's adjustment: refused before anything changes, then a
+    /// quantity change with its reason, recorded even when it changes
+    /// nothing.
+    fn adjust(&mut self, reference: &BatchRef, adjustment: &Adjustment) -> Outcome {
+        let Some(batch) = self.batches.iter().find(|b| &b.reference == reference) else {
+            return Outcome::refused(DomainError::UnknownBatch {
+                reference: reference.clone(),
+            });
+        };
+        let current = i128::from(batch.purchased);
+        if let Some(expected) = adjustment.expected_qty {
+            if i128::from(expected) != current {
+                return Outcome::refused(DomainError::QuantityNotAsExpected {
+                    reference: reference.clone(),
+                    expected,
+                    actual: u64::from(batch.purchased),
+                });
+            }
+        }
+        let target = match adjustment.change {
+            Change::By(delta) => current + i128::from(delta),
+            Change::To(qty) => i128::from(qty),
+        };
+        let Some(qty) = u32::try_from(target).ok().filter(|q| *q <= Quantity::MAX) else {
+            return Outcome::refused(DomainError::AdjustmentOutOfRange {
+                reference: reference.clone(),
+                result: target,
+            });
+        };
+        let reason = Reason::Adjusted(adjustment.reason);
+        if current == target {
+            return Outcome {
+                reply: Reply::Done,
+                events: vec![moved(reference, 0, qty, reason, None)],
+            };
+        }
+        self.change_batch_quantity(reference, qty, reason)
     }
 
     fn add_batch(&mut self, reference: &BatchRef, qty: u32, eta: Option<NaiveDate>) -> Outcome {
@@ -209,12 +299,15 @@ impl Model {
         });
         Outcome {
             reply: Reply::Done,
-            events: vec![Event::BatchCreated(BatchCreated {
-                sku: sku(),
-                reference: reference.clone(),
-                qty: quantity(qty),
-                eta,
-            })],
+            events: vec![
+                Event::BatchCreated(BatchCreated {
+                    sku: sku(),
+                    reference: reference.clone(),
+                    qty: quantity(qty),
+                    eta,
+                }),
+                moved(reference, qty.into(), qty, Reason::Received, None),
+            ],
         }
     }
 
@@ -285,7 +378,7 @@ impl Model {
 
     /// The change alone: reallocating what it bumped is up to the caller,
     /// as in the service, where a separate command does it.
-    fn change_batch_quantity(&mut self, reference: &BatchRef, qty: u32) -> Outcome {
+    fn change_batch_quantity(&mut self, reference: &BatchRef, qty: u32, reason: Reason) -> Outcome {
         let Some(batch) = self.batches.iter_mut().find(|b| &b.reference == reference) else {
             return Outcome::refused(DomainError::UnknownBatch {
                 reference: reference.clone(),
@@ -294,6 +387,7 @@ impl Model {
         if batch.purchased == qty {
             return Outcome::quiet(Reply::Done);
         }
+        let delta = i64::from(qty) - i64::from(batch.purchased);
         batch.purchased = qty;
         let mut events = Vec::new();
         // The most recently allocated lines go first, until it fits.
@@ -309,8 +403,9 @@ impl Model {
         events.push(Event::BatchQuantityChanged(BatchQuantityChanged {
             sku: sku(),
             reference: reference.clone(),
-            qty: quantity(qty),
+            qty: qty.into(),
         }));
+        events.push(moved(reference, delta, qty, reason, None));
         Outcome {
             reply: Reply::Done,
             events,
@@ -349,7 +444,7 @@ impl Model {
                     product.load_lines(&batch.reference, of_order.map(as_line));
                 }
             }
-            Command::ChangeBatchQuantity(reference, _) => {
+            Command::ChangeBatchQuantity(reference, _) | Command::Adjust(reference, _) => {
                 if let Some(batch) = self.batches.iter().find(|b| &b.reference == reference) {
                     product.load_lines(reference, batch.lines.iter().map(as_line));
                 }
@@ -377,6 +472,28 @@ impl Model {
     fn lines(&self) -> Vec<Vec<(OrderId, u32)>> {
         self.batches.iter().map(|b| b.lines.clone()).collect()
     }
+}
+
+/// A ledger entry as the model writes it; [`Model::run`] numbers it.
+fn moved(
+    reference: &BatchRef,
+    delta: i64,
+    qty_after: u32,
+    reason: Reason,
+    order: Option<OrderId>,
+) -> Event {
+    Event::StockMoved(StockMoved {
+        sku: sku(),
+        reference: reference.clone(),
+        movement: Movement {
+            number: 0,
+            delta,
+            qty_after: qty_after.into(),
+            reason,
+            note: None,
+            order,
+        },
+    })
 }
 
 fn totals(product: &Product) -> Vec<(BatchRef, Option<NaiveDate>, u64, u64)> {
@@ -419,6 +536,9 @@ fn run(product: &mut Product, command: &Command) -> Result<Outcome, TestCaseErro
         Command::ChangeBatchQuantity(reference, qty) => product
             .change_batch_quantity(&reference, qty)
             .map(|()| Reply::Done),
+        Command::Adjust(reference, adjustment) => product
+            .adjust_batch(&reference, adjustment)
+            .map(|_| Reply::Done),
     };
     let events = product.take_events();
     let changed = events.iter().any(|e| !matches!(e, Event::OutOfStock(_)));
@@ -478,6 +598,8 @@ fn check_against_model(steps: &[Step], holding: Holding) -> Result<(), TestCaseE
     let mut model = Model::default();
     let mut kept = Product::new(sku());
     let mut stored_version = 0;
+    // Each batch's ledger, summed from the product's own events.
+    let mut ledger: HashMap<BatchRef, i64> = HashMap::new();
     for step in steps {
         // A step and the follow-ups it starts, breadth-first like the bus.
         let mut commands = VecDeque::from([Command::from(step)]);
@@ -495,6 +617,20 @@ fn check_against_model(steps: &[Step], holding: Holding) -> Result<(), TestCaseE
             let expected = model.run(&command);
             prop_assert_eq!(&actual, &expected, "{:?} in step {:?}", command, step);
             commands.extend(actual.reallocations());
+            for event in &actual.events {
+                if let Event::StockMoved(moved) = event {
+                    *ledger.entry(moved.reference.clone()).or_default() += moved.movement.delta;
+                }
+            }
+            for batch in kept.batches() {
+                let summed = ledger.get(batch.reference()).copied().unwrap_or_default();
+                prop_assert_eq!(
+                    u64::try_from(summed).ok(),
+                    Some(batch.purchased_quantity()),
+                    "batch {}'s movements do not sum to its quantity",
+                    batch.reference()
+                );
+            }
 
             check_invariants(&kept, matches!(holding, Holding::InMemory))?;
             prop_assert_eq!(totals(&kept), model.totals(), "after {:?}", command);

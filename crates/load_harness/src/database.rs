@@ -244,7 +244,7 @@ pub async fn seed(database: &Database, batches: &[BatchSpec]) -> anyhow::Result<
             last_sku = Some(batch.sku.as_str());
         }
         sqlx::query(
-            "INSERT INTO batches (reference, sku, purchased_quantity, eta) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO batches (reference, sku, quantity_in, eta) VALUES ($1, $2, $3, $4)",
         )
         .bind(&batch.reference)
         .bind(&batch.sku)
@@ -286,7 +286,7 @@ pub async fn contents(database: &Database) -> anyhow::Result<Contents> {
                 (SELECT CAST(COALESCE(SUM(qty), 0) AS BIGINT) FROM allocations), \
                 (SELECT CAST(COALESCE(SUM(allocated_quantity), 0) AS BIGINT) FROM batches), \
                 (SELECT COUNT(*) FROM outbox), \
-                (SELECT COUNT(*) FROM batches WHERE allocated_quantity > purchased_quantity), \
+                (SELECT COUNT(*) FROM batches WHERE allocated_quantity > quantity_in - quantity_out), \
                 (SELECT COUNT(*) FROM batches b WHERE b.allocated_quantity <> \
                     (SELECT COALESCE(SUM(a.qty), 0) FROM allocations a WHERE a.batch_id = b.id)), \
                 (SELECT COUNT(*) FROM allocations a JOIN batches b ON b.id = a.batch_id \

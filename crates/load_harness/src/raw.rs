@@ -229,7 +229,7 @@ WITH existing AS (
     WHERE a.orderid = $2 AND a.sku = $1
 ), chosen AS (
     SELECT id FROM batches
-    WHERE sku = $1 AND purchased_quantity - allocated_quantity >= $3
+    WHERE sku = $1 AND quantity_in - quantity_out - allocated_quantity >= $3
       AND NOT EXISTS (SELECT 1 FROM existing)
     ORDER BY eta IS NOT NULL, eta, id
     LIMIT 1
@@ -288,7 +288,7 @@ const SQLITE_PICK_AND_BUMP: &str = "\
 UPDATE batches SET allocated_quantity = allocated_quantity + ?3
 WHERE id = (
     SELECT id FROM batches
-    WHERE sku = ?1 AND purchased_quantity - allocated_quantity >= ?3
+    WHERE sku = ?1 AND quantity_in - quantity_out - allocated_quantity >= ?3
       AND NOT EXISTS (SELECT 1 FROM allocations WHERE orderid = ?2 AND sku = ?1)
     ORDER BY eta IS NOT NULL, eta, id
     LIMIT 1
@@ -381,7 +381,7 @@ macro_rules! service_sql {
             for attempt in 1..=ATTEMPTS {
                 let mut transaction = pool.begin_with(begin).await?;
                 let rows = sqlx::query(
-                    "SELECT p.version_number, b.reference, b.eta, b.purchased_quantity, b.allocated_quantity \
+                    "SELECT p.version_number, b.reference, b.eta, b.quantity_in - b.quantity_out AS quantity, b.allocated_quantity \
                      FROM products p LEFT JOIN batches b ON b.sku = p.sku \
                      WHERE p.sku = $1 \
                      ORDER BY b.id",
@@ -412,7 +412,7 @@ macro_rules! service_sql {
                         continue;
                     };
                     let eta: Option<String> = row.try_get("eta")?;
-                    let purchased: i64 = row.try_get("purchased_quantity")?;
+                    let purchased: i64 = row.try_get("quantity")?;
                     let allocated: i64 = row.try_get("allocated_quantity")?;
                     if purchased - allocated < line.qty {
                         continue;

@@ -15,12 +15,15 @@
 use std::fmt;
 use std::future::Future;
 
+use chrono::{DateTime, Utc};
 use domain::commands::{
-    Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate, Reallocate, ReleaseHold,
+    AdjustBatch, Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate, Reallocate,
+    ReleaseHold,
 };
 use domain::events::{Allocated, Deallocated, HoldBroken, OutOfStock};
 use domain::{
-    BatchRef, DomainError, Event, OrderId, OrderLine, Part, Product, Quantity, Shortage, Sku,
+    BatchRef, DomainError, Event, Movement, OrderId, OrderLine, Part, Product, Quantity, Shortage,
+    Sku,
 };
 use uuid::Uuid;
 
@@ -271,6 +274,52 @@ impl CommandHandler for ChangeBatchQuantity {
     }
 }
 
+/// What an adjustment left: the batch's figures after it, and its ledger
+/// entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjusted {
+    pub reference: BatchRef,
+    pub qty: u64,
+    pub allocated: u64,
+    pub available: u64,
+    pub movement: Movement,
+    /// When it moved: the unit of work's time.
+    pub at: DateTime<Utc>,
+}
+
+impl CommandHandler for AdjustBatch {
+    type Reply = Adjusted;
+    const NAME: &'static str = "AdjustBatch";
+
+    async fn handle<T: StoreTransaction>(
+        &self,
+        uow: &mut UnitOfWork<T>,
+    ) -> Result<Adjusted, Error> {
+        let at = uow.now();
+        let product = uow
+            .products()
+            .get_by_batch(&self.reference)
+            .await?
+            .ok_or_else(|| DomainError::UnknownBatch {
+                reference: self.reference.clone(),
+            })?;
+        let movement = product.adjust_batch(&self.reference, self.adjustment.clone())?;
+        let batch = product
+            .batch(&self.reference)
+            .ok_or_else(|| DomainError::UnknownBatch {
+                reference: self.reference.clone(),
+            })?;
+        Ok(Adjusted {
+            reference: self.reference.clone(),
+            qty: batch.purchased_quantity(),
+            allocated: batch.allocated_quantity(),
+            available: batch.available_quantity(),
+            movement,
+            at,
+        })
+    }
+}
+
 impl CommandHandler for Deallocate {
     /// The parts the line was taken off: one per batch it was on.
     type Reply = Vec<Part>;
@@ -320,6 +369,7 @@ pub fn handle_in_transaction<T: StoreTransaction>(event: &Event, uow: &mut UnitO
         Event::BatchCreated(_)
         | Event::Shipped(_)
         | Event::BatchQuantityChanged(_)
+        | Event::StockMoved(_)
         | Event::OutOfStock(_)
         | Event::Held(_)
         | Event::HoldExtended(_)

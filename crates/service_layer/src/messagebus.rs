@@ -152,6 +152,7 @@ impl<S: Store> MessageBus<S> {
             Command::ExtendHold(c) => self.handle(c).await.map(drop),
             Command::ReleaseHold(c) => self.handle(c).await.map(drop),
             Command::ChangeBatchQuantity(c) => self.handle(c).await,
+            Command::AdjustBatch(c) => self.handle(c).await.map(drop),
             Command::Deallocate(c) => self.handle(c).await.map(drop),
         }
     }
@@ -222,6 +223,7 @@ impl<S: Store> MessageBus<S> {
             | Event::LineCancelled(_)
             | Event::AllocationCancelled(_)
             | Event::BatchQuantityChanged(_)
+            | Event::StockMoved(_)
             | Event::Held(_)
             | Event::HoldExtended(_)
             | Event::HoldReleased(_)

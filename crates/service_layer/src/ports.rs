@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use domain::events::Allocated;
-use domain::{BatchRef, Event, HoldId, OrderId, Product, Sku};
+use domain::{BatchRef, Event, HoldId, Movement, OrderId, Product, Reason, Sku};
 use uuid::Uuid;
 
 /// What time it is. A port, so that tests can move time on: checkout holds
@@ -230,6 +230,38 @@ impl BatchView {
     }
 }
 
+/// One entry of a batch's stock ledger, as `GET /batches/<ref>/movements`
+/// shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovementView {
+    /// Increasing along the batch's ledger (the product's version then).
+    pub number: u64,
+    pub at: DateTime<Utc>,
+    pub delta: i64,
+    pub qty_after: u64,
+    pub reason: Reason,
+    pub note: Option<String>,
+    /// What it belongs to: `order:<orderid>` for a shipment, `migration`
+    /// for the opening balance of a batch that predates the ledger.
+    pub source: Option<String>,
+}
+
+impl MovementView {
+    /// A movement the domain recorded, stored at `at`: to the
+    /// millisecond, as every backend keeps it.
+    pub fn of(movement: &Movement, at: DateTime<Utc>) -> Self {
+        Self {
+            number: movement.number,
+            at: at.trunc_subsecs(3),
+            delta: movement.delta,
+            qty_after: movement.qty_after,
+            reason: movement.reason,
+            note: movement.note.as_ref().map(|note| note.as_str().to_owned()),
+            source: movement.source(),
+        }
+    }
+}
+
 /// The query side (book chapter 12): reads straight from storage, never
 /// loads an aggregate and never goes through the message bus.
 pub trait ReadModel: Clone + Send + Sync + 'static {
@@ -259,6 +291,12 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
         sku: &Sku,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<BatchView>, StoreError>> + Send;
+
+    /// A batch's stock ledger, oldest first; `None` for an unknown batch.
+    fn movements(
+        &self,
+        reference: &BatchRef,
+    ) -> impl Future<Output = Result<Option<Vec<MovementView>>, StoreError>> + Send;
 
     /// Whether the storage answers (readiness probe).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -376,6 +414,9 @@ pub trait StoreTransaction: Send {
 /// Everything a unit of work writes at commit.
 #[derive(Debug, Default)]
 pub struct ChangeSet {
+    /// When it happens (the unit of work's time): what the stock ledger
+    /// stamps its movements with.
+    pub at: DateTime<Utc>,
     pub products: Vec<ProductChanges>,
     pub views: Vec<ViewChange>,
     /// Messages for other systems, published by the relay after commit.

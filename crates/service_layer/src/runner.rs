@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::commands::{
-    Allocate, AllocateOrder, CancelOrder, ChangeBatchQuantity, CreateBatch, Deallocate, ExtendHold,
-    PlaceHold, Reallocate, ReleaseHold, ShipOrder,
+    AdjustBatch, Allocate, AllocateOrder, CancelOrder, ChangeBatchQuantity, CreateBatch,
+    Deallocate, ExtendHold, PlaceHold, Reallocate, ReleaseHold, ShipOrder,
 };
 use domain::{Event, OrderId, Sku};
 use rand::Rng;
@@ -109,6 +109,7 @@ pub struct CommandLanes {
     extend_hold: LanesOf<ExtendHold>,
     release_hold: LanesOf<ReleaseHold>,
     change_batch_quantity: LanesOf<ChangeBatchQuantity>,
+    adjust_batch: LanesOf<AdjustBatch>,
     deallocate: LanesOf<Deallocate>,
 }
 
@@ -145,6 +146,7 @@ grouped! {
     ExtendHold => extend_hold,
     ReleaseHold => release_hold,
     ChangeBatchQuantity => change_batch_quantity,
+    AdjustBatch => adjust_batch,
     Deallocate => deallocate,
 }
 

@@ -70,6 +70,7 @@ pub(crate) fn event_handled_key(event: &Event, succeeded: bool) -> &'static Key 
         Deallocated,
         AllocationCancelled,
         BatchQuantityChanged,
+        StockMoved,
         Shipped,
         LineCancelled,
         OutOfStock,
@@ -130,7 +131,7 @@ mod tests {
             Event::BatchQuantityChanged(BatchQuantityChanged {
                 sku: sku.clone(),
                 reference: batchref,
-                qty,
+                qty: qty.get().into(),
             }),
             Event::OutOfStock(OutOfStock { sku }),
         ];

@@ -312,8 +312,10 @@ impl<T: StoreTransaction> UnitOfWork<T> {
     /// Writes every change in one transaction. On [`StoreError::Conflict`]
     /// nothing was written and the whole command should be tried again.
     pub async fn commit(self) -> Result<(), StoreError> {
+        let at = self.now();
         let (transaction, products) = self.products.into_changes();
         let changes = ChangeSet {
+            at,
             products,
             views: self.views,
             outbox: self.outbox,

@@ -118,6 +118,7 @@ fn renamed(error: ValueError, field: &'static str) -> DecodeReason {
         ValueError::Empty { .. } => ValueError::Empty { field },
         ValueError::TooLong { .. } => ValueError::TooLong { field },
         ValueError::ControlCharacter { .. } => ValueError::ControlCharacter { field },
+        ValueError::NoteTooLong { .. } => ValueError::NoteTooLong { field },
         ValueError::QuantityOutOfRange { value, .. } => {
             ValueError::QuantityOutOfRange { field, value }
         }

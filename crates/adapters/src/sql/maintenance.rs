@@ -71,6 +71,8 @@ pub struct ConsistencyReport {
     pub duplicate_lines: Findings<DuplicateLine>,
     /// Lines allocated to a batch of another SKU.
     pub lines_on_foreign_batches: Findings<ForeignBatchLine>,
+    /// Batches whose quantity is not the sum of their stock movements.
+    pub ledger_drift: Findings<LedgerDrift>,
     /// Not a difference: what the outbox relay has yet to publish.
     pub outbox: OutboxBacklog,
 }
@@ -88,6 +90,7 @@ impl ConsistencyReport {
             + self.over_allocated.count
             + self.duplicate_lines.count
             + self.lines_on_foreign_batches.count
+            + self.ledger_drift.count
     }
 
     pub fn is_consistent(&self) -> bool {
@@ -156,7 +159,16 @@ pub struct OverAllocated {
     pub allocated_quantity: u64,
     /// Held by checkout holds live at the time of the check.
     pub held_quantity: u64,
-    pub purchased_quantity: u64,
+    pub quantity: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerDrift {
+    pub batchref: String,
+    pub sku: String,
+    pub quantity: u64,
+    /// The sum of its movements' deltas.
+    pub ledger_total: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -337,7 +349,7 @@ impl SqlStore {
                     sku: get(row, "sku")?,
                     allocated_quantity: count(row, "allocated_quantity")?,
                     held_quantity: count(row, "held_quantity")?,
-                    purchased_quantity: count(row, "purchased_quantity")?,
+                    quantity: count(row, "quantity")?,
                 })
             },
         )
@@ -360,6 +372,15 @@ impl SqlStore {
                 })
             })
             .await?;
+        let ledger_drift = findings(conn, sqlx::query(check::LEDGER_DRIFT), |row| {
+            Ok(LedgerDrift {
+                batchref: get(row, "reference")?,
+                sku: get(row, "sku")?,
+                quantity: count(row, "quantity")?,
+                ledger_total: get(row, "ledger_total")?,
+            })
+        })
+        .await?;
         let outbox = read_outbox_backlog(&mut *conn).await?.into();
         // Nothing was written; ending it either way releases the snapshot.
         transaction.rollback().await.map_err(StoreError::backend)?;
@@ -372,6 +393,7 @@ impl SqlStore {
             over_allocated,
             duplicate_lines,
             lines_on_foreign_batches,
+            ledger_drift,
             outbox,
         })
     }

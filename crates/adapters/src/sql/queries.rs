@@ -33,7 +33,7 @@ macro_rules! product_with_lines {
     ($lines:literal) => {
         concat!(
             "SELECT p.version_number, b.reference, b.eta, ",
-            "b.purchased_quantity - b.shipped_quantity AS quantity, ",
+            "b.quantity_in - b.quantity_out AS quantity, ",
             "b.allocated_quantity, ",
             held_at!("$3"),
             ", a.orderid AS line_orderid, a.qty AS line_qty, a.state AS line_state ",
@@ -78,6 +78,10 @@ pub const LINES_OF_BATCH: &str = "SELECT a.orderid, a.qty \
 pub const SKUS_OF_ORDER: &str =
     "SELECT DISTINCT sku FROM allocations WHERE orderid = $1 ORDER BY sku";
 
+/// Batch `$1`'s stock ledger, oldest first: one range of its primary key.
+pub const MOVEMENTS_OF_BATCH: &str = "SELECT number, at, delta, qty_after, reason, note, source FROM stock_movements \
+     WHERE reference = $1 ORDER BY number";
+
 /// The SKU of the product that holds batch `$1`.
 pub const SKU_OF_BATCH: &str = "SELECT sku FROM batches WHERE reference = $1";
 
@@ -96,7 +100,7 @@ pub const LINES_OF_ORDER: &str = "SELECT a.sku, b.reference AS batchref, a.qty, 
 /// A product's batches, from the write tables (they are the read model
 /// of the product query).
 pub const BATCHES_OF_PRODUCT: &str = concat!(
-    "SELECT b.reference, b.eta, b.purchased_quantity - b.shipped_quantity AS quantity, ",
+    "SELECT b.reference, b.eta, b.quantity_in - b.quantity_out AS quantity, ",
     "b.allocated_quantity, ",
     held_at!("$2"),
     " FROM batches b WHERE b.sku = $1 ORDER BY b.id"

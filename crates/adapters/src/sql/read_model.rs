@@ -3,12 +3,15 @@
 //! batches from the write tables.
 
 use chrono::{DateTime, Utc};
-use domain::{BatchRef, Closed, HoldId, OrderId, Sku};
+use domain::{BatchRef, Closed, HoldId, OrderId, Reason, Sku};
 use service_layer::ports::{
-    AllocationView, BatchView, HoldView, LineStatus, OrderLineView, PartView, ReadModel, StoreError,
+    AllocationView, BatchView, HoldView, LineStatus, MovementView, OrderLineView, PartView,
+    ReadModel, StoreError,
 };
 
-use super::rows::{closed_from_db, eta_from_db, get, identifier, time_to_db, to_u64};
+use super::rows::{
+    closed_from_db, eta_from_db, get, identifier, mismatch, time_from_db, time_to_db, to_u64,
+};
 use super::{SqlStore, holds, queries};
 
 impl ReadModel for SqlStore {
@@ -89,6 +92,45 @@ impl ReadModel for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn movements(
+        &self,
+        reference: &BatchRef,
+    ) -> Result<Option<Vec<MovementView>>, StoreError> {
+        let rows = sqlx::query(queries::MOVEMENTS_OF_BATCH)
+            .bind(reference.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        if rows.is_empty() {
+            // Every batch has at least the movement it was received with;
+            // asked for anyway, so that a ledger lost would not pass for
+            // an unknown batch.
+            let known = sqlx::query(queries::SKU_OF_BATCH)
+                .bind(reference.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::backend)?;
+            return Ok(known.map(|_| Vec::new()));
+        }
+        let movements = rows
+            .iter()
+            .map(|row| {
+                let reason: String = get(row, "reason")?;
+                Ok(MovementView {
+                    number: to_u64(get(row, "number")?, "number")?,
+                    at: time_from_db(get(row, "at")?)?,
+                    delta: get(row, "delta")?,
+                    qty_after: to_u64(get(row, "qty_after")?, "qty_after")?,
+                    reason: Reason::parse(&reason)
+                        .ok_or_else(|| mismatch(format!("unknown movement reason {reason:?}")))?,
+                    note: get(row, "note")?,
+                    source: get(row, "source")?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some(movements))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

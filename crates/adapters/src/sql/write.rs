@@ -28,7 +28,7 @@ use service_layer::ports::{ChangeSet, StoreError, ViewChange};
 use sqlx::AnyConnection;
 
 use super::Dialect;
-use super::rows::{mismatch, to_i64, unix_millis};
+use super::rows::{mismatch, time_to_db, to_i64, unix_millis};
 pub(super) use changes::{Columns, Row, Value};
 use changes::{change_of, change_of_view, message_row};
 
@@ -49,6 +49,8 @@ pub(super) enum Kind {
     HoldPartsExtended,
     /// Released or converted: a part stops setting units aside.
     HoldPartsEnded,
+    /// A batch's quantity moved: its ledger's new entry.
+    StockMoved,
 }
 
 /// The tables writers write. The version check writes `products`, which no
@@ -60,6 +62,7 @@ pub(super) enum Table {
     AllocationsView,
     Outbox,
     HoldParts,
+    StockMovements,
 }
 
 impl Kind {
@@ -78,6 +81,7 @@ impl Kind {
             Self::HoldPartsPlaced => "hold_parts_placed",
             Self::HoldPartsExtended => "hold_parts_extended",
             Self::HoldPartsEnded => "hold_parts_ended",
+            Self::StockMoved => "stock_moved",
         }
     }
 
@@ -92,6 +96,7 @@ impl Kind {
             Self::HoldPartsPlaced | Self::HoldPartsExtended | Self::HoldPartsEnded => {
                 &[Table::HoldParts]
             }
+            Self::StockMoved => &[Table::StockMovements],
         }
     }
 
@@ -210,6 +215,7 @@ impl<'a> Plan<'a> {
             .filter(|row| row.stored_version.is_some())
             .count();
         let versions = Rows(versions);
+        let at = time_to_db(changes.at);
 
         let mut runs = Vec::new();
         let mut pending: Vec<Vec<(Kind, Row<'a>)>> = products
@@ -218,7 +224,7 @@ impl<'a> Plan<'a> {
                 let mut changes: Vec<_> = product
                     .events
                     .iter()
-                    .filter_map(|event| change_of(&product.sku, event))
+                    .filter_map(|event| change_of(&product.sku, event, at))
                     .collect();
                 changes.reverse(); // popped from the end, oldest first
                 changes

@@ -68,7 +68,8 @@ async fn uncommitted_work_is_rolled_back_on_drop<S: Store + ReadModel>(store: S)
     let loaded = load(&store, &sku, Lines::OfOrder(&order))
         .await
         .expect("stored");
-    assert_eq!((loaded.version, loaded.batches[0].allocated), (1, 0));
+    // Version 2: the batch's creation and its first movement.
+    assert_eq!((loaded.version, loaded.batches[0].allocated), (2, 0));
     assert_eq!(loaded_lines(&loaded), vec![]);
     assert_eq!(allocations(&store, &order).await, vec![]);
 }
@@ -109,7 +110,8 @@ async fn a_failing_handler_writes_nothing<S: Store + ReadModel>(store: S) {
     let loaded = load(&store, &sku, Lines::OfOrder(&order))
         .await
         .expect("stored");
-    assert_eq!((loaded.version, loaded.batches[0].allocated), (1, 0));
+    // Version 2: the batch's creation and its first movement.
+    assert_eq!((loaded.version, loaded.batches[0].allocated), (2, 0));
     assert_eq!(loaded_lines(&loaded), vec![]);
 
     // Through the bus: a rejected command writes nothing either.
@@ -180,7 +182,7 @@ async fn a_commit_from_a_stale_version_conflicts_and_writes_nothing<
         .expect("stored");
     assert_eq!(
         (loaded.version, loaded.batches[0].allocated),
-        (2, 6),
+        (3, 6),
         "over-allocation refused"
     );
     assert_eq!(loaded_lines(&loaded), vec![]);
@@ -216,7 +218,7 @@ async fn interleaved_units_of_work_conflict_and_the_loser_writes_nothing<S: Stor
     let loaded = load(&store, &sku, Lines::OfOrder(&second))
         .await
         .expect("stored");
-    assert_eq!((loaded.version, loaded.batches[0].allocated), (2, 6));
+    assert_eq!((loaded.version, loaded.batches[0].allocated), (3, 6));
     assert_eq!(loaded_lines(&loaded), vec![]);
     assert_eq!(allocations(&store, &second).await, vec![]);
 }
@@ -243,7 +245,7 @@ async fn a_new_product_whose_sku_was_taken_meanwhile_conflicts<S: Store + ReadMo
     // On SQLite an open transaction holds the write lock: end it first.
     drop(transaction);
     let loaded = load(&store, &sku, Lines::None).await.expect("stored");
-    assert_eq!((loaded.version, loaded.batches.len()), (1, 1));
+    assert_eq!((loaded.version, loaded.batches.len()), (2, 1));
 }
 
 async fn a_batch_reference_taken_by_another_product_conflicts<S: Store + ReadModel>(store: S) {
@@ -321,6 +323,7 @@ async fn a_commit_naming_a_batch_that_is_not_stored_writes_nothing<
             })
             .collect();
         let changes = ChangeSet {
+            at: chrono::Utc::now(),
             products: vec![ProductChanges {
                 sku: sku.clone(),
                 stored_version: Some(stored.version),
@@ -407,5 +410,6 @@ async fn concurrent_allocations_never_over_allocate<S: Store + ReadModel>(store:
         "one out-of-stock notice per refusal"
     );
     let loaded = load(&store, &sku, Lines::None).await.expect("stored");
-    assert_eq!(loaded.version, 11, "one version per allocation, none lost");
+    // The batch's creation and first movement, then one per allocation.
+    assert_eq!(loaded.version, 12, "one version per allocation, none lost");
 }

@@ -74,7 +74,8 @@ async fn a_conflict_with_another_instance_is_retried_by_the_bus<S: Store + ReadM
         "run again, it saw instance 2's allocation: 5 no longer fit in the warehouse's 2"
     );
 
-    // Exactly one conflict: instance 1's first commit, from version 2.
+    // Exactly one conflict: instance 1's first commit, from version 4 (two
+    // batches, each created with its first movement).
     let commits = |store: &Watched<S>| -> Vec<_> {
         let commits = store.commits();
         commits
@@ -86,15 +87,15 @@ async fn a_conflict_with_another_instance_is_retried_by_the_bus<S: Store + ReadM
     assert_eq!(
         commits(&one),
         vec![
-            (Outcome::Conflict, change(2, 3)),
-            (Outcome::Committed, change(3, 4)),
+            (Outcome::Conflict, change(4, 5)),
+            (Outcome::Committed, change(5, 6)),
         ]
     );
-    assert_eq!(commits(&two), vec![(Outcome::Committed, change(2, 3))]);
+    assert_eq!(commits(&two), vec![(Outcome::Committed, change(4, 5))]);
 
     let loaded = load(&store, &sku, Lines::None).await.expect("stored");
     assert_eq!(
-        loaded.version, 4,
+        loaded.version, 6,
         "two batches and two allocations: none lost, none counted twice"
     );
     assert_eq!(

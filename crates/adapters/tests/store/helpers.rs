@@ -307,6 +307,7 @@ pub fn changes_of(product: &mut Product, stored_version: Option<u64>) -> ChangeS
         }
     }
     ChangeSet {
+        at: chrono::Utc::now(),
         products: vec![ProductChanges {
             sku: product.sku().clone(),
             stored_version,

@@ -13,6 +13,7 @@
 //! - `holds`: checkout holds, counted only while live, and racing orders
 //!   on two instances;
 //! - `idempotency`: the answers kept for requests sent with a key;
+//! - `ledger`: the stock ledger, adjustments, its check and its migration;
 //! - `read_model`: the query side, written with the commits;
 //! - `shipping`: shipped and cancelled lines, and the check on them;
 //! - `concurrency`: a version conflict between two instances, forced and
@@ -35,6 +36,7 @@ mod concurrency;
 mod helpers;
 mod holds;
 mod idempotency;
+mod ledger;
 mod loading;
 mod maintenance;
 mod orders;

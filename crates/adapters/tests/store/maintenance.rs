@@ -248,7 +248,7 @@ async fn broken_rules_of_the_write_model_are_reported(db: TestDatabase) {
     damage(
         &mut conn,
         &format!(
-            "UPDATE batches SET purchased_quantity = 5 WHERE reference = '{warehouse}'; \
+            "UPDATE batches SET quantity_in = 5 WHERE reference = '{warehouse}'; \
              UPDATE allocations SET batch_id = (SELECT id FROM batches WHERE reference = '{shipment}') \
              WHERE orderid = '{foreign}'; \
              UPDATE batches SET allocated_quantity = 5 WHERE reference = '{shipment}'; \
@@ -290,7 +290,7 @@ async fn broken_rules_of_the_write_model_are_reported(db: TestDatabase) {
             sku: s.chairs.to_string(),
             allocated_quantity: allocated,
             held_quantity: 0,
-            purchased_quantity: 5,
+            quantity: 5,
         }])
     );
     assert_eq!(report.duplicate_lines, found(duplicates));

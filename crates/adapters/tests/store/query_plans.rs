@@ -284,7 +284,7 @@ async fn fill_postgres(conn: &mut sqlx::PgConnection) {
     let statements = [
         "INSERT INTO products (sku, version_number) \
          SELECT 'sku-' || g, 1 FROM generate_series(1, 10000) g",
-        "INSERT INTO batches (reference, sku, purchased_quantity) \
+        "INSERT INTO batches (reference, sku, quantity_in) \
          SELECT 'batch-' || g, 'sku-' || (g % 10000 + 1), 100 FROM generate_series(1, 100000) g",
         "INSERT INTO allocations (orderid, sku, batch_id, qty) \
          SELECT 'order-' || substr(reference, 7), sku, id, 1 FROM batches",

@@ -64,7 +64,7 @@ async fn sqlite_write_transactions_queue_instead_of_conflicting() {
         "it saw the first allocation"
     );
     let loaded = load(&store, &sku, Lines::None).await.expect("stored");
-    assert_eq!((loaded.version, loaded.batches[0].allocated), (2, 6));
+    assert_eq!((loaded.version, loaded.batches[0].allocated), (3, 6));
 }
 
 #[tokio::test]

@@ -218,10 +218,10 @@ async fn client<S: Store>(
 async fn check_tables(url: &str) -> HashMap<String, u64> {
     let mut conn = connect_directly(url).await;
     let batches = sqlx::query(
-        "SELECT b.reference, b.purchased_quantity, b.allocated_quantity, \
+        "SELECT b.reference, b.quantity_in - b.quantity_out AS quantity, b.allocated_quantity, \
                 CAST(COALESCE(SUM(a.qty), 0) AS BIGINT) AS of_lines \
          FROM batches b LEFT JOIN allocations a ON a.batch_id = b.id \
-         GROUP BY b.id, b.reference, b.purchased_quantity, b.allocated_quantity \
+         GROUP BY b.id, b.reference, b.quantity_in, b.quantity_out, b.allocated_quantity \
          ORDER BY b.id",
     )
     .fetch_all(&mut conn)
@@ -229,7 +229,7 @@ async fn check_tables(url: &str) -> HashMap<String, u64> {
     .expect("read batches");
     for batch in &batches {
         let reference: String = batch.get("reference");
-        let purchased: i64 = batch.get("purchased_quantity");
+        let purchased: i64 = batch.get("quantity");
         let allocated: i64 = batch.get("allocated_quantity");
         let of_lines: i64 = batch.get("of_lines");
         assert!(

@@ -98,6 +98,9 @@ fn record_ids(command: &Command) {
         Command::ChangeBatchQuantity(c) => {
             span.record("batchref", c.reference.as_str());
         }
+        Command::AdjustBatch(c) => {
+            span.record("batchref", c.reference.as_str());
+        }
         Command::CreateBatch(c) => {
             span.record("batchref", c.reference.as_str());
             span.record("sku", c.sku.as_str());

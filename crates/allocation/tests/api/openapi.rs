@@ -27,6 +27,8 @@ const ROUTES: &[&str] = &[
     "POST /holds/{hold_id}/extend",
     "DELETE /holds/{hold_id}",
     "GET /products/{sku}/batches",
+    "GET /batches/{ref}/movements",
+    "POST /batches/{ref}/adjust",
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",

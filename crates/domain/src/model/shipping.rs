@@ -10,7 +10,7 @@
 mod tests;
 
 use crate::events::{Event, LineCancelled, Shipped};
-use crate::model::{Closed, DomainError, Part, Product};
+use crate::model::{Closed, DomainError, Part, Product, Reason};
 use crate::values::OrderId;
 
 /// What shipping a line would do, found without changing anything.
@@ -54,29 +54,33 @@ impl Product {
         })
     }
 
-    /// Ships what [`Product::shipment`] found, recording [`Shipped`] for
-    /// each part: each batch has the line's units less, and allocates them
-    /// no more. Returns the line's parts.
+    /// Ships what [`Product::shipment`] found, recording [`Shipped`] and
+    /// its movement ([`Reason::Shipment`]) for each part: each batch has the
+    /// line's units less, and allocates them no more. Returns the line's
+    /// parts.
     pub fn ship(&mut self, shipment: Shipment) -> Vec<Part> {
         let (orderid, parts) = match shipment {
             Shipment::Shipped { parts } => return parts,
             Shipment::Leaves { orderid, parts } => (orderid, parts),
         };
         let mut shipped = Vec::new();
-        for batch in &mut self.batches {
+        for (index, batch) in self.batches.iter_mut().enumerate() {
             if let Some(line) = batch.deallocate(&orderid) {
                 batch.purchased = batch.purchased.saturating_sub(u64::from(line.qty.get()));
-                shipped.push(Shipped {
+                let event = Shipped {
                     orderid: orderid.clone(),
                     sku: line.sku.clone(),
                     batchref: batch.reference.clone(),
                     qty: line.qty,
-                });
+                };
+                shipped.push((index, event));
                 batch.closed.push((line, Closed::Shipped));
             }
         }
-        for event in shipped {
+        for (index, event) in shipped {
+            let delta = -i64::from(event.qty.get());
             self.record(Event::Shipped(event));
+            self.record_movement(index, delta, Reason::Shipment, None, Some(orderid.clone()));
         }
         parts
     }

@@ -28,8 +28,8 @@ use smallvec::SmallVec;
 
 use crate::ports::{
     AllocationView, BatchView, ChangeSet, HoldLineView, HoldState, HoldView, LineStatus, Lines,
-    OrderLineView, OutboxMessage, PartView, ReadModel, Store, StoreError, StoreTransaction,
-    ViewChange,
+    MovementView, OrderLineView, OutboxMessage, PartView, ReadModel, Store, StoreError,
+    StoreTransaction, ViewChange,
 };
 use holds::HoldTable;
 use outbox::OutboxTable;
@@ -197,7 +197,7 @@ impl Tables {
                 self.holds.apply(&change.sku, &event, |reference| {
                     product.batch_index(reference)
                 });
-                product.apply(event);
+                product.apply(event, changes.at);
             }
         }
         for view in changes.views {
@@ -342,6 +342,19 @@ impl ReadModel for MemoryStore {
                 held: tables.holds.held(sku, index, now),
             })
             .collect())
+    }
+
+    async fn movements(
+        &self,
+        reference: &BatchRef,
+    ) -> Result<Option<Vec<MovementView>>, StoreError> {
+        let tables = self.lock();
+        let batch = tables
+            .batch_owners
+            .get(reference)
+            .and_then(|sku| tables.products.get(sku))
+            .and_then(|product| Some(&product.batches[product.batch_index(reference)?]));
+        Ok(batch.map(|batch| batch.movements.clone()))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

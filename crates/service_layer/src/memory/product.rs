@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use super::GrowingMap;
 use super::holds::HoldTable;
-use crate::ports::Lines;
+use crate::ports::{Lines, MovementView};
 
 #[derive(Debug, Default)]
 pub(super) struct StoredProduct {
@@ -28,6 +28,8 @@ pub(super) struct StoredBatch {
     /// What it has now: bought, less shipped.
     pub(super) purchased: u64,
     pub(super) allocated: u64,
+    /// Its stock ledger, oldest first.
+    pub(super) movements: Vec<MovementView>,
 }
 
 #[derive(Debug)]
@@ -122,14 +124,15 @@ impl StoredProduct {
         self.batches.iter().position(|b| &b.reference == reference)
     }
 
-    /// Writes what one event says happened, as the SQL stores do.
-    pub(super) fn apply(&mut self, event: Event) {
+    /// Writes what one event says happened, at `at`, as the SQL stores do.
+    pub(super) fn apply(&mut self, event: Event, at: DateTime<Utc>) {
         match event {
             Event::BatchCreated(e) => self.batches.push(StoredBatch {
                 reference: e.reference,
                 eta: e.eta,
                 purchased: e.qty.get().into(),
                 allocated: 0,
+                movements: Vec::new(),
             }),
             Event::Allocated(e) => {
                 if let Some(index) = self.batch_index(&e.batchref) {
@@ -173,7 +176,13 @@ impl StoredProduct {
             }
             Event::BatchQuantityChanged(e) => {
                 if let Some(index) = self.batch_index(&e.reference) {
-                    self.batches[index].purchased = e.qty.get().into();
+                    self.batches[index].purchased = e.qty;
+                }
+            }
+            Event::StockMoved(e) => {
+                if let Some(index) = self.batch_index(&e.reference) {
+                    let movement = MovementView::of(&e.movement, at);
+                    self.batches[index].movements.push(movement);
                 }
             }
             Event::Shipped(Shipped {

@@ -98,15 +98,25 @@ pub(super) mod check {
          HAVING b.allocated_quantity <> COALESCE(SUM(a.qty), 0) \
          ORDER BY b.id";
 
+    /// Batches whose quantity is not the sum of their ledger's movements.
+    pub const LEDGER_DRIFT: &str = "SELECT b.reference, b.sku, \
+         b.quantity_in - b.quantity_out AS quantity, \
+         CAST(COALESCE(m.total, 0) AS BIGINT) AS ledger_total \
+         FROM batches b LEFT JOIN (\
+         SELECT reference, SUM(delta) AS total FROM stock_movements GROUP BY reference) m \
+         ON m.reference = b.reference \
+         WHERE b.quantity_in - b.quantity_out <> COALESCE(m.total, 0) \
+         ORDER BY b.id";
+
     /// Batches with more allocated and held by holds live at `$1` than
     /// they have.
     pub const OVER_ALLOCATED: &str = concat!(
-        "SELECT reference, sku, allocated_quantity, held_quantity, purchased_quantity FROM (",
+        "SELECT reference, sku, allocated_quantity, held_quantity, quantity FROM (",
         "SELECT b.id, b.reference, b.sku, b.allocated_quantity, ",
-        "b.purchased_quantity - b.shipped_quantity AS purchased_quantity, ",
+        "b.quantity_in - b.quantity_out AS quantity, ",
         crate::sql::queries::held_at!("$1"),
         " FROM batches b) t ",
-        "WHERE allocated_quantity + held_quantity > purchased_quantity ORDER BY id"
+        "WHERE allocated_quantity + held_quantity > quantity ORDER BY id"
     );
 
     /// A line may have one row per batch, never two on one batch.

@@ -4,9 +4,9 @@
 
 use domain::events::{
     AllocationCancelled, Deallocated, HoldBroken, HoldConverted, HoldReleased, LineCancelled,
-    Shipped,
+    Shipped, StockMoved,
 };
-use domain::{Event, Sku};
+use domain::{Event, Note, Sku};
 use serde::Serialize;
 use service_layer::ports::{OutboxMessage, ViewChange};
 
@@ -43,6 +43,21 @@ pub(in crate::sql) struct Row<'a> {
     /// What an ended hold part, or a closed line, became.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(in crate::sql) state: Option<&'static str>,
+    /// A movement's columns (`StockMoved`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) number: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) delta: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) qty_after: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) note: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) source: Option<String>,
 }
 
 impl<'a> Row<'a> {
@@ -84,14 +99,21 @@ impl Columns for Row<'_> {
             "hold_id" => Text(self.hold_id),
             "expires_at" => BigInt(self.expires_at),
             "state" => Text(self.state),
+            "number" => BigInt(self.number),
+            "at" => BigInt(self.at),
+            "delta" => BigInt(self.delta),
+            "qty_after" => BigInt(self.qty_after),
+            "reason" => Text(self.reason),
+            "note" => Text(self.note),
+            "source" => Text(self.source.as_deref()),
             _ => return None,
         })
     }
 }
 
 /// What an event says to write, if anything: the one place events meet
-/// writers.
-pub(super) fn change_of<'a>(sku: &'a Sku, event: &'a Event) -> Option<(Kind, Row<'a>)> {
+/// writers. `at` is when it happens (unix milliseconds).
+pub(super) fn change_of<'a>(sku: &'a Sku, event: &'a Event, at: i64) -> Option<(Kind, Row<'a>)> {
     let row = Row::of(sku.as_str());
     let change = match event {
         Event::BatchCreated(e) => (
@@ -130,7 +152,25 @@ pub(super) fn change_of<'a>(sku: &'a Sku, event: &'a Event) -> Option<(Kind, Row
             Kind::BatchQuantitiesChanged,
             Row {
                 reference: Some(e.reference.as_str()),
-                qty: Some(e.qty.get().into()),
+                qty: Some(quantity(e.qty)),
+                ..row
+            },
+        ),
+        Event::StockMoved(StockMoved {
+            reference,
+            movement,
+            ..
+        }) => (
+            Kind::StockMoved,
+            Row {
+                reference: Some(reference.as_str()),
+                number: Some(quantity(movement.number)),
+                at: Some(at),
+                delta: Some(movement.delta),
+                qty_after: Some(quantity(movement.qty_after)),
+                reason: Some(movement.reason.as_str()),
+                note: movement.note.as_ref().map(Note::as_str),
+                source: movement.source(),
                 ..row
             },
         ),
@@ -202,6 +242,12 @@ pub(super) fn change_of<'a>(sku: &'a Sku, event: &'a Event) -> Option<(Kind, Row
         Event::OutOfStock(_) => return None,
     };
     Some(change)
+}
+
+/// A count of units or a version number as a BIGINT: both stay far below
+/// `i64::MAX` (quantities are at most a billion).
+fn quantity(units: u64) -> i64 {
+    i64::try_from(units).unwrap_or(i64::MAX)
 }
 
 pub(super) fn change_of_view(view: &ViewChange) -> (Kind, Row<'_>) {

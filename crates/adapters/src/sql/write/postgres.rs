@@ -73,7 +73,7 @@ versioned AS (SELECT r.sku FROM {rows})"#;
 /// New batches, in the order they were created: their ids order them.
 const BATCHES_CREATED: &str = r#"
 batches_created AS (
-    INSERT INTO batches (reference, sku, purchased_quantity, eta)
+    INSERT INTO batches (reference, sku, quantity_in, eta)
     SELECT r.reference, r.sku, r.qty, r.eta
     FROM {rows} JOIN versioned v ON v.sku = r.sku
     ORDER BY r.n)"#;
@@ -115,9 +115,12 @@ lines_removed_from AS (
     FROM (SELECT batch_id, sum(qty)::bigint AS qty FROM lines_removed GROUP BY batch_id) t
     WHERE b.id = t.batch_id)"#;
 
+/// A batch's new quantity: what it gains comes in, what it loses goes out.
 const BATCH_QUANTITIES_CHANGED: &str = r#"
 batch_quantities_changed AS (
-    UPDATE batches b SET purchased_quantity = r.qty + b.shipped_quantity
+    UPDATE batches b
+    SET quantity_in = b.quantity_in + GREATEST(r.qty - (b.quantity_in - b.quantity_out), 0),
+        quantity_out = b.quantity_out + GREATEST((b.quantity_in - b.quantity_out) - r.qty, 0)
     FROM {rows} JOIN versioned v ON v.sku = r.sku
     WHERE b.reference = r.reference AND b.sku = r.sku
     RETURNING b.id)"#;
@@ -156,11 +159,19 @@ lines_closed AS (
     RETURNING a.batch_id, a.qty, r.state),
 lines_closed_from AS (
     UPDATE batches b SET allocated_quantity = b.allocated_quantity - t.qty,
-        shipped_quantity = b.shipped_quantity + t.shipped
+        quantity_out = b.quantity_out + t.shipped
     FROM (SELECT batch_id, sum(qty)::bigint AS qty,
                  sum(CASE WHEN state = 'shipped' THEN qty ELSE 0 END)::bigint AS shipped
           FROM lines_closed GROUP BY batch_id) t
     WHERE b.id = t.batch_id)"#;
+
+/// Movements of the stock ledger. Keyed by batch reference, not id: a
+/// batch created in the same statement is not visible to it.
+const STOCK_MOVED: &str = r#"
+stock_moved AS (
+    INSERT INTO stock_movements (reference, number, sku, at, delta, qty_after, reason, note, source)
+    SELECT r.reference, r.number, r.sku, r.at, r.delta, r.qty_after, r.reason, r.note, r.source
+    FROM {rows} JOIN versioned v ON v.sku = r.sku)"#;
 
 /// Hold parts, inserted in the order they were placed.
 const HOLD_PARTS_PLACED: &str = r#"
@@ -202,6 +213,7 @@ fn writer(kind: Kind) -> &'static str {
         Kind::HoldPartsPlaced => HOLD_PARTS_PLACED,
         Kind::HoldPartsExtended => HOLD_PARTS_EXTENDED,
         Kind::HoldPartsEnded => HOLD_PARTS_ENDED,
+        Kind::StockMoved => STOCK_MOVED,
     }
 }
 
@@ -264,6 +276,17 @@ fn columns(kind: Kind) -> &'static [Column] {
             ("sku", "text"),
             ("batchref", "text"),
             ("state", "text"),
+        ],
+        Kind::StockMoved => &[
+            ("reference", "text"),
+            ("number", "bigint"),
+            ("sku", "text"),
+            ("at", "bigint"),
+            ("delta", "bigint"),
+            ("qty_after", "bigint"),
+            ("reason", "text"),
+            ("note", "text"),
+            ("source", "text"),
         ],
     }
 }

@@ -51,7 +51,7 @@ ORDER BY 1 LIMIT 1"#;
 
 /// New batches, in the order they were created: their ids order them.
 const BATCHES_CREATED: &str = r#"
-INSERT INTO batches (reference, sku, purchased_quantity, eta)
+INSERT INTO batches (reference, sku, quantity_in, eta)
 SELECT value ->> 'reference', value ->> 'sku', value ->> 'qty', value ->> 'eta'
 FROM json_each({rows}) ORDER BY value ->> 'n'"#;
 
@@ -98,8 +98,11 @@ WHERE state = 'allocated' AND (orderid, sku, batch_id) IN (
     JOIN batches b ON b.reference = r.value ->> 'batchref' AND b.sku = r.value ->> 'sku')
 RETURNING {run} AS run"#;
 
+/// A batch's new quantity: what it gains comes in, what it loses goes out.
 const BATCH_QUANTITIES_CHANGED: &str = r#"
-UPDATE batches SET purchased_quantity = r.qty + shipped_quantity
+UPDATE batches
+SET quantity_in = quantity_in + MAX(r.qty - (quantity_in - quantity_out), 0),
+    quantity_out = quantity_out + MAX((quantity_in - quantity_out) - r.qty, 0)
 FROM (SELECT value ->> 'sku' AS sku, value ->> 'reference' AS reference,
              value ->> 'qty' AS qty
       FROM json_each({rows})) AS r
@@ -131,7 +134,7 @@ FROM json_each({rows}) ORDER BY value ->> 'n'"#;
 /// batch's allocated total, and a shipped one its quantity too.
 const LINES_CLOSED: &str = r#"
 UPDATE batches SET allocated_quantity = allocated_quantity - t.qty,
-    shipped_quantity = shipped_quantity + t.shipped
+    quantity_out = quantity_out + t.shipped
 FROM (SELECT a.batch_id, sum(a.qty) AS qty,
              sum(CASE WHEN r.state = 'shipped' THEN a.qty ELSE 0 END) AS shipped
       FROM (SELECT value ->> 'sku' AS sku, value ->> 'orderid' AS orderid,
@@ -150,6 +153,14 @@ FROM (SELECT value ->> 'sku' AS sku, value ->> 'orderid' AS orderid,
 WHERE allocations.orderid = r.orderid AND allocations.sku = r.sku
 AND allocations.batch_id = r.batch_id AND allocations.state = 'allocated'
 RETURNING {run} AS run"#;
+
+/// Movements of the stock ledger.
+const STOCK_MOVED: &str = r#"
+INSERT INTO stock_movements (reference, number, sku, at, delta, qty_after, reason, note, source)
+SELECT value ->> 'reference', value ->> 'number', value ->> 'sku', value ->> 'at',
+       value ->> 'delta', value ->> 'qty_after', value ->> 'reason', value ->> 'note',
+       value ->> 'source'
+FROM json_each({rows})"#;
 
 /// Hold parts, inserted in the order they were placed. A batch that is not
 /// stored leaves `batch_id` NULL, which its NOT NULL refuses.
@@ -193,6 +204,7 @@ fn writer(kind: Kind) -> &'static str {
         Kind::HoldPartsPlaced => HOLD_PARTS_PLACED,
         Kind::HoldPartsExtended => HOLD_PARTS_EXTENDED,
         Kind::HoldPartsEnded => HOLD_PARTS_ENDED,
+        Kind::StockMoved => STOCK_MOVED,
     }
 }
 

@@ -143,7 +143,11 @@ impl From<service_layer::Error> for ApiError {
                 | DomainError::HoldMismatch { .. }
                 | DomainError::NotArrived { .. }
                 | DomainError::AlreadyShipped { .. }
-                | DomainError::LineCancelled { .. } => Self::Conflict(rejection.to_string()),
+                | DomainError::LineCancelled { .. }
+                | DomainError::QuantityNotAsExpected { .. } => {
+                    Self::Conflict(rejection.to_string())
+                }
+                DomainError::AdjustmentOutOfRange { .. } => Self::BadRequest(rejection.to_string()),
                 DomainError::UnknownBatch { .. } | DomainError::NotAllocated { .. } => {
                     Self::NotFound(rejection.to_string())
                 }

@@ -69,7 +69,7 @@ struct ExtendRequest {
 }
 
 /// A time as the API writes it: RFC 3339, UTC, to the millisecond.
-fn rfc3339(time: DateTime<Utc>) -> String {
+pub(super) fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 

@@ -98,31 +98,48 @@ impl ToSchema for Units {}
 
 impl<'de> Deserialize<'de> for Units {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(WholeNumber)
+        let range = Some((1, Quantity::MAX.into()));
+        deserializer.deserialize_any(WholeNumber(range)).map(Self)
     }
 }
 
-/// Reads [`Units`] from whichever number type the JSON decoder found.
-struct WholeNumber;
+/// Any whole number, as [`Units`] reads it, for the fields whose range is
+/// not a quantity's (an adjustment's delta, a counted quantity, which may
+/// be 0): the route checks it, and its schema states it.
+#[derive(Debug, Clone, Copy)]
+pub struct Whole(pub i128);
+
+impl<'de> Deserialize<'de> for Whole {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(WholeNumber(None)).map(Self)
+    }
+}
+
+/// Reads a whole number from whichever number type the JSON decoder
+/// found; the range it names is only for the error message.
+struct WholeNumber(Option<(i128, i128)>);
 
 impl Visitor<'_> for WholeNumber {
-    type Value = Units;
+    type Value = i128;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "a whole number from 1 to {}", Quantity::MAX)
+        match self.0 {
+            Some((low, high)) => write!(f, "a whole number from {low} to {high}"),
+            None => write!(f, "a whole number"),
+        }
     }
 
-    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Units, E> {
-        Ok(Units(value.into()))
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<i128, E> {
+        Ok(value.into())
     }
 
-    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Units, E> {
-        Ok(Units(value.into()))
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<i128, E> {
+        Ok(value.into())
     }
 
-    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Units, E> {
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<i128, E> {
         match whole_number(value) {
-            Some(units) => Ok(Units(units)),
+            Some(units) => Ok(units),
             None => Err(E::invalid_value(Unexpected::Float(value), &self)),
         }
     }

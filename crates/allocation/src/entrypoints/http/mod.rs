@@ -19,6 +19,7 @@ mod error;
 mod holds;
 mod idempotency;
 mod input;
+mod ledger;
 mod observe;
 mod openapi;
 mod operations;
@@ -122,5 +123,6 @@ fn documented_routes<S: Store + ReadModel + Outbox>() -> OpenApiRouter<AppState<
         .merge(allocations::routes())
         .merge(orders::routes())
         .merge(holds::routes())
+        .merge(ledger::routes())
         .merge(operations::routes())
 }

@@ -32,6 +32,7 @@ use super::input::{Identifier, Units};
     tags(
         (name = "book", description = "The routes of the book, unchanged for its clients"),
         (name = "allocation", description = "Further commands and queries"),
+        (name = "stock", description = "The stock ledger: movements and adjustments"),
         (name = "operations", description = "Probes and documents for operators"),
     )
 )]

@@ -72,7 +72,11 @@ fn placing_allocates_the_line_where_it_was_placed() {
             batchref: batchref("ship"),
         })]
     );
-    assert_eq!(product.version(), 3);
+    assert_eq!(
+        product.version(),
+        5,
+        "two batches, each with its movement, then the line"
+    );
 }
 
 #[test]

@@ -50,14 +50,19 @@ fn shipping_takes_the_units_out_of_the_batch_and_its_allocation() {
         ),
         (6, 0, 6)
     );
+    let events = product.take_events();
     assert_eq!(
-        product.take_events(),
-        [Event::Shipped(Shipped {
+        events[0],
+        Event::Shipped(Shipped {
             orderid: orderid("o1"),
             sku: sku("SOFA"),
             batchref: batchref("home"),
             qty: qty(4),
-        })]
+        })
+    );
+    assert!(
+        matches!(&events[1..], [Event::StockMoved(moved)] if moved.movement.delta == -4),
+        "and its movement: {events:?}"
     );
 
     // Again: the same parts, nothing changes.

@@ -314,11 +314,12 @@ mod tests {
                 Event::BatchQuantityChanged(BatchQuantityChanged {
                     sku: sku.clone(),
                     reference: BatchRef::parse(reference).expect("reference"),
-                    qty: Quantity::parse(*qty, "qty").expect("qty"),
+                    qty: Quantity::parse(*qty, "qty").expect("qty").get().into(),
                 })
             })
             .collect();
         ChangeSet {
+            at: chrono::Utc::now(),
             products: vec![ProductChanges {
                 sku,
                 stored_version: Some(3),
