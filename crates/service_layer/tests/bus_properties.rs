@@ -4,15 +4,19 @@
 //! handler running as in the service. After every command, nothing is
 //! over-allocated, the write side, the read model and the outbox agree, and
 //! every line (or part) that lost its batch and was not reallocated had
-//! nowhere to go.
+//! nowhere to go; and every batch's ledger sums to its quantity.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{Days, NaiveDate};
-use domain::commands::{Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate};
+use domain::commands::{
+    AdjustBatch, Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate,
+};
 use domain::fixtures::{batchref, orderid, qty, sku};
-use domain::{BatchRef, DomainError, OrderId, OrderLines, Sku};
+use domain::{
+    Adjustment, AdjustmentReason, BatchRef, Change, DomainError, OrderId, OrderLines, Sku,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use service_layer::memory::{MemoryStore, RecordingNotifications};
@@ -51,6 +55,13 @@ enum Step {
         batch: usize,
         qty: u32,
     },
+    /// By `delta`, or to `qty` when `delta` is 0; `expected` may be stale.
+    Adjust {
+        batch: usize,
+        delta: i64,
+        qty: u32,
+        expected: Option<u32>,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -68,6 +79,8 @@ fn step() -> impl Strategy<Value = Step> {
             }),
         1 => (0..ORDERS, sku).prop_map(|(order, sku)| Step::Deallocate { order, sku }),
         2 => (0..BATCHES, 1..=30u32).prop_map(|(batch, qty)| Step::ChangeBatchQuantity { batch, qty }),
+        2 => (0..BATCHES, -20..=20i64, 0..=30u32, proptest::option::of(0..=30u32))
+            .prop_map(|(batch, delta, qty, expected)| Step::Adjust { batch, delta, qty, expected }),
     ]
 }
 
@@ -338,38 +351,36 @@ impl App {
                     qty: qty(units),
                 };
                 refused_only_by_the_domain(self.bus.handle(command).await)?;
-                // Only lines with a part on the changed batch move. A part
-                // that left it and is nowhere now was tried on every batch
-                // of its product: none has room for it.
-                let after = self.placement().await?;
-                let changed = batch_name(batch);
-                for (line, parts) in &before {
-                    let now = after.get(line).map(Vec::as_slice).unwrap_or_default();
-                    if !batches_of(parts).contains(&&changed) {
-                        prop_assert_eq!(
-                            now,
-                            parts.as_slice(),
-                            "only the changed batch's lines move"
-                        );
-                        continue;
+                self.check_only_its_lines_moved(&before, &batch_name(batch))
+                    .await?;
+            }
+            Step::Adjust {
+                batch,
+                delta,
+                qty: units,
+                expected,
+            } => {
+                let command = AdjustBatch {
+                    reference: batch_name(batch),
+                    adjustment: Adjustment {
+                        change: if delta == 0 {
+                            Change::To(units.into())
+                        } else {
+                            Change::By(delta)
+                        },
+                        reason: AdjustmentReason::CycleCount,
+                        note: None,
+                        expected_qty: expected.map(u64::from),
+                    },
+                };
+                match self.bus.handle(command).await {
+                    Ok(_) => {
+                        self.check_only_its_lines_moved(&before, &batch_name(batch))
+                            .await?
                     }
-                    for (batch, units) in parts.iter().filter(|(batch, _)| *batch != changed) {
-                        let kept = now.iter().find(|(b, _)| b == batch).map(|(_, u)| *u);
-                        prop_assert!(
-                            kept >= Some(*units),
-                            "{:?} lost its part on {:?}",
-                            line,
-                            batch
-                        );
-                    }
-                    let lost = total(parts) - total(now);
-                    if lost > 0 {
-                        prop_assert_eq!(
-                            self.room_for(&line.1, lost).await,
-                            vec![],
-                            "{:?} was not reallocated",
-                            line
-                        );
+                    Err(error) => {
+                        refused_only_by_the_domain(Err::<(), _>(error))?;
+                        prop_assert_eq!(self.placement().await?, before, "refused whole");
                     }
                 }
             }
@@ -377,8 +388,46 @@ impl App {
         self.check_consistency().await
     }
 
+    /// After `changed` shrank or grew: only lines with a part on it moved.
+    /// A part that left it and is nowhere now was tried on every batch of
+    /// its product: none has room for it.
+    async fn check_only_its_lines_moved(
+        &self,
+        before: &Placement,
+        changed: &BatchRef,
+    ) -> Result<(), TestCaseError> {
+        let after = self.placement().await?;
+        for (line, parts) in before {
+            let now = after.get(line).map(Vec::as_slice).unwrap_or_default();
+            if !batches_of(parts).contains(&changed) {
+                prop_assert_eq!(now, parts.as_slice(), "only the changed batch's lines move");
+                continue;
+            }
+            for (batch, units) in parts.iter().filter(|(batch, _)| batch != changed) {
+                let kept = now.iter().find(|(b, _)| b == batch).map(|(_, u)| *u);
+                prop_assert!(
+                    kept >= Some(*units),
+                    "{:?} lost its part on {:?}",
+                    line,
+                    batch
+                );
+            }
+            let lost = total(parts) - total(now);
+            if lost > 0 {
+                prop_assert_eq!(
+                    self.room_for(&line.1, lost).await,
+                    vec![],
+                    "{:?} was not reallocated",
+                    line
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Nothing over-allocated; each batch's total is what the read model's
-    /// parts on it hold; every part was announced on its batch.
+    /// parts on it hold; every part was announced on its batch; each
+    /// batch's movements, in increasing numbers, sum to its quantity.
     async fn check_consistency(&self) -> Result<(), TestCaseError> {
         let placement = self.placement().await?;
         let messages = self.store.unsent_messages();
@@ -401,6 +450,16 @@ impl App {
                     .map(|(_, units)| units)
                     .sum();
                 prop_assert_eq!(batch.allocated, on_batch, "{:?}", batch.reference);
+                let ledger = self
+                    .store
+                    .movements(&batch.reference)
+                    .await
+                    .expect("a query")
+                    .expect("a known batch");
+                let sum: i64 = ledger.iter().map(|m| m.delta).sum();
+                prop_assert_eq!(u64::try_from(sum).ok(), Some(batch.purchased));
+                prop_assert_eq!(ledger.last().map(|m| m.qty_after), Some(batch.purchased));
+                prop_assert!(ledger.windows(2).all(|w| w[0].number < w[1].number));
             }
         }
         for ((order, product), parts) in &placement {

@@ -2,8 +2,9 @@
 //! service is killed (SIGKILL) in the middle of concurrent allocations and
 //! started again on the same database. Every allocation it answered with a
 //! batch is still there, no batch holds more than it has, the read model
-//! agrees with the allocations (`allocation check`), and the outbox drains:
-//! each answered allocation reaches Redis.
+//! agrees with the allocations and every batch's ledger with its quantity
+//! (`allocation check`), every answered adjustment is in its batch's
+//! ledger, and the outbox drains: each answered allocation reaches Redis.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -88,6 +89,19 @@ async fn a_crash_mid_load_loses_no_answered_allocation(db: TestDatabase, redis: 
         })
         .collect();
 
+    // Counted by a stocktaker meanwhile: a product of its own, so that no
+    // adjustment moves an answered allocation.
+    let counted: Vec<String> = (0..2).map(|_| unique("counted")).collect();
+    let counted_sku = unique("counted-sku");
+    for batch in &counted {
+        app.add_batch(batch, &counted_sku, 1_000, None).await;
+    }
+    let stocktaker = tokio::spawn(adjust_until_gone(
+        app.client.clone(),
+        app.address.clone(),
+        counted,
+    ));
+
     let busy = answered_so_far.wait_for(|count| *count >= ANSWERS_BEFORE_CRASH);
     assert!(
         matches!(tokio::time::timeout(BOUND, busy).await, Ok(Ok(_))),
@@ -98,6 +112,7 @@ async fn a_crash_mid_load_loses_no_answered_allocation(db: TestDatabase, redis: 
     for client in clients {
         answered.extend(client.await.expect("client"));
     }
+    let adjusted = stocktaker.await.expect("stocktaker");
 
     let app = RunningApp::start_with(&db, &["--redis-url", &redis]).await;
 
@@ -135,8 +150,16 @@ async fn a_crash_mid_load_loses_no_answered_allocation(db: TestDatabase, redis: 
         }
     }
 
+    // Every answered adjustment is in its batch's ledger.
+    for (batch, movement) in &adjusted {
+        let (_, ledger) = app.get(&format!("/batches/{batch}/movements")).await;
+        let ledger = ledger.as_array().expect("a ledger");
+        assert!(ledger.contains(movement), "{movement} lost from {batch}");
+    }
+
     // The outbox drains, and the database stays consistent all along
-    // (batch totals match their lines, the read model the allocations).
+    // (batch totals match their lines, the read model the allocations,
+    // each batch's quantity its ledger).
     let drained = outbox_drains(&db).await;
 
     // Every answered allocation was announced, before the crash or after.
@@ -155,10 +178,44 @@ async fn a_crash_mid_load_loses_no_answered_allocation(db: TestDatabase, redis: 
         unannounced.remove(message["orderid"].as_str().unwrap_or_default());
     }
     println!(
-        "{} answered before the crash ({} allocated); outbox drained {drained:?} after restart",
+        "{} answered before the crash ({} allocated, {} adjustments); \
+         outbox drained {drained:?} after restart",
         answered.len(),
         promised.values().sum::<u64>(),
+        adjusted.len(),
     );
+}
+
+/// A stocktaker finding and losing a unit of `batches` in turn, until the
+/// service is gone: each batch and movement answered.
+async fn adjust_until_gone(
+    http: reqwest::Client,
+    address: String,
+    batches: Vec<String>,
+) -> Vec<(String, Value)> {
+    let mut answered = Vec::new();
+    for n in 0.. {
+        let batch = batches[n % batches.len()].clone();
+        let (delta, reason) = if n % 2 == 0 {
+            (1, "found")
+        } else {
+            (-1, "lost")
+        };
+        let body = json!({ "delta": delta, "reason": reason });
+        let sent = http
+            .post(format!("{address}/batches/{batch}/adjust"))
+            .json(&body)
+            .send()
+            .await;
+        let Ok(response) = sent else { break };
+        let status = response.status().as_u16();
+        let Ok(answer) = response.json::<Value>().await else {
+            break;
+        };
+        assert_eq!(status, 200, "{answer}");
+        answered.push((batch, answer["movement"].clone()));
+    }
+    answered
 }
 
 /// Polls `allocation check` until the outbox is empty, requiring it to

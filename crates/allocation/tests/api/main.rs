@@ -17,6 +17,7 @@ mod helpers;
 mod holds;
 mod http_edge;
 mod idempotency;
+mod ledger;
 mod maintenance;
 mod notifications;
 mod observability;

@@ -4,6 +4,7 @@
 
 mod commands;
 mod holds;
+mod ledger;
 mod orders;
 mod running;
 mod shipping;
