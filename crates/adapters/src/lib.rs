@@ -9,12 +9,14 @@
 //! - [`redis`]: Redis pub/sub, the external message bus: a publisher and a
 //!   subscription that reconnects by itself;
 //! - [`email`]: notifications by SMTP;
+//! - [`csv_files`]: the book's appendix, a store backed by CSV files;
 //! - [`redact_url`]: how every adapter names its server in messages.
 //!
 //! The service layer defines the traits and knows nothing of this crate;
 //! the `allocation` binary picks the adapters at start and hands them to the
 //! message bus.
 
+pub mod csv_files;
 pub mod email;
 pub mod log;
 pub mod messages;

@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -51,6 +52,21 @@ pub enum Command {
     /// backlog. Read-only. Exit code 0: consistent; 2: differences found;
     /// 1: could not check.
     Check(MaintenanceArgs),
+    /// The book's CSV mode: allocate every line of FOLDER/orders.csv
+    /// (orderid,sku,qty) to the batches of FOLDER/batches.csv
+    /// (ref,sku,qty,eta; empty eta: in the warehouse), after the
+    /// allocations already in FOLDER/allocations.csv if there is one, and
+    /// write FOLDER/allocations.csv (orderid,sku,qty,batchref). No
+    /// database. A malformed file stops it with the file, line and field,
+    /// and nothing written.
+    AllocateFromCsv(CsvArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CsvArgs {
+    /// The folder holding batches.csv, orders.csv and, if any,
+    /// allocations.csv.
+    pub folder: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -65,6 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::RebuildReadModel(args) => maintenance::rebuild_read_model(&args).await,
         Command::Check(args) => maintenance::check(&args).await,
+        Command::AllocateFromCsv(args) => entrypoints::csv::allocate_from_csv(&args.folder).await,
     }
 }
 

@@ -1,7 +1,8 @@
 //! Entrypoints: the thin edges where the outside world talks to the service
-//! (HTTP, Redis).
+//! (HTTP, Redis, CSV files).
 //! Each parses its input into commands, hands them to the message bus (or
 //! asks the read model), and renders the answer.
 
+pub mod csv;
 pub mod http;
 pub mod redis;

@@ -8,6 +8,7 @@
 mod bad_input;
 mod connections;
 mod crash;
+mod csv_mode;
 mod delivery;
 mod end_to_end;
 mod external_events;
