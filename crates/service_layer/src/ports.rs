@@ -230,6 +230,49 @@ impl BatchView {
     }
 }
 
+/// What a product has and can sell, summed over its batches: the answer
+/// to "how many can I sell?" in one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvailabilityView {
+    /// Units in batches in the warehouse.
+    pub on_hand: u64,
+    /// Units in batches still at sea.
+    pub incoming: u64,
+    pub allocated: u64,
+    /// Set aside by holds live at the time of the question.
+    pub held: u64,
+    /// What allocations could take now: neither allocated nor held.
+    pub available: u64,
+    /// The earliest arrival of a batch at sea with units available.
+    pub next_eta: Option<NaiveDate>,
+}
+
+impl AvailabilityView {
+    /// The product of `batches` (`ReadModel::batches`); `None` for a
+    /// product with none, which is unknown.
+    pub fn of(batches: &[BatchView]) -> Option<Self> {
+        if batches.is_empty() {
+            return None;
+        }
+        let units = |at_sea: bool| {
+            let of = batches.iter().filter(move |b| b.eta.is_some() == at_sea);
+            of.map(|b| b.purchased).sum()
+        };
+        Some(Self {
+            on_hand: units(false),
+            incoming: units(true),
+            allocated: batches.iter().map(|b| b.allocated).sum(),
+            held: batches.iter().map(|b| b.held).sum(),
+            available: batches.iter().map(BatchView::available).sum(),
+            next_eta: batches
+                .iter()
+                .filter(|b| b.available() > 0)
+                .filter_map(|b| b.eta)
+                .min(),
+        })
+    }
+}
+
 /// One entry of a batch's stock ledger, as `GET /batches/<ref>/movements`
 /// shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,8 @@
-//! The stock ledger end to end (docs/contract.md section 7.1), on the built
-//! binary over HTTP and Redis, against SQLite and PostgreSQL: adjustments,
-//! two stocktakers racing on one count, a reduction that moves lines, and
-//! `allocation check` finding a quantity changed behind the ledger's back.
+//! The stock ledger and availability end to end (docs/contract.md
+//! sections 7.1 and 7.3), on the built binary over HTTP and Redis, against
+//! SQLite and PostgreSQL: adjustments, two stocktakers racing on one count,
+//! a reduction that moves lines, `allocation check` finding a quantity
+//! changed behind the ledger's back, and availability after each change.
 
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Connection};
@@ -15,6 +16,7 @@ per_backend!(mod every_backend on [sqlite, postgres] via on_database {
     two_stocktakers_on_one_count_exactly_one_wins,
     a_reduction_below_the_allocated_moves_the_newest_lines,
     check_finds_a_quantity_changed_behind_the_ledgers_back,
+    availability_is_exact_after_each_change,
 });
 
 per_backend!(mod over_redis on [sqlite, postgres] via with_redis {
@@ -231,4 +233,43 @@ async fn a_change_of_quantity_over_redis_is_a_changed_movement(db: TestDatabase,
             (-4, 6, "changed".to_owned())
         ]
     );
+}
+
+async fn availability_is_exact_after_each_change(db: TestDatabase) {
+    let app = RunningApp::start(&db).await;
+    let (sku, home, ship) = (unique("lamp"), unique("home"), unique("ship"));
+    let path = format!("/products/{sku}/availability");
+    assert_eq!(app.get(&path).await.0, 404, "no batches yet");
+    app.add_batch(&home, &sku, 10, None).await;
+    app.add_batch(&ship, &sku, 8, Some("2031-01-01")).await;
+    let figures = |body: &Value| {
+        let keys = [
+            "on_hand",
+            "incoming",
+            "allocated",
+            "held",
+            "backordered",
+            "available",
+        ];
+        keys.map(|key| body[key].as_u64().unwrap_or(u64::MAX))
+    };
+    let (status, body) = app.get(&path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(figures(&body), [10, 8, 0, 0, 0, 18]);
+    assert_eq!(
+        (&body["sku"], &body["next_eta"]),
+        (&json!(sku), &json!("2031-01-01"))
+    );
+
+    assert!(app.allocate(&unique("order"), &sku, 6).await.is_some());
+    let hold = json!({ "lines": [{ "sku": sku, "qty": 8 }] });
+    assert_eq!(app.post("/holds", &hold).await.0, 201, "held at sea");
+    let (_, body) = app.get(&path).await;
+    assert_eq!(figures(&body), [10, 8, 6, 8, 0, 4]);
+    assert_eq!(body["next_eta"], Value::Null, "nothing at sea is free");
+
+    let lost = json!({ "delta": -4, "reason": "lost" });
+    assert_eq!(app.post(&adjust(&home), &lost).await.0, 200);
+    let (_, body) = app.get(&path).await;
+    assert_eq!(figures(&body), [6, 8, 6, 8, 0, 0]);
 }

@@ -27,6 +27,7 @@ const ROUTES: &[&str] = &[
     "POST /holds/{hold_id}/extend",
     "DELETE /holds/{hold_id}",
     "GET /products/{sku}/batches",
+    "GET /products/{sku}/availability",
     "GET /batches/{ref}/movements",
     "POST /batches/{ref}/adjust",
     "GET /healthz",

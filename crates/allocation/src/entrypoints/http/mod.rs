@@ -14,6 +14,7 @@
 
 mod allocations;
 mod auth;
+mod availability;
 mod batches;
 mod error;
 mod holds;
@@ -124,5 +125,6 @@ fn documented_routes<S: Store + ReadModel + Outbox>() -> OpenApiRouter<AppState<
         .merge(orders::routes())
         .merge(holds::routes())
         .merge(ledger::routes())
+        .merge(availability::routes())
         .merge(operations::routes())
 }

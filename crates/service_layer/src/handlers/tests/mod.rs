@@ -2,6 +2,7 @@
 //! bus with in-memory fakes: each command's behaviour (`commands`), then how
 //! the bus runs them: retries, groups, callers that leave (`running`).
 
+mod availability;
 mod commands;
 mod holds;
 mod ledger;
