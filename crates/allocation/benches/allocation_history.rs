@@ -1,7 +1,9 @@
 //! Allocation cost against a SKU's history: allocating one more line after
 //! N = 0, 1 000, 10 000 and 100 000 earlier commands on the same SKU (a
 //! quarter each: lines allocated, lines allocated and shipped, checkout
-//! holds released, checkout holds left to expire), on
+//! holds released, checkout holds left to expire), each followed by a
+//! stocktaker's adjustment of the batch (a unit lost, then found again),
+//! so that the batch's ledger holds N + N/4 movements, on
 //! the in-memory store, on SQLite, and on PostgreSQL when `DATABASE_URL` is a
 //! `postgres://` URL (a fresh database, dropped afterwards; skipped with a
 //! notice otherwise). The book's model loads every line on
@@ -21,8 +23,12 @@ use std::time::{Duration, Instant};
 use adapters::log::LogNotifications;
 use adapters::sql::{PoolSettings, SqlStore};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use domain::commands::{Allocate, CreateBatch, Deallocate, PlaceHold, ReleaseHold, ShipOrder};
-use domain::{BatchRef, HoldId, OrderId, OrderLines, Quantity, Sku};
+use domain::commands::{
+    AdjustBatch, Allocate, CreateBatch, Deallocate, PlaceHold, ReleaseHold, ShipOrder,
+};
+use domain::{
+    Adjustment, AdjustmentReason, BatchRef, Change, HoldId, OrderId, OrderLines, Quantity, Sku,
+};
 use service_layer::memory::MemoryStore;
 use service_layer::ports::Outbox;
 use service_layer::{MessageBus, RetryPolicy, Store};
@@ -56,8 +62,9 @@ fn allocate(sku: &Sku, n: u64) -> Allocate {
 }
 
 /// Earlier command number `n` on `sku`: what a shop's history holds, in
-/// equal shares. Holds left to expire live one second.
-async fn make_history<S: Store>(bus: &Arc<MessageBus<S>>, sku: &Sku, n: u64) {
+/// equal shares, then an adjustment of `batch`. Holds left to expire live
+/// one second.
+async fn make_history<S: Store>(bus: &Arc<MessageBus<S>>, sku: &Sku, batch: &BatchRef, n: u64) {
     let hold_id = HoldId::parse(&format!("hold-{n}")).expect("valid hold id");
     let one = Quantity::parse(1, "qty").expect("valid qty");
     let hold = PlaceHold {
@@ -81,6 +88,21 @@ async fn make_history<S: Store>(bus: &Arc<MessageBus<S>>, sku: &Sku, n: u64) {
         }
         _ => drop(bus.handle(hold).await.expect("held")),
     }
+    // Lost then found: the batch keeps its quantity, its ledger grows.
+    let (delta, reason) = match n % 2 {
+        0 => (-1, AdjustmentReason::Lost),
+        _ => (1, AdjustmentReason::Found),
+    };
+    let adjust = AdjustBatch {
+        reference: batch.clone(),
+        adjustment: Adjustment {
+            change: Change::By(delta),
+            reason,
+            note: None,
+            expected_qty: None,
+        },
+    };
+    bus.handle(adjust).await.expect("adjusted");
 }
 
 /// Plays the relay, outside the measured time: in production it keeps the
@@ -125,9 +147,10 @@ fn history_benchmark<S: Store + Outbox>(
 ) {
     let bus = bus(store.clone());
     let sku = Sku::parse("HISTORIC-LAMP").expect("valid sku");
+    let batch = BatchRef::parse("big-batch").expect("valid ref");
     runtime.block_on(async {
         bus.handle(CreateBatch {
-            reference: BatchRef::parse("big-batch").expect("valid ref"),
+            reference: batch.clone(),
             sku: sku.clone(),
             qty: Quantity::parse(Quantity::MAX.into(), "qty").expect("valid qty"),
             eta: None,
@@ -145,7 +168,7 @@ fn history_benchmark<S: Store + Outbox>(
     for history in HISTORY {
         runtime.block_on(async {
             while seeded < history {
-                make_history(&bus, &sku, seeded).await;
+                make_history(&bus, &sku, &batch, seeded).await;
                 seeded += 1;
             }
             // The last holds expire: history, not stock.

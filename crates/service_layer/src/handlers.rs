@@ -263,15 +263,43 @@ impl CommandHandler for ChangeBatchQuantity {
     const NAME: &'static str = "ChangeBatchQuantity";
 
     async fn handle<T: StoreTransaction>(&self, uow: &mut UnitOfWork<T>) -> Result<(), Error> {
-        let product = uow
-            .products()
-            .get_by_batch(&self.reference)
-            .await?
-            .ok_or_else(|| DomainError::UnknownBatch {
-                reference: self.reference.clone(),
-            })?;
-        Ok(product.change_batch_quantity(&self.reference, self.qty)?)
+        resize(uow, &self.reference, |product| {
+            product.change_batch_quantity(&self.reference, self.qty)
+        })
+        .await
     }
+}
+
+/// Runs `change`, a change of batch `reference`'s quantity, on its product
+/// loaded with its totals only; loads the batch's lines and live holds,
+/// and runs it again, only when it refused for want of them (a shrink below
+/// what the batch has allocated and held). Most changes need none, and a
+/// batch's lines grow with its history: a stocktaker's count should not
+/// read every line the batch ever took. (The refusal changed nothing, as
+/// every refusal of the model.)
+async fn resize<T: StoreTransaction, R>(
+    uow: &mut UnitOfWork<T>,
+    reference: &BatchRef,
+    change: impl Fn(&mut Product) -> Result<R, DomainError>,
+) -> Result<R, Error> {
+    let unknown = || DomainError::UnknownBatch {
+        reference: reference.clone(),
+    };
+    let products = uow.products();
+    let sku = products
+        .sku_of_batch(reference)
+        .await?
+        .ok_or_else(unknown)?;
+    let product = products.get(&sku).await?.ok_or_else(unknown)?;
+    match change(product) {
+        Err(DomainError::LinesNotLoaded { .. }) => {}
+        done => return Ok(done?),
+    }
+    let product = products
+        .get_by_batch(reference)
+        .await?
+        .ok_or_else(unknown)?;
+    Ok(change(product)?)
 }
 
 /// What an adjustment left: the batch's figures after it, and its ledger
@@ -296,27 +324,24 @@ impl CommandHandler for AdjustBatch {
         uow: &mut UnitOfWork<T>,
     ) -> Result<Adjusted, Error> {
         let at = uow.now();
-        let product = uow
-            .products()
-            .get_by_batch(&self.reference)
-            .await?
-            .ok_or_else(|| DomainError::UnknownBatch {
+        resize(uow, &self.reference, |product| {
+            let movement = product.adjust_batch(&self.reference, self.adjustment.clone())?;
+            let batch =
+                product
+                    .batch(&self.reference)
+                    .ok_or_else(|| DomainError::UnknownBatch {
+                        reference: self.reference.clone(),
+                    })?;
+            Ok(Adjusted {
                 reference: self.reference.clone(),
-            })?;
-        let movement = product.adjust_batch(&self.reference, self.adjustment.clone())?;
-        let batch = product
-            .batch(&self.reference)
-            .ok_or_else(|| DomainError::UnknownBatch {
-                reference: self.reference.clone(),
-            })?;
-        Ok(Adjusted {
-            reference: self.reference.clone(),
-            qty: batch.purchased_quantity(),
-            allocated: batch.allocated_quantity(),
-            available: batch.available_quantity(),
-            movement,
-            at,
+                qty: batch.purchased_quantity(),
+                allocated: batch.allocated_quantity(),
+                available: batch.available_quantity(),
+                movement,
+                at,
+            })
         })
+        .await
     }
 }
 

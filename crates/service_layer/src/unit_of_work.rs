@@ -153,8 +153,9 @@ impl<T: StoreTransaction> Repository<T> {
         self.transaction.skus_of_hold(hold_id).await
     }
 
-    /// The product holding batch `reference`, with that batch's lines loaded:
-    /// what changing the batch's quantity needs.
+    /// The product holding batch `reference`, with that batch's lines and
+    /// live holds loaded: what shrinking the batch below what it has
+    /// allocated and held needs.
     pub async fn get_by_batch(
         &mut self,
         reference: &BatchRef,

@@ -114,16 +114,18 @@ struct AdjustRequest {
 impl AdjustRequest {
     fn adjustment(self) -> Result<Adjustment, ApiError> {
         let bad = |message: String| ApiError::BadRequest(message);
-        let max = i128::from(Quantity::MAX);
+        let max = i64::from(Quantity::MAX);
         let change = match (self.delta, self.set_to) {
-            (Some(Whole(delta)), None) if delta != 0 && delta.abs() <= max => {
-                Change::By(delta.try_into().map_err(|_| bad("delta".into()))?)
-            }
-            (Some(Whole(delta)), None) => {
-                return Err(bad(format!(
-                    "delta must be a whole number from -{max} to {max}, not 0; got {delta}"
-                )));
-            }
+            (Some(Whole(delta)), None) => Change::By(
+                i64::try_from(delta)
+                    .ok()
+                    .filter(|delta| *delta != 0 && delta.abs() <= max)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "delta must be a whole number from -{max} to {max}, not 0; got {delta}"
+                        ))
+                    })?,
+            ),
             (None, Some(Whole(count))) => Change::To(count_of(count, "set_to")?),
             _ => return Err(bad("give exactly one of delta and set_to".into())),
         };

@@ -125,3 +125,25 @@ async fn commands_of_one_group_number_their_movements_apart() {
     assert_eq!(sum, 25);
     assert_eq!(movements.last().map(|m| m.qty_after), Some(25));
 }
+
+#[tokio::test]
+async fn only_a_shrink_below_the_allocated_loads_the_batchs_lines() {
+    let (app, store) = app_with_conflicts(0).await;
+    app.allocate("o1", "LAMP", 6).await;
+    let loads = || store.batch_line_loads.load(Ordering::SeqCst);
+    app.bus
+        .handle(adjust("b1", Change::By(5), None))
+        .await
+        .expect("grown");
+    app.bus
+        .handle(change_quantity("b1", 7))
+        .await
+        .expect("shrunk, above what is allocated");
+    assert_eq!(loads(), 0, "the totals were enough");
+    app.bus
+        .handle(adjust("b1", Change::To(4), None))
+        .await
+        .expect("shrunk below");
+    assert_eq!(loads(), 1, "the lines to take off were loaded");
+    assert_eq!(app.allocated_to("LAMP", "b1").await, 0, "o1 had to go");
+}

@@ -142,6 +142,7 @@ impl<S: Store> App<S> {
 
 /// A store whose first `conflicts` commits fail as if another instance had
 /// changed the product in between; the conflicting commits write nothing.
+/// It counts what it was asked for, too.
 #[derive(Debug, Clone)]
 struct ConflictingStore {
     inner: MemoryStore,
@@ -149,6 +150,8 @@ struct ConflictingStore {
     commits_tried: Arc<AtomicU32>,
     /// Units of work started with `begin_locking`.
     locking_begins: Arc<AtomicU32>,
+    /// Loads of a product with every line of one of its batches.
+    batch_line_loads: Arc<AtomicU32>,
 }
 
 impl ConflictingStore {
@@ -158,6 +161,7 @@ impl ConflictingStore {
             conflicts_left: Arc::new(AtomicU32::new(conflicts)),
             commits_tried: Arc::default(),
             locking_begins: Arc::default(),
+            batch_line_loads: Arc::default(),
         }
     }
 }
@@ -190,6 +194,9 @@ impl StoreTransaction for ConflictingTransaction {
         lines: Lines<'_>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<domain::Product>, StoreError> {
+        if let Lines::OfBatch(_) = lines {
+            self.store.batch_line_loads.fetch_add(1, Ordering::SeqCst);
+        }
         let product = self.inner.load(sku, lines, now).await;
         // Let other commands run between read and commit, as a database
         // round trip would.
