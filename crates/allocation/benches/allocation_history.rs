@@ -122,18 +122,22 @@ async fn drain_outbox<O: Outbox>(outbox: &O) {
     }
 }
 
-/// On PostgreSQL, what autovacuum does sooner or later after seeding (up
-/// to 90 000 allocations at once): done before measuring, so that it does
-/// not start in the middle of one level's measurement and count against it.
-async fn vacuum(postgres_url: Option<&str>) {
+/// On PostgreSQL, what autovacuum and the checkpointer do sooner or later
+/// after seeding (up to 90 000 commands at once, with their WAL): done
+/// before measuring, so that neither starts in the middle of one level's
+/// measurement and counts against it.
+async fn settle(postgres_url: Option<&str>) {
     let Some(url) = postgres_url else { return };
     let mut connection = sqlx::PgConnection::connect(url)
         .await
         .expect("the benchmark database opens");
-    sqlx::raw_sql("VACUUM (ANALYZE)")
-        .execute(&mut connection)
-        .await
-        .expect("vacuumed");
+    // One statement each: VACUUM cannot share a multi-statement string.
+    for statement in ["VACUUM (ANALYZE)", "CHECKPOINT"] {
+        sqlx::raw_sql(statement)
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
 }
 
 /// Measures one backend at every history length, growing one SKU's history
@@ -174,7 +178,7 @@ fn history_benchmark<S: Store + Outbox>(
             // The last holds expire: history, not stock.
             tokio::time::sleep(Duration::from_millis(1_100)).await;
             drain_outbox(&store).await;
-            vacuum(postgres_url).await;
+            settle(postgres_url).await;
         });
         group.bench_with_input(BenchmarkId::new(backend, history), &history, |b, _| {
             b.to_async(runtime).iter_custom(|iterations| {
