@@ -245,7 +245,7 @@ fn place_existing(
     Ok(())
 }
 
-/// Every data row of `file` in `folder`, parsed by `parse`; `None` for a
+/// Every data row of `file` in `folder`, parsed by `parse`; none for a
 /// file that is not required and not there.
 fn read_rows<T>(
     folder: &Path,

@@ -343,8 +343,7 @@ impl Product {
         if self.batches[index].purchased == qty {
             return Ok(());
         }
-        self.check_loaded_to_resize(index, qty)?;
-        self.resize_batch(index, qty, Reason::Changed, None);
+        self.resize_batch(index, qty, Reason::Changed, None)?;
         Ok(())
     }
 
@@ -359,10 +358,20 @@ impl Product {
             })
     }
 
-    /// Refuses to resize batch `index` to `qty` when what must give way
-    /// to fit is not all loaded. Refused before anything changes, like
-    /// every refusal of the model.
-    fn check_loaded_to_resize(&self, index: usize, qty: u64) -> Result<(), DomainError> {
+    /// Sets batch `index`'s quantity to `qty` and records its movement. If
+    /// that leaves it over-committed, live holds on it give way first,
+    /// newest first, each recorded as [`HoldBroken`] (so that the rest of
+    /// the hold is released); then its most recent lines are deallocated
+    /// until it fits, each recorded as [`Deallocated`] so that it can be
+    /// reallocated. Refused, before anything changes like every refusal of
+    /// the model, when what must give way is not all loaded.
+    fn resize_batch(
+        &mut self,
+        index: usize,
+        qty: u64,
+        reason: Reason,
+        note: Option<Note>,
+    ) -> Result<Movement, DomainError> {
         let batch = &self.batches[index];
         let loaded_lines: u64 = batch
             .lines
@@ -382,22 +391,6 @@ impl Product {
                 reference: batch.reference.clone(),
             });
         }
-        Ok(())
-    }
-
-    /// Sets batch `index`'s quantity to `qty` and records its movement. If
-    /// that leaves it over-committed, live holds on it give way first,
-    /// newest first, each recorded as [`HoldBroken`] (so that the rest of
-    /// the hold is released); then its most recent lines are deallocated
-    /// until it fits, each recorded as [`Deallocated`] so that it can be
-    /// reallocated. Checked by [`Product::check_loaded_to_resize`] first.
-    fn resize_batch(
-        &mut self,
-        index: usize,
-        qty: u64,
-        reason: Reason,
-        note: Option<Note>,
-    ) -> Movement {
         let batch = &mut self.batches[index];
         let reference = batch.reference.clone();
         let before = batch.purchased;
@@ -442,7 +435,9 @@ impl Product {
                 qty,
             }));
         }
-        self.record_movement(index, ledger::delta(before, qty), reason, note, None)
+        // Both at most a billion (`Quantity::MAX`): the difference fits.
+        let delta = i64::try_from(i128::from(qty) - i128::from(before)).unwrap_or(i64::MAX);
+        Ok(self.record_movement(index, delta, reason, note, None))
     }
 
     /// Hands out the events recorded since the last call (book: `events`).

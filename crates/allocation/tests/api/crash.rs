@@ -63,16 +63,8 @@ async fn a_crash_mid_load_loses_no_answered_allocation(db: TestDatabase, redis: 
                     let sku = skus[(client + n) % skus.len()].clone();
                     let (orderid, qty) = (unique("order"), 1 + (client + n) as u64 % 3);
                     let body = json!({ "orderid": orderid, "sku": sku, "qty": qty });
-                    let sent = http
-                        .post(format!("{address}/allocate"))
-                        .json(&body)
-                        .send()
-                        .await;
-                    // Once the process is gone, requests fail; an answer cut
-                    // off by the crash promised nothing either.
-                    let Ok(response) = sent else { break };
-                    let status = response.status().as_u16();
-                    let Ok(answer) = response.json::<Value>().await else {
+                    let url = format!("{address}/allocate");
+                    let Some((status, answer)) = post_while_up(&http, url, &body).await else {
                         break;
                     };
                     assert_eq!(status, 202, "{answer}");
@@ -202,20 +194,24 @@ async fn adjust_until_gone(
             (-1, "lost")
         };
         let body = json!({ "delta": delta, "reason": reason });
-        let sent = http
-            .post(format!("{address}/batches/{batch}/adjust"))
-            .json(&body)
-            .send()
-            .await;
-        let Ok(response) = sent else { break };
-        let status = response.status().as_u16();
-        let Ok(answer) = response.json::<Value>().await else {
+        let url = format!("{address}/batches/{batch}/adjust");
+        let Some((status, answer)) = post_while_up(&http, url, &body).await else {
             break;
         };
         assert_eq!(status, 200, "{answer}");
         answered.push((batch, answer["movement"].clone()));
     }
     answered
+}
+
+/// POSTs `body` to `url`: its status and JSON answer, or `None` once the
+/// process is gone (requests fail; an answer cut off by the crash promised
+/// nothing either).
+async fn post_while_up(http: &reqwest::Client, url: String, body: &Value) -> Option<(u16, Value)> {
+    let response = http.post(url).json(body).send().await.ok()?;
+    let status = response.status().as_u16();
+    let answer = response.json::<Value>().await.ok()?;
+    Some((status, answer))
 }
 
 /// Polls `allocation check` until the outbox is empty, requiring it to

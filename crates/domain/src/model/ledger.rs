@@ -166,9 +166,8 @@ impl Product {
                 reference: reference.clone(),
                 result: target,
             })?;
-        self.check_loaded_to_resize(index, qty)?;
         let reason = Reason::Adjusted(adjustment.reason);
-        Ok(self.resize_batch(index, qty, reason, adjustment.note))
+        self.resize_batch(index, qty, reason, adjustment.note)
     }
 
     /// Records a movement of batch `index`, whose quantity is already
@@ -196,11 +195,4 @@ impl Product {
         }));
         movement
     }
-}
-
-/// The signed difference between two quantities, both at most
-/// [`Quantity::MAX`].
-pub(super) fn delta(from: u64, to: u64) -> i64 {
-    // Both fit in i64 by far: quantities are at most a billion.
-    i64::try_from(to).unwrap_or(i64::MAX) - i64::try_from(from).unwrap_or(i64::MAX)
 }
