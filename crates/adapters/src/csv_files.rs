@@ -122,7 +122,7 @@ impl CsvStore {
         }
         // The read model and the outbox as the handlers keep them.
         for event in uow.collect_new_events() {
-            handlers::handle_in_transaction(&event, &mut uow);
+            handlers::handle_in_transaction(&event, &mut uow).await?;
         }
         uow.commit().await?;
         Ok(Self {

@@ -190,7 +190,7 @@ fn history_benchmark<S: Store + Outbox>(
                         let started = Instant::now();
                         let batch = bus.handle(allocate(sku, n)).await.expect("allocated");
                         spent += started.elapsed();
-                        assert!(batch.is_some());
+                        assert!(batch.batchref().is_some());
                         let undo = Deallocate {
                             orderid: order(n),
                             sku: sku.clone(),

@@ -98,6 +98,15 @@ pub struct AdjustBatch {
     pub adjustment: Adjustment,
 }
 
+/// Change a SKU's settings (backorders and low-stock messages, beyond the
+/// book); a setting left `None` keeps its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeSettings {
+    pub sku: Sku,
+    pub backorder_limit: Option<u64>,
+    pub low_stock_threshold: Option<u64>,
+}
+
 /// Cancel an order line's allocation and free its stock; no reallocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deallocate {
@@ -119,6 +128,7 @@ pub enum Command {
     ReleaseHold(ReleaseHold),
     ChangeBatchQuantity(ChangeBatchQuantity),
     AdjustBatch(AdjustBatch),
+    ChangeSettings(ChangeSettings),
     Deallocate(Deallocate),
 }
 
@@ -137,6 +147,7 @@ impl Command {
             Self::ReleaseHold(_) => "ReleaseHold",
             Self::ChangeBatchQuantity(_) => "ChangeBatchQuantity",
             Self::AdjustBatch(_) => "AdjustBatch",
+            Self::ChangeSettings(_) => "ChangeSettings",
             Self::Deallocate(_) => "Deallocate",
         }
     }
@@ -163,5 +174,6 @@ into_command!(
     ReleaseHold,
     ChangeBatchQuantity,
     AdjustBatch,
+    ChangeSettings,
     Deallocate
 );

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::model::Movement;
+use crate::model::{Movement, Settings};
 use crate::values::{BatchRef, HoldId, OrderId, Quantity, Sku};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +134,41 @@ pub struct HoldConverted {
     pub qty: Quantity,
 }
 
+/// No batch could take a line, and it waits for stock as a backorder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backordered {
+    pub orderid: OrderId,
+    pub sku: Sku,
+    pub qty: Quantity,
+    /// The product's version with it: its place in the queue.
+    pub number: u64,
+}
+
+/// A waiting backorder found stock: an [`Allocated`] follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackorderFilled {
+    pub orderid: OrderId,
+    pub sku: Sku,
+    pub qty: Quantity,
+}
+
+/// A waiting backorder stopped waiting: its line was deallocated or, with
+/// `cancelled`, its order cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackorderWithdrawn {
+    pub orderid: OrderId,
+    pub sku: Sku,
+    pub qty: Quantity,
+    pub cancelled: bool,
+}
+
+/// A SKU's settings changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsChanged {
+    pub sku: Sku,
+    pub settings: Settings,
+}
+
 /// Every event the domain records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -151,6 +186,10 @@ pub enum Event {
     HoldReleased(HoldReleased),
     HoldBroken(HoldBroken),
     HoldConverted(HoldConverted),
+    Backordered(Backordered),
+    BackorderFilled(BackorderFilled),
+    BackorderWithdrawn(BackorderWithdrawn),
+    SettingsChanged(SettingsChanged),
 }
 
 impl Event {
@@ -171,6 +210,10 @@ impl Event {
             Self::HoldReleased(_) => "HoldReleased",
             Self::HoldBroken(_) => "HoldBroken",
             Self::HoldConverted(_) => "HoldConverted",
+            Self::Backordered(_) => "Backordered",
+            Self::BackorderFilled(_) => "BackorderFilled",
+            Self::BackorderWithdrawn(_) => "BackorderWithdrawn",
+            Self::SettingsChanged(_) => "SettingsChanged",
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod values;
 pub use commands::Command;
 pub use events::Event;
 pub use model::{
-    Adjustment, AdjustmentReason, Batch, Change, Closed, DomainError, HeldPart, Movement,
-    OrderLine, Part, Placement, Product, Reason, Shipment, Shortage,
+    Adjustment, AdjustmentReason, Allocation, Backorder, Batch, Change, Closed, DomainError,
+    HeldPart, Movement, OrderLine, Part, Placement, Product, Reason, Settings, Shipment, Shortage,
 };
 pub use values::{BatchRef, HoldId, Note, OrderId, OrderLines, Quantity, Sku, ValueError};

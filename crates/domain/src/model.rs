@@ -22,12 +22,14 @@ use crate::events::{
 };
 use crate::values::{BatchRef, Note, OrderId, Quantity, Sku};
 
+mod backorders;
 mod batch;
 mod holds;
 mod ledger;
 mod orders;
 mod shipping;
 
+pub use backorders::{Allocation, Backorder, Settings};
 pub use batch::{Batch, Closed};
 pub use holds::HeldPart;
 pub use ledger::{Adjustment, AdjustmentReason, Change, Movement, Reason};
@@ -57,6 +59,16 @@ pub enum DomainError {
         orderid: OrderId,
         sku: Sku,
         allocated: u64,
+    },
+    /// A line waits as a backorder with another quantity.
+    #[error(
+        "Order {orderid} already has {backordered} of {sku} backordered; \
+         deallocate it before allocating a different quantity"
+    )]
+    AlreadyBackordered {
+        orderid: OrderId,
+        sku: Sku,
+        backordered: u64,
     },
     #[error("Order {orderid} has no allocation of {sku}")]
     NotAllocated { orderid: OrderId, sku: Sku },
@@ -134,6 +146,9 @@ pub struct Product {
     version: u64,
     /// In creation order, which breaks ties between equally preferred batches.
     batches: Vec<Batch>,
+    settings: Settings,
+    /// Every waiting backorder, oldest first.
+    backorders: Vec<Backorder>,
     events: Vec<Event>,
 }
 
@@ -149,6 +164,8 @@ impl Product {
             sku,
             version,
             batches,
+            settings: Settings::default(),
+            backorders: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -243,13 +260,18 @@ impl Product {
     }
 
     /// Allocates `line` to the preferred batch that can take all of it and
-    /// returns that batch's reference, or `None` (recording [`OutOfStock`])
-    /// when no batch can. Needs the lines of `line.orderid` loaded: a line
-    /// already allocated is answered with its (first) batch and changes
-    /// nothing.
-    pub fn allocate(&mut self, line: OrderLine) -> Result<Option<BatchRef>, DomainError> {
+    /// returns that batch's reference. When no batch can, the line waits as
+    /// a backorder if the SKU's limit allows, or is refused, recording
+    /// [`OutOfStock`]. Needs the lines of `line.orderid` loaded: a line
+    /// already allocated (or waiting) is answered with its (first) batch
+    /// (or as waiting) and changes nothing.
+    pub fn allocate(&mut self, line: OrderLine) -> Result<Allocation, DomainError> {
         if let Some(parts) = self.same_allocation_of(&line)? {
-            return Ok(parts.into_iter().next().map(|part| part.batchref));
+            let first = parts.into_iter().next().map(|part| part.batchref);
+            return Ok(first.map_or(Allocation::OutOfStock, Allocation::Batch));
+        }
+        if self.waits_already(&line)? {
+            return Ok(Allocation::Backordered);
         }
         Ok(self.allocate_to_preferred(line))
     }
@@ -257,19 +279,23 @@ impl Product {
     /// Puts back a line, or one part of a split line, that a shrinking
     /// batch gave up ([`Deallocated`]): whole, to the preferred batch that
     /// can take it, joining the line's part already there if there is one;
-    /// or nowhere, recording [`OutOfStock`]. Unlike [`Product::allocate`] it
-    /// accepts a line of which other parts are allocated. Needs the lines
-    /// of `line.orderid` loaded.
-    pub fn reallocate(&mut self, line: OrderLine) -> Option<BatchRef> {
+    /// or, as [`Product::allocate`], to the backorders or nowhere. Unlike
+    /// it, it accepts a line of which other parts are allocated. Needs the
+    /// lines of `line.orderid` loaded.
+    pub fn reallocate(&mut self, line: OrderLine) -> Allocation {
         self.allocate_to_preferred(line)
     }
 
-    fn allocate_to_preferred(&mut self, line: OrderLine) -> Option<BatchRef> {
-        let Some(index) = self.preferred_batch_for(&line) else {
-            self.record(Event::OutOfStock(OutOfStock { sku: line.sku }));
-            return None;
-        };
-        Some(self.allocate_to(index, line))
+    fn allocate_to_preferred(&mut self, line: OrderLine) -> Allocation {
+        if let Some(index) = self.preferred_batch_for(&line) {
+            return Allocation::Batch(self.allocate_to(index, line));
+        }
+        if self.may_backorder(line.qty) {
+            self.backorder(line);
+            return Allocation::Backordered;
+        }
+        self.record(Event::OutOfStock(OutOfStock { sku: line.sku }));
+        Allocation::OutOfStock
     }
 
     /// Allocates `line` to the batch at `index`, which can take it, and
@@ -289,9 +315,13 @@ impl Product {
     }
 
     /// Cancels the allocation of `orderid`'s line and frees its stock, without
-    /// reallocating it; returns its parts, one per batch it was on. Needs the
+    /// reallocating it; returns its parts, one per batch it was on. A line
+    /// waiting as a backorder stops waiting, and has no parts. Needs the
     /// lines of `orderid` loaded.
     pub fn deallocate(&mut self, orderid: &OrderId) -> Result<Vec<Part>, DomainError> {
+        if self.withdraw_backorder(orderid, false) {
+            return Ok(Vec::new());
+        }
         if self.parts_of(orderid).is_empty()
             && !self.closed_parts_of(orderid, Closed::Shipped).is_empty()
         {

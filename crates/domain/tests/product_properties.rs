@@ -529,7 +529,9 @@ fn run(product: &mut Product, command: &Command) -> Result<Outcome, TestCaseErro
         Command::AddBatch(reference, qty, eta) => {
             product.add_batch(reference, qty, eta).map(|()| Reply::Done)
         }
-        Command::Allocate(line) => product.allocate(line).map(Reply::AllocatedTo),
+        Command::Allocate(line) => product
+            .allocate(line)
+            .map(|allocation| Reply::AllocatedTo(allocation.batchref())),
         Command::Deallocate(orderid) => product
             .deallocate(&orderid)
             .map(|parts| Reply::DeallocatedFrom(parts.into_iter().map(|p| p.batchref).collect())),

@@ -11,6 +11,10 @@ pub enum Error {
     /// The command names a SKU the service has no batches for.
     #[error("Invalid sku {0}")]
     InvalidSku(Sku),
+    /// The command is about a product the service does not know (where a
+    /// product, not an order line, is what is asked for).
+    #[error("Unknown sku {0}")]
+    UnknownProduct(Sku),
     /// The command names an order with no line at all.
     #[error("Unknown order {0}")]
     UnknownOrder(OrderId),

@@ -6,8 +6,9 @@
 //! `messagebus`):
 //! - transactional: run inside the command's unit of work, before commit,
 //!   so their writes commit or roll back with the change: the read model
-//!   ([`add_allocation_to_read_model`], [`remove_allocation_from_read_model`])
-//!   and the outbox ([`add_to_outbox`]);
+//!   ([`add_allocation_to_read_model`], [`remove_allocation_from_read_model`]),
+//!   the outbox ([`add_to_outbox`]), and the backorders waiting for the
+//!   stock that appeared ([`fill_backorders`]);
 //! - after commit: talk to the outside world or start a follow-up command
 //!   ([`send_out_of_stock_notification`], [`reallocate`],
 //!   [`release_broken_hold`]).
@@ -17,13 +18,13 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use domain::commands::{
-    AdjustBatch, Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate, Reallocate,
-    ReleaseHold,
+    AdjustBatch, Allocate, AllocateOrder, ChangeBatchQuantity, ChangeSettings, CreateBatch,
+    Deallocate, Reallocate, ReleaseHold,
 };
 use domain::events::{Allocated, Deallocated, HoldBroken, OutOfStock};
 use domain::{
-    BatchRef, DomainError, Event, Movement, OrderId, OrderLine, Part, Product, Quantity, Shortage,
-    Sku,
+    Allocation, BatchRef, DomainError, Event, Movement, OrderId, OrderLine, Part, Product,
+    Quantity, Settings, Shortage, Sku,
 };
 use uuid::Uuid;
 
@@ -34,7 +35,8 @@ pub use holds::{MAX_HOLD_TTL, PlacedHold};
 
 use crate::error::Error;
 use crate::ports::{
-    Notification, NotificationError, Notifications, OutboxMessage, StoreTransaction, ViewChange,
+    Notification, NotificationError, Notifications, OutboxMessage, StoreError, StoreTransaction,
+    ViewChange,
 };
 use crate::unit_of_work::UnitOfWork;
 
@@ -104,8 +106,8 @@ impl CommandHandler for CreateBatch {
 }
 
 impl CommandHandler for Allocate {
-    /// The batch the line went to, or `None` when it is out of stock.
-    type Reply = Option<BatchRef>;
+    /// The batch the line went to, or that it waits or is out of stock.
+    type Reply = Allocation;
     const NAME: &'static str = "Allocate";
 
     fn products(&self) -> impl Iterator<Item = &Sku> + Send {
@@ -119,7 +121,7 @@ impl CommandHandler for Allocate {
     async fn handle<T: StoreTransaction>(
         &self,
         uow: &mut UnitOfWork<T>,
-    ) -> Result<Option<BatchRef>, Error> {
+    ) -> Result<Allocation, Error> {
         let product = uow
             .products()
             .get_for_order(&self.sku, &self.orderid)
@@ -135,8 +137,8 @@ impl CommandHandler for Allocate {
 }
 
 impl CommandHandler for Reallocate {
-    /// The batch the line went to, or `None` when it is out of stock.
-    type Reply = Option<BatchRef>;
+    /// The batch the line went to, or that it waits or is out of stock.
+    type Reply = Allocation;
     const NAME: &'static str = "Reallocate";
 
     fn products(&self) -> impl Iterator<Item = &Sku> + Send {
@@ -150,7 +152,7 @@ impl CommandHandler for Reallocate {
     async fn handle<T: StoreTransaction>(
         &self,
         uow: &mut UnitOfWork<T>,
-    ) -> Result<Option<BatchRef>, Error> {
+    ) -> Result<Allocation, Error> {
         let product = uow
             .products()
             .get_for_order(&self.sku, &self.orderid)
@@ -164,12 +166,20 @@ impl CommandHandler for Reallocate {
     }
 }
 
-/// One line of a whole order, allocated: to one batch, or several parts.
+/// One line of a whole order, allocated: to one batch, or several parts;
+/// or, with no parts, waiting as a backorder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllocatedLine {
     pub sku: Sku,
     pub qty: Quantity,
     pub parts: Vec<Part>,
+}
+
+impl AllocatedLine {
+    /// Whether the line waits for stock rather than having it.
+    pub fn is_backordered(&self) -> bool {
+        self.parts.is_empty()
+    }
 }
 
 impl CommandHandler for AllocateOrder {
@@ -371,9 +381,41 @@ impl CommandHandler for Deallocate {
     }
 }
 
+impl CommandHandler for ChangeSettings {
+    /// The SKU's settings now.
+    type Reply = Settings;
+    const NAME: &'static str = "ChangeSettings";
+
+    fn products(&self) -> impl Iterator<Item = &Sku> + Send {
+        std::iter::once(&self.sku)
+    }
+
+    async fn handle<T: StoreTransaction>(
+        &self,
+        uow: &mut UnitOfWork<T>,
+    ) -> Result<Settings, Error> {
+        let product = uow
+            .products()
+            .get(&self.sku)
+            .await?
+            .ok_or_else(|| Error::UnknownProduct(self.sku.clone()))?;
+        let current = product.settings();
+        product.change_settings(Settings {
+            backorder_limit: self.backorder_limit.unwrap_or(current.backorder_limit),
+            low_stock_threshold: self
+                .low_stock_threshold
+                .unwrap_or(current.low_stock_threshold),
+        });
+        Ok(product.settings())
+    }
+}
+
 /// The transactional event handlers: their writes commit or roll back with
 /// the command that raised the event.
-pub fn handle_in_transaction<T: StoreTransaction>(event: &Event, uow: &mut UnitOfWork<T>) {
+pub async fn handle_in_transaction<T: StoreTransaction>(
+    event: &Event,
+    uow: &mut UnitOfWork<T>,
+) -> Result<(), StoreError> {
     match event {
         Event::Allocated(e) => {
             add_allocation_to_read_model(e, uow);
@@ -383,14 +425,18 @@ pub fn handle_in_transaction<T: StoreTransaction>(event: &Event, uow: &mut UnitO
             remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow)
         }
         Event::AllocationCancelled(e) => {
-            remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow)
+            remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow);
+            fill_backorders(&e.sku, uow).await?;
         }
         Event::LineCancelled(e) => {
-            remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow)
+            remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow);
+            fill_backorders(&e.sku, uow).await?;
         }
-        // Holds are read from the write tables: no read model to keep.
-        // A shipped line stays on its batch in the read model: it was
-        // allocated there.
+        Event::StockMoved(e) if e.movement.delta > 0 => fill_backorders(&e.sku, uow).await?,
+        Event::HoldReleased(e) => fill_backorders(&e.sku, uow).await?,
+        // Holds and backorders are read from the write tables: no read
+        // model to keep. A shipped line stays on its batch in the read
+        // model: it was allocated there.
         Event::BatchCreated(_)
         | Event::Shipped(_)
         | Event::BatchQuantityChanged(_)
@@ -398,10 +444,30 @@ pub fn handle_in_transaction<T: StoreTransaction>(event: &Event, uow: &mut UnitO
         | Event::OutOfStock(_)
         | Event::Held(_)
         | Event::HoldExtended(_)
-        | Event::HoldReleased(_)
         | Event::HoldBroken(_)
-        | Event::HoldConverted(_) => {}
+        | Event::HoldConverted(_)
+        | Event::Backordered(_)
+        | Event::BackorderFilled(_)
+        | Event::BackorderWithdrawn(_)
+        | Event::SettingsChanged(_) => {}
     }
+    Ok(())
+}
+
+/// Transactional: stock appeared (a batch grew or arrived, a line or a
+/// hold gave units back), so the product's waiting backorders have it
+/// first (book chapter 9's reallocation, in the same transaction: no
+/// command in between can take what they could have had). The product is
+/// in the unit of work already; the lines it fills raise `Allocated`,
+/// handled in turn.
+pub async fn fill_backorders<T: StoreTransaction>(
+    sku: &Sku,
+    uow: &mut UnitOfWork<T>,
+) -> Result<(), StoreError> {
+    if let Some(product) = uow.products().get(sku).await? {
+        product.fill_backorders();
+    }
+    Ok(())
 }
 
 /// Transactional: a new allocation shows in the `allocations` read model.

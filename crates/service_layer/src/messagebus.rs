@@ -153,6 +153,7 @@ impl<S: Store> MessageBus<S> {
             Command::ReleaseHold(c) => self.handle(c).await.map(drop),
             Command::ChangeBatchQuantity(c) => self.handle(c).await,
             Command::AdjustBatch(c) => self.handle(c).await.map(drop),
+            Command::ChangeSettings(c) => self.handle(c).await.map(drop),
             Command::Deallocate(c) => self.handle(c).await.map(drop),
         }
     }
@@ -227,7 +228,11 @@ impl<S: Store> MessageBus<S> {
             | Event::Held(_)
             | Event::HoldExtended(_)
             | Event::HoldReleased(_)
-            | Event::HoldConverted(_) => {}
+            | Event::HoldConverted(_)
+            | Event::Backordered(_)
+            | Event::BackorderFilled(_)
+            | Event::BackorderWithdrawn(_)
+            | Event::SettingsChanged(_) => {}
         }
         Ok(Vec::new())
     }

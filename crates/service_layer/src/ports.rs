@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use domain::events::Allocated;
-use domain::{BatchRef, Event, HoldId, Movement, OrderId, Product, Reason, Sku};
+use domain::{BatchRef, Event, HoldId, Movement, OrderId, Product, Reason, Settings, Sku};
 use uuid::Uuid;
 
 /// What time it is. A port, so that tests can move time on: checkout holds
@@ -169,11 +169,12 @@ pub struct OrderLineView {
     pub parts: Vec<PartView>,
 }
 
-/// Where a line of an order stands. (Shipping, cancelling and backorders
-/// add their states as they come.)
+/// Where a line of an order stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineStatus {
     Allocated,
+    /// Waiting for stock, with no parts yet.
+    Backordered,
     Shipped,
     Cancelled,
 }
@@ -241,6 +242,8 @@ pub struct AvailabilityView {
     pub allocated: u64,
     /// Set aside by holds live at the time of the question.
     pub held: u64,
+    /// Waiting as backorders.
+    pub backordered: u64,
     /// What allocations could take now: neither allocated nor held.
     pub available: u64,
     /// The earliest arrival of a batch at sea with units available.
@@ -248,9 +251,9 @@ pub struct AvailabilityView {
 }
 
 impl AvailabilityView {
-    /// The product of `batches` (`ReadModel::batches`); `None` for a
-    /// product with none, which is unknown.
-    pub fn of(batches: &[BatchView]) -> Option<Self> {
+    /// The product of `batches` (`ReadModel::batches`) with `backordered`
+    /// units waiting; `None` for a product with no batch, which is unknown.
+    pub fn of(batches: &[BatchView], backordered: u64) -> Option<Self> {
         if batches.is_empty() {
             return None;
         }
@@ -263,6 +266,7 @@ impl AvailabilityView {
             incoming: units(true),
             allocated: batches.iter().map(|b| b.allocated).sum(),
             held: batches.iter().map(|b| b.held).sum(),
+            backordered,
             available: batches.iter().map(BatchView::available).sum(),
             next_eta: batches
                 .iter()
@@ -334,6 +338,15 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
         sku: &Sku,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<BatchView>, StoreError>> + Send;
+
+    /// A product's settings; `None` for an unknown SKU.
+    fn settings(
+        &self,
+        sku: &Sku,
+    ) -> impl Future<Output = Result<Option<Settings>, StoreError>> + Send;
+
+    /// The units of a product's waiting backorders.
+    fn backordered(&self, sku: &Sku) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// A batch's stock ledger, oldest first; `None` for an unknown batch.
     fn movements(

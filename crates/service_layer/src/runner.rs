@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::commands::{
-    AdjustBatch, Allocate, AllocateOrder, CancelOrder, ChangeBatchQuantity, CreateBatch,
-    Deallocate, ExtendHold, PlaceHold, Reallocate, ReleaseHold, ShipOrder,
+    AdjustBatch, Allocate, AllocateOrder, CancelOrder, ChangeBatchQuantity, ChangeSettings,
+    CreateBatch, Deallocate, ExtendHold, PlaceHold, Reallocate, ReleaseHold, ShipOrder,
 };
 use domain::{Event, OrderId, Sku};
 use rand::Rng;
@@ -110,6 +110,7 @@ pub struct CommandLanes {
     release_hold: LanesOf<ReleaseHold>,
     change_batch_quantity: LanesOf<ChangeBatchQuantity>,
     adjust_batch: LanesOf<AdjustBatch>,
+    change_settings: LanesOf<ChangeSettings>,
     deallocate: LanesOf<Deallocate>,
 }
 
@@ -147,6 +148,7 @@ grouped! {
     ReleaseHold => release_hold,
     ChangeBatchQuantity => change_batch_quantity,
     AdjustBatch => adjust_batch,
+    ChangeSettings => change_settings,
     Deallocate => deallocate,
 }
 
@@ -237,11 +239,12 @@ impl<S: Store> Runner<S> {
                 answers.push(Err(Error::CallerLeft));
                 continue;
             }
-            match command.handle(&mut uow).await {
-                Ok(reply) => {
-                    let events = handle_new_events_in_transaction(&mut uow);
-                    answers.push(Ok(Committed { reply, events }));
-                }
+            let handled = command.handle(&mut uow).await;
+            // A refused command changed nothing, but loading its products
+            // may have filled their backorders (see `Repository`).
+            let events = handle_new_events_in_transaction(&mut uow).await?;
+            match handled {
+                Ok(reply) => answers.push(Ok(Committed { reply, events })),
                 Err(error @ Error::Store(_)) => return Err(error),
                 // Refused before it changed anything (see `CommandHandler`):
                 // the rest of the group stands.
@@ -293,15 +296,23 @@ async fn load_together<C: CommandHandler, T: StoreTransaction>(
     Ok(())
 }
 
-/// Runs the transactional handlers (read model, outbox) of the events
-/// recorded since the last call, and returns those events for the
-/// after-commit handlers.
-fn handle_new_events_in_transaction<T: StoreTransaction>(uow: &mut UnitOfWork<T>) -> Vec<Event> {
-    let events = uow.collect_new_events();
-    for event in &events {
-        handlers::handle_in_transaction(event, uow);
+/// Runs the transactional handlers (read model, outbox, backorders) of the
+/// events recorded since the last call, and of the events those record in
+/// turn, and returns them all for the after-commit handlers.
+async fn handle_new_events_in_transaction<T: StoreTransaction>(
+    uow: &mut UnitOfWork<T>,
+) -> Result<Vec<Event>, StoreError> {
+    let mut events = Vec::new();
+    loop {
+        let new = uow.collect_new_events();
+        if new.is_empty() {
+            return Ok(events);
+        }
+        for event in &new {
+            handlers::handle_in_transaction(event, uow).await?;
+        }
+        events.extend(new);
     }
-    events
 }
 
 /// The same failure for every command of a group.

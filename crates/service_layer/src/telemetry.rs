@@ -78,7 +78,11 @@ pub(crate) fn event_handled_key(event: &Event, succeeded: bool) -> &'static Key 
         HoldExtended,
         HoldReleased,
         HoldBroken,
-        HoldConverted
+        HoldConverted,
+        Backordered,
+        BackorderFilled,
+        BackorderWithdrawn,
+        SettingsChanged
     )
 }
 

@@ -86,7 +86,8 @@ impl Tracked {
 
 /// The repository (book chapter 2) over one transaction, with the identity
 /// map the book calls `seen`: asking twice for a product gives the same one,
-/// and every product it handed out is saved at commit.
+/// and every product it handed out is saved at commit. A product is handed
+/// out with its waiting backorders filled as far as its stock allows.
 #[derive(Debug)]
 pub struct Repository<T> {
     transaction: T,
@@ -205,8 +206,12 @@ impl<T: StoreTransaction> Repository<T> {
                 tracked.record_loaded(lines);
                 Ok(Some(&mut tracked.product))
             }
-            (Entry::Vacant(entry), Some(product)) => {
+            (Entry::Vacant(entry), Some(mut product)) => {
                 let stored_version = Some(product.version());
+                // Holds expire by the clock, with no event to say that
+                // their units are free: waiting backorders take them before
+                // the command sees the product (see `handlers::fill_backorders`).
+                product.fill_backorders();
                 let tracked = entry.insert(Tracked::new(product, stored_version));
                 tracked.record_loaded(lines);
                 Ok(Some(&mut tracked.product))

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use domain::commands::{Allocate, CreateBatch};
 use domain::fixtures::{batchref, orderid, qty, sku};
-use domain::{BatchRef, Product, Sku};
+use domain::{Allocation, BatchRef, Product, Sku};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use service_layer::memory::{MemoryStore, MemoryTransaction, RecordingNotifications};
@@ -92,7 +92,7 @@ fn handled_messages_and_event_handler_retries_and_give_ups_are_counted() {
         );
         bus.handle(create_batch(1)).await.expect("created");
         let out_of_stock = bus.handle(allocate("o1", "LAMP", 5)).await;
-        assert_eq!(out_of_stock.expect("handled"), None);
+        assert_eq!(out_of_stock.expect("handled"), Allocation::OutOfStock);
         assert!(bus.handle(allocate("o2", "NO-SUCH", 1)).await.is_err());
     });
     let handled = |kind, name, outcome| {
@@ -133,7 +133,7 @@ fn a_version_conflict_retry_is_counted() {
         };
         let bus = bus(conflicting, RecordingNotifications::new());
         let allocated = bus.handle(allocate("o1", "LAMP", 1)).await;
-        assert_eq!(allocated.expect("handled"), Some(batchref("b1")));
+        assert_eq!(allocated.expect("handled"), Allocation::Batch(batchref("b1")));
     });
     let retries = counter(
         &snapshot,

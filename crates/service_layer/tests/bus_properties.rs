@@ -15,7 +15,7 @@ use domain::commands::{
 };
 use domain::fixtures::{batchref, orderid, qty, sku};
 use domain::{
-    Adjustment, AdjustmentReason, BatchRef, Change, DomainError, OrderId, OrderLines, Sku,
+    Allocation, Adjustment, AdjustmentReason, BatchRef, Change, DomainError, OrderId, OrderLines, Sku,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -232,12 +232,15 @@ impl App {
                 let reply = self.bus.handle(command).await;
                 let after = self.placement().await?;
                 match reply {
-                    Ok(Some(batch)) => {
+                    Ok(Allocation::Batch(batch)) => {
                         let parts = after.get(&line).map(Vec::as_slice).unwrap_or_default();
                         prop_assert!(batches_of(parts).contains(&&batch));
                         prop_assert_eq!(total(parts), u64::from(units));
                     }
-                    Ok(None) => {
+                    Ok(Allocation::Backordered) => {
+                        prop_assert!(false, "backordered with no backorder limit set");
+                    }
+                    Ok(Allocation::OutOfStock) => {
                         prop_assert_eq!(after.get(&line), None);
                         prop_assert_eq!(self.room_for(&line.1, units.into()).await, vec![]);
                         let sent = self.notifications.sent();

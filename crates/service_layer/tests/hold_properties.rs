@@ -17,7 +17,7 @@ use domain::commands::{
     ReleaseHold, ShipOrder,
 };
 use domain::fixtures::{batchref, orderid, qty, sku};
-use domain::{BatchRef, DomainError, HoldId, OrderLines, Sku};
+use domain::{Allocation, BatchRef, DomainError, HoldId, OrderLines, Sku};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use service_layer::memory::{ManualClock, MemoryStore, RecordingNotifications};
@@ -291,7 +291,7 @@ impl App {
                 };
                 let product = sku(SKUS[s]);
                 match self.bus.handle(command).await {
-                    Ok(None) => prop_assert!(self.best_batch(&product).await < u64::from(units)),
+                    Ok(Allocation::OutOfStock) => prop_assert!(self.best_batch(&product).await < u64::from(units)),
                     other => allowed(other)?,
                 }
             }

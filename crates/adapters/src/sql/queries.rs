@@ -25,19 +25,27 @@ macro_rules! held_at {
 }
 pub(crate) use held_at;
 
-/// A product (`$1`), its batches in creation order with what live holds
-/// hold of each at `$3`, and the lines of its batches that `$lines` picks,
-/// one row per batch and line. A product without batches still gives one
-/// row, with NULL batch columns.
+/// A product (`$1`) with its settings and whether backorders wait, its
+/// batches in creation order with what live holds hold of each at `$3`,
+/// and the lines of its batches that `$lines` picks, one row per batch and
+/// line. A product without batches still gives one row, with NULL batch
+/// columns.
 macro_rules! product_with_lines {
     ($lines:literal) => {
         concat!(
-            "SELECT p.version_number, b.reference, b.eta, ",
+            "SELECT p.version_number, ",
+            "COALESCE(s.backorder_limit, 0) AS backorder_limit, ",
+            "COALESCE(s.low_stock_threshold, 0) AS low_stock_threshold, ",
+            "CASE WHEN EXISTS (SELECT 1 FROM backorders o ",
+            "WHERE o.sku = p.sku AND o.state = 'waiting') ",
+            "THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END AS backorders_waiting, ",
+            "b.reference, b.eta, ",
             "b.quantity_in - b.quantity_out AS quantity, ",
             "b.allocated_quantity, ",
             held_at!("$3"),
             ", a.orderid AS line_orderid, a.qty AS line_qty, a.state AS line_state ",
             "FROM products p ",
+            "LEFT JOIN product_settings s ON s.sku = p.sku ",
             "LEFT JOIN batches b ON b.sku = p.sku ",
             "LEFT JOIN allocations a ON ",
             $lines,
@@ -74,9 +82,29 @@ pub const LINES_OF_BATCH: &str = "SELECT a.orderid, a.qty \
      WHERE b.reference = $1 AND b.sku = $2 AND a.state = 'allocated' \
      ORDER BY a.id";
 
-/// The SKUs of order `$1`'s lines, whatever became of them.
-pub const SKUS_OF_ORDER: &str =
-    "SELECT DISTINCT sku FROM allocations WHERE orderid = $1 ORDER BY sku";
+/// The SKUs of order `$1`'s lines, whatever became of them, backorders
+/// included.
+pub const SKUS_OF_ORDER: &str = "SELECT sku FROM allocations WHERE orderid = $1 \
+     UNION SELECT sku FROM backorders WHERE orderid = $1 ORDER BY sku";
+
+/// Product `$1`'s waiting backorders: what a load reads when it has some
+/// (one range of `backorders_waiting`).
+pub const WAITING_BACKORDERS: &str = "SELECT orderid, qty, number FROM backorders \
+     WHERE sku = $1 AND state = 'waiting' ORDER BY number";
+
+/// Order `$1`'s backordered lines, waiting or cancelled, by SKU.
+pub const BACKORDERS_OF_ORDER: &str =
+    "SELECT sku, qty, state FROM backorders WHERE orderid = $1 ORDER BY sku";
+
+/// Product `$1`'s settings: the defaults (0) for one without a row; no row
+/// for an unknown product.
+pub const SETTINGS_OF_PRODUCT: &str = "SELECT COALESCE(s.backorder_limit, 0) AS backorder_limit, \
+     COALESCE(s.low_stock_threshold, 0) AS low_stock_threshold \
+     FROM products p LEFT JOIN product_settings s ON s.sku = p.sku WHERE p.sku = $1";
+
+/// The units of product `$1`'s waiting backorders.
+pub const BACKORDERED_OF_PRODUCT: &str = "SELECT CAST(COALESCE(SUM(qty), 0) AS BIGINT) AS units \
+     FROM backorders WHERE sku = $1 AND state = 'waiting'";
 
 /// Batch `$1`'s stock ledger, oldest first: one range of its primary key.
 pub const MOVEMENTS_OF_BATCH: &str = "SELECT number, at, delta, qty_after, reason, note, source FROM stock_movements \

@@ -3,7 +3,7 @@
 //! batches from the write tables.
 
 use chrono::{DateTime, Utc};
-use domain::{BatchRef, Closed, HoldId, OrderId, Reason, Sku};
+use domain::{BatchRef, Closed, HoldId, OrderId, Reason, Settings, Sku};
 use service_layer::ports::{
     AllocationView, BatchView, HoldView, LineStatus, MovementView, OrderLineView, PartView,
     ReadModel, StoreError,
@@ -62,6 +62,26 @@ impl ReadModel for SqlStore {
                 }),
             }
         }
+        let backorders = sqlx::query(queries::BACKORDERS_OF_ORDER)
+            .bind(orderid.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        for row in &backorders {
+            let state: String = get(row, "state")?;
+            lines.push(OrderLineView {
+                sku: identifier(&get::<String>(row, "sku")?, Sku::parse)?,
+                qty: to_u64(get(row, "qty")?, "qty")?,
+                status: match state.as_str() {
+                    "waiting" => LineStatus::Backordered,
+                    "cancelled" => LineStatus::Cancelled,
+                    other => return Err(mismatch(format!("a backorder in state {other}"))),
+                },
+                parts: Vec::new(),
+            });
+        }
+        // Stable: an order has one line per SKU, whichever table it is in.
+        lines.sort_by(|a, b| a.sku.cmp(&b.sku));
         Ok(lines)
     }
 
@@ -92,6 +112,33 @@ impl ReadModel for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn settings(&self, sku: &Sku) -> Result<Option<Settings>, StoreError> {
+        let row = sqlx::query(queries::SETTINGS_OF_PRODUCT)
+            .bind(sku.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        row.map(|row| {
+            Ok(Settings {
+                backorder_limit: to_u64(get(&row, "backorder_limit")?, "backorder_limit")?,
+                low_stock_threshold: to_u64(
+                    get(&row, "low_stock_threshold")?,
+                    "low_stock_threshold",
+                )?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn backordered(&self, sku: &Sku) -> Result<u64, StoreError> {
+        let units: i64 = sqlx::query_scalar(queries::BACKORDERED_OF_PRODUCT)
+            .bind(sku.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::backend)?;
+        to_u64(units, "units")
     }
 
     async fn movements(

@@ -2,7 +2,7 @@
 //! products, and how its commit hands the change set to the writer.
 
 use chrono::{DateTime, Utc};
-use domain::{Batch, BatchRef, HoldId, OrderId, OrderLine, Product, Sku};
+use domain::{Backorder, Batch, BatchRef, HoldId, OrderId, OrderLine, Product, Settings, Sku};
 use service_layer::ports::{ChangeSet, Lines, StoreError, StoreTransaction};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection};
@@ -140,7 +140,14 @@ impl StoreTransaction for SqlTransaction {
                 to_u64(get(row, "held_quantity")?, "held_quantity")?,
             ));
         }
-        let mut product = Product::restore(sku.clone(), version, batches);
+        let settings = Settings {
+            backorder_limit: to_u64(get(first, "backorder_limit")?, "backorder_limit")?,
+            low_stock_threshold: to_u64(get(first, "low_stock_threshold")?, "low_stock_threshold")?,
+        };
+        let mut product = Product::restore(sku.clone(), version, batches).with_settings(settings);
+        if get::<i64>(first, "backorders_waiting")? != 0 {
+            load_waiting_backorders(conn, &mut product).await?;
+        }
         for (reference, line, closed) in order_lines {
             match closed {
                 None => product.load_lines(&reference, [line]),
@@ -198,6 +205,31 @@ impl StoreTransaction for SqlTransaction {
             }
         }
     }
+}
+
+/// Attaches the product's waiting backorders: all of them, as every
+/// command on it needs them (see `domain::model::backorders`).
+async fn load_waiting_backorders(
+    conn: &mut AnyConnection,
+    product: &mut Product,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query(queries::WAITING_BACKORDERS)
+        .bind(product.sku().as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(StoreError::backend)?;
+    let backorders = rows
+        .iter()
+        .map(|row| {
+            Ok(Backorder {
+                orderid: identifier(&get::<String>(row, "orderid")?, OrderId::parse)?,
+                qty: quantity_from_db(get(row, "qty")?)?,
+                number: to_u64(get(row, "number")?, "number")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    product.load_backorders(backorders);
+    Ok(())
 }
 
 /// Attaches all lines of batch `reference`, oldest first: what shrinking it

@@ -51,6 +51,11 @@ pub(super) enum Kind {
     HoldPartsEnded,
     /// A batch's quantity moved: its ledger's new entry.
     StockMoved,
+    BackordersPlaced,
+    /// Filled or deallocated (the row goes), or cancelled with its order
+    /// (the row stays, cancelled).
+    BackordersEnded,
+    SettingsChanged,
 }
 
 /// The tables writers write. The version check writes `products`, which no
@@ -63,6 +68,8 @@ pub(super) enum Table {
     Outbox,
     HoldParts,
     StockMovements,
+    Backorders,
+    ProductSettings,
 }
 
 impl Kind {
@@ -82,6 +89,9 @@ impl Kind {
             Self::HoldPartsExtended => "hold_parts_extended",
             Self::HoldPartsEnded => "hold_parts_ended",
             Self::StockMoved => "stock_moved",
+            Self::BackordersPlaced => "backorders_placed",
+            Self::BackordersEnded => "backorders_ended",
+            Self::SettingsChanged => "settings_changed",
         }
     }
 
@@ -97,6 +107,8 @@ impl Kind {
                 &[Table::HoldParts]
             }
             Self::StockMoved => &[Table::StockMovements],
+            Self::BackordersPlaced | Self::BackordersEnded => &[Table::Backorders],
+            Self::SettingsChanged => &[Table::ProductSettings],
         }
     }
 

@@ -3,7 +3,7 @@
 //! kind of change in runs of many rows (`adapters::sql::write`); these check
 //! that the runs keep every product's order and stay all or nothing.
 
-use domain::{BatchRef, OrderId, Product};
+use domain::{Allocation, BatchRef, OrderId, Product};
 use service_layer::ports::StoreError;
 use service_layer::ports::{ChangeSet, Lines, Outbox, ProductChanges, ReadModel, ViewChange};
 use service_layer::{Store, UnitOfWork};
@@ -251,7 +251,7 @@ async fn a_batch_created_and_allocated_in_one_commit<S: Store + ReadModel + Outb
         .expect("add batch");
     assert_eq!(
         product.allocate(line(&order, &sku, 3)),
-        Ok(Some(first.clone()))
+        Ok(Allocation::Batch(first.clone()))
     );
     commit(&store, changes_of(&mut product, None))
         .await
@@ -264,7 +264,7 @@ async fn a_batch_created_and_allocated_in_one_commit<S: Store + ReadModel + Outb
         .expect("add batch");
     assert_eq!(
         product.allocate(line(&other_order, &sku, 4)),
-        Ok(Some(second.clone())),
+        Ok(Allocation::Batch(second.clone())),
         "the warehouse batch comes first"
     );
     commit(&store, changes_of(&mut product, Some(stored)))
@@ -337,7 +337,7 @@ async fn a_line_deallocated_then_allocated_again_in_one_commit<S: Store + ReadMo
     );
     assert_eq!(
         product.allocate(line(&order, &sku, 4)),
-        Ok(Some(warehouse.clone()))
+        Ok(Allocation::Batch(warehouse.clone()))
     );
     commit(&store, changes_of(&mut product, Some(stored)))
         .await

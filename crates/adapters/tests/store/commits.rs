@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use domain::commands::CreateBatch;
 use domain::events::Allocated;
-use domain::{DomainError, Event, OrderId, Product, Sku};
+use domain::{Allocation, DomainError, Event, OrderId, Product, Sku};
 use service_layer::ports::{
     ChangeSet, Lines, Outbox, OutboxMessage, ProductChanges, ReadModel, ViewChange,
 };
@@ -162,7 +162,7 @@ async fn a_commit_from_a_stale_version_conflicts_and_writes_nothing<
 
     assert_eq!(
         product_1.allocate(line(&first, &sku, 6)),
-        Ok(Some(batch.clone()))
+        Ok(Allocation::Batch(batch.clone()))
     );
     let changes = changes_of(&mut product_1, stored_version);
     let transaction = store.begin().await.expect("begin");
@@ -173,7 +173,7 @@ async fn a_commit_from_a_stale_version_conflicts_and_writes_nothing<
 
     assert_eq!(
         product_2.allocate(line(&second, &sku, 6)),
-        Ok(Some(batch.clone()))
+        Ok(Allocation::Batch(batch.clone()))
     );
     assert_conflict(&store, changes_of(&mut product_2, stored_version), &sku).await;
 

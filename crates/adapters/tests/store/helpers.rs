@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use chrono::NaiveDate;
 use domain::commands::{Allocate, CreateBatch, Deallocate};
 use domain::events::{AllocationCancelled, Deallocated};
-use domain::{BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
+use domain::{Allocation, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
 use service_layer::UnitOfWork;
 use service_layer::handlers::handle_in_transaction;
 use service_layer::memory::{ManualClock, RecordingNotifications};
@@ -65,9 +65,9 @@ pub async fn allocate_in<T: StoreTransaction>(
         .allocate(line(orderid, sku, units))
         .expect("allocate");
     for event in uow.collect_new_events() {
-        handle_in_transaction(&event, uow);
+        handle_in_transaction(&event, uow).await.expect("handled");
     }
-    allocated
+    allocated.batchref()
 }
 
 /// A message bus over `store` with recording fakes for the outside world.
@@ -145,6 +145,7 @@ impl<S: Store> Bus<S> {
                 qty: qty(units),
             })
             .await
+            .map(Allocation::batchref)
     }
 
     /// The batch the line was on (the first, if it was split).

@@ -30,6 +30,7 @@
 //! other's data even where they share a database.
 
 mod backends;
+mod backorders;
 mod change_sets;
 mod commits;
 mod concurrency;

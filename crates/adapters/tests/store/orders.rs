@@ -3,7 +3,7 @@
 //! orders (and instances) race for the same stock.
 
 use domain::commands::AllocateOrder;
-use domain::{BatchRef, DomainError, OrderId, OrderLines, Sku};
+use domain::{Allocation, BatchRef, DomainError, OrderId, OrderLines, Sku};
 use futures::future::join_all;
 use service_layer::handlers::AllocatedLine;
 use service_layer::ports::{LineStatus, OrderLineView, Outbox, PartView, ReadModel};
@@ -209,7 +209,7 @@ async fn parts_of_one_line_joining_on_one_batch_in_one_commit_are_summed<
     for units in [2, 3] {
         assert_eq!(
             product.reallocate(line(&o, &sku, units)),
-            Some(home.clone())
+            Allocation::Batch(home.clone())
         );
     }
     commit(&store, changes_of(&mut product, Some(stored)))

@@ -35,7 +35,7 @@ pub async fn allocate_from_csv(folder: &Path) -> anyhow::Result<()> {
             sku: order.sku.clone(),
             qty: order.qty,
         };
-        let batch = bus
+        let allocation = bus
             .handle(command)
             .await
             .map_err(|refused| CsvError::Malformed {
@@ -44,7 +44,7 @@ pub async fn allocate_from_csv(folder: &Path) -> anyhow::Result<()> {
                 field: None,
                 reason: refused.to_string(),
             })?;
-        allocated += usize::from(batch.is_some());
+        allocated += usize::from(allocation.batchref().is_some());
     }
     store
         .save()

@@ -90,8 +90,11 @@ fn record_ids(command: &Command) {
         Command::CancelOrder(c) => {
             span.record("orderid", c.orderid.as_str());
         }
-        // Holds come over HTTP only.
-        Command::PlaceHold(_) | Command::ExtendHold(_) | Command::ReleaseHold(_) => {}
+        // Holds and settings come over HTTP only.
+        Command::PlaceHold(_)
+        | Command::ExtendHold(_)
+        | Command::ReleaseHold(_)
+        | Command::ChangeSettings(_) => {}
         Command::AllocateOrder(c) => {
             span.record("orderid", c.orderid.as_str());
         }

@@ -32,8 +32,10 @@ async fn an_order_is_allocated_whole_and_shows_line_by_line(db: TestDatabase) {
     let expected = json!({
         "orderid": orderid,
         "lines": [
-            { "sku": sofa, "qty": 1, "allocations": [{ "batchref": sofas, "qty": 1 }] },
-            { "sku": chair, "qty": 2, "allocations": [{ "batchref": chairs, "qty": 2 }] },
+            { "sku": sofa, "qty": 1, "status": "allocated",
+              "allocations": [{ "batchref": sofas, "qty": 1 }] },
+            { "sku": chair, "qty": 2, "status": "allocated",
+              "allocations": [{ "batchref": chairs, "qty": 2 }] },
         ]
     });
     assert_eq!((status, &answer), (202, &expected));

@@ -172,7 +172,7 @@ mod tests {
     use super::*;
     use crate::events::{Allocated, HoldConverted};
     use crate::fixtures::{batchref, orderid, qty, sku};
-    use crate::model::{OrderLine, Placement};
+    use crate::model::{Allocation, OrderLine, Placement};
     use crate::values::HoldId;
 
     fn hold_id(name: &str) -> HoldId {
@@ -230,7 +230,7 @@ mod tests {
             sku: sku("LAMP"),
             qty: qty(4),
         };
-        assert_eq!(product.allocate(line), Ok(None), "held units are not free");
+        assert_eq!(product.allocate(line), Ok(Allocation::OutOfStock), "held units are not free");
         assert_eq!(
             product.hold_placement(qty(4)),
             Err(Shortage {

@@ -44,6 +44,10 @@ pub enum Placement {
         hold_id: HoldId,
         parts: Vec<Part>,
     },
+    /// Not enough stock for the line, and it waits as a backorder: it did
+    /// already (`waiting`, the order was sent again), or it will, within
+    /// the SKU's backorder limit.
+    Backorder { line: OrderLine, waiting: bool },
     /// Not enough stock for the line.
     Short(Shortage),
 }
@@ -52,7 +56,9 @@ impl Placement {
     pub fn sku(&self) -> &Sku {
         match self {
             Self::Allocated { sku, .. } => sku,
-            Self::Fits { line, .. } | Self::Held { line, .. } => &line.sku,
+            Self::Fits { line, .. } | Self::Held { line, .. } | Self::Backorder { line, .. } => {
+                &line.sku
+            }
             Self::Short(shortage) => &shortage.sku,
         }
     }
@@ -60,7 +66,10 @@ impl Placement {
     pub fn shortage(&self) -> Option<&Shortage> {
         match self {
             Self::Short(shortage) => Some(shortage),
-            Self::Allocated { .. } | Self::Fits { .. } | Self::Held { .. } => None,
+            Self::Allocated { .. }
+            | Self::Fits { .. }
+            | Self::Held { .. }
+            | Self::Backorder { .. } => None,
         }
     }
 }
@@ -99,6 +108,12 @@ impl Product {
                 parts,
             });
         }
+        if self.waits_already(line)? {
+            return Ok(Placement::Backorder {
+                line: line.clone(),
+                waiting: true,
+            });
+        }
         if let Some(index) = self.preferred_batch_for(line) {
             return Ok(Placement::Fits {
                 line: line.clone(),
@@ -118,6 +133,12 @@ impl Product {
             return Ok(Placement::Fits {
                 line: line.clone(),
                 parts: self.spread(line),
+            });
+        }
+        if self.may_backorder(line.qty) {
+            return Ok(Placement::Backorder {
+                line: line.clone(),
+                waiting: false,
             });
         }
         Ok(Placement::Short(Shortage {
@@ -179,11 +200,26 @@ impl Product {
 
     /// Takes the place [`Product::placement`] found, recording an
     /// [`Allocated`](crate::events::Allocated) per part, and returns the
-    /// line's parts. The product must not have changed in between: a place
-    /// no longer free is refused, changing nothing.
+    /// line's parts: none for a backorder. The product must not have
+    /// changed in between: a place no longer free is refused, changing
+    /// nothing.
     pub fn place(&mut self, placement: Placement) -> Result<Vec<Part>, DomainError> {
         let (line, parts) = match placement {
             Placement::Allocated { parts, .. } => return Ok(parts),
+            Placement::Backorder { waiting: true, .. } => return Ok(Vec::new()),
+            Placement::Backorder {
+                line,
+                waiting: false,
+            } => {
+                if !self.may_backorder(line.qty) {
+                    return Err(DomainError::NoPlace {
+                        sku: line.sku,
+                        requested: line.qty,
+                    });
+                }
+                self.backorder(line);
+                return Ok(Vec::new());
+            }
             Placement::Short(shortage) => {
                 return Err(DomainError::NoPlace {
                     sku: shortage.sku,

@@ -87,10 +87,11 @@ impl Product {
 
     /// Cancels `orderid`'s line if it is allocated, recording
     /// [`LineCancelled`] for each part: its stock is free again, and it is
-    /// not reallocated. A shipped line stays shipped; cancelling again
-    /// changes nothing. Returns the parts cancelled now. Needs the order's
-    /// lines loaded.
+    /// not reallocated. A line waiting as a backorder is withdrawn. A
+    /// shipped line stays shipped; cancelling again changes nothing.
+    /// Returns the parts cancelled now. Needs the order's lines loaded.
     pub fn cancel(&mut self, orderid: &OrderId) -> Vec<Part> {
+        self.withdraw_backorder(orderid, true);
         let mut cancelled = Vec::new();
         for batch in &mut self.batches {
             if let Some(line) = batch.deallocate(orderid) {

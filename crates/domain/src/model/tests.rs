@@ -1,6 +1,7 @@
 //! The book's batch and product tests (chapters 1 and 7), plus the rules this
 //! service adds: idempotent allocation, explicit deallocation, shrinking.
 
+use crate::model::Allocation;
 use chrono::NaiveDate;
 
 use super::*;
@@ -123,7 +124,7 @@ mod allocate {
             ],
         );
         let chosen = p.allocate(line("oref", "RETRO-CLOCK", 10));
-        assert_eq!(chosen, Ok(Some(batchref("in-stock"))));
+        assert_eq!(chosen, Ok(Allocation::Batch(batchref("in-stock"))));
         assert_eq!(allocated_to(&p, "in-stock"), 10);
         assert_eq!(allocated_to(&p, "shipment"), 0);
     }
@@ -140,7 +141,7 @@ mod allocate {
         );
         assert_eq!(
             p.allocate(line("order1", "MINIMALIST-SPOON", 10)),
-            Ok(Some(batchref("speedy")))
+            Ok(Allocation::Batch(batchref("speedy")))
         );
     }
 
@@ -152,11 +153,11 @@ mod allocate {
         );
         assert_eq!(
             p.allocate(line("o1", "TWIN-LAMP", 10)),
-            Ok(Some(batchref("first")))
+            Ok(Allocation::Batch(batchref("first")))
         );
         assert_eq!(
             p.allocate(line("o2", "TWIN-LAMP", 10)),
-            Ok(Some(batchref("second")))
+            Ok(Allocation::Batch(batchref("second")))
         );
     }
 
@@ -171,7 +172,7 @@ mod allocate {
         );
         assert_eq!(
             p.allocate(line("o1", "BIG-SOFA", 10)),
-            Ok(Some(batchref("big-shipment")))
+            Ok(Allocation::Batch(batchref("big-shipment")))
         );
     }
 
@@ -199,7 +200,7 @@ mod allocate {
         p.take_events();
         let version = p.version();
 
-        assert_eq!(p.allocate(line("o2", "SMALL-FORK", 1)), Ok(None));
+        assert_eq!(p.allocate(line("o2", "SMALL-FORK", 1)), Ok(Allocation::OutOfStock));
         assert_eq!(
             p.take_events(),
             vec![Event::OutOfStock(OutOfStock {
@@ -216,7 +217,7 @@ mod allocate {
         p.take_events();
         let version = p.version();
 
-        assert_eq!(p.allocate(line("o1", "LAMP", 4)), Ok(Some(batchref("b1"))));
+        assert_eq!(p.allocate(line("o1", "LAMP", 4)), Ok(Allocation::Batch(batchref("b1"))));
         assert_eq!(allocated_to(&p, "b1"), 4);
         assert_eq!(p.version(), version);
         assert!(p.take_events().is_empty());
@@ -238,7 +239,7 @@ mod allocate {
     fn recognises_an_allocation_loaded_from_storage() {
         let mut p = stored_lamp(7, 10, 4);
         p.load_lines(&batchref("b1"), [line("o1", "LAMP", 4)]);
-        assert_eq!(p.allocate(line("o1", "LAMP", 4)), Ok(Some(batchref("b1"))));
+        assert_eq!(p.allocate(line("o1", "LAMP", 4)), Ok(Allocation::Batch(batchref("b1"))));
         assert_eq!(allocated_to(&p, "b1"), 4);
         assert_eq!(p.version(), 7);
     }

@@ -39,9 +39,12 @@ impl CommandHandler for ShipOrder {
         let mut shipments = Vec::with_capacity(skus.len());
         for sku in &skus {
             let product = order_product(uow, sku, &self.orderid).await?;
-            shipments.push(product.shipment(&self.orderid)?);
+            if self.skus.is_empty() && product.backorder_of(&self.orderid).is_some() {
+                continue; // "every allocated line": a waiting one has nothing to ship
+            }
+            shipments.push((sku, product.shipment(&self.orderid)?));
         }
-        for (sku, shipment) in skus.iter().zip(shipments) {
+        for (sku, shipment) in shipments {
             order_product(uow, sku, &self.orderid).await?.ship(shipment);
         }
         Ok(())

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use domain::{BatchRef, Closed, Event, HoldId, OrderId, Product, Sku};
+use domain::{BatchRef, Closed, Event, HoldId, OrderId, Product, Settings, Sku};
 // Not std's: the bus benchmark measured SipHash, the growth of std's
 // `HashMap` and a heap row per order as real costs of every command
 // (docs/BENCHMARKS.md, "Making the lone command cheaper").
@@ -121,7 +121,9 @@ impl StoreTransaction for MemoryTransaction {
         Ok(skus
             .filter(|sku| {
                 let product = tables.products.get(*sku);
-                product.is_some_and(|p| p.lines.contains_key(orderid))
+                product.is_some_and(|p| {
+                    p.lines.contains_key(orderid) || p.backorder_of(orderid).is_some()
+                })
             })
             .cloned()
             .collect())
@@ -188,10 +190,15 @@ impl Tables {
             let product = self.products.entry(change.sku.clone()).or_default();
             product.version = change.new_version;
             for event in change.events {
-                if let Event::Allocated(e) = &event {
-                    let skus = self.order_skus.entry(e.orderid.clone()).or_default();
-                    if let Err(at) = skus.binary_search(&e.sku) {
-                        skus.insert(at, e.sku.clone());
+                let ordered = match &event {
+                    Event::Allocated(e) => Some((&e.orderid, &e.sku)),
+                    Event::Backordered(e) => Some((&e.orderid, &e.sku)),
+                    _ => None,
+                };
+                if let Some((orderid, sku)) = ordered {
+                    let skus = self.order_skus.entry(orderid.clone()).or_default();
+                    if let Err(at) = skus.binary_search(sku) {
+                        skus.insert(at, sku.clone());
                     }
                 }
                 self.holds.apply(&change.sku, &event, |reference| {
@@ -258,6 +265,18 @@ impl ReadModel for MemoryStore {
         Ok(skus
             .filter_map(|sku| {
                 let product = tables.products.get(sku)?;
+                if let Some(stored) = product.backorder_of(orderid) {
+                    return Some(OrderLineView {
+                        sku: sku.clone(),
+                        qty: stored.backorder.qty.get().into(),
+                        status: if stored.cancelled {
+                            LineStatus::Cancelled
+                        } else {
+                            LineStatus::Backordered
+                        },
+                        parts: Vec::new(),
+                    });
+                }
                 let mut parts: Vec<_> = product.lines.get(orderid)?.iter().collect();
                 // By batch, in creation order, as the SQL read model.
                 parts.sort_by_key(|part| part.batch);
@@ -342,6 +361,16 @@ impl ReadModel for MemoryStore {
                 held: tables.holds.held(sku, index, now),
             })
             .collect())
+    }
+
+    async fn settings(&self, sku: &Sku) -> Result<Option<Settings>, StoreError> {
+        Ok(self.lock().products.get(sku).map(|product| product.settings))
+    }
+
+    async fn backordered(&self, sku: &Sku) -> Result<u64, StoreError> {
+        let tables = self.lock();
+        let waiting = tables.products.get(sku).into_iter().flat_map(|p| p.waiting_backorders());
+        Ok(waiting.map(|backorder| u64::from(backorder.qty.get())).sum())
     }
 
     async fn movements(

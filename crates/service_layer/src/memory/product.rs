@@ -3,7 +3,9 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::events::{AllocationCancelled, Deallocated, LineCancelled, Shipped};
-use domain::{Batch, BatchRef, Closed, Event, OrderId, OrderLine, Product, Quantity, Sku};
+use domain::{
+    Backorder, Batch, BatchRef, Closed, Event, OrderId, OrderLine, Product, Quantity, Settings, Sku,
+};
 use smallvec::SmallVec;
 
 use super::GrowingMap;
@@ -19,6 +21,16 @@ pub(super) struct StoredProduct {
     /// part per batch it is on: nearly always one, kept inline.
     pub(super) lines: GrowingMap<OrderId, SmallVec<[StoredLine; 1]>>,
     pub(super) next_line_seq: u64,
+    pub(super) settings: Settings,
+    /// Every backorder placed and not filled or withdrawn since, oldest
+    /// first: waiting, or cancelled with its order.
+    pub(super) backorders: Vec<StoredBackorder>,
+}
+
+#[derive(Debug)]
+pub(super) struct StoredBackorder {
+    pub(super) backorder: Backorder,
+    pub(super) cancelled: bool,
 }
 
 #[derive(Debug)]
@@ -65,7 +77,9 @@ impl StoredProduct {
                 )
             })
             .collect();
-        let mut product = Product::restore(sku.clone(), self.version, batches);
+        let mut product =
+            Product::restore(sku.clone(), self.version, batches).with_settings(self.settings);
+        product.load_backorders(self.waiting_backorders().cloned());
         let line = |orderid: &OrderId, stored: &StoredLine| OrderLine {
             orderid: orderid.clone(),
             sku: sku.clone(),
@@ -118,6 +132,17 @@ impl StoredProduct {
                 }
             }
         }
+    }
+
+    pub(super) fn waiting_backorders(&self) -> impl Iterator<Item = &Backorder> {
+        let waiting = self.backorders.iter().filter(|stored| !stored.cancelled);
+        waiting.map(|stored| &stored.backorder)
+    }
+
+    /// The backorder of `orderid`, waiting or cancelled.
+    pub(super) fn backorder_of(&self, orderid: &OrderId) -> Option<&StoredBackorder> {
+        let mut backorders = self.backorders.iter();
+        backorders.find(|stored| &stored.backorder.orderid == orderid)
     }
 
     pub(super) fn batch_index(&self, reference: &BatchRef) -> Option<usize> {
@@ -191,6 +216,31 @@ impl StoredProduct {
             Event::LineCancelled(LineCancelled {
                 orderid, batchref, ..
             }) => self.close(&orderid, &batchref, Closed::Cancelled),
+            Event::Backordered(e) => {
+                // A cancelled order's line placed again waits anew.
+                self.backorders.retain(|b| b.backorder.orderid != e.orderid);
+                self.backorders.push(StoredBackorder {
+                    backorder: Backorder {
+                        orderid: e.orderid,
+                        qty: e.qty,
+                        number: e.number,
+                    },
+                    cancelled: false,
+                });
+            }
+            Event::BackorderFilled(e) => {
+                self.backorders.retain(|b| b.backorder.orderid != e.orderid);
+            }
+            Event::BackorderWithdrawn(e) if e.cancelled => {
+                let waiting = self.backorders.iter_mut().find(|b| b.backorder.orderid == e.orderid);
+                if let Some(stored) = waiting {
+                    stored.cancelled = true;
+                }
+            }
+            Event::BackorderWithdrawn(e) => {
+                self.backorders.retain(|b| b.backorder.orderid != e.orderid);
+            }
+            Event::SettingsChanged(e) => self.settings = e.settings,
             // The hold table keeps holds (`Tables::apply`).
             Event::OutOfStock(_)
             | Event::Held(_)

@@ -3,8 +3,8 @@
 //! whose writer reads the columns it needs by name.
 
 use domain::events::{
-    AllocationCancelled, Deallocated, HoldBroken, HoldConverted, HoldReleased, LineCancelled,
-    Shipped, StockMoved,
+    AllocationCancelled, BackorderFilled, BackorderWithdrawn, Deallocated, HoldBroken,
+    HoldConverted, HoldReleased, LineCancelled, Shipped, StockMoved,
 };
 use domain::{Event, Note, Sku};
 use serde::Serialize;
@@ -58,6 +58,11 @@ pub(in crate::sql) struct Row<'a> {
     pub(in crate::sql) note: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(in crate::sql) source: Option<String>,
+    /// A SKU's settings (`SettingsChanged`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) backorder_limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) low_stock_threshold: Option<i64>,
 }
 
 impl<'a> Row<'a> {
@@ -106,6 +111,8 @@ impl Columns for Row<'_> {
             "reason" => Text(self.reason),
             "note" => Text(self.note),
             "source" => Text(self.source.as_deref()),
+            "backorder_limit" => BigInt(self.backorder_limit),
+            "low_stock_threshold" => BigInt(self.low_stock_threshold),
             _ => return None,
         })
     }
@@ -236,6 +243,48 @@ pub(super) fn change_of<'a>(sku: &'a Sku, event: &'a Event, at: i64) -> Option<(
                 orderid: Some(orderid.as_str()),
                 batchref: Some(batchref.as_str()),
                 state: Some("cancelled"),
+                ..row
+            },
+        ),
+        Event::Backordered(e) => (
+            Kind::BackordersPlaced,
+            Row {
+                orderid: Some(e.orderid.as_str()),
+                qty: Some(e.qty.get().into()),
+                number: Some(quantity(e.number)),
+                ..row
+            },
+        ),
+        Event::BackorderFilled(BackorderFilled { orderid, .. })
+        | Event::BackorderWithdrawn(BackorderWithdrawn {
+            orderid,
+            cancelled: false,
+            ..
+        }) => (
+            Kind::BackordersEnded,
+            Row {
+                orderid: Some(orderid.as_str()),
+                state: Some("removed"),
+                ..row
+            },
+        ),
+        Event::BackorderWithdrawn(BackorderWithdrawn {
+            orderid,
+            cancelled: true,
+            ..
+        }) => (
+            Kind::BackordersEnded,
+            Row {
+                orderid: Some(orderid.as_str()),
+                state: Some("cancelled"),
+                ..row
+            },
+        ),
+        Event::SettingsChanged(e) => (
+            Kind::SettingsChanged,
+            Row {
+                backorder_limit: Some(quantity(e.settings.backorder_limit)),
+                low_stock_threshold: Some(quantity(e.settings.low_stock_threshold)),
                 ..row
             },
         ),

@@ -198,6 +198,42 @@ hold_parts_ended AS (
     AND h.state = 'active'
     RETURNING h.id)"#;
 
+/// Backorders placed, waiting in the order of their numbers. A cancelled
+/// order's line placed again waits anew.
+const BACKORDERS_PLACED: &str = r#"
+backorders_placed AS (
+    INSERT INTO backorders AS o (sku, orderid, qty, number, state)
+    SELECT r.sku, r.orderid, r.qty, r.number, 'waiting'
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
+    ON CONFLICT (sku, orderid) DO UPDATE
+    SET qty = excluded.qty, number = excluded.number, state = 'waiting')"#;
+
+/// Waiting backorders that end: removed (filled, or deallocated) or
+/// cancelled, as the row says.
+const BACKORDERS_ENDED: &str = r#"
+backorders_ended AS (
+    SELECT r.sku, r.orderid, r.state FROM {rows} JOIN versioned v ON v.sku = r.sku),
+backorders_removed AS (
+    DELETE FROM backorders o USING backorders_ended e
+    WHERE o.sku = e.sku AND o.orderid = e.orderid AND o.state = 'waiting'
+    AND e.state = 'removed'),
+backorders_cancelled AS (
+    UPDATE backorders o SET state = 'cancelled' FROM backorders_ended e
+    WHERE o.sku = e.sku AND o.orderid = e.orderid AND o.state = 'waiting'
+    AND e.state = 'cancelled')"#;
+
+/// A SKU's settings: the last change of each SKU in the run (one statement
+/// may not update a row twice).
+const SETTINGS_CHANGED: &str = r#"
+settings_changed AS (
+    INSERT INTO product_settings AS s (sku, backorder_limit, low_stock_threshold)
+    SELECT DISTINCT ON (r.sku) r.sku, r.backorder_limit, r.low_stock_threshold
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
+    ORDER BY r.sku, r.n DESC
+    ON CONFLICT (sku) DO UPDATE
+    SET backorder_limit = excluded.backorder_limit,
+        low_stock_threshold = excluded.low_stock_threshold)"#;
+
 /// Each kind's writer: CTEs reading the run's rows from `{rows}` (aliased
 /// `r`), the first of them named after the kind (what a count counts).
 fn writer(kind: Kind) -> &'static str {
@@ -214,6 +250,9 @@ fn writer(kind: Kind) -> &'static str {
         Kind::HoldPartsExtended => HOLD_PARTS_EXTENDED,
         Kind::HoldPartsEnded => HOLD_PARTS_ENDED,
         Kind::StockMoved => STOCK_MOVED,
+        Kind::BackordersPlaced => BACKORDERS_PLACED,
+        Kind::BackordersEnded => BACKORDERS_ENDED,
+        Kind::SettingsChanged => SETTINGS_CHANGED,
     }
 }
 
@@ -287,6 +326,19 @@ fn columns(kind: Kind) -> &'static [Column] {
             ("reason", "text"),
             ("note", "text"),
             ("source", "text"),
+        ],
+        Kind::BackordersPlaced => &[
+            ("sku", "text"),
+            ("orderid", "text"),
+            ("qty", "bigint"),
+            ("number", "bigint"),
+        ],
+        Kind::BackordersEnded => &[("sku", "text"), ("orderid", "text"), ("state", "text")],
+        Kind::SettingsChanged => &[
+            ("n", "bigint"),
+            ("sku", "text"),
+            ("backorder_limit", "bigint"),
+            ("low_stock_threshold", "bigint"),
         ],
     }
 }

@@ -191,6 +191,37 @@ WHERE hold_parts.hold_id = r.hold_id AND hold_parts.sku = r.sku
 AND hold_parts.batch_id = r.batch_id AND hold_parts.state = 'active'
 RETURNING {run} AS run"#;
 
+/// Backorders placed, waiting in the order of their numbers. A cancelled
+/// order's line placed again waits anew. `WHERE true`: see
+/// [`VIEW_ROWS_SET`].
+const BACKORDERS_PLACED: &str = r#"
+INSERT INTO backorders (sku, orderid, qty, number, state)
+SELECT value ->> 'sku', value ->> 'orderid', value ->> 'qty', value ->> 'number', 'waiting'
+FROM json_each({rows}) WHERE true
+ON CONFLICT (sku, orderid) DO UPDATE
+SET qty = excluded.qty, number = excluded.number, state = 'waiting'"#;
+
+/// Waiting backorders that end: removed (filled, or deallocated) or
+/// cancelled, as the row says.
+const BACKORDERS_ENDED: &str = r#"
+DELETE FROM backorders
+WHERE state = 'waiting' AND (sku, orderid) IN (
+    SELECT value ->> 'sku', value ->> 'orderid' FROM json_each({rows})
+    WHERE value ->> 'state' = 'removed');
+UPDATE backorders SET state = 'cancelled'
+WHERE state = 'waiting' AND (sku, orderid) IN (
+    SELECT value ->> 'sku', value ->> 'orderid' FROM json_each({rows})
+    WHERE value ->> 'state' = 'cancelled')"#;
+
+/// A SKU's settings, in the order they changed: the last one stays.
+const SETTINGS_CHANGED: &str = r#"
+INSERT INTO product_settings (sku, backorder_limit, low_stock_threshold)
+SELECT value ->> 'sku', value ->> 'backorder_limit', value ->> 'low_stock_threshold'
+FROM json_each({rows}) WHERE true ORDER BY value ->> 'n'
+ON CONFLICT (sku) DO UPDATE
+SET backorder_limit = excluded.backorder_limit,
+    low_stock_threshold = excluded.low_stock_threshold"#;
+
 fn writer(kind: Kind) -> &'static str {
     match kind {
         Kind::BatchesCreated => BATCHES_CREATED,
@@ -205,6 +236,9 @@ fn writer(kind: Kind) -> &'static str {
         Kind::HoldPartsExtended => HOLD_PARTS_EXTENDED,
         Kind::HoldPartsEnded => HOLD_PARTS_ENDED,
         Kind::StockMoved => STOCK_MOVED,
+        Kind::BackordersPlaced => BACKORDERS_PLACED,
+        Kind::BackordersEnded => BACKORDERS_ENDED,
+        Kind::SettingsChanged => SETTINGS_CHANGED,
     }
 }
 

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use domain::commands::{Allocate, Deallocate};
-use domain::{OrderId, Sku};
+use domain::{Allocation, OrderId, Sku};
 use serde::{Deserialize, Serialize};
 use service_layer::Store;
 use service_layer::ports::{AllocationView, ReadModel};
@@ -50,10 +50,14 @@ struct AllocateRequest {
     qty: Units,
 }
 
-/// `batchref` is `null` when no batch has enough stock; `message` says so.
+/// `batchref` is `null` when no batch has enough stock; `message` says
+/// so, and `backordered` (present only then) whether the line waits for
+/// stock as a backorder.
 #[derive(Debug, Serialize, ToSchema)]
 struct AllocateResponse {
     batchref: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    backordered: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
 }
@@ -64,8 +68,8 @@ struct AllocateResponse {
     tag = "book",
     request_body = AllocateRequest,
     responses(
-        (status = 202, description = "Allocated to `batchref`, or out of stock (`batchref` null)", body = AllocateResponse),
-        (status = 409, description = "The order line is already allocated", body = ErrorBody),
+        (status = 202, description = "Allocated to `batchref`; or backordered, or out of stock (`batchref` null)", body = AllocateResponse),
+        (status = 409, description = "The order line is already allocated or backordered, with another quantity", body = ErrorBody),
         UnknownSku,
         WriteRefusals,
     ),
@@ -84,12 +88,21 @@ async fn allocate<S: Store>(
     observe::record_id("sku", command.sku.as_str());
     let sku = command.sku.clone();
     let answer = match state.bus.handle(command).await? {
-        Some(batchref) => AllocateResponse {
+        Allocation::Batch(batchref) => AllocateResponse {
             batchref: Some(batchref.to_string()),
+            backordered: false,
             message: None,
         },
-        None => AllocateResponse {
+        Allocation::Backordered => AllocateResponse {
             batchref: None,
+            backordered: true,
+            message: Some(format!(
+                "Backordered: {sku} will be allocated when stock arrives"
+            )),
+        },
+        Allocation::OutOfStock => AllocateResponse {
+            batchref: None,
+            backordered: false,
             message: Some(format!("Out of stock for sku {sku}")),
         },
     };

@@ -38,7 +38,7 @@ struct AvailabilityResponse {
     allocated: u64,
     /// Set aside by checkout holds that live now.
     held: u64,
-    /// Units of waiting backorders: none in this version.
+    /// Units of the lines waiting as backorders.
     backordered: u64,
     /// What an allocation could take now: neither allocated nor held.
     available: u64,
@@ -64,7 +64,8 @@ async fn availability<S: ReadModel>(
 ) -> Result<impl IntoResponse, ApiError> {
     let sku = path_id(sku, "sku", Sku::parse)?;
     let batches = state.read_model.batches(&sku, state.bus.now()).await?;
-    let Some(figures) = AvailabilityView::of(&batches) else {
+    let backordered = state.read_model.backordered(&sku).await?;
+    let Some(figures) = AvailabilityView::of(&batches, backordered) else {
         return Err(ApiError::NotFound(format!("Unknown sku {sku}")));
     };
     Ok(Json(AvailabilityResponse {
@@ -73,7 +74,7 @@ async fn availability<S: ReadModel>(
         incoming: figures.incoming,
         allocated: figures.allocated,
         held: figures.held,
-        backordered: 0,
+        backordered: figures.backordered,
         available: figures.available,
         next_eta: figures.next_eta,
     }))

@@ -135,11 +135,14 @@ impl From<service_layer::Error> for ApiError {
         use service_layer::Error;
         match error {
             Error::InvalidSku(_) => Self::BadRequest(error.to_string()),
-            Error::UnknownHold(_) | Error::UnknownOrder(_) => Self::NotFound(error.to_string()),
+            Error::UnknownHold(_) | Error::UnknownOrder(_) | Error::UnknownProduct(_) => {
+                Self::NotFound(error.to_string())
+            }
             Error::HoldGone(_) => Self::Gone(error.to_string()),
             Error::Rejected(rejection) => match rejection {
                 DomainError::BatchExists { .. }
                 | DomainError::AlreadyAllocated { .. }
+                | DomainError::AlreadyBackordered { .. }
                 | DomainError::HoldMismatch { .. }
                 | DomainError::NotArrived { .. }
                 | DomainError::AlreadyShipped { .. }

@@ -39,6 +39,7 @@ pub fn routes<S: Store + ReadModel>() -> OpenApiRouter<AppState<S>> {
     OrderRequest,
     RequestedLine,
     OrderResponse,
+    OrderedLineResponse,
     AllocatedLineResponse,
     OrderLinesResponse,
     OrderLineResponse,
@@ -88,7 +89,39 @@ pub(super) fn requested_lines(lines: &[RequestedLine]) -> Result<OrderLines, Api
 #[derive(Debug, Serialize, ToSchema)]
 struct OrderResponse {
     orderid: String,
-    lines: Vec<AllocatedLineResponse>,
+    lines: Vec<OrderedLineResponse>,
+}
+
+/// A line of an order just allocated: on its batches, or waiting for
+/// stock as a backorder (`status` `backordered`, no allocations).
+#[derive(Debug, Serialize, ToSchema)]
+struct OrderedLineResponse {
+    sku: String,
+    qty: u32,
+    #[schema(pattern = "^(allocated|backordered)$")]
+    status: &'static str,
+    allocations: Vec<PartResponse>,
+}
+
+impl From<AllocatedLine> for OrderedLineResponse {
+    fn from(line: AllocatedLine) -> Self {
+        let status = if line.is_backordered() {
+            "backordered"
+        } else {
+            "allocated"
+        };
+        let AllocatedLineResponse {
+            sku,
+            qty,
+            allocations,
+        } = line.into();
+        Self {
+            sku,
+            qty,
+            status,
+            allocations,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -140,7 +173,7 @@ impl From<PartView> for PartResponse {
     params(("orderid" = Identifier, Path, description = "The order's id")),
     request_body = OrderRequest,
     responses(
-        (status = 202, description = "Every line allocated (or, sent again, the first answer)", body = OrderResponse),
+        (status = 202, description = "Every line allocated, or backordered within its SKU's limit (or, sent again, the first answer)", body = OrderResponse),
         (status = 409, description = "Refused whole, nothing allocated: lines short of stock (`short`, with what is available now), or a line already allocated with another quantity", body = ShortBody),
         UnknownSku,
         WriteRefusals,
@@ -162,7 +195,7 @@ async fn allocate_order<S: Store>(
     let lines = state.bus.handle(command).await?;
     let answer = OrderResponse {
         orderid: orderid.to_string(),
-        lines: lines.into_iter().map(AllocatedLineResponse::from).collect(),
+        lines: lines.into_iter().map(OrderedLineResponse::from).collect(),
     };
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
@@ -225,6 +258,7 @@ async fn order_as_it_stands<S: ReadModel>(
                 qty,
                 status: match status {
                     LineStatus::Allocated => "allocated",
+                    LineStatus::Backordered => "backordered",
                     LineStatus::Shipped => "shipped",
                     LineStatus::Cancelled => "cancelled",
                 },

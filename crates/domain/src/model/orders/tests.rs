@@ -1,5 +1,6 @@
 //! Placements of order lines: whole, split, sent again, taken meanwhile.
 
+use crate::model::Allocation;
 use chrono::NaiveDate;
 
 use super::*;
@@ -143,6 +144,7 @@ fn a_place_taken_in_between_is_refused_and_changes_nothing() {
     product
         .allocate(line("o2", 1))
         .expect("allocated")
+        .batchref()
         .expect("to a batch");
     let before = product.clone();
     assert!(matches!(
@@ -265,7 +267,7 @@ mod split {
             })
         );
         // The book's route answers with a batch of the line.
-        assert_eq!(product.allocate(line("o1", 12)), Ok(Some(batchref("ship"))));
+        assert_eq!(product.allocate(line("o1", 12)), Ok(Allocation::Batch(batchref("ship"))));
         assert!(product.pending_events().is_empty());
     }
 
@@ -336,7 +338,7 @@ mod split {
         assert!(product.allocate(line("o1", 5)).is_err());
         // ...`reallocate` puts the part back: the shipment has 3 left,
         // so the part goes to the later one.
-        assert_eq!(product.reallocate(line("o1", 5)), Some(batchref("late")));
+        assert_eq!(product.reallocate(line("o1", 5)), Allocation::Batch(batchref("late")));
         assert_eq!(
             product.parts_of(&orderid("o1")),
             [part("ship", 7), part("late", 5)]
@@ -357,7 +359,7 @@ mod split {
             .change_batch_quantity(&batchref("ship"), qty(20))
             .expect("changed");
         product.take_events();
-        assert_eq!(product.reallocate(line("o1", 5)), Some(batchref("ship")));
+        assert_eq!(product.reallocate(line("o1", 5)), Allocation::Batch(batchref("ship")));
         assert_eq!(product.parts_of(&orderid("o1")), [part("ship", 12)]);
         assert_eq!(
             product

@@ -1,5 +1,6 @@
 //! Shipping and cancelling a line: what leaves, what stays refused.
 
+use crate::model::Allocation;
 use chrono::NaiveDate;
 
 use super::*;
@@ -77,7 +78,7 @@ fn shipping_takes_the_units_out_of_the_batch_and_its_allocation() {
             sku: sku("SOFA")
         })
     );
-    assert_eq!(product.allocate(line("o1", 4)), Ok(Some(batchref("home"))));
+    assert_eq!(product.allocate(line("o1", 4)), Ok(Allocation::Batch(batchref("home"))));
     assert!(product.pending_events().is_empty());
 }
 

@@ -84,7 +84,7 @@ mod allocate {
             .handle(allocate("o1", "COMPLICATED-LAMP", 10))
             .await
             .expect("allocated");
-        assert_eq!(batch, Some(batchref("batch1")));
+        assert_eq!(batch, Allocation::Batch(batchref("batch1")));
         assert_eq!(app.allocated_to("COMPLICATED-LAMP", "batch1").await, 10);
         assert_eq!(
             app.view_of("o1").await,
@@ -130,7 +130,7 @@ mod allocate {
             .handle(allocate("o1", "POPULAR-CURTAINS", 10))
             .await
             .expect("handled");
-        assert_eq!(batch, None);
+        assert_eq!(batch, Allocation::OutOfStock);
         let sent = app.notifications.sent();
         assert_eq!(sent.len(), 1);
         assert!(sent[0].body.contains("Out of stock for POPULAR-CURTAINS"));

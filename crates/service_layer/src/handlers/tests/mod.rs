@@ -3,6 +3,7 @@
 //! the bus runs them: retries, groups, callers that leave (`running`).
 
 mod availability;
+mod backorders;
 mod commands;
 mod holds;
 mod ledger;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
 use domain::fixtures::{batchref, orderid, qty, sku};
-use domain::{BatchRef, Command, DomainError, Sku};
+use domain::{Allocation, BatchRef, Command, DomainError, Sku};
 
 use crate::memory::{ManualClock, MemoryStore, MemoryTransaction, RecordingNotifications};
 use crate::ports::OutboxMessage;
@@ -112,7 +113,11 @@ impl<S: Store> App<S> {
 
     async fn allocate(&self, order: &str, product: &str, units: u32) -> Option<BatchRef> {
         let command = allocate(order, product, units);
-        self.bus.handle(command).await.expect("line handled")
+        self.bus
+            .handle(command)
+            .await
+            .expect("line handled")
+            .batchref()
     }
 
     async fn allocated_to(&self, product: &str, reference: &str) -> u64 {

@@ -48,7 +48,7 @@ async fn a_command_whose_caller_left_before_it_began_never_runs() {
         assert!((&mut handling).now_or_never().is_none(), "waits for LAMP");
         drop(handling);
     }
-    assert_eq!(first.await.expect("allocated"), Some(batchref("b1")));
+    assert_eq!(first.await.expect("allocated"), Allocation::Batch(batchref("b1")));
     app.bus.finish_running_commands().await;
     assert_eq!(app.allocated_to("LAMP", "b1").await, 2, "only o1");
     let batches = app
@@ -70,7 +70,7 @@ mod retries {
             .handle(allocate("o1", "LAMP", 4))
             .await
             .expect("allocated in the end");
-        assert_eq!(batch, Some(batchref("b1")));
+        assert_eq!(batch, Allocation::Batch(batchref("b1")));
         assert_eq!(store.commits_tried.load(Ordering::SeqCst), 3);
         assert_eq!(
             app.allocated_to("LAMP", "b1").await,
@@ -177,7 +177,7 @@ mod retries {
         let app = app_with(RecordingNotifications::failing(2));
         app.add_batch("b1", "LAMP", 1, None).await;
         let result = app.bus.handle(allocate("o1", "LAMP", 5)).await;
-        assert_eq!(result.expect("command succeeds"), None);
+        assert_eq!(result.expect("command succeeds"), Allocation::OutOfStock);
         assert_eq!(
             app.notifications.sent().len(),
             1,
@@ -195,7 +195,7 @@ mod retries {
             .handle(allocate("o1", "LAMP", 5))
             .await
             .expect("command succeeds");
-        assert_eq!(batch, None, "out of stock");
+        assert_eq!(batch, Allocation::OutOfStock, "out of stock");
         assert!(app.notifications.sent().is_empty());
         // Two waits between three attempts: 100 ms, then 200 ms.
         assert!(started.elapsed() >= Duration::from_millis(300));
@@ -212,7 +212,7 @@ mod group_commit {
     async fn allocate_together(
         app: &App<ConflictingStore>,
         lines: &[(&str, &str, u32)],
-    ) -> Vec<Result<Option<BatchRef>, Error>> {
+    ) -> Vec<Result<Allocation, Error>> {
         let commands = lines
             .iter()
             .map(|(order, product, units)| app.bus.handle(allocate(order, product, *units)));
@@ -226,7 +226,7 @@ mod group_commit {
         let orders: Vec<String> = (0..10).map(|n| format!("o{n}")).collect();
         let lines: Vec<_> = orders.iter().map(|o| (o.as_str(), "LAMP", 1)).collect();
         for answer in allocate_together(&app, &lines).await {
-            assert_eq!(answer.expect("allocated"), Some(batchref("b1")));
+            assert_eq!(answer.expect("allocated"), Allocation::Batch(batchref("b1")));
         }
         assert_eq!(
             store.commits_tried.load(Ordering::SeqCst) - before,
@@ -252,7 +252,7 @@ mod group_commit {
             ],
         )
         .await;
-        assert!(matches!(answers[0], Ok(Some(_))), "{:?}", answers[0]);
+        assert!(matches!(answers[0], Ok(Allocation::Batch(_))), "{:?}", answers[0]);
         assert!(
             matches!(
                 answers[1],
@@ -266,7 +266,7 @@ mod group_commit {
             "{:?}",
             answers[2]
         );
-        assert!(matches!(answers[3], Ok(Some(_))), "{:?}", answers[3]);
+        assert!(matches!(answers[3], Ok(Allocation::Batch(_))), "{:?}", answers[3]);
         assert_eq!(app.allocated_to("LAMP", "b1").await, 3, "o0, o1 once, o3");
     }
 
@@ -287,7 +287,12 @@ mod group_commit {
         let answers: Vec<_> = answers.into_iter().map(|a| a.expect("handled")).collect();
         assert_eq!(
             answers,
-            [Some(batchref("c1")), Some(batchref("c1")), None, None]
+            [
+                Allocation::Batch(batchref("c1")),
+                Allocation::Batch(batchref("c1")),
+                Allocation::OutOfStock,
+                Allocation::OutOfStock
+            ]
         );
         assert_eq!(
             app.notifications.sent().len(),
@@ -305,7 +310,7 @@ mod group_commit {
         )
         .await;
         for answer in answers {
-            assert_eq!(answer.expect("allocated"), Some(batchref("b1")));
+            assert_eq!(answer.expect("allocated"), Allocation::Batch(batchref("b1")));
         }
         assert_eq!(app.allocated_to("LAMP", "b1").await, 4);
         assert_eq!(outbox_of(&app.store).len(), 2);
@@ -330,10 +335,10 @@ mod group_commit {
         assert_eq!(
             answers,
             [
-                Some(batchref("b1")),
-                Some(batchref("t1")),
-                Some(batchref("b1")),
-                Some(batchref("t1"))
+                Allocation::Batch(batchref("b1")),
+                Allocation::Batch(batchref("t1")),
+                Allocation::Batch(batchref("b1")),
+                Allocation::Batch(batchref("t1"))
             ]
         );
         assert_eq!(store.commits_tried.load(Ordering::SeqCst) - before, 2);
@@ -356,7 +361,7 @@ mod group_commit {
             batchref("b1")
         );
         for answer in allocated {
-            assert_eq!(answer.expect("allocated"), Some(batchref("b1")));
+            assert_eq!(answer.expect("allocated"), Allocation::Batch(batchref("b1")));
         }
         assert_eq!(
             store.locking_begins.load(Ordering::SeqCst),
@@ -375,7 +380,7 @@ mod group_commit {
         )
         .await;
         for answer in answers {
-            assert_eq!(answer.expect("allocated"), Some(batchref("b1")));
+            assert_eq!(answer.expect("allocated"), Allocation::Batch(batchref("b1")));
         }
         assert_eq!(app.allocated_to("LAMP", "b1").await, 3, "each exactly once");
         assert_eq!(outbox_of(&app.store).len(), 3);
