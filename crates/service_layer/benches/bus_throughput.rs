@@ -137,7 +137,10 @@ async fn run() -> Run {
         let started = Instant::now();
         for (n, command) in commands.into_iter().enumerate() {
             let batch = bus.handle(command).await.expect("allocated");
-            assert!(batch.batchref().is_some(), "stock never runs out in this benchmark");
+            assert!(
+                batch.batchref().is_some(),
+                "stock never runs out in this benchmark"
+            );
             if n % RELAY_EVERY == RELAY_EVERY - 1 {
                 relay.relay_pending().await.expect("relayed");
             }

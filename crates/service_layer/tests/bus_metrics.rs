@@ -133,7 +133,10 @@ fn a_version_conflict_retry_is_counted() {
         };
         let bus = bus(conflicting, RecordingNotifications::new());
         let allocated = bus.handle(allocate("o1", "LAMP", 1)).await;
-        assert_eq!(allocated.expect("handled"), Allocation::Batch(batchref("b1")));
+        assert_eq!(
+            allocated.expect("handled"),
+            Allocation::Batch(batchref("b1"))
+        );
     });
     let retries = counter(
         &snapshot,

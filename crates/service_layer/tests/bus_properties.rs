@@ -15,7 +15,8 @@ use domain::commands::{
 };
 use domain::fixtures::{batchref, orderid, qty, sku};
 use domain::{
-    Allocation, Adjustment, AdjustmentReason, BatchRef, Change, DomainError, OrderId, OrderLines, Sku,
+    Adjustment, AdjustmentReason, Allocation, BatchRef, Change, DomainError, OrderId, OrderLines,
+    Sku,
 };
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

@@ -291,7 +291,9 @@ impl App {
                 };
                 let product = sku(SKUS[s]);
                 match self.bus.handle(command).await {
-                    Ok(Allocation::OutOfStock) => prop_assert!(self.best_batch(&product).await < u64::from(units)),
+                    Ok(Allocation::OutOfStock) => {
+                        prop_assert!(self.best_batch(&product).await < u64::from(units))
+                    }
                     other => allowed(other)?,
                 }
             }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use domain::commands::{CancelOrder, ChangeSettings, PlaceHold};
 use domain::{Allocation, HoldId, OrderId, OrderLines, Settings, Sku};
-use service_layer::memory::ManualClock;
-use service_layer::ports::{Lines, LineStatus, Outbox, ReadModel, StoreTransaction};
 use service_layer::Store;
+use service_layer::memory::ManualClock;
+use service_layer::ports::{LineStatus, Lines, Outbox, ReadModel, StoreTransaction};
 use test_support::per_backend;
 
 use crate::backends::one_store;
@@ -32,7 +32,12 @@ async fn set_limit<S: Store>(bus: &Bus<S>, sku: &Sku, limit: u64) {
     bus.bus.handle(command).await.expect("settings changed");
 }
 
-async fn try_allocate<S: Store>(bus: &Bus<S>, order: &OrderId, sku: &Sku, units: u32) -> Allocation {
+async fn try_allocate<S: Store>(
+    bus: &Bus<S>,
+    order: &OrderId,
+    sku: &Sku,
+    units: u32,
+) -> Allocation {
     let command = domain::commands::Allocate {
         orderid: order.clone(),
         sku: sku.clone(),
@@ -62,9 +67,7 @@ async fn waiting<S: Store>(store: &S, sku: &Sku) -> Vec<(OrderId, u32)> {
         .collect()
 }
 
-async fn lines_wait_within_the_limit_and_are_filled_oldest_first<
-    S: Store + ReadModel + Outbox,
->(
+async fn lines_wait_within_the_limit_and_are_filled_oldest_first<S: Store + ReadModel + Outbox>(
     store: S,
 ) {
     let bus = bus(&store);
@@ -76,26 +79,48 @@ async fn lines_wait_within_the_limit_and_are_filled_oldest_first<
     );
     set_limit(&bus, &lamp, 12).await;
     assert_eq!(
-        store.settings(&lamp).await.expect("query").map(|s| s.backorder_limit),
+        store
+            .settings(&lamp)
+            .await
+            .expect("query")
+            .map(|s| s.backorder_limit),
         Some(12)
     );
-    let (big, small, later, refused) = (orderid("big"), orderid("small"), orderid("later"), orderid("refused"));
+    let (big, small, later, refused) = (
+        orderid("big"),
+        orderid("small"),
+        orderid("later"),
+        orderid("refused"),
+    );
     bus.allocate(&orderid("first"), &lamp, 1).await;
     for (order, units) in [(&big, 7), (&small, 3), (&later, 2)] {
-        assert_eq!(try_allocate(&bus, order, &lamp, units).await, Allocation::Backordered);
+        assert_eq!(
+            try_allocate(&bus, order, &lamp, units).await,
+            Allocation::Backordered
+        );
     }
-    assert_eq!(try_allocate(&bus, &refused, &lamp, 1).await, Allocation::OutOfStock);
+    assert_eq!(
+        try_allocate(&bus, &refused, &lamp, 1).await,
+        Allocation::OutOfStock
+    );
     assert_eq!(
         waiting(&store, &lamp).await,
         [(big.clone(), 7), (small.clone(), 3), (later.clone(), 2)]
     );
     assert_eq!(store.backordered(&lamp).await.expect("query"), 12);
-    assert_eq!(lines_of(&store, &small).await, [(3, LineStatus::Backordered)]);
+    assert_eq!(
+        lines_of(&store, &small).await,
+        [(3, LineStatus::Backordered)]
+    );
     assert_eq!(lines_of(&store, &refused).await, []);
 
     let ship = batchref("ship");
     bus.add_batch(&ship, &lamp, 6, None).await;
-    let published: Vec<OrderId> = outbox_of(&store).await.into_iter().map(|(o, _)| o).collect();
+    let published: Vec<OrderId> = outbox_of(&store)
+        .await
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
     assert_eq!(published[1..], [small.clone(), later.clone()]);
     assert_eq!(lines_of(&store, &small).await, [(3, LineStatus::Allocated)]);
     assert_eq!(allocations(&store, &later).await, [view(&lamp, &ship)]);
@@ -114,14 +139,20 @@ async fn a_cancelled_backorder_stays_cancelled_and_a_deallocated_one_goes<
     set_limit(&bus, &lamp, 10).await;
     let (cancelled, withdrawn) = (orderid("cancelled"), orderid("withdrawn"));
     for order in [&cancelled, &withdrawn] {
-        assert_eq!(try_allocate(&bus, order, &lamp, 2).await, Allocation::Backordered);
+        assert_eq!(
+            try_allocate(&bus, order, &lamp, 2).await,
+            Allocation::Backordered
+        );
     }
     let cancel = CancelOrder {
         orderid: cancelled.clone(),
     };
     bus.bus.handle(cancel.clone()).await.expect("cancelled");
     bus.bus.handle(cancel).await.expect("cancelled again");
-    assert_eq!(lines_of(&store, &cancelled).await, [(2, LineStatus::Cancelled)]);
+    assert_eq!(
+        lines_of(&store, &cancelled).await,
+        [(2, LineStatus::Cancelled)]
+    );
     let deallocated = bus
         .bus
         .handle(domain::commands::Deallocate {
@@ -136,13 +167,17 @@ async fn a_cancelled_backorder_stays_cancelled_and_a_deallocated_one_goes<
     assert_eq!(store.backordered(&lamp).await.expect("query"), 0);
 
     // The cancelled line placed again waits anew.
-    assert_eq!(try_allocate(&bus, &cancelled, &lamp, 3).await, Allocation::Backordered);
-    assert_eq!(lines_of(&store, &cancelled).await, [(3, LineStatus::Backordered)]);
+    assert_eq!(
+        try_allocate(&bus, &cancelled, &lamp, 3).await,
+        Allocation::Backordered
+    );
+    assert_eq!(
+        lines_of(&store, &cancelled).await,
+        [(3, LineStatus::Backordered)]
+    );
 }
 
-async fn an_expired_hold_goes_to_the_backorders_at_the_next_load<
-    S: Store + ReadModel + Outbox,
->(
+async fn an_expired_hold_goes_to_the_backorders_at_the_next_load<S: Store + ReadModel + Outbox>(
     store: S,
 ) {
     let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
@@ -158,7 +193,10 @@ async fn an_expired_hold_goes_to_the_backorders_at_the_next_load<
     };
     bus.bus.handle(hold).await.expect("held");
     let waiting_line = orderid("waiting");
-    assert_eq!(try_allocate(&bus, &waiting_line, &lamp, 3).await, Allocation::Backordered);
+    assert_eq!(
+        try_allocate(&bus, &waiting_line, &lamp, 3).await,
+        Allocation::Backordered
+    );
 
     clock.advance(Duration::from_secs(61));
     assert_eq!(
@@ -166,8 +204,15 @@ async fn an_expired_hold_goes_to_the_backorders_at_the_next_load<
         Allocation::Backordered,
         "the waiting line had the freed units first: 1 is left"
     );
-    assert_eq!(allocations(&store, &waiting_line).await, [view(&lamp, &home)]);
-    let published: Vec<OrderId> = outbox_of(&store).await.into_iter().map(|(o, _)| o).collect();
+    assert_eq!(
+        allocations(&store, &waiting_line).await,
+        [view(&lamp, &home)]
+    );
+    let published: Vec<OrderId> = outbox_of(&store)
+        .await
+        .into_iter()
+        .map(|(o, _)| o)
+        .collect();
     assert_eq!(published, [waiting_line]);
 }
 

@@ -5,6 +5,7 @@
 //! Redis (the shared one of `REDIS_URL`, or `redis-server`s of the tests'
 //! own) for messages, and an SMTP sink for email.
 
+mod backorders;
 mod bad_input;
 mod connections;
 mod crash;

@@ -28,6 +28,8 @@ const ROUTES: &[&str] = &[
     "DELETE /holds/{hold_id}",
     "GET /products/{sku}/batches",
     "GET /products/{sku}/availability",
+    "GET /products/{sku}/settings",
+    "PUT /products/{sku}/settings",
     "GET /batches/{ref}/movements",
     "POST /batches/{ref}/adjust",
     "GET /healthz",

@@ -230,7 +230,11 @@ mod tests {
             sku: sku("LAMP"),
             qty: qty(4),
         };
-        assert_eq!(product.allocate(line), Ok(Allocation::OutOfStock), "held units are not free");
+        assert_eq!(
+            product.allocate(line),
+            Ok(Allocation::OutOfStock),
+            "held units are not free"
+        );
         assert_eq!(
             product.hold_placement(qty(4)),
             Err(Shortage {

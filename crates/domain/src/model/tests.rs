@@ -200,7 +200,10 @@ mod allocate {
         p.take_events();
         let version = p.version();
 
-        assert_eq!(p.allocate(line("o2", "SMALL-FORK", 1)), Ok(Allocation::OutOfStock));
+        assert_eq!(
+            p.allocate(line("o2", "SMALL-FORK", 1)),
+            Ok(Allocation::OutOfStock)
+        );
         assert_eq!(
             p.take_events(),
             vec![Event::OutOfStock(OutOfStock {
@@ -217,7 +220,10 @@ mod allocate {
         p.take_events();
         let version = p.version();
 
-        assert_eq!(p.allocate(line("o1", "LAMP", 4)), Ok(Allocation::Batch(batchref("b1"))));
+        assert_eq!(
+            p.allocate(line("o1", "LAMP", 4)),
+            Ok(Allocation::Batch(batchref("b1")))
+        );
         assert_eq!(allocated_to(&p, "b1"), 4);
         assert_eq!(p.version(), version);
         assert!(p.take_events().is_empty());
@@ -239,7 +245,10 @@ mod allocate {
     fn recognises_an_allocation_loaded_from_storage() {
         let mut p = stored_lamp(7, 10, 4);
         p.load_lines(&batchref("b1"), [line("o1", "LAMP", 4)]);
-        assert_eq!(p.allocate(line("o1", "LAMP", 4)), Ok(Allocation::Batch(batchref("b1"))));
+        assert_eq!(
+            p.allocate(line("o1", "LAMP", 4)),
+            Ok(Allocation::Batch(batchref("b1")))
+        );
         assert_eq!(allocated_to(&p, "b1"), 4);
         assert_eq!(p.version(), 7);
     }

@@ -364,13 +364,23 @@ impl ReadModel for MemoryStore {
     }
 
     async fn settings(&self, sku: &Sku) -> Result<Option<Settings>, StoreError> {
-        Ok(self.lock().products.get(sku).map(|product| product.settings))
+        Ok(self
+            .lock()
+            .products
+            .get(sku)
+            .map(|product| product.settings))
     }
 
     async fn backordered(&self, sku: &Sku) -> Result<u64, StoreError> {
         let tables = self.lock();
-        let waiting = tables.products.get(sku).into_iter().flat_map(|p| p.waiting_backorders());
-        Ok(waiting.map(|backorder| u64::from(backorder.qty.get())).sum())
+        let waiting = tables
+            .products
+            .get(sku)
+            .into_iter()
+            .flat_map(|p| p.waiting_backorders());
+        Ok(waiting
+            .map(|backorder| u64::from(backorder.qty.get()))
+            .sum())
     }
 
     async fn movements(

@@ -232,7 +232,10 @@ impl StoredProduct {
                 self.backorders.retain(|b| b.backorder.orderid != e.orderid);
             }
             Event::BackorderWithdrawn(e) if e.cancelled => {
-                let waiting = self.backorders.iter_mut().find(|b| b.backorder.orderid == e.orderid);
+                let waiting = self
+                    .backorders
+                    .iter_mut()
+                    .find(|b| b.backorder.orderid == e.orderid);
                 if let Some(stored) = waiting {
                     stored.cancelled = true;
                 }

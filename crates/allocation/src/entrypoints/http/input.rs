@@ -115,6 +115,20 @@ impl<'de> Deserialize<'de> for Whole {
     }
 }
 
+/// A count of units as a request states it (a batch's counted quantity, a
+/// limit): 0 to [`Quantity::MAX`].
+pub fn count(units: i128, field: &str) -> Result<u64, ApiError> {
+    u64::try_from(units)
+        .ok()
+        .filter(|units| *units <= u64::from(Quantity::MAX))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{field} must be a whole number from 0 to {}; got {units}",
+                Quantity::MAX
+            ))
+        })
+}
+
 /// Reads a whole number from whichever number type the JSON decoder
 /// found; the range it names is only for the error message.
 struct WholeNumber(Option<(i128, i128)>);

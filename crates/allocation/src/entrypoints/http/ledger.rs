@@ -16,7 +16,7 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
 use super::holds::rfc3339;
-use super::input::{ApiJson, Identifier, Whole, path_id};
+use super::input::{ApiJson, Identifier, Whole, count, path_id};
 use super::openapi::{InvalidBody, ReadRefusals, WriteRefusals, documented};
 use super::{ApiError, AppState, ErrorBody, observe};
 
@@ -126,7 +126,7 @@ impl AdjustRequest {
                         ))
                     })?,
             ),
-            (None, Some(Whole(count))) => Change::To(count_of(count, "set_to")?),
+            (None, Some(Whole(counted))) => Change::To(count(counted, "set_to")?),
             _ => return Err(bad("give exactly one of delta and set_to".into())),
         };
         let reason = AdjustmentReason::parse(&self.reason).ok_or_else(|| {
@@ -146,23 +146,10 @@ impl AdjustRequest {
                 .transpose()?,
             expected_qty: self
                 .expected_qty
-                .map(|Whole(qty)| count_of(qty, "expected_qty"))
+                .map(|Whole(qty)| count(qty, "expected_qty"))
                 .transpose()?,
         })
     }
-}
-
-/// A batch's quantity as a request states it: 0 to [`Quantity::MAX`].
-fn count_of(units: i128, field: &str) -> Result<u64, ApiError> {
-    u64::try_from(units)
-        .ok()
-        .filter(|units| *units <= u64::from(Quantity::MAX))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{field} must be a whole number from 0 to {}; got {units}",
-                Quantity::MAX
-            ))
-        })
 }
 
 #[derive(Debug, Serialize, ToSchema)]

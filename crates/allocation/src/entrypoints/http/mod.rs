@@ -26,6 +26,7 @@ mod openapi;
 mod operations;
 mod orders;
 pub mod server;
+mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,5 +127,6 @@ fn documented_routes<S: Store + ReadModel + Outbox>() -> OpenApiRouter<AppState<
         .merge(holds::routes())
         .merge(ledger::routes())
         .merge(availability::routes())
+        .merge(settings::routes())
         .merge(operations::routes())
 }

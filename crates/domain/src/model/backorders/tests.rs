@@ -111,7 +111,11 @@ fn stock_goes_to_waiting_backorders_oldest_first_skipping_those_it_cannot_fit() 
             number: 2, // after the settings
         }]
     );
-    assert_eq!(product.fill_backorders(), 0, "nothing fits: nothing changes");
+    assert_eq!(
+        product.fill_backorders(),
+        0,
+        "nothing fits: nothing changes"
+    );
     assert!(product.pending_events().is_empty());
 }
 

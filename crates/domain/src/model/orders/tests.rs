@@ -267,7 +267,10 @@ mod split {
             })
         );
         // The book's route answers with a batch of the line.
-        assert_eq!(product.allocate(line("o1", 12)), Ok(Allocation::Batch(batchref("ship"))));
+        assert_eq!(
+            product.allocate(line("o1", 12)),
+            Ok(Allocation::Batch(batchref("ship")))
+        );
         assert!(product.pending_events().is_empty());
     }
 
@@ -338,7 +341,10 @@ mod split {
         assert!(product.allocate(line("o1", 5)).is_err());
         // ...`reallocate` puts the part back: the shipment has 3 left,
         // so the part goes to the later one.
-        assert_eq!(product.reallocate(line("o1", 5)), Allocation::Batch(batchref("late")));
+        assert_eq!(
+            product.reallocate(line("o1", 5)),
+            Allocation::Batch(batchref("late"))
+        );
         assert_eq!(
             product.parts_of(&orderid("o1")),
             [part("ship", 7), part("late", 5)]
@@ -359,7 +365,10 @@ mod split {
             .change_batch_quantity(&batchref("ship"), qty(20))
             .expect("changed");
         product.take_events();
-        assert_eq!(product.reallocate(line("o1", 5)), Allocation::Batch(batchref("ship")));
+        assert_eq!(
+            product.reallocate(line("o1", 5)),
+            Allocation::Batch(batchref("ship"))
+        );
         assert_eq!(product.parts_of(&orderid("o1")), [part("ship", 12)]);
         assert_eq!(
             product

@@ -78,7 +78,10 @@ fn shipping_takes_the_units_out_of_the_batch_and_its_allocation() {
             sku: sku("SOFA")
         })
     );
-    assert_eq!(product.allocate(line("o1", 4)), Ok(Allocation::Batch(batchref("home"))));
+    assert_eq!(
+        product.allocate(line("o1", 4)),
+        Ok(Allocation::Batch(batchref("home")))
+    );
     assert!(product.pending_events().is_empty());
 }
 

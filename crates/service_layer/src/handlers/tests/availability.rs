@@ -37,7 +37,10 @@ fn due(days: u64) -> Option<NaiveDate> {
 #[tokio::test]
 async fn availability_follows_every_kind_of_change_and_the_clock() {
     let app = app();
-    assert!(AvailabilityView::of(&[], 0).is_none(), "no batches: unknown");
+    assert!(
+        AvailabilityView::of(&[], 0).is_none(),
+        "no batches: unknown"
+    );
     app.add_batch("home", "LAMP", 10, None).await;
     app.add_batch("later", "LAMP", 5, due(9)).await;
     app.add_batch("sooner", "LAMP", 5, due(2)).await;

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use domain::commands::{AdjustBatch, AllocateOrder, CancelOrder, ChangeSettings, PlaceHold, ReleaseHold};
+use domain::commands::{
+    AdjustBatch, AllocateOrder, CancelOrder, ChangeSettings, PlaceHold, ReleaseHold,
+};
 use domain::{Adjustment, AdjustmentReason, Change, HoldId, OrderLines, Settings};
 
 use super::*;
@@ -132,7 +134,10 @@ async fn beyond_the_limit_a_line_is_out_of_stock_with_its_email() {
     assert_eq!(app.allocation("o1", 3).await, Allocation::Backordered);
     assert_eq!(app.allocation("o2", 2).await, Allocation::OutOfStock);
     assert_eq!(app.notifications.sent().len(), 1);
-    assert_eq!(app.allocation("o3", 1).await, Allocation::Batch(batchref("home")));
+    assert_eq!(
+        app.allocation("o3", 1).await,
+        Allocation::Batch(batchref("home"))
+    );
     assert_eq!(app.backordered().await, 3);
 }
 
@@ -232,8 +237,7 @@ async fn an_order_backorders_its_short_lines_and_cancelling_withdraws_them() {
     app.add_batch("chairs", "CHAIR", 5, None).await;
     let order = AllocateOrder {
         orderid: orderid("o1"),
-        lines: OrderLines::new(vec![(sku("CHAIR"), qty(1)), (sku("LAMP"), qty(4))])
-            .expect("lines"),
+        lines: OrderLines::new(vec![(sku("CHAIR"), qty(1)), (sku("LAMP"), qty(4))]).expect("lines"),
         split: false,
         hold_id: None,
     };

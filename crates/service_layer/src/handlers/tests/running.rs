@@ -48,7 +48,10 @@ async fn a_command_whose_caller_left_before_it_began_never_runs() {
         assert!((&mut handling).now_or_never().is_none(), "waits for LAMP");
         drop(handling);
     }
-    assert_eq!(first.await.expect("allocated"), Allocation::Batch(batchref("b1")));
+    assert_eq!(
+        first.await.expect("allocated"),
+        Allocation::Batch(batchref("b1"))
+    );
     app.bus.finish_running_commands().await;
     assert_eq!(app.allocated_to("LAMP", "b1").await, 2, "only o1");
     let batches = app
@@ -226,7 +229,10 @@ mod group_commit {
         let orders: Vec<String> = (0..10).map(|n| format!("o{n}")).collect();
         let lines: Vec<_> = orders.iter().map(|o| (o.as_str(), "LAMP", 1)).collect();
         for answer in allocate_together(&app, &lines).await {
-            assert_eq!(answer.expect("allocated"), Allocation::Batch(batchref("b1")));
+            assert_eq!(
+                answer.expect("allocated"),
+                Allocation::Batch(batchref("b1"))
+            );
         }
         assert_eq!(
             store.commits_tried.load(Ordering::SeqCst) - before,
@@ -252,7 +258,11 @@ mod group_commit {
             ],
         )
         .await;
-        assert!(matches!(answers[0], Ok(Allocation::Batch(_))), "{:?}", answers[0]);
+        assert!(
+            matches!(answers[0], Ok(Allocation::Batch(_))),
+            "{:?}",
+            answers[0]
+        );
         assert!(
             matches!(
                 answers[1],
@@ -266,7 +276,11 @@ mod group_commit {
             "{:?}",
             answers[2]
         );
-        assert!(matches!(answers[3], Ok(Allocation::Batch(_))), "{:?}", answers[3]);
+        assert!(
+            matches!(answers[3], Ok(Allocation::Batch(_))),
+            "{:?}",
+            answers[3]
+        );
         assert_eq!(app.allocated_to("LAMP", "b1").await, 3, "o0, o1 once, o3");
     }
 
@@ -310,7 +324,10 @@ mod group_commit {
         )
         .await;
         for answer in answers {
-            assert_eq!(answer.expect("allocated"), Allocation::Batch(batchref("b1")));
+            assert_eq!(
+                answer.expect("allocated"),
+                Allocation::Batch(batchref("b1"))
+            );
         }
         assert_eq!(app.allocated_to("LAMP", "b1").await, 4);
         assert_eq!(outbox_of(&app.store).len(), 2);
@@ -361,7 +378,10 @@ mod group_commit {
             batchref("b1")
         );
         for answer in allocated {
-            assert_eq!(answer.expect("allocated"), Allocation::Batch(batchref("b1")));
+            assert_eq!(
+                answer.expect("allocated"),
+                Allocation::Batch(batchref("b1"))
+            );
         }
         assert_eq!(
             store.locking_begins.load(Ordering::SeqCst),
@@ -380,7 +400,10 @@ mod group_commit {
         )
         .await;
         for answer in answers {
-            assert_eq!(answer.expect("allocated"), Allocation::Batch(batchref("b1")));
+            assert_eq!(
+                answer.expect("allocated"),
+                Allocation::Batch(batchref("b1"))
+            );
         }
         assert_eq!(app.allocated_to("LAMP", "b1").await, 3, "each exactly once");
         assert_eq!(outbox_of(&app.store).len(), 3);
