@@ -1,17 +1,21 @@
 //! Property test of the service layer: random commands (single lines and
-//! whole orders of both products, split or not) on two products
-//! through the message bus over the in-memory store, with the reallocation
-//! handler running as in the service. After every command, nothing is
-//! over-allocated, the write side, the read model and the outbox agree, and
-//! every line (or part) that lost its batch and was not reallocated had
-//! nowhere to go; and every batch's ledger sums to its quantity.
+//! whole orders of both products, split or not, batches, adjustments and
+//! backorder limits) on two products through the message bus over the
+//! in-memory store, with the reallocation handler running as in the
+//! service. After every command, nothing is over-allocated, the write
+//! side, the read model and the outbox agree, every line (or part) that
+//! lost its batch and was not reallocated had nowhere to go, no waiting
+//! backorder fits a batch, lines that appeared were waiting, every
+//! batch's ledger sums to its quantity, and the availability figures are
+//! the sums of what the batches and lines say.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{Days, NaiveDate};
 use domain::commands::{
-    AdjustBatch, Allocate, AllocateOrder, ChangeBatchQuantity, CreateBatch, Deallocate,
+    AdjustBatch, Allocate, AllocateOrder, ChangeBatchQuantity, ChangeSettings, CreateBatch,
+    Deallocate,
 };
 use domain::fixtures::{batchref, orderid, qty, sku};
 use domain::{
@@ -21,7 +25,7 @@ use domain::{
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use service_layer::memory::{MemoryStore, RecordingNotifications};
-use service_layer::ports::ReadModel;
+use service_layer::ports::{AvailabilityView, LineStatus, ReadModel};
 use service_layer::{Error, MessageBus, RetryPolicy};
 use tokio::sync::Notify;
 
@@ -63,6 +67,10 @@ enum Step {
         qty: u32,
         expected: Option<u32>,
     },
+    SetLimit {
+        sku: usize,
+        limit: u64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -78,10 +86,11 @@ fn step() -> impl Strategy<Value = Step> {
                 lines: skus.into_iter().zip([first, second]).collect(),
                 split,
             }),
-        1 => (0..ORDERS, sku).prop_map(|(order, sku)| Step::Deallocate { order, sku }),
+        1 => (0..ORDERS, sku.clone()).prop_map(|(order, sku)| Step::Deallocate { order, sku }),
         2 => (0..BATCHES, 1..=30u32).prop_map(|(batch, qty)| Step::ChangeBatchQuantity { batch, qty }),
         2 => (0..BATCHES, -20..=20i64, 0..=30u32, proptest::option::of(0..=30u32))
             .prop_map(|(batch, delta, qty, expected)| Step::Adjust { batch, delta, qty, expected }),
+        1 => (sku, 0..=40u64).prop_map(|(sku, limit)| Step::SetLimit { sku, limit }),
     ]
 }
 
@@ -98,14 +107,25 @@ fn eta(days_later: Option<u64>) -> Option<NaiveDate> {
     days_later.map(|days| first + Days::new(days))
 }
 
-/// Where the read model places each line `(orderid, sku)`: its parts,
-/// `(batch, units)`, by batch.
+/// Where the read model places each allocated line `(orderid, sku)`: its
+/// parts, `(batch, units)`, by batch.
 type Placement = HashMap<(OrderId, Sku), Vec<(BatchRef, u64)>>;
+
+/// The lines the order query shows waiting as backorders, and their units.
+type Waiting = HashMap<(OrderId, Sku), u64>;
 
 struct App {
     bus: Arc<MessageBus<MemoryStore>>,
     store: MemoryStore,
     notifications: Arc<RecordingNotifications>,
+    /// Each SKU's backorder limit, as last set.
+    limits: [u64; 2],
+}
+
+/// The units waiting for `product`.
+fn waiting_for(waiting: &Waiting, product: &Sku) -> u64 {
+    let of_product = waiting.iter().filter(|((_, s), _)| s == product);
+    of_product.map(|(_, units)| units).sum()
 }
 
 fn total(parts: &[(BatchRef, u64)]) -> u64 {
@@ -130,7 +150,54 @@ impl App {
             bus,
             store,
             notifications,
+            limits: [0; 2],
         }
+    }
+
+    fn limit_of(&self, product: &Sku) -> u64 {
+        let index = SKUS.iter().position(|name| sku(name) == *product);
+        index.map_or(0, |index| self.limits[index])
+    }
+
+    /// Every line the order query shows waiting, with no parts.
+    async fn waiting(&self) -> Result<Waiting, TestCaseError> {
+        let mut waiting = HashMap::new();
+        for order in (0..ORDERS).map(order_name) {
+            for line in self.store.order(&order).await.expect("a query") {
+                if line.status == LineStatus::Backordered {
+                    prop_assert!(line.parts.is_empty(), "{:?} waits with parts", line);
+                    waiting.insert((order.clone(), line.sku), line.qty);
+                }
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// Lines other than `moved` kept their places, and every line placed
+    /// now that was not before was waiting before.
+    async fn check_new_lines_were_waiting(
+        &self,
+        before: &Placement,
+        waiting_before: &Waiting,
+        moved: impl Fn(&(OrderId, Sku), &[(BatchRef, u64)]) -> bool,
+    ) -> Result<(), TestCaseError> {
+        let after = self.placement().await?;
+        for (line, parts) in before {
+            if !moved(line, parts) {
+                prop_assert_eq!(after.get(line), Some(parts), "{:?} moved", line);
+            }
+        }
+        for (line, parts) in &after {
+            if !before.contains_key(line) {
+                prop_assert_eq!(
+                    waiting_before.get(line).copied(),
+                    Some(total(parts)),
+                    "{:?} appeared without waiting",
+                    line
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Every line the read models show allocated: the order query's parts,
@@ -148,6 +215,9 @@ impl App {
                 .collect();
             let mut lines = Vec::new();
             for line in self.store.order(&order).await.expect("a query") {
+                if line.status != LineStatus::Allocated {
+                    continue;
+                }
                 let mut parts: Vec<_> = line
                     .parts
                     .into_iter()
@@ -202,6 +272,8 @@ impl App {
 
     async fn run(&mut self, step: &Step) -> Result<(), TestCaseError> {
         let before = self.placement().await?;
+        let waiting_before = self.waiting().await?;
+        let unchanged = |_: &(OrderId, Sku), _: &[(BatchRef, u64)]| false;
         match *step {
             Step::AddBatch {
                 batch,
@@ -216,7 +288,8 @@ impl App {
                     eta: eta(days),
                 };
                 refused_only_by_the_domain(self.bus.handle(command).await)?;
-                prop_assert_eq!(self.placement().await?, before);
+                self.check_new_lines_were_waiting(&before, &waiting_before, unchanged)
+                    .await?;
             }
             Step::Allocate {
                 order,
@@ -239,11 +312,21 @@ impl App {
                         prop_assert_eq!(total(parts), u64::from(units));
                     }
                     Ok(Allocation::Backordered) => {
-                        prop_assert!(false, "backordered with no backorder limit set");
+                        prop_assert_eq!(after.get(&line), None);
+                        prop_assert_eq!(self.room_for(&line.1, units.into()).await, vec![]);
+                        let waiting = self.waiting().await?;
+                        prop_assert_eq!(waiting.get(&line), Some(&u64::from(units)));
+                        prop_assert!(waiting_for(&waiting, &line.1) <= self.limit_of(&line.1));
+                        prop_assert_eq!(self.notifications.sent().len(), notified, "no email");
                     }
                     Ok(Allocation::OutOfStock) => {
                         prop_assert_eq!(after.get(&line), None);
                         prop_assert_eq!(self.room_for(&line.1, units.into()).await, vec![]);
+                        prop_assert!(
+                            waiting_for(&waiting_before, &line.1) + u64::from(units)
+                                > self.limit_of(&line.1),
+                            "refused within the backorder limit"
+                        );
                         let sent = self.notifications.sent();
                         prop_assert_eq!(sent.len(), notified + 1);
                         let warning = format!("Out of stock for {}", line.1);
@@ -291,8 +374,16 @@ impl App {
                 );
                 match reply {
                     Ok(allocated) => {
+                        let waiting = self.waiting().await?;
                         for (line, (product, units)) in allocated.iter().zip(&requested) {
                             let key = (orderid.clone(), product.clone());
+                            if line.is_backordered() {
+                                prop_assert_eq!(waiting.get(&key), Some(&u64::from(*units)));
+                                prop_assert!(
+                                    waiting_for(&waiting, product) <= self.limit_of(product)
+                                );
+                                continue;
+                            }
                             let mut parts: Vec<_> = line
                                 .parts
                                 .iter()
@@ -311,6 +402,12 @@ impl App {
                         for line in short {
                             prop_assert_eq!(line.available, available[&line.sku]);
                             prop_assert!(line.available < u64::from(line.requested.get()));
+                            prop_assert!(
+                                waiting_for(&waiting_before, &line.sku)
+                                    + u64::from(line.requested.get())
+                                    > self.limit_of(&line.sku),
+                                "refused within the backorder limit"
+                            );
                         }
                     }
                     Err(error) => {
@@ -331,6 +428,10 @@ impl App {
                 let reply = self.bus.handle(command).await;
                 let after = self.placement().await?;
                 match reply {
+                    Ok(parts) if parts.is_empty() => {
+                        prop_assert!(waiting_before.contains_key(&line), "withdrawn");
+                        prop_assert!(!self.waiting().await?.contains_key(&line));
+                    }
                     Ok(parts) => {
                         let mut parts: Vec<_> = parts
                             .into_iter()
@@ -345,9 +446,8 @@ impl App {
                         refused_only_by_the_domain(Err::<(), _>(error))?;
                     }
                 }
-                let mut expected = before;
-                expected.remove(&line);
-                prop_assert_eq!(after, expected);
+                self.check_new_lines_were_waiting(&before, &waiting_before, |l, _| *l == line)
+                    .await?;
             }
             Step::ChangeBatchQuantity { batch, qty: units } => {
                 let command = ChangeBatchQuantity {
@@ -355,7 +455,7 @@ impl App {
                     qty: qty(units),
                 };
                 refused_only_by_the_domain(self.bus.handle(command).await)?;
-                self.check_only_its_lines_moved(&before, &batch_name(batch))
+                self.check_only_its_lines_moved(&before, &waiting_before, &batch_name(batch))
                     .await?;
             }
             Step::Adjust {
@@ -379,14 +479,41 @@ impl App {
                 };
                 match self.bus.handle(command).await {
                     Ok(_) => {
-                        self.check_only_its_lines_moved(&before, &batch_name(batch))
-                            .await?
+                        self.check_only_its_lines_moved(
+                            &before,
+                            &waiting_before,
+                            &batch_name(batch),
+                        )
+                        .await?
                     }
                     Err(error) => {
                         refused_only_by_the_domain(Err::<(), _>(error))?;
                         prop_assert_eq!(self.placement().await?, before, "refused whole");
                     }
                 }
+            }
+            Step::SetLimit {
+                sku: product,
+                limit,
+            } => {
+                let command = ChangeSettings {
+                    sku: sku(SKUS[product]),
+                    backorder_limit: Some(limit),
+                    low_stock_threshold: None,
+                };
+                match self.bus.handle(command).await {
+                    Ok(settings) => {
+                        prop_assert_eq!(settings.backorder_limit, limit);
+                        self.limits[product] = limit;
+                    }
+                    Err(error) => prop_assert!(
+                        matches!(error, Error::UnknownProduct(_)),
+                        "unexpected error: {}",
+                        error
+                    ),
+                }
+                prop_assert_eq!(self.placement().await?, before);
+                prop_assert_eq!(self.waiting().await?, waiting_before, "nothing withdrawn");
             }
         }
         self.check_consistency().await
@@ -398,8 +525,13 @@ impl App {
     async fn check_only_its_lines_moved(
         &self,
         before: &Placement,
+        waiting_before: &Waiting,
         changed: &BatchRef,
     ) -> Result<(), TestCaseError> {
+        let on_changed =
+            |_: &(OrderId, Sku), parts: &[(BatchRef, u64)]| batches_of(parts).contains(&changed);
+        self.check_new_lines_were_waiting(before, waiting_before, on_changed)
+            .await?;
         let after = self.placement().await?;
         for (line, parts) in before {
             let now = after.get(line).map(Vec::as_slice).unwrap_or_default();
@@ -431,17 +563,40 @@ impl App {
 
     /// Nothing over-allocated; each batch's total is what the read model's
     /// parts on it hold; every part was announced on its batch; each
-    /// batch's movements, in increasing numbers, sum to its quantity.
+    /// batch's movements, in increasing numbers, sum to its quantity; no
+    /// waiting backorder fits a batch; and the availability figures are
+    /// what the batches and the lines add up to.
     async fn check_consistency(&self) -> Result<(), TestCaseError> {
         let placement = self.placement().await?;
+        let waiting = self.waiting().await?;
         let messages = self.store.unsent_messages();
         for product in SKUS.map(sku) {
-            for batch in self
+            let batches = self
                 .store
                 .batches(&product, chrono::Utc::now())
                 .await
-                .expect("a query")
-            {
+                .expect("a query");
+            for ((_, of), units) in &waiting {
+                if *of == product {
+                    prop_assert_eq!(self.room_for(of, *units).await, vec![], "it would fit");
+                }
+            }
+            let backordered = self.store.backordered(&product).await.expect("a query");
+            prop_assert_eq!(backordered, waiting_for(&waiting, &product));
+            if let Some(figures) = AvailabilityView::of(&batches, backordered) {
+                let in_lines: u64 = placement
+                    .iter()
+                    .filter(|((_, of), _)| *of == product)
+                    .map(|(_, parts)| total(parts))
+                    .sum();
+                let purchased: u64 = batches.iter().map(|b| b.purchased).sum();
+                let free: u64 = batches.iter().map(|b| b.purchased - b.allocated).sum();
+                prop_assert_eq!(figures.allocated, in_lines);
+                prop_assert_eq!(figures.on_hand + figures.incoming, purchased);
+                prop_assert_eq!((figures.held, figures.available), (0, free));
+                prop_assert_eq!(figures.backordered, waiting_for(&waiting, &product));
+            }
+            for batch in batches {
                 prop_assert!(
                     batch.allocated <= batch.purchased,
                     "{:?} over-allocated",
