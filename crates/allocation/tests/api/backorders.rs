@@ -158,6 +158,16 @@ async fn a_line_waits_within_the_limit_and_is_out_of_stock_beyond_it(db: TestDat
         1,
         "one email, for the line beyond the limit; none for the waiting one"
     );
+
+    let withdraw = json!({ "orderid": waiting, "sku": sku });
+    let (status, withdrawn) = app.post("/deallocate", &withdraw).await;
+    assert_eq!(status, 200, "{withdrawn}");
+    assert_eq!(
+        (&withdrawn["batchref"], &withdrawn["allocations"]),
+        (&Value::Null, &json!([]))
+    );
+    assert_eq!(app.get(&format!("/orders/{waiting}")).await.0, 404);
+    assert_eq!(app.backordered(&sku).await, 0);
 }
 
 /// Polls until `orderid`'s only line shows `status`.

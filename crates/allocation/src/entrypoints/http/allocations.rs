@@ -156,12 +156,13 @@ struct DeallocateRequest {
 }
 
 /// The line that was freed, and the batch it was allocated to: the first,
-/// if it was split over several (`allocations` lists them all).
+/// if it was split over several (`allocations` lists them all); `null`,
+/// with no allocations, for a line that was waiting as a backorder.
 #[derive(Debug, Serialize, ToSchema)]
 struct DeallocatedResponse {
     orderid: String,
     sku: String,
-    batchref: String,
+    batchref: Option<String>,
     allocations: Vec<PartResponse>,
 }
 
@@ -171,7 +172,7 @@ struct DeallocatedResponse {
     tag = "allocation",
     request_body = DeallocateRequest,
     responses(
-        (status = 200, description = "Deallocated; waiting lines may now be reallocated", body = DeallocatedResponse),
+        (status = 200, description = "Deallocated, its units free for waiting backorders; or, waiting as a backorder itself, withdrawn", body = DeallocatedResponse),
         (status = 404, description = "The order has no line for this SKU", body = ErrorBody),
         UnknownSku,
         WriteRefusals,
@@ -190,10 +191,7 @@ async fn deallocate<S: Store>(
     observe::record_id("sku", command.sku.as_str());
     let (orderid, sku) = (command.orderid.to_string(), command.sku.to_string());
     let parts = state.bus.handle(command).await?;
-    let batchref = parts
-        .first()
-        .map(|part| part.batchref.to_string())
-        .unwrap_or_default();
+    let batchref = parts.first().map(|part| part.batchref.to_string());
     Ok(Json(DeallocatedResponse {
         orderid,
         sku,
