@@ -32,15 +32,13 @@ pub struct LogPublisher;
 #[async_trait]
 impl Publisher for LogPublisher {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        let event = &message.event;
+        let (channel, payload) = crate::messages::encode(message);
         tracing::info!(
-            channel = "line_allocated",
+            channel,
             message_id = %message.message_id,
-            orderid = %event.orderid,
-            sku = %event.sku,
-            qty = event.qty.get(),
-            batchref = %event.batchref,
-            "line allocated (no Redis configured, so it is only logged)"
+            sku = %message.message.sku(),
+            payload,
+            "message (no Redis configured, so it is only logged)"
         );
         Ok(())
     }

@@ -4,8 +4,8 @@
 //! - `incoming`: [`decode`] turns an external command's channel and payload
 //!   into a [`domain::Command`], or into a [`DecodeError`] (`decode_error`)
 //!   that says why not;
-//! - `outgoing`: [`encode_line_allocated`] tells other systems about a
-//!   domain event;
+//! - `outgoing`: [`encode`] tells other systems about a domain event, on
+//!   its channel;
 //! - `schemas` (tests only): keeps both in step with the JSON Schemas that
 //!   document these payloads for other teams, in `docs/messages/`.
 //!
@@ -24,7 +24,7 @@ mod schemas;
 
 pub use decode_error::{DecodeError, DecodeReason, JsonType};
 pub use incoming::decode;
-pub use outgoing::encode_line_allocated;
+pub use outgoing::{encode, encode_line_allocated};
 
 /// Incoming: allocate an order line, `{"orderid", "sku", "qty"}`.
 pub const ALLOCATE: &str = "allocate";
@@ -33,6 +33,14 @@ pub const CHANGE_BATCH_QUANTITY: &str = "change_batch_quantity";
 /// Outgoing: a line was allocated (or reallocated),
 /// `{"orderid", "sku", "qty", "batchref", "message_id"}`.
 pub const LINE_ALLOCATED: &str = "line_allocated";
+/// Outgoing: nothing of a SKU is available any more, `{"sku", "message_id"}`.
+pub const STOCK_EXHAUSTED: &str = "stock_exhausted";
+/// Outgoing: a SKU has units available again after none,
+/// `{"sku", "message_id"}`.
+pub const BACK_IN_STOCK: &str = "back_in_stock";
+/// Outgoing: a SKU's available units fell below its low-stock threshold,
+/// `{"sku", "available", "threshold", "message_id"}`.
+pub const LOW_STOCK: &str = "low_stock";
 
 /// The channels the service subscribes to: every channel [`decode`] accepts.
 pub const INCOMING: [&str; 2] = [ALLOCATE, CHANGE_BATCH_QUANTITY];

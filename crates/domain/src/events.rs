@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::model::{Movement, Settings};
+use crate::model::{Movement, Settings, StockLevel};
 use crate::values::{BatchRef, HoldId, OrderId, Quantity, Sku};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +169,43 @@ pub struct SettingsChanged {
     pub settings: Settings,
 }
 
+/// A product's stock crossed into another level (see
+/// `model::stock_levels`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockLevelChanged {
+    pub sku: Sku,
+    pub from: StockLevel,
+    pub to: StockLevel,
+    /// What allocations could take after the change.
+    pub available: u64,
+    /// The SKU's low-stock threshold then.
+    pub threshold: u64,
+}
+
+/// What other systems are told of a crossing (contract 7.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockMessage {
+    /// Nothing available any more.
+    Exhausted,
+    /// Available again after none.
+    BackInStock,
+    /// Fell below the low-stock threshold, and not to none.
+    Low,
+}
+
+impl StockLevelChanged {
+    /// The message the crossing is told as, if any: none for one rising
+    /// back over its threshold.
+    pub fn message(&self) -> Option<StockMessage> {
+        match (self.from, self.to) {
+            (StockLevel::Low | StockLevel::In, StockLevel::Out) => Some(StockMessage::Exhausted),
+            (StockLevel::Out, StockLevel::Low | StockLevel::In) => Some(StockMessage::BackInStock),
+            (StockLevel::In, StockLevel::Low) => Some(StockMessage::Low),
+            _ => None,
+        }
+    }
+}
+
 /// Every event the domain records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -190,6 +227,7 @@ pub enum Event {
     BackorderFilled(BackorderFilled),
     BackorderWithdrawn(BackorderWithdrawn),
     SettingsChanged(SettingsChanged),
+    StockLevelChanged(StockLevelChanged),
 }
 
 impl Event {
@@ -214,6 +252,7 @@ impl Event {
             Self::BackorderFilled(_) => "BackorderFilled",
             Self::BackorderWithdrawn(_) => "BackorderWithdrawn",
             Self::SettingsChanged(_) => "SettingsChanged",
+            Self::StockLevelChanged(_) => "StockLevelChanged",
         }
     }
 }

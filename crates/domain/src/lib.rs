@@ -16,5 +16,6 @@ pub use events::Event;
 pub use model::{
     Adjustment, AdjustmentReason, Allocation, Backorder, Batch, Change, Closed, DomainError,
     HeldPart, Movement, OrderLine, Part, Placement, Product, Reason, Settings, Shipment, Shortage,
+    StockLevel,
 };
 pub use values::{BatchRef, HoldId, Note, OrderId, OrderLines, Quantity, Sku, ValueError};

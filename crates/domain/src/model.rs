@@ -28,6 +28,7 @@ mod holds;
 mod ledger;
 mod orders;
 mod shipping;
+mod stock_levels;
 
 pub use backorders::{Allocation, Backorder, Settings};
 pub use batch::{Batch, Closed};
@@ -35,6 +36,7 @@ pub use holds::HeldPart;
 pub use ledger::{Adjustment, AdjustmentReason, Change, Movement, Reason};
 pub use orders::{Part, Placement, Shortage};
 pub use shipping::Shipment;
+pub use stock_levels::StockLevel;
 
 /// A customer's request for `qty` units of one SKU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +151,8 @@ pub struct Product {
     settings: Settings,
     /// Every waiting backorder, oldest first.
     backorders: Vec<Backorder>,
+    /// The stock level other systems were last told of.
+    announced: StockLevel,
     events: Vec<Event>,
 }
 
@@ -166,6 +170,7 @@ impl Product {
             batches,
             settings: Settings::default(),
             backorders: Vec::new(),
+            announced: StockLevel::In,
             events: Vec::new(),
         }
     }
@@ -273,24 +278,26 @@ impl Product {
         if self.waits_already(&line)? {
             return Ok(Allocation::Backordered);
         }
-        Ok(self.allocate_to_preferred(line))
+        Ok(self.allocate_to_preferred(line, true))
     }
 
     /// Puts back a line, or one part of a split line, that a shrinking
     /// batch gave up ([`Deallocated`]): whole, to the preferred batch that
     /// can take it, joining the line's part already there if there is one;
     /// or, as [`Product::allocate`], to the backorders or nowhere. Unlike
-    /// it, it accepts a line of which other parts are allocated. Needs the
-    /// lines of `line.orderid` loaded.
+    /// it, it accepts a line of which other parts are allocated; such a
+    /// part does not wait as a backorder (a line is allocated or waiting,
+    /// not both). Needs the lines of `line.orderid` loaded.
     pub fn reallocate(&mut self, line: OrderLine) -> Allocation {
-        self.allocate_to_preferred(line)
+        let whole_line = self.parts_of(&line.orderid).is_empty();
+        self.allocate_to_preferred(line, whole_line)
     }
 
-    fn allocate_to_preferred(&mut self, line: OrderLine) -> Allocation {
+    fn allocate_to_preferred(&mut self, line: OrderLine, may_wait: bool) -> Allocation {
         if let Some(index) = self.preferred_batch_for(&line) {
             return Allocation::Batch(self.allocate_to(index, line));
         }
-        if self.may_backorder(line.qty) {
+        if may_wait && self.may_backorder(line.qty) {
             self.backorder(line);
             return Allocation::Backordered;
         }

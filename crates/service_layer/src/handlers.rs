@@ -35,8 +35,8 @@ pub use holds::{MAX_HOLD_TTL, PlacedHold};
 
 use crate::error::Error;
 use crate::ports::{
-    Notification, NotificationError, Notifications, OutboxMessage, StoreError, StoreTransaction,
-    ViewChange,
+    Notification, NotificationError, Notifications, OutboxMessage, Outgoing, StockNews, StoreError,
+    StoreTransaction, ViewChange,
 };
 use crate::unit_of_work::UnitOfWork;
 
@@ -419,7 +419,18 @@ pub async fn handle_in_transaction<T: StoreTransaction>(
     match event {
         Event::Allocated(e) => {
             add_allocation_to_read_model(e, uow);
-            add_to_outbox(e, uow);
+            add_to_outbox(Outgoing::LineAllocated(e.clone()), uow);
+        }
+        Event::StockLevelChanged(e) => {
+            if let Some(message) = e.message() {
+                let news = StockNews {
+                    message,
+                    sku: e.sku.clone(),
+                    available: e.available,
+                    threshold: e.threshold,
+                };
+                add_to_outbox(Outgoing::Stock(news), uow);
+            }
         }
         Event::Deallocated(e) => {
             remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow)
@@ -497,12 +508,13 @@ pub fn remove_allocation_from_read_model<T: StoreTransaction>(
     });
 }
 
-/// Transactional: the `line_allocated` message for other systems is written
-/// with the allocation, so it cannot be lost between commit and publish.
-pub fn add_to_outbox<T: StoreTransaction>(event: &Allocated, uow: &mut UnitOfWork<T>) {
+/// Transactional: a message for other systems (`line_allocated` with an
+/// allocation, a stock level's crossing) is written with the change it
+/// tells of, so it cannot be lost between commit and publish.
+pub fn add_to_outbox<T: StoreTransaction>(message: Outgoing, uow: &mut UnitOfWork<T>) {
     uow.add_to_outbox(OutboxMessage {
         message_id: Uuid::new_v4(),
-        event: event.clone(),
+        message,
     });
 }
 

@@ -202,7 +202,7 @@ impl<S: Store> MessageBus<S> {
         match event {
             // The message is in the outbox already; wake the relay so that
             // it goes out now rather than at the relay's next poll.
-            Event::Allocated(_) => self.outbox_written.notify_one(),
+            Event::Allocated(_) | Event::StockLevelChanged(_) => self.outbox_written.notify_one(),
             Event::OutOfStock(e) => {
                 handlers::send_out_of_stock_notification(e, &*self.notifications).await?
             }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
-use domain::events::Allocated;
+use domain::events::{Allocated, StockMessage};
 use domain::{BatchRef, Event, HoldId, Movement, OrderId, Product, Reason, Settings, Sku};
 use uuid::Uuid;
 
@@ -54,15 +54,54 @@ pub trait Notifications: Send + Sync + std::fmt::Debug {
 #[error("message not published: {0}")]
 pub struct PublishError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
-/// A message for other systems (channel `line_allocated`). It is written to
-/// the outbox in the same transaction as the allocation it announces, and
-/// published by the relay afterwards.
+/// A message for other systems. It is written to the outbox in the same
+/// transaction as the change it announces, and published by the relay
+/// afterwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
     /// Unique per message and the same on every re-send: delivery is at
     /// least once, so consumers drop duplicates by it.
     pub message_id: Uuid,
-    pub event: Allocated,
+    pub message: Outgoing,
+}
+
+impl OutboxMessage {
+    /// The allocation it announces, if it is a `line_allocated`.
+    pub fn line_allocated(&self) -> Option<&Allocated> {
+        match &self.message {
+            Outgoing::LineAllocated(allocated) => Some(allocated),
+            Outgoing::Stock(_) => None,
+        }
+    }
+}
+
+/// What a message tells, each kind on a channel of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// `line_allocated`: a line (or a part of one) was allocated.
+    LineAllocated(Allocated),
+    /// `stock_exhausted`, `back_in_stock` or `low_stock`.
+    Stock(StockNews),
+}
+
+impl Outgoing {
+    pub fn sku(&self) -> &Sku {
+        match self {
+            Self::LineAllocated(allocated) => &allocated.sku,
+            Self::Stock(news) => &news.sku,
+        }
+    }
+}
+
+/// A product's stock crossed a level (contract 7.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StockNews {
+    pub message: StockMessage,
+    pub sku: Sku,
+    /// What allocations could take after the crossing.
+    pub available: u64,
+    /// The SKU's low-stock threshold then.
+    pub threshold: u64,
 }
 
 /// A message a relay has claimed: where it sits in the outbox, and what it is.

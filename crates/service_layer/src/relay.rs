@@ -174,6 +174,7 @@ mod tests {
 
     use super::*;
     use crate::memory::{MemoryStore, RecordingNotifications, RecordingPublisher};
+    use crate::ports::OutboxMessage;
     use crate::{MessageBus, RetryPolicy};
 
     struct Setup {
@@ -232,7 +233,8 @@ mod tests {
         let published = publisher.published();
         published
             .iter()
-            .map(|m| m.event.orderid.to_string())
+            .filter_map(OutboxMessage::line_allocated)
+            .map(|event| event.orderid.to_string())
             .collect()
     }
 

@@ -251,6 +251,14 @@ impl<S: Store> Runner<S> {
                 Err(refused) => answers.push(Err(refused)),
             }
         }
+        uow.announce_stock_levels();
+        let announced = handle_new_events_in_transaction(&mut uow).await?;
+        // For the after-commit handlers (waking the relay), with the last
+        // command that succeeded; with none, the relay's poll finds them.
+        let last_success = answers.iter_mut().rev().find_map(|a| a.as_mut().ok());
+        if let Some(committed) = last_success {
+            committed.events.extend(announced);
+        }
         uow.commit().await?;
         Ok(answers)
     }

@@ -82,7 +82,8 @@ pub(crate) fn event_handled_key(event: &Event, succeeded: bool) -> &'static Key 
         Backordered,
         BackorderFilled,
         BackorderWithdrawn,
-        SettingsChanged
+        SettingsChanged,
+        StockLevelChanged
     )
 }
 

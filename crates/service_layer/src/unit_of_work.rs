@@ -308,6 +308,15 @@ impl<T: StoreTransaction> UnitOfWork<T> {
         self.outbox.push(message);
     }
 
+    /// Has every product seen announce its stock level (see
+    /// `domain::model::stock_levels`): once, at the end, so that only
+    /// crossings that are committed are told.
+    pub fn announce_stock_levels(&mut self) {
+        for tracked in self.products.seen.values_mut() {
+            tracked.product.announce_stock_level();
+        }
+    }
+
     /// The events every product seen recorded since the last call (book:
     /// `collect_new_events`). Copies: the products keep them until commit
     /// writes them.

@@ -1,9 +1,62 @@
-//! Outgoing messages are domain events told to other systems:
-//! [`encode_line_allocated`].
+//! Outgoing messages are domain events told to other systems: [`encode`]
+//! gives an outbox message's channel and payload.
 
-use domain::events::Allocated;
+use domain::events::{Allocated, StockMessage};
 use serde::Serialize;
+use service_layer::ports::{OutboxMessage, Outgoing, StockNews};
 use uuid::Uuid;
+
+use super::{BACK_IN_STOCK, LINE_ALLOCATED, LOW_STOCK, STOCK_EXHAUSTED};
+
+/// The channel `message` goes out on, and its payload.
+pub fn encode(message: &OutboxMessage) -> (&'static str, String) {
+    match &message.message {
+        Outgoing::LineAllocated(event) => (
+            LINE_ALLOCATED,
+            encode_line_allocated(event, message.message_id),
+        ),
+        Outgoing::Stock(news) => encode_stock_news(news, message.message_id),
+    }
+}
+
+/// `stock_exhausted` and `back_in_stock`: `{"sku", "message_id"}`.
+#[derive(Serialize)]
+struct StockLevel<'a> {
+    sku: &'a str,
+    message_id: &'a str,
+}
+
+/// `low_stock`: `{"sku", "available", "threshold", "message_id"}`.
+#[derive(Serialize)]
+struct LowStock<'a> {
+    sku: &'a str,
+    available: u64,
+    threshold: u64,
+    message_id: &'a str,
+}
+
+fn encode_stock_news(news: &StockNews, message_id: Uuid) -> (&'static str, String) {
+    let message_id = message_id.hyphenated().to_string();
+    let (sku, message_id) = (news.sku.as_str(), message_id.as_str());
+    let level = StockLevel { sku, message_id };
+    // As in `encode_line_allocated`: these structs always serialize.
+    let json = |result: serde_json::Result<String>| {
+        result.expect("a struct of strings and integers serializes")
+    };
+    match news.message {
+        StockMessage::Exhausted => (STOCK_EXHAUSTED, json(serde_json::to_string(&level))),
+        StockMessage::BackInStock => (BACK_IN_STOCK, json(serde_json::to_string(&level))),
+        StockMessage::Low => {
+            let low = LowStock {
+                sku,
+                available: news.available,
+                threshold: news.threshold,
+                message_id,
+            };
+            (LOW_STOCK, json(serde_json::to_string(&low)))
+        }
+    }
+}
 
 /// The `line_allocated` payload, fields in the book's order.
 #[derive(Serialize)]
@@ -46,6 +99,42 @@ mod tests {
             qty: Quantity::parse(10, "qty").expect("valid"),
             batchref: BatchRef::parse("batch-1").expect("valid"),
         }
+    }
+
+    #[test]
+    fn stock_news_goes_out_on_its_channel() {
+        let message_id = Uuid::from_u128(0x0b5c_1d00_0000_4000_8000_0000_0000_0002);
+        let news = |message| OutboxMessage {
+            message_id,
+            message: Outgoing::Stock(StockNews {
+                message,
+                sku: Sku::parse("LAMP").expect("valid"),
+                available: 2,
+                threshold: 5,
+            }),
+        };
+        let id = "0b5c1d00-0000-4000-8000-000000000002";
+        assert_eq!(
+            encode(&news(StockMessage::Exhausted)),
+            (
+                STOCK_EXHAUSTED,
+                format!(r#"{{"sku":"LAMP","message_id":"{id}"}}"#)
+            )
+        );
+        assert_eq!(
+            encode(&news(StockMessage::BackInStock)),
+            (
+                BACK_IN_STOCK,
+                format!(r#"{{"sku":"LAMP","message_id":"{id}"}}"#)
+            )
+        );
+        assert_eq!(
+            encode(&news(StockMessage::Low)),
+            (
+                LOW_STOCK,
+                format!(r#"{{"sku":"LAMP","available":2,"threshold":5,"message_id":"{id}"}}"#)
+            )
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ pub struct RedisPublisher {
 #[async_trait::async_trait]
 impl Publisher for RedisPublisher {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        let payload = messages::encode_line_allocated(&message.event, message.message_id);
-        self.publish_raw(messages::LINE_ALLOCATED, &payload)
+        let (channel, payload) = messages::encode(message);
+        self.publish_raw(channel, &payload)
             .await
             .map_err(|error| PublishError(Box::new(error)))
     }

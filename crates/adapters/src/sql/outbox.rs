@@ -4,14 +4,18 @@
 
 use std::time::{Duration, SystemTime};
 
-use domain::events::Allocated;
+use domain::events::{Allocated, StockMessage};
 use domain::{BatchRef, OrderId, Sku};
-use service_layer::ports::{ClaimedMessage, Outbox, OutboxBacklog, OutboxMessage, StoreError};
+use service_layer::ports::{
+    ClaimedMessage, Outbox, OutboxBacklog, OutboxMessage, Outgoing, StockNews, StoreError,
+};
+use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Executor};
 use uuid::Uuid;
 
-use super::rows::{get, identifier, quantity_from_db, unix_millis};
+use super::rows::{get, identifier, mismatch, quantity_from_db, to_u64, unix_millis};
 use super::{Dialect, SqlStore};
+use crate::messages;
 
 impl Dialect {
     /// Claims a batch of outbox rows for a lease. On PostgreSQL, `FOR UPDATE
@@ -24,7 +28,7 @@ impl Dialect {
                 "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
                  SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until <= $2 \
                  ORDER BY id LIMIT $3) \
-                 RETURNING id, message_id, orderid, sku, qty, batchref"
+                 RETURNING id, message_id, channel, orderid, sku, qty, batchref, available, threshold"
             }
             // `= ANY(ARRAY(...))` rather than `IN (...)`: the ids are
             // picked first and then updated through the primary key. With
@@ -36,10 +40,47 @@ impl Dialect {
                 "UPDATE outbox SET claimed_until = $1 WHERE id = ANY(ARRAY(\
                  SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until <= $2 \
                  ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)) \
-                 RETURNING id, message_id, orderid, sku, qty, batchref"
+                 RETURNING id, message_id, channel, orderid, sku, qty, batchref, available, threshold"
             }
         }
     }
+}
+
+/// What an outbox row tells, by its channel.
+fn outgoing(row: &AnyRow) -> Result<Outgoing, StoreError> {
+    let sku = identifier(&get::<String>(row, "sku")?, Sku::parse)?;
+    let channel: String = get(row, "channel")?;
+    let message = match channel.as_str() {
+        messages::LINE_ALLOCATED => {
+            let text = |column| get::<Option<String>>(row, column)?.ok_or_else(|| missing(column));
+            return Ok(Outgoing::LineAllocated(Allocated {
+                orderid: identifier(&text("orderid")?, OrderId::parse)?,
+                qty: quantity_from_db(
+                    get::<Option<i64>>(row, "qty")?.ok_or_else(|| missing("qty"))?,
+                )?,
+                batchref: identifier(&text("batchref")?, BatchRef::parse)?,
+                sku,
+            }));
+        }
+        messages::STOCK_EXHAUSTED => StockMessage::Exhausted,
+        messages::BACK_IN_STOCK => StockMessage::BackInStock,
+        messages::LOW_STOCK => StockMessage::Low,
+        other => return Err(mismatch(format!("an outbox message on channel {other:?}"))),
+    };
+    let figure = |column| {
+        let value = get::<Option<i64>>(row, column)?.unwrap_or(0);
+        to_u64(value, column)
+    };
+    Ok(Outgoing::Stock(StockNews {
+        message,
+        sku,
+        available: figure("available")?,
+        threshold: figure("threshold")?,
+    }))
+}
+
+fn missing(column: &str) -> StoreError {
+    mismatch(format!("a line_allocated message without {column}"))
 }
 
 impl Outbox for SqlStore {
@@ -56,13 +97,6 @@ impl Outbox for SqlStore {
         let mut claimed = rows
             .iter()
             .map(|row| {
-                let sku = identifier(&get::<String>(row, "sku")?, Sku::parse)?;
-                let event = Allocated {
-                    orderid: identifier(&get::<String>(row, "orderid")?, OrderId::parse)?,
-                    qty: quantity_from_db(get(row, "qty")?)?,
-                    batchref: identifier(&get::<String>(row, "batchref")?, BatchRef::parse)?,
-                    sku,
-                };
                 Ok(ClaimedMessage {
                     position: get(row, "id")?,
                     message: OutboxMessage {
@@ -70,7 +104,7 @@ impl Outbox for SqlStore {
                             &get::<String>(row, "message_id")?,
                             Uuid::parse_str,
                         )?,
-                        event,
+                        message: outgoing(row)?,
                     },
                 })
             })

@@ -2,14 +2,16 @@
 //! products, and how its commit hands the change set to the writer.
 
 use chrono::{DateTime, Utc};
-use domain::{Backorder, Batch, BatchRef, HoldId, OrderId, OrderLine, Product, Settings, Sku};
+use domain::{
+    Backorder, Batch, BatchRef, HoldId, OrderId, OrderLine, Product, Settings, Sku, StockLevel,
+};
 use service_layer::ports::{ChangeSet, Lines, StoreError, StoreTransaction};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::rows::{
-    closed_from_db, eta_from_db, get, identifier, quantity_from_db, time_to_db, to_u64,
+    closed_from_db, eta_from_db, get, identifier, mismatch, quantity_from_db, time_to_db, to_u64,
 };
 use super::write::{self, Plan};
 use super::{Dialect, holds, queries};
@@ -144,7 +146,16 @@ impl StoreTransaction for SqlTransaction {
             backorder_limit: to_u64(get(first, "backorder_limit")?, "backorder_limit")?,
             low_stock_threshold: to_u64(get(first, "low_stock_threshold")?, "low_stock_threshold")?,
         };
-        let mut product = Product::restore(sku.clone(), version, batches).with_settings(settings);
+        let announced = get::<Option<String>>(first, "announced_level")?
+            .map(|level| {
+                StockLevel::parse(&level)
+                    .ok_or_else(|| mismatch(format!("a stock level {level:?}")))
+            })
+            .transpose()?
+            .unwrap_or(StockLevel::In);
+        let mut product = Product::restore(sku.clone(), version, batches)
+            .with_settings(settings)
+            .with_announced_level(announced);
         if get::<i64>(first, "backorders_waiting")? != 0 {
             load_waiting_backorders(conn, &mut product).await?;
         }

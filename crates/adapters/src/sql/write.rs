@@ -56,6 +56,8 @@ pub(super) enum Kind {
     /// (the row stays, cancelled).
     BackordersEnded,
     SettingsChanged,
+    /// A product's stock level, as last announced.
+    StockLevelsChanged,
 }
 
 /// The tables writers write. The version check writes `products`, which no
@@ -70,6 +72,7 @@ pub(super) enum Table {
     StockMovements,
     Backorders,
     ProductSettings,
+    StockLevels,
 }
 
 impl Kind {
@@ -92,6 +95,7 @@ impl Kind {
             Self::BackordersPlaced => "backorders_placed",
             Self::BackordersEnded => "backorders_ended",
             Self::SettingsChanged => "settings_changed",
+            Self::StockLevelsChanged => "stock_levels_changed",
         }
     }
 
@@ -109,6 +113,7 @@ impl Kind {
             Self::StockMoved => &[Table::StockMovements],
             Self::BackordersPlaced | Self::BackordersEnded => &[Table::Backorders],
             Self::SettingsChanged => &[Table::ProductSettings],
+            Self::StockLevelsChanged => &[Table::StockLevels],
         }
     }
 
@@ -269,7 +274,7 @@ impl<'a> Plan<'a> {
         let view_skus = changes.views.iter().map(|view| match view {
             ViewChange::Allocated { sku, .. } | ViewChange::Deallocated { sku, .. } => sku,
         });
-        let message_skus = changes.outbox.iter().map(|message| &message.event.sku);
+        let message_skus = changes.outbox.iter().map(|message| message.message.sku());
         if let Some(sku) = view_skus
             .chain(message_skus)
             .find(|sku| !owned_by_a_product(sku))

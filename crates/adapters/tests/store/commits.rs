@@ -346,7 +346,7 @@ async fn a_commit_naming_a_batch_that_is_not_stored_writes_nothing<
                 .iter()
                 .map(|a| OutboxMessage {
                     message_id: Uuid::new_v4(),
-                    event: a.clone(),
+                    message: service_layer::ports::Outgoing::LineAllocated(a.clone()),
                 })
                 .collect(),
         };
@@ -410,6 +410,7 @@ async fn concurrent_allocations_never_over_allocate<S: Store + ReadModel>(store:
         "one out-of-stock notice per refusal"
     );
     let loaded = load(&store, &sku, Lines::None).await.expect("stored");
-    // The batch's creation and first movement, then one per allocation.
-    assert_eq!(loaded.version, 12, "one version per allocation, none lost");
+    // The batch's creation and first movement, one per allocation, and
+    // the stock running out (its level announced once).
+    assert_eq!(loaded.version, 13, "one version per allocation, none lost");
 }

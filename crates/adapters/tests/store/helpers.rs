@@ -12,7 +12,7 @@ use service_layer::UnitOfWork;
 use service_layer::handlers::handle_in_transaction;
 use service_layer::memory::{ManualClock, RecordingNotifications};
 use service_layer::ports::{AllocationView, BatchView, Outbox, OutboxMessage, ReadModel};
-use service_layer::ports::{ChangeSet, Lines, ProductChanges, ViewChange};
+use service_layer::ports::{ChangeSet, Lines, Outgoing, ProductChanges, ViewChange};
 use service_layer::{Error, MessageBus, RetryPolicy, Store, StoreError, StoreTransaction};
 pub use test_support::unique;
 use tracing_subscriber::Layer as _;
@@ -249,20 +249,17 @@ pub fn allocated_totals(views: &[BatchView]) -> Vec<u64> {
     views.iter().map(|b| b.allocated).collect()
 }
 
-/// `(orderid, batchref)` of every message waiting in the outbox, oldest first.
+/// `(orderid, batchref)` of every `line_allocated` waiting in the outbox,
+/// oldest first.
 pub async fn outbox_of<O: Outbox>(outbox: &O) -> Vec<(OrderId, BatchRef)> {
     let claimed = outbox
         .claim(10_000, std::time::Duration::from_secs(60))
         .await
         .expect("outbox readable");
     claimed
-        .into_iter()
-        .map(|claimed| {
-            (
-                claimed.message.event.orderid,
-                claimed.message.event.batchref,
-            )
-        })
+        .iter()
+        .filter_map(|claimed| claimed.message.line_allocated())
+        .map(|event| (event.orderid.clone(), event.batchref.clone()))
         .collect()
 }
 
@@ -283,7 +280,7 @@ pub fn changes_of(product: &mut Product, stored_version: Option<u64>) -> ChangeS
                 });
                 outbox.push(OutboxMessage {
                     message_id: Uuid::new_v4(),
-                    event: allocated.clone(),
+                    message: Outgoing::LineAllocated(allocated.clone()),
                 });
             }
             Event::Deallocated(Deallocated {

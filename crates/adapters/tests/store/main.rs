@@ -46,5 +46,6 @@ mod query_plans;
 mod read_model;
 mod shipping;
 mod specific;
+mod stock_levels;
 mod under_load;
 mod watched;

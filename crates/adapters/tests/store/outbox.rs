@@ -43,7 +43,8 @@ async fn claim<O: Outbox>(outbox: &O, limit: u32, lease: Duration) -> Vec<Claime
 fn orderids(claimed: &[ClaimedMessage]) -> Vec<OrderId> {
     claimed
         .iter()
-        .map(|c| c.message.event.orderid.clone())
+        .filter_map(|c| c.message.line_allocated())
+        .map(|event| event.orderid.clone())
         .collect()
 }
 
@@ -82,7 +83,7 @@ async fn a_committed_allocation_leaves_one_message_describing_it<S: Store + Outb
     assert_eq!(claimed.len(), 1, "{claimed:?}");
     let message = &claimed[0].message;
     assert!(!message.message_id.is_nil(), "{message:?}");
-    let event = &message.event;
+    let event = message.line_allocated().expect("a line_allocated");
     assert_eq!(
         (&event.orderid, &event.sku, event.qty, &event.batchref),
         (&order, &sku, qty(3), &batch)
@@ -252,7 +253,11 @@ async fn two_relays_publish_each_message_exactly_once<S: Store + Outbox>(one: S,
     let all: Vec<_> = by_first.iter().chain(&by_second).collect();
     let ids: HashSet<_> = all.iter().map(|m| m.message_id).collect();
     assert_eq!(ids.len(), all.len(), "a message was published twice");
-    let published: HashSet<&OrderId> = all.iter().map(|m| &m.event.orderid).collect();
+    let published: HashSet<&OrderId> = all
+        .iter()
+        .filter_map(|m| m.line_allocated())
+        .map(|event| &event.orderid)
+        .collect();
     let committed: HashSet<&OrderId> = orders.iter().collect();
     assert_eq!(published, committed, "every committed message, none other");
     assert_eq!(all.len(), MESSAGES);

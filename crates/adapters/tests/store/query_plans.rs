@@ -89,6 +89,7 @@ const LOOKUPS: &[Lookup] = &[
         postgres_indexes: &[
             "products_pkey",
             "product_settings_pkey",
+            "stock_levels_pkey",
             "backorders_waiting",
             "batches_sku_id",
             "allocations_orderid_sku_batch_id_key",
@@ -97,6 +98,7 @@ const LOOKUPS: &[Lookup] = &[
         sqlite_indexes: &[
             "sqlite_autoindex_products_1",
             "sqlite_autoindex_product_settings_1",
+            "sqlite_autoindex_stock_levels_1",
             "backorders_waiting",
             "batches_sku_id",
             "sqlite_autoindex_allocations_1",
@@ -335,6 +337,7 @@ async fn fill_postgres(conn: &mut sqlx::PgConnection) {
         // waiting, the others' orders cancelled long ago.
         "INSERT INTO product_settings (sku, backorder_limit, low_stock_threshold) \
          SELECT sku, 100, 5 FROM products",
+        "INSERT INTO stock_levels (sku, level) SELECT sku, 'low' FROM products",
         "INSERT INTO backorders (sku, orderid, qty, number, state) \
          SELECT 'sku-' || (g % 10000 + 1), 'order-' || g, 1, g, \
          CASE WHEN g % 10 = 0 THEN 'waiting' ELSE 'cancelled' END \

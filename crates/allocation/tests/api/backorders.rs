@@ -25,19 +25,6 @@ fn settings(sku: &str) -> String {
 }
 
 impl RunningApp {
-    async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .put(format!("{}{path}", self.address))
-            .json(body)
-            .send()
-            .await
-            .expect("request sent");
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        (status, body)
-    }
-
     async fn status_of(&self, orderid: &str) -> Vec<(String, String)> {
         let (status, order) = self.get(&format!("/orders/{orderid}")).await;
         assert_eq!(status, 200, "{order}");

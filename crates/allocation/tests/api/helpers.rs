@@ -282,6 +282,17 @@ impl RunningApp {
         self.process.log()
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .put(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        read(response).await
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let response = self
             .client

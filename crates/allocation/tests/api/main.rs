@@ -30,3 +30,4 @@ mod races;
 mod redis_flood;
 mod shipping;
 mod shutdown;
+mod stock_messages;

@@ -4,7 +4,8 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::events::{AllocationCancelled, Deallocated, LineCancelled, Shipped};
 use domain::{
-    Backorder, Batch, BatchRef, Closed, Event, OrderId, OrderLine, Product, Quantity, Settings, Sku,
+    Backorder, Batch, BatchRef, Closed, Event, OrderId, OrderLine, Product, Quantity, Settings,
+    Sku, StockLevel,
 };
 use smallvec::SmallVec;
 
@@ -22,6 +23,8 @@ pub(super) struct StoredProduct {
     pub(super) lines: GrowingMap<OrderId, SmallVec<[StoredLine; 1]>>,
     pub(super) next_line_seq: u64,
     pub(super) settings: Settings,
+    /// The stock level last announced (in stock, for a new product).
+    pub(super) announced: StockLevel,
     /// Every backorder placed and not filled or withdrawn since, oldest
     /// first: waiting, or cancelled with its order.
     pub(super) backorders: Vec<StoredBackorder>,
@@ -77,8 +80,9 @@ impl StoredProduct {
                 )
             })
             .collect();
-        let mut product =
-            Product::restore(sku.clone(), self.version, batches).with_settings(self.settings);
+        let mut product = Product::restore(sku.clone(), self.version, batches)
+            .with_settings(self.settings)
+            .with_announced_level(self.announced);
         product.load_backorders(self.waiting_backorders().cloned());
         let line = |orderid: &OrderId, stored: &StoredLine| OrderLine {
             orderid: orderid.clone(),
@@ -244,6 +248,7 @@ impl StoredProduct {
                 self.backorders.retain(|b| b.backorder.orderid != e.orderid);
             }
             Event::SettingsChanged(e) => self.settings = e.settings,
+            Event::StockLevelChanged(e) => self.announced = e.to,
             // The hold table keeps holds (`Tables::apply`).
             Event::OutOfStock(_)
             | Event::Held(_)

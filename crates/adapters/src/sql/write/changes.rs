@@ -8,7 +8,7 @@ use domain::events::{
 };
 use domain::{Event, Note, Sku};
 use serde::Serialize;
-use service_layer::ports::{OutboxMessage, ViewChange};
+use service_layer::ports::{OutboxMessage, Outgoing, ViewChange};
 
 use super::Kind;
 use crate::sql::rows::{eta_to_db, time_to_db};
@@ -58,6 +58,16 @@ pub(in crate::sql) struct Row<'a> {
     pub(in crate::sql) note: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(in crate::sql) source: Option<String>,
+    /// An outbox message's channel, and a stock message's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) channel: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) available: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) threshold: Option<i64>,
+    /// A product's stock level (`StockLevelChanged`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) level: Option<&'static str>,
     /// A SKU's settings (`SettingsChanged`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(in crate::sql) backorder_limit: Option<i64>,
@@ -111,6 +121,10 @@ impl Columns for Row<'_> {
             "reason" => Text(self.reason),
             "note" => Text(self.note),
             "source" => Text(self.source.as_deref()),
+            "channel" => Text(self.channel),
+            "available" => BigInt(self.available),
+            "threshold" => BigInt(self.threshold),
+            "level" => Text(self.level),
             "backorder_limit" => BigInt(self.backorder_limit),
             "low_stock_threshold" => BigInt(self.low_stock_threshold),
             _ => return None,
@@ -288,6 +302,13 @@ pub(super) fn change_of<'a>(sku: &'a Sku, event: &'a Event, at: i64) -> Option<(
                 ..row
             },
         ),
+        Event::StockLevelChanged(e) => (
+            Kind::StockLevelsChanged,
+            Row {
+                level: Some(e.to.as_str()),
+                ..row
+            },
+        ),
         Event::OutOfStock(_) => return None,
     };
     Some(change)
@@ -329,13 +350,24 @@ pub(super) fn change_of_view(view: &ViewChange) -> (Kind, Row<'_>) {
 }
 
 pub(super) fn message_row(message: &OutboxMessage, created_at: i64) -> Row<'_> {
-    let event = &message.event;
-    Row {
+    let (channel, _) = crate::messages::encode(message);
+    let row = Row {
         message_id: Some(message.message_id.to_string()),
-        orderid: Some(event.orderid.as_str()),
-        batchref: Some(event.batchref.as_str()),
-        qty: Some(event.qty.get().into()),
+        channel: Some(channel),
         created_at: Some(created_at),
-        ..Row::of(event.sku.as_str())
+        ..Row::of(message.message.sku().as_str())
+    };
+    match &message.message {
+        Outgoing::LineAllocated(event) => Row {
+            orderid: Some(event.orderid.as_str()),
+            batchref: Some(event.batchref.as_str()),
+            qty: Some(event.qty.get().into()),
+            ..row
+        },
+        Outgoing::Stock(news) => Row {
+            available: Some(quantity(news.available)),
+            threshold: Some(quantity(news.threshold)),
+            ..row
+        },
     }
 }

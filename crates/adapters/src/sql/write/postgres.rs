@@ -142,10 +142,21 @@ view_rows_removed AS (
 /// order.
 const OUTBOX_MESSAGES: &str = r#"
 outbox_messages AS (
-    INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at)
-    SELECT r.message_id, r.orderid, r.sku, r.qty, r.batchref, r.created_at
+    INSERT INTO outbox (message_id, channel, orderid, sku, qty, batchref, available, threshold,
+                        created_at)
+    SELECT r.message_id, r.channel, r.orderid, r.sku, r.qty, r.batchref, r.available,
+           r.threshold, r.created_at
     FROM {rows} JOIN versioned v ON v.sku = r.sku
     ORDER BY r.n)"#;
+
+/// A product's stock level: the last one of each SKU in the run.
+const STOCK_LEVELS_CHANGED: &str = r#"
+stock_levels_changed AS (
+    INSERT INTO stock_levels AS l (sku, level)
+    SELECT DISTINCT ON (r.sku) r.sku, r.level
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
+    ORDER BY r.sku, r.n DESC
+    ON CONFLICT (sku) DO UPDATE SET level = excluded.level)"#;
 
 /// Allocated lines (parts) that ship or are cancelled: they leave their
 /// batch's allocated total, and a shipped one its quantity too.
@@ -253,6 +264,7 @@ fn writer(kind: Kind) -> &'static str {
         Kind::BackordersPlaced => BACKORDERS_PLACED,
         Kind::BackordersEnded => BACKORDERS_ENDED,
         Kind::SettingsChanged => SETTINGS_CHANGED,
+        Kind::StockLevelsChanged => STOCK_LEVELS_CHANGED,
     }
 }
 
@@ -285,10 +297,13 @@ fn columns(kind: Kind) -> &'static [Column] {
         Kind::OutboxMessages => &[
             ("n", "bigint"),
             ("message_id", "text"),
+            ("channel", "text"),
             ("sku", "text"),
             ("orderid", "text"),
             ("batchref", "text"),
             ("qty", "bigint"),
+            ("available", "bigint"),
+            ("threshold", "bigint"),
             ("created_at", "bigint"),
         ],
         Kind::LinesClosed => &[
@@ -334,6 +349,7 @@ fn columns(kind: Kind) -> &'static [Column] {
             ("number", "bigint"),
         ],
         Kind::BackordersEnded => &[("sku", "text"), ("orderid", "text"), ("state", "text")],
+        Kind::StockLevelsChanged => &[("n", "bigint"), ("sku", "text"), ("level", "text")],
         Kind::SettingsChanged => &[
             ("n", "bigint"),
             ("sku", "text"),

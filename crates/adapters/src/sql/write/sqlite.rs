@@ -125,10 +125,19 @@ WHERE (orderid, sku, batchref) IN (
 /// Messages, in the order they were written: the relay sends them in id
 /// order.
 const OUTBOX_MESSAGES: &str = r#"
-INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at)
-SELECT value ->> 'message_id', value ->> 'orderid', value ->> 'sku', value ->> 'qty',
-       value ->> 'batchref', value ->> 'created_at'
+INSERT INTO outbox (message_id, channel, orderid, sku, qty, batchref, available, threshold,
+                    created_at)
+SELECT value ->> 'message_id', value ->> 'channel', value ->> 'orderid', value ->> 'sku',
+       value ->> 'qty', value ->> 'batchref', value ->> 'available', value ->> 'threshold',
+       value ->> 'created_at'
 FROM json_each({rows}) ORDER BY value ->> 'n'"#;
+
+/// A product's stock level, in the order they changed: the last one stays.
+/// `WHERE true`: see [`VIEW_ROWS_SET`].
+const STOCK_LEVELS_CHANGED: &str = r#"
+INSERT INTO stock_levels (sku, level)
+SELECT value ->> 'sku', value ->> 'level' FROM json_each({rows}) WHERE true ORDER BY value ->> 'n'
+ON CONFLICT (sku) DO UPDATE SET level = excluded.level"#;
 
 /// Allocated lines (parts) that ship or are cancelled: they leave their
 /// batch's allocated total, and a shipped one its quantity too.
@@ -239,6 +248,7 @@ fn writer(kind: Kind) -> &'static str {
         Kind::BackordersPlaced => BACKORDERS_PLACED,
         Kind::BackordersEnded => BACKORDERS_ENDED,
         Kind::SettingsChanged => SETTINGS_CHANGED,
+        Kind::StockLevelsChanged => STOCK_LEVELS_CHANGED,
     }
 }
 

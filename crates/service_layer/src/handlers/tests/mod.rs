@@ -10,6 +10,7 @@ mod ledger;
 mod orders;
 mod running;
 mod shipping;
+mod stock_levels;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -96,12 +97,12 @@ fn wire<S: Store>(
     }
 }
 
-/// `(orderid, batchref)` of each message waiting in the outbox.
+/// `(orderid, batchref)` of each `line_allocated` waiting in the outbox.
 fn outbox_of(store: &MemoryStore) -> Vec<(String, String)> {
-    store
-        .unsent_messages()
-        .into_iter()
-        .map(|OutboxMessage { event, .. }| (event.orderid.to_string(), event.batchref.to_string()))
+    let messages = store.unsent_messages();
+    let allocated = messages.iter().filter_map(OutboxMessage::line_allocated);
+    allocated
+        .map(|event| (event.orderid.to_string(), event.batchref.to_string()))
         .collect()
 }
 
