@@ -30,7 +30,7 @@ mod orders;
 mod shipping;
 mod stock_levels;
 
-pub use backorders::{Allocation, Backorder, Settings};
+pub use backorders::{Backorder, Settings};
 pub use batch::{Batch, Closed};
 pub use holds::HeldPart;
 pub use ledger::{Adjustment, AdjustmentReason, Change, Movement, Reason};
@@ -44,6 +44,27 @@ pub struct OrderLine {
     pub orderid: OrderId,
     pub sku: Sku,
     pub qty: Quantity,
+}
+
+/// What became of a line sent to be allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allocation {
+    /// On this batch (its first part's, for a line split before).
+    Batch(BatchRef),
+    /// Waiting for stock.
+    Backordered,
+    /// Refused: no batch could take it, and it may not wait.
+    OutOfStock,
+}
+
+impl Allocation {
+    /// The batch, if the line is allocated.
+    pub fn batchref(self) -> Option<BatchRef> {
+        match self {
+            Self::Batch(batchref) => Some(batchref),
+            Self::Backordered | Self::OutOfStock => None,
+        }
+    }
 }
 
 /// A command the model refuses: the request contradicts the current state.

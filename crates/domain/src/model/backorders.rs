@@ -16,7 +16,7 @@ mod tests;
 
 use crate::events::{BackorderFilled, BackorderWithdrawn, Backordered, Event, SettingsChanged};
 use crate::model::{DomainError, OrderLine, Product};
-use crate::values::{BatchRef, OrderId, Quantity};
+use crate::values::{OrderId, Quantity};
 
 /// A line waiting for stock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,27 +36,6 @@ pub struct Settings {
     pub backorder_limit: u64,
     /// Below how many available units the product is low on stock.
     pub low_stock_threshold: u64,
-}
-
-/// What became of a line sent to be allocated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Allocation {
-    /// On this batch (its first part's, for a line split before).
-    Batch(BatchRef),
-    /// Waiting for stock.
-    Backordered,
-    /// Refused: no batch could take it, and it may not wait.
-    OutOfStock,
-}
-
-impl Allocation {
-    /// The batch, if the line is allocated.
-    pub fn batchref(self) -> Option<BatchRef> {
-        match self {
-            Self::Batch(batchref) => Some(batchref),
-            Self::Backordered | Self::OutOfStock => None,
-        }
-    }
 }
 
 impl Product {

@@ -1,7 +1,7 @@
 use super::*;
 use crate::events::{Allocated, OutOfStock};
 use crate::fixtures::{batchref, orderid, qty, sku};
-use crate::model::{Placement, Shortage};
+use crate::model::{Allocation, Placement, Shortage};
 
 fn line(order: &str, units: u32) -> OrderLine {
     OrderLine {
