@@ -38,7 +38,7 @@ macro_rules! product_with_lines {
             "COALESCE(s.low_stock_threshold, 0) AS low_stock_threshold, ",
             "l.level AS announced_level, ",
             "CASE WHEN EXISTS (SELECT 1 FROM backorders o ",
-            "WHERE o.sku = p.sku AND o.state = 'waiting') ",
+            "WHERE o.sku = $1 AND o.state = 'waiting') ",
             "THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END AS backorders_waiting, ",
             "b.reference, b.eta, ",
             "b.quantity_in - b.quantity_out AS quantity, ",
