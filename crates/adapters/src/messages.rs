@@ -24,7 +24,7 @@ mod schemas;
 
 pub use decode_error::{DecodeError, DecodeReason, JsonType};
 pub use incoming::decode;
-pub use outgoing::{encode, encode_line_allocated};
+pub use outgoing::{channel_of, encode, encode_line_allocated};
 
 /// Incoming: allocate an order line, `{"orderid", "sku", "qty"}`.
 pub const ALLOCATE: &str = "allocate";

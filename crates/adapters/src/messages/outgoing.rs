@@ -10,12 +10,22 @@ use super::{BACK_IN_STOCK, LINE_ALLOCATED, LOW_STOCK, STOCK_EXHAUSTED};
 
 /// The channel `message` goes out on, and its payload.
 pub fn encode(message: &OutboxMessage) -> (&'static str, String) {
-    match &message.message {
-        Outgoing::LineAllocated(event) => (
-            LINE_ALLOCATED,
-            encode_line_allocated(event, message.message_id),
-        ),
+    let payload = match &message.message {
+        Outgoing::LineAllocated(event) => encode_line_allocated(event, message.message_id),
         Outgoing::Stock(news) => encode_stock_news(news, message.message_id),
+    };
+    (channel_of(&message.message), payload)
+}
+
+/// The channel a message goes out on: what the outbox stores with it.
+pub fn channel_of(message: &Outgoing) -> &'static str {
+    match message {
+        Outgoing::LineAllocated(_) => LINE_ALLOCATED,
+        Outgoing::Stock(news) => match news.message {
+            StockMessage::Exhausted => STOCK_EXHAUSTED,
+            StockMessage::BackInStock => BACK_IN_STOCK,
+            StockMessage::Low => LOW_STOCK,
+        },
     }
 }
 
@@ -35,27 +45,27 @@ struct LowStock<'a> {
     message_id: &'a str,
 }
 
-fn encode_stock_news(news: &StockNews, message_id: Uuid) -> (&'static str, String) {
+fn encode_stock_news(news: &StockNews, message_id: Uuid) -> String {
     let message_id = message_id.hyphenated().to_string();
     let (sku, message_id) = (news.sku.as_str(), message_id.as_str());
-    let level = StockLevel { sku, message_id };
-    // As in `encode_line_allocated`: these structs always serialize.
-    let json = |result: serde_json::Result<String>| {
-        result.expect("a struct of strings and integers serializes")
-    };
     match news.message {
-        StockMessage::Exhausted => (STOCK_EXHAUSTED, json(serde_json::to_string(&level))),
-        StockMessage::BackInStock => (BACK_IN_STOCK, json(serde_json::to_string(&level))),
-        StockMessage::Low => {
-            let low = LowStock {
-                sku,
-                available: news.available,
-                threshold: news.threshold,
-                message_id,
-            };
-            (LOW_STOCK, json(serde_json::to_string(&low)))
+        StockMessage::Exhausted | StockMessage::BackInStock => {
+            to_json(&StockLevel { sku, message_id })
         }
+        StockMessage::Low => to_json(&LowStock {
+            sku,
+            available: news.available,
+            threshold: news.threshold,
+            message_id,
+        }),
     }
+}
+
+/// A payload as JSON. Serializing a struct of strings and integers cannot
+/// fail: serde_json errors only for non-string map keys or a failing
+/// custom `Serialize`.
+fn to_json(payload: &impl Serialize) -> String {
+    serde_json::to_string(payload).expect("a struct of strings and integers serializes")
 }
 
 /// The `line_allocated` payload, fields in the book's order.
@@ -81,9 +91,7 @@ pub fn encode_line_allocated(event: &Allocated, message_id: Uuid) -> String {
         batchref: event.batchref.as_str(),
         message_id: &message_id,
     };
-    // Serializing a struct of strings and an integer cannot fail: serde_json
-    // errors only for non-string map keys or a failing custom `Serialize`.
-    serde_json::to_string(&message).expect("a struct of strings and integers serializes")
+    to_json(&message)
 }
 
 #[cfg(test)]

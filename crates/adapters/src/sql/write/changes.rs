@@ -350,10 +350,9 @@ pub(super) fn change_of_view(view: &ViewChange) -> (Kind, Row<'_>) {
 }
 
 pub(super) fn message_row(message: &OutboxMessage, created_at: i64) -> Row<'_> {
-    let (channel, _) = crate::messages::encode(message);
     let row = Row {
         message_id: Some(message.message_id.to_string()),
-        channel: Some(channel),
+        channel: Some(crate::messages::channel_of(&message.message)),
         created_at: Some(created_at),
         ..Row::of(message.message.sku().as_str())
     };
