@@ -73,16 +73,6 @@ pub struct ReleaseHold {
     pub hold_id: HoldId,
 }
 
-/// Put back a line, or a part of a split line, that a shrinking batch gave
-/// up. The book sends `Allocate` for this; a part needs its own command,
-/// because the rest of its line is still allocated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reallocate {
-    pub orderid: OrderId,
-    pub sku: Sku,
-    pub qty: Quantity,
-}
-
 /// Set a batch's purchased quantity, e.g. when part of a shipment is lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeBatchQuantity {
@@ -120,7 +110,6 @@ pub enum Command {
     CreateBatch(CreateBatch),
     Allocate(Allocate),
     AllocateOrder(AllocateOrder),
-    Reallocate(Reallocate),
     ShipOrder(ShipOrder),
     CancelOrder(CancelOrder),
     PlaceHold(PlaceHold),
@@ -139,7 +128,6 @@ impl Command {
             Self::CreateBatch(_) => "CreateBatch",
             Self::Allocate(_) => "Allocate",
             Self::AllocateOrder(_) => "AllocateOrder",
-            Self::Reallocate(_) => "Reallocate",
             Self::ShipOrder(_) => "ShipOrder",
             Self::CancelOrder(_) => "CancelOrder",
             Self::PlaceHold(_) => "PlaceHold",
@@ -166,7 +154,6 @@ into_command!(
     CreateBatch,
     Allocate,
     AllocateOrder,
-    Reallocate,
     ShipOrder,
     CancelOrder,
     PlaceHold,

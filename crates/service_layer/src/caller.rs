@@ -2,7 +2,7 @@
 //!
 //! An async caller that goes away (a client hanging up, a request timeout)
 //! drops its future wherever that future had got to: between a transaction's
-//! `BEGIN` and its `COMMIT`, or after a commit and before the reallocation it
+//! `BEGIN` and its `COMMIT`, or after a commit and before the follow-up it
 //! started. [`ToTheEnd`] runs a command's work inside the caller's future
 //! while the caller waits, which costs nothing, and when the caller drops it
 //! mid-way, hands the rest of the work to a task of its own. [`Caller`] tells

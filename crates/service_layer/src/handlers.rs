@@ -7,11 +7,11 @@
 //! - transactional: run inside the command's unit of work, before commit,
 //!   so their writes commit or roll back with the change: the read model
 //!   ([`add_allocation_to_read_model`], [`remove_allocation_from_read_model`]),
-//!   the outbox ([`add_to_outbox`]), and the backorders waiting for the
-//!   stock that appeared ([`fill_backorders`]);
+//!   the outbox ([`add_to_outbox`]), the lines a shrinking batch gave up
+//!   ([`reallocate`]), and the backorders waiting for the stock that
+//!   appeared ([`fill_backorders`]);
 //! - after commit: talk to the outside world or start a follow-up command
-//!   ([`send_out_of_stock_notification`], [`reallocate`],
-//!   [`release_broken_hold`]).
+//!   ([`send_out_of_stock_notification`], [`release_broken_hold`]).
 
 use std::fmt;
 use std::future::Future;
@@ -19,7 +19,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use domain::commands::{
     AdjustBatch, Allocate, AllocateOrder, ChangeBatchQuantity, ChangeSettings, CreateBatch,
-    Deallocate, Reallocate, ReleaseHold,
+    Deallocate, ReleaseHold,
 };
 use domain::events::{Allocated, Deallocated, HoldBroken, OutOfStock};
 use domain::{
@@ -133,36 +133,6 @@ impl CommandHandler for Allocate {
             qty: self.qty,
         };
         Ok(product.allocate(line)?)
-    }
-}
-
-impl CommandHandler for Reallocate {
-    /// The batch the line went to, or that it waits or is out of stock.
-    type Reply = Allocation;
-    const NAME: &'static str = "Reallocate";
-
-    fn products(&self) -> impl Iterator<Item = &Sku> + Send {
-        std::iter::once(&self.sku)
-    }
-
-    fn order(&self) -> Option<&OrderId> {
-        Some(&self.orderid)
-    }
-
-    async fn handle<T: StoreTransaction>(
-        &self,
-        uow: &mut UnitOfWork<T>,
-    ) -> Result<Allocation, Error> {
-        let product = uow
-            .products()
-            .get_for_order(&self.sku, &self.orderid)
-            .await?
-            .ok_or_else(|| Error::InvalidSku(self.sku.clone()))?;
-        Ok(product.reallocate(OrderLine {
-            orderid: self.orderid.clone(),
-            sku: self.sku.clone(),
-            qty: self.qty,
-        }))
     }
 }
 
@@ -433,7 +403,10 @@ pub async fn handle_in_transaction<T: StoreTransaction>(
             }
         }
         Event::Deallocated(e) => {
-            remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow)
+            remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow);
+            reallocate(e, uow).await?;
+            // A part bigger than the batch's excess leaves room behind it.
+            fill_backorders(&e.sku, uow).await?;
         }
         Event::AllocationCancelled(e) => {
             remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow);
@@ -466,7 +439,7 @@ pub async fn handle_in_transaction<T: StoreTransaction>(
 }
 
 /// Transactional: stock appeared (a batch grew or arrived, a line or a
-/// hold gave units back), so the product's waiting backorders have it
+/// hold gave units back, a shrink took off more than it had to), so the product's waiting backorders have it
 /// first (book chapter 9's reallocation, in the same transaction: no
 /// command in between can take what they could have had). The product is
 /// in the unit of work already; the lines it fills raise `Allocated`,
@@ -477,6 +450,27 @@ pub async fn fill_backorders<T: StoreTransaction>(
 ) -> Result<(), StoreError> {
     if let Some(product) = uow.products().get(sku).await? {
         product.fill_backorders();
+    }
+    Ok(())
+}
+
+/// Transactional: a line (or a part of a split line) that a shrinking
+/// batch gave up goes to another batch, or waits, or is out of stock
+/// (book chapter 9, which sends `Allocate` after the commit). In the same
+/// transaction: after the commit, a client that sent the line again in
+/// between had it allocated, and the follow-up then allocated it a second
+/// time; and a follow-up that failed lost the line for good. The product
+/// holds the line's other parts already: they load with any part.
+pub async fn reallocate<T: StoreTransaction>(
+    event: &Deallocated,
+    uow: &mut UnitOfWork<T>,
+) -> Result<(), StoreError> {
+    if let Some(product) = uow.products().get(&event.sku).await? {
+        product.reallocate(OrderLine {
+            orderid: event.orderid.clone(),
+            sku: event.sku.clone(),
+            qty: event.qty,
+        });
     }
     Ok(())
 }
@@ -535,16 +529,6 @@ pub async fn send_out_of_stock_notification(
 pub fn release_broken_hold(event: &HoldBroken) -> ReleaseHold {
     ReleaseHold {
         hold_id: event.hold_id.clone(),
-    }
-}
-
-/// After commit: a line (or part of one) taken off a shrunk batch is
-/// allocated again, to another batch if one can take it.
-pub fn reallocate(event: &Deallocated) -> Reallocate {
-    Reallocate {
-        orderid: event.orderid.clone(),
-        sku: event.sku.clone(),
-        qty: event.qty,
     }
 }
 

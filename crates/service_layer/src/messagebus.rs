@@ -145,7 +145,6 @@ impl<S: Store> MessageBus<S> {
             Command::CreateBatch(c) => self.handle(c).await,
             Command::Allocate(c) => self.handle(c).await.map(drop),
             Command::AllocateOrder(c) => self.handle(c).await.map(drop),
-            Command::Reallocate(c) => self.handle(c).await.map(drop),
             Command::ShipOrder(c) => self.handle(c).await.map(drop),
             Command::CancelOrder(c) => self.handle(c).await.map(drop),
             Command::PlaceHold(c) => self.handle(c).await.map(drop),
@@ -206,20 +205,16 @@ impl<S: Store> MessageBus<S> {
             Event::OutOfStock(e) => {
                 handlers::send_out_of_stock_notification(e, &*self.notifications).await?
             }
-            Event::Deallocated(e) => {
-                let follow_up = handlers::reallocate(e);
+            Event::HoldBroken(e) => {
+                let follow_up = handlers::release_broken_hold(e);
                 // Boxed: every command's future holds its events' handlers,
                 // and a follow-up command inline would make each one as
                 // large as two commands' for a path few of them take.
                 let committed = Box::pin(self.runner.run(follow_up, &Caller::bus())).await?;
                 return Ok(committed.events);
             }
-            Event::HoldBroken(e) => {
-                let follow_up = handlers::release_broken_hold(e);
-                let committed = Box::pin(self.runner.run(follow_up, &Caller::bus())).await?;
-                return Ok(committed.events);
-            }
             Event::BatchCreated(_)
+            | Event::Deallocated(_)
             | Event::Shipped(_)
             | Event::LineCancelled(_)
             | Event::AllocationCancelled(_)

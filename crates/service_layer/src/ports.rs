@@ -423,7 +423,9 @@ pub enum Lines<'a> {
     OfOrder(&'a OrderId),
     /// The lines of several orders: what a group of allocations needs.
     OfOrders(&'a [OrderId]),
-    /// The lines and live hold parts of a batch: what shrinking it needs.
+    /// The lines and live hold parts of a batch, each line with its parts
+    /// on other batches: what shrinking it, and reallocating the parts it
+    /// takes off, need.
     OfBatch(&'a BatchRef),
     /// The parts of one hold, live or expired: what extending, releasing
     /// or converting it needs.

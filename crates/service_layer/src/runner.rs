@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use domain::commands::{
     AdjustBatch, Allocate, AllocateOrder, CancelOrder, ChangeBatchQuantity, ChangeSettings,
-    CreateBatch, Deallocate, ExtendHold, PlaceHold, Reallocate, ReleaseHold, ShipOrder,
+    CreateBatch, Deallocate, ExtendHold, PlaceHold, ReleaseHold, ShipOrder,
 };
 use domain::{Event, OrderId, Sku};
 use rand::Rng;
@@ -102,7 +102,6 @@ pub struct CommandLanes {
     create_batch: LanesOf<CreateBatch>,
     allocate: LanesOf<Allocate>,
     allocate_order: LanesOf<AllocateOrder>,
-    reallocate: LanesOf<Reallocate>,
     ship_order: LanesOf<ShipOrder>,
     cancel_order: LanesOf<CancelOrder>,
     place_hold: LanesOf<PlaceHold>,
@@ -140,7 +139,6 @@ grouped! {
     CreateBatch => create_batch,
     Allocate => allocate,
     AllocateOrder => allocate_order,
-    Reallocate => reallocate,
     ShipOrder => ship_order,
     CancelOrder => cancel_order,
     PlaceHold => place_hold,

@@ -196,9 +196,16 @@ impl<T: StoreTransaction> Repository<T> {
         match (self.seen.entry(sku.clone()), loaded) {
             (Entry::Occupied(entry), loaded) => {
                 let tracked = entry.into_mut();
-                // Seen before: keep its state and add the lines asked for now.
+                // Seen before: keep its state and add the lines asked for
+                // now, but none of a batch or an order loaded before: this
+                // unit of work may have moved those (a shrink loads a
+                // batch's lines with their parts on other batches).
                 for batch in loaded.iter().flat_map(Product::batches) {
+                    if tracked.batches_loaded.contains(batch.reference()) {
+                        continue;
+                    }
                     let lines = batch.loaded_lines().iter().cloned();
+                    let lines = lines.filter(|l| !tracked.orders_loaded.contains(&l.orderid));
                     tracked.product.load_lines(batch.reference(), lines);
                     let holds = batch.loaded_holds().iter().cloned();
                     tracked.product.load_holds(batch.reference(), holds);

@@ -77,12 +77,16 @@ pub const PRODUCT_WITH_ORDER_LINES_POSTGRES: &str = product_with_lines!(
      AND a.orderid = ANY(ARRAY(SELECT jsonb_array_elements_text($2::jsonb)))"
 );
 
-/// The lines of batch `$1` (of product `$2`), oldest first: what
-/// shrinking a batch loads.
-pub const LINES_OF_BATCH: &str = "SELECT a.orderid, a.qty \
-     FROM batches b JOIN allocations a ON a.batch_id = b.id \
-     WHERE b.reference = $1 AND b.sku = $2 AND a.state = 'allocated' \
-     ORDER BY a.id";
+/// The lines of batch `$1` (of product `$2`), oldest first, each with the
+/// parts it has on other batches: what shrinking a batch loads (a part it
+/// takes off goes back beside its line's other parts).
+pub const LINES_OF_BATCH: &str = "SELECT p.reference, a.orderid, a.qty \
+     FROM batches b \
+     JOIN allocations l ON l.batch_id = b.id AND l.state = 'allocated' \
+     JOIN allocations a ON a.orderid = l.orderid AND a.sku = b.sku AND a.state = 'allocated' \
+     JOIN batches p ON p.id = a.batch_id \
+     WHERE b.reference = $1 AND b.sku = $2 \
+     ORDER BY l.id";
 
 /// The SKUs of order `$1`'s lines, whatever became of them, backorders
 /// included.

@@ -243,8 +243,9 @@ async fn load_waiting_backorders(
     Ok(())
 }
 
-/// Attaches all lines of batch `reference`, oldest first: what shrinking it
-/// needs. An index range scan (`allocations (batch_id, id)`).
+/// Attaches all lines of batch `reference`, oldest first, each with its
+/// parts on other batches: what shrinking it needs. An index range scan
+/// (`allocations (batch_id, id)`), then one lookup per line.
 async fn load_lines_of_batch(
     conn: &mut AnyConnection,
     product: &mut Product,
@@ -257,16 +258,14 @@ async fn load_lines_of_batch(
         .fetch_all(&mut *conn)
         .await
         .map_err(StoreError::backend)?;
-    let loaded = rows
-        .iter()
-        .map(|row| {
-            Ok(OrderLine {
-                orderid: identifier(&get::<String>(row, "orderid")?, OrderId::parse)?,
-                sku: sku.clone(),
-                qty: quantity_from_db(get(row, "qty")?)?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    product.load_lines(reference, loaded);
+    for row in &rows {
+        let line = OrderLine {
+            orderid: identifier(&get::<String>(row, "orderid")?, OrderId::parse)?,
+            sku: sku.clone(),
+            qty: quantity_from_db(get(row, "qty")?)?,
+        };
+        let on = identifier(&get::<String>(row, "reference")?, BatchRef::parse)?;
+        product.load_lines(&on, [line]);
+    }
     Ok(())
 }

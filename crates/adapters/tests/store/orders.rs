@@ -191,7 +191,7 @@ async fn a_split_line_is_stored_part_by_part_and_a_part_moves_alone<
 }
 
 /// Two parts of one line reallocated to the same batch in one unit of work
-/// (a group of reallocations) join in the model: the commit writes one row
+/// (a group of shrinks) join in the model: the commit writes one row
 /// of their sum, on every backend.
 async fn parts_of_one_line_joining_on_one_batch_in_one_commit_are_summed<
     S: Store + ReadModel + Outbox,

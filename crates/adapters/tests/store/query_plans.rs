@@ -159,11 +159,19 @@ const LOOKUPS: &[Lookup] = &[
         sqlite_indexes: &["backorders_waiting"],
     },
     Lookup {
-        what: "a batch's lines (ChangeBatchQuantity)",
+        what: "a batch's lines and their other parts (ChangeBatchQuantity)",
         sql: Sql::Both(queries::LINES_OF_BATCH),
         params: &[Text("batch-4242"), Text("sku-4243")],
-        postgres_indexes: &["batches_reference_key", "allocations_batch_id_id"],
-        sqlite_indexes: &["sqlite_autoindex_batches_1", "allocations_batch_id_id"],
+        postgres_indexes: &[
+            "batches_reference_key",
+            "allocations_batch_id_id",
+            "allocations_orderid_sku_batch_id_key",
+        ],
+        sqlite_indexes: &[
+            "sqlite_autoindex_batches_1",
+            "allocations_batch_id_id",
+            "sqlite_autoindex_allocations_1",
+        ],
     },
     Lookup {
         what: "the product that holds a batch (ChangeBatchQuantity)",

@@ -80,10 +80,6 @@ fn record_ids(command: &Command) {
             span.record("orderid", c.orderid.as_str());
             span.record("sku", c.sku.as_str());
         }
-        Command::Reallocate(c) => {
-            span.record("orderid", c.orderid.as_str());
-            span.record("sku", c.sku.as_str());
-        }
         Command::ShipOrder(c) => {
             span.record("orderid", c.orderid.as_str());
         }

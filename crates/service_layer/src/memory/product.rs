@@ -95,15 +95,21 @@ impl StoredProduct {
             Lines::OfOrders(orderids) => self.load_order_lines(&mut product, orderids),
             Lines::OfBatch(reference) => {
                 if let Some(index) = self.batch_index(reference) {
-                    let mut of_batch: Vec<_> = self
+                    // The batch's lines, each with its parts on other batches.
+                    let mut parts: Vec<_> = self
                         .lines
                         .iter()
+                        .filter(|(_, parts)| {
+                            parts.iter().any(|p| p.batch == index && p.closed.is_none())
+                        })
                         .flat_map(|(orderid, parts)| parts.iter().map(move |part| (orderid, part)))
-                        .filter(|(_, part)| part.batch == index)
+                        .filter(|(_, part)| part.closed.is_none())
                         .collect();
-                    of_batch.retain(|(_, part)| part.closed.is_none());
-                    of_batch.sort_by_key(|(_, l)| l.seq);
-                    product.load_lines(reference, of_batch.into_iter().map(|(o, l)| line(o, l)));
+                    parts.sort_by_key(|(_, l)| l.seq);
+                    for (orderid, part) in parts {
+                        let on = &self.batches[part.batch].reference;
+                        product.load_lines(on, [line(orderid, part)]);
+                    }
                     product.load_holds(reference, holds.live_of_batch(sku, index, now));
                 }
             }

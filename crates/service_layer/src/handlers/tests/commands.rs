@@ -271,6 +271,32 @@ mod change_batch_quantity {
         assert_eq!(last, ("order2".into(), "batch2".into()));
     }
 
+    /// Never allocated nowhere in between: a client that sent the line
+    /// again at that moment had it allocated twice, by its request and by
+    /// the book's follow-up `Allocate` (found by the two-instance load test).
+    #[tokio::test]
+    async fn a_bumped_line_moves_in_the_shrinks_own_commit() {
+        let (app, store) = app_with_conflicts(0).await;
+        app.bus
+            .handle(create_batch("later", "LAMP", 10, Some(tomorrow())))
+            .await
+            .expect("created");
+        app.allocate("o1", "LAMP", 8).await;
+        let commits_before = store.commits_tried.load(Ordering::SeqCst);
+
+        app.bus
+            .handle(change_quantity("b1", 5))
+            .await
+            .expect("changed");
+
+        assert_eq!(
+            store.commits_tried.load(Ordering::SeqCst) - commits_before,
+            1
+        );
+        assert_eq!(app.allocated_to("LAMP", "later").await, 8);
+        assert_eq!(app.view_of("o1").await, [("LAMP".into(), "later".into())]);
+    }
+
     #[tokio::test]
     async fn several_lines_bumped_by_one_change_are_all_reallocated() {
         let app = app();
