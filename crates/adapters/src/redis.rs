@@ -16,6 +16,9 @@
 //!   with capped exponential backoff and jitter whenever the connection is
 //!   lost.
 //! - `connection`: one pub/sub connection, subscribed and health-checked.
+//! - `streams`: a [`StreamConsumer`] reads Redis Streams through a consumer
+//!   group, the durable way in for several instances (each entry to one
+//!   consumer, kept until acknowledged, claimed from a consumer that died).
 //!
 //! What goes on the wire is [`crate::messages`]' business; this module moves
 //! bytes. Pub/sub delivers only to whoever listens at that moment: a message
@@ -30,6 +33,7 @@
 mod connection;
 mod publisher;
 mod reconnecting;
+mod streams;
 mod subscription;
 
 use std::io;
@@ -40,6 +44,9 @@ use crate::redact::redact_url;
 
 pub use publisher::RedisPublisher;
 pub use reconnecting::subscribe_forever;
+pub use streams::{
+    PAYLOAD_FIELD, STREAM_MAX_LEN, StreamConsumer, StreamEntry, StreamSettings, dead_letter_stream,
+};
 pub use subscription::{BUFFER_CAPACITY, Incoming, Subscription, subscribe};
 
 /// How long to wait for a TCP connection (and the handshake) to Redis.
@@ -72,6 +79,12 @@ pub enum RedisError {
     Publish {
         url: String,
         channel: String,
+        cause: redis::RedisError,
+    },
+    #[error("Redis {command} failed at {url}: {cause}")]
+    Stream {
+        url: String,
+        command: &'static str,
         cause: redis::RedisError,
     },
     #[error("cannot subscribe to Redis channels {channels:?} at {url}: {cause}")]

@@ -72,7 +72,7 @@ async fn published_messages_reach_a_subscriber_byte_for_byte() {
         .await
         .expect("subscribed");
     assert!(*subscription.connected().borrow());
-    let publisher = RedisPublisher::connect(&url).expect("a valid URL");
+    let publisher = RedisPublisher::connect(&url, false).expect("a valid URL");
 
     // A real allocate payload, with non-ASCII text and an extra field.
     let payload = r#"{"orderid": "order-ü", "sku": "RED-CHAIR", "qty": 3, "x": 1}"#;
@@ -108,7 +108,7 @@ async fn subscribe_forever_delivers_on_the_shared_redis() {
     let mut received = drive(subscription);
     wait_connected(&mut connected, true).await;
 
-    let publisher = RedisPublisher::connect(&url).expect("a valid URL");
+    let publisher = RedisPublisher::connect(&url, false).expect("a valid URL");
     publisher
         .publish_raw(&channel, r#"{"batchref": "b1", "qty": 7}"#)
         .await
@@ -129,7 +129,7 @@ async fn publisher_and_subscription_survive_redis_being_down_and_restarted() {
     let channel = unique_channel("line_allocated");
 
     // Both start while Redis is down: neither fails, nor does the service.
-    let publisher = RedisPublisher::connect(&url).expect("a valid URL");
+    let publisher = RedisPublisher::connect(&url, false).expect("a valid URL");
     let started = Instant::now();
     publisher
         .publish_raw(&channel, "lost")
@@ -204,7 +204,7 @@ async fn a_subscription_to_a_redis_that_stopped_answering_reconnects() {
     server.signal("CONT");
     wait_connected(&mut connected, true).await;
 
-    let publisher = RedisPublisher::connect(&url).expect("a valid URL");
+    let publisher = RedisPublisher::connect(&url, false).expect("a valid URL");
     publisher
         .publish_raw(&channel, "still listening")
         .await
@@ -224,7 +224,7 @@ async fn a_subscription_nobody_reads_keeps_its_buffer_full_and_drops_the_rest() 
     let mut subscription = subscribe(&url, &[channel.as_str()])
         .await
         .expect("subscribed");
-    let publisher = RedisPublisher::connect(&url).expect("a valid URL");
+    let publisher = RedisPublisher::connect(&url, false).expect("a valid URL");
 
     let sent = 3 * BUFFER_CAPACITY;
     for n in 0..sent {
@@ -276,7 +276,8 @@ fn invalid_urls_are_refused_without_showing_the_password() {
 async fn the_publisher_is_lazy_and_never_shows_the_password() {
     // Port 1 on loopback: nothing listens there, yet creating the
     // publisher succeeds; only publishing fails, promptly.
-    let publisher = RedisPublisher::connect("redis://:s3cret@127.0.0.1:1/0").expect("a valid URL");
+    let publisher =
+        RedisPublisher::connect("redis://:s3cret@127.0.0.1:1/0", false).expect("a valid URL");
     assert!(!format!("{publisher:?}").contains("s3cret"));
     let started = std::time::Instant::now();
     let error = publisher

@@ -55,7 +55,7 @@ impl OutboundAdapters {
             None => Arc::new(LogNotifications),
         };
         let publisher: Arc<dyn Publisher> = match &args.redis_url {
-            Some(url) => Arc::new(RedisPublisher::connect(url)?),
+            Some(url) => Arc::new(RedisPublisher::connect(url, !args.streams.no_streams)?),
             None => Arc::new(LogPublisher),
         };
         let adapters = Self {

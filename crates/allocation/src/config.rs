@@ -37,10 +37,12 @@ pub enum Command {
     /// is set) and the outbox relay. Migrates the database schema first.
     Serve(ServeArgs),
     /// Run only the Redis consumer and the outbox relay, for deployments
-    /// that scale message handling apart from the HTTP API.
+    /// that scale message handling apart from the HTTP API. Serves
+    /// /healthz, /readyz and /metrics on --bind (default 127.0.0.1:5006).
     Consume(WorkerArgs),
-    /// Run only the outbox relay: publish committed `line_allocated`
-    /// messages (to Redis with --redis-url, else to the log).
+    /// Run only the outbox relay: publish committed messages (to Redis with
+    /// --redis-url, else to the log). Serves /healthz, /readyz and /metrics
+    /// on --bind (default 127.0.0.1:5007).
     Relay(WorkerArgs),
     /// Bring the database schema up to date, then exit. Safe to run twice.
     Migrate(DatabaseArgs),
@@ -162,6 +164,12 @@ pub struct WorkerArgs {
 
     #[command(flatten)]
     pub messaging: MessagingArgs,
+
+    /// Address and port of the probes and metrics (/healthz, /readyz,
+    /// /metrics): 127.0.0.1:5006 for `consume`, 127.0.0.1:5007 for `relay`
+    /// unless set (port 0 picks a free one).
+    #[arg(long, env = "ALLOCATION_BIND", value_name = "ADDR:PORT")]
+    pub bind: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +214,70 @@ pub struct MessagingArgs {
     /// The sender of out-of-stock emails.
     #[arg(long, env = "NOTIFY_FROM", default_value = adapters::email::DEFAULT_SENDER, value_name = "ADDRESS")]
     pub notify_from: String,
+
+    #[command(flatten)]
+    pub streams: StreamArgs,
+}
+
+/// Redis Streams, beside the book's pub/sub channels: incoming commands
+/// handled once per deployment (not once per instance) and kept while no
+/// consumer runs; outgoing messages kept for readers that were away.
+#[derive(Debug, Clone, Args)]
+pub struct StreamArgs {
+    /// Use the book's pub/sub channels only: consume no stream, and add
+    /// outgoing messages to no stream.
+    #[arg(long, env = "ALLOCATION_NO_STREAMS")]
+    pub no_streams: bool,
+
+    /// The consumer group through which every instance reads the incoming
+    /// streams: each entry goes to one instance of the group. Created if
+    /// missing, reading from the start of each stream.
+    #[arg(
+        long,
+        env = "ALLOCATION_CONSUMER_GROUP",
+        default_value = "allocation",
+        value_name = "NAME"
+    )]
+    pub consumer_group: String,
+
+    /// This process's name in the group; unique per running process.
+    /// Default: the host name and process id.
+    #[arg(long, env = "ALLOCATION_CONSUMER_NAME", value_name = "NAME")]
+    pub consumer_name: Option<String>,
+
+    /// How long an entry may stay unacknowledged (its consumer died, or
+    /// keeps failing on it) before another consumer takes it over. Longer
+    /// than a command can take.
+    #[arg(long, env = "ALLOCATION_CLAIM_IDLE", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400), value_name = "SECONDS")]
+    pub claim_idle: u64,
+
+    /// Deliveries of an entry after which it goes to the dead-letter stream
+    /// (`<stream>.dead_letter`) with its reason, instead of being handled
+    /// again.
+    #[arg(long, env = "ALLOCATION_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000), value_name = "COUNT")]
+    pub max_deliveries: u64,
+}
+
+impl StreamArgs {
+    /// The consumer's settings, or `None` with --no-streams.
+    pub fn settings(&self) -> Option<adapters::redis::StreamSettings> {
+        if self.no_streams {
+            return None;
+        }
+        let consumer = self.consumer_name.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|host| host.trim().to_owned())
+                .filter(|host| !host.is_empty())
+                .unwrap_or_else(|| "allocation".to_owned());
+            format!("{host}-{}", std::process::id())
+        });
+        let mut settings = adapters::redis::StreamSettings::new(&self.consumer_group, consumer);
+        settings.claim_idle = Duration::from_secs(self.claim_idle);
+        settings.max_deliveries = self.max_deliveries;
+        Some(settings)
+    }
 }
 
 impl fmt::Debug for MessagingArgs {
@@ -216,6 +288,7 @@ impl fmt::Debug for MessagingArgs {
             .field("smtp_url", &redacted(&self.smtp_url))
             .field("notify_email", &self.notify_email)
             .field("notify_from", &self.notify_from)
+            .field("streams", &self.streams)
             .finish()
     }
 }

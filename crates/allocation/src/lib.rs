@@ -11,6 +11,8 @@ pub mod metrics;
 
 use std::sync::Arc;
 
+use adapters::messages;
+use adapters::redis::StreamConsumer;
 use anyhow::Context;
 use service_layer::memory::MemoryStore;
 use service_layer::ports::{IdempotencyKeys, Outbox, ReadModel};
@@ -21,9 +23,10 @@ use tracing::info;
 use crate::bootstrap::{
     OutboundAdapterTasks, OutboundAdapters, Service, bootstrap, open_sql_store,
 };
-use crate::config::{Cli, Command, DatabaseArgs, ServeArgs, StoreUrl, WorkerArgs};
+use crate::config::{Cli, Command, DatabaseArgs, MessagingArgs, ServeArgs, StoreUrl, WorkerArgs};
 use crate::entrypoints::http::{self, AppState};
-use crate::entrypoints::redis::consume;
+use crate::entrypoints::redis::consume_channels;
+use crate::entrypoints::streams::consume_streams;
 
 /// Runs the command the user asked for.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -112,7 +115,7 @@ impl WithStore for Serve {
             &args.http.settings(),
         );
         let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
-        let workers = Workers::start(&service, args.messaging.redis_url.clone(), outbound_tasks);
+        let workers = Workers::start(&service, &args.messaging, true, outbound_tasks)?;
         info!(database = %args.database.database_url, "listening on http://{address}");
         let stop_intake = workers.stop_intake.clone();
         http::server::serve(listener, app, args.http.connection_limits(), async move {
@@ -142,11 +145,36 @@ impl WithStore for ConsumeOrRelay {
     ) -> anyhow::Result<()> {
         let (outbound, outbound_tasks) = OutboundAdapters::start(&self.args.messaging)?;
         let service = bootstrap(store, outbound);
-        let redis_url = self.args.messaging.redis_url.filter(|_| self.consume);
-        let workers = Workers::start(&service, redis_url, outbound_tasks);
-        info!(database = %self.args.database.database_url, "running");
-        shutdown_signal().await;
-        let _ = workers.stop_intake.send(true);
+        let workers = Workers::start(&service, &self.args.messaging, self.consume, outbound_tasks)?;
+        // Probes and metrics only: this process takes no requests.
+        let bind = self.args.bind.unwrap_or_else(|| {
+            let port = if self.consume { 5006 } else { 5007 };
+            std::net::SocketAddr::from(([127, 0, 0, 1], port))
+        });
+        let listener =
+            http::server::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
+        let address = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        let probes = http::probes_router(AppState {
+            bus: service.bus.clone(),
+            read_model: service.store.clone(),
+        });
+        let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
+        info!(database = %self.args.database.database_url, "running; probes and metrics on http://{address}");
+        let stop_intake = workers.stop_intake.clone();
+        // Probes and scrapes: a few connections, at the usual time limits.
+        let limits = http::server::ConnectionLimits {
+            max_connections: 64,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            keep_alive_timeout: std::time::Duration::from_secs(60),
+        };
+        http::server::serve(listener, probes, limits, async move {
+            shutdown_signal().await;
+            let _ = stop_intake.send(true);
+        })
+        .await;
+        upkeep.abort();
         workers.finish().await?;
         info!("shut down cleanly");
         Ok(())
@@ -165,41 +193,61 @@ struct Workers<S> {
     stop_intake: watch::Sender<bool>,
     stop_relay: watch::Sender<bool>,
     consumer: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    stream_consumer: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     relay: tokio::task::JoinHandle<()>,
     bus: Arc<MessageBus<S>>,
     outbound: OutboundAdapterTasks,
 }
 
 impl<S: Store + Outbox> Workers<S> {
+    /// With `consume` and a Redis URL, the consumers of the book's channels
+    /// and (unless --no-streams) of the streams run too.
     fn start(
         service: &Service<S>,
-        redis_url: Option<String>,
+        messaging: &MessagingArgs,
+        consume: bool,
         outbound: OutboundAdapterTasks,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let (stop_intake, intake_stopped) = watch::channel(false);
         let (stop_relay, relay_stopped) = watch::channel(false);
+        let redis_url = messaging.redis_url.clone().filter(|_| consume);
+        let stream_consumer = match (&redis_url, messaging.streams.settings()) {
+            (Some(url), Some(settings)) => {
+                let consumer = StreamConsumer::connect(url, &messages::INCOMING, settings)?;
+                let bus = service.bus.clone();
+                let stopped = stopped(intake_stopped.clone());
+                Some(tokio::spawn(consume_streams(bus, consumer, stopped)))
+            }
+            _ => None,
+        };
         let consumer = redis_url.map(|url| {
             let bus = service.bus.clone();
-            tokio::spawn(async move { consume(bus, &url, stopped(intake_stopped)).await })
+            tokio::spawn(async move { consume_channels(bus, &url, stopped(intake_stopped)).await })
         });
         let relay = {
             let relay = service.relay.clone();
             tokio::spawn(async move { relay.run(stopped(relay_stopped)).await })
         };
-        Self {
+        Ok(Self {
             stop_intake,
             stop_relay,
             consumer,
+            stream_consumer,
             relay,
             bus: service.bus.clone(),
             outbound,
-        }
+        })
     }
 
     async fn finish(self) -> anyhow::Result<()> {
         let _ = self.stop_intake.send(true);
         if let Some(consumer) = self.consumer {
             consumer.await.context("the Redis consumer panicked")??;
+        }
+        if let Some(consumer) = self.stream_consumer {
+            consumer
+                .await
+                .context("the Redis streams consumer panicked")??;
         }
         self.bus.finish_running_commands().await;
         let _ = self.stop_relay.send(true);

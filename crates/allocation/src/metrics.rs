@@ -31,6 +31,9 @@ pub const OUTBOX_OLDEST_AGE: &str = "allocation_outbox_oldest_message_age_second
 pub const REDIS_CONNECTED: &str = "allocation_redis_consumer_connected";
 pub const REDIS_RECEIVED: &str = "allocation_redis_messages_received_total";
 pub const REDIS_PROCESSED: &str = "allocation_redis_messages_processed_total";
+pub const STREAM_ENTRIES: &str = "allocation_stream_entries_total";
+pub const STREAM_RECLAIMED: &str = "allocation_stream_entries_reclaimed_total";
+pub const STREAM_DEAD_LETTERS: &str = "allocation_stream_dead_letters_total";
 
 /// The process's recorder, installed on the first call.
 pub fn prometheus() -> &'static PrometheusHandle {
@@ -115,6 +118,19 @@ fn describe() {
     describe_counter!(
         REDIS_PROCESSED,
         "Redis messages done with, by channel and outcome (handled, refused, malformed, failed)"
+    );
+    describe_counter!(
+        STREAM_ENTRIES,
+        "Redis stream entries done with, by stream and outcome (handled, refused, malformed, \
+         failed: left pending, dead_letter: delivered too often)"
+    );
+    describe_counter!(
+        STREAM_RECLAIMED,
+        "Redis stream entries taken over after staying pending too long, by stream"
+    );
+    describe_counter!(
+        STREAM_DEAD_LETTERS,
+        "Redis stream entries moved to their dead-letter stream, by stream"
     );
     describe_counter!(
         REDIS_DROPPED,

@@ -1,14 +1,16 @@
-//! The way out: [`RedisPublisher`] sends payloads on channels, and is the
-//! outbox relay's [`Publisher`].
+//! The way out: [`RedisPublisher`] sends payloads on channels, and on
+//! streams of the same names, and is the outbox relay's [`Publisher`].
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::StreamMaxlen;
 
 use service_layer::ports::{OutboxMessage, PublishError, Publisher};
 
+use super::streams::{PAYLOAD_FIELD, STREAM_MAX_LEN};
 use super::{BACKOFF_MIN, CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisError, client};
 use crate::messages;
 
@@ -19,17 +21,19 @@ use crate::messages;
 #[derive(Clone)]
 pub struct RedisPublisher {
     connection: ConnectionManager,
+    /// Whether each message also goes on the stream named as its channel.
+    streams: bool,
     /// The URL without its password, for messages.
     url: Arc<str>,
 }
 
-/// The relay's way out: each outbox message goes out on `line_allocated`
-/// in the wire format of `messages`.
+/// The relay's way out: each outbox message goes out on its channel (and
+/// stream) in the wire format of `messages`.
 #[async_trait::async_trait]
 impl Publisher for RedisPublisher {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
         let (channel, payload) = messages::encode(message);
-        self.publish_raw(channel, &payload)
+        self.send(channel, &payload, self.streams)
             .await
             .map_err(|error| PublishError(Box::new(error)))
     }
@@ -52,7 +56,9 @@ impl RedisPublisher {
     ///
     /// Outside a Tokio runtime: the connection manager spawns its
     /// background task here.
-    pub fn connect(url: &str) -> Result<Self, RedisError> {
+    /// With `streams`, each message is also added to the stream named as its
+    /// channel, capped at about [`STREAM_MAX_LEN`] entries.
+    pub fn connect(url: &str, streams: bool) -> Result<Self, RedisError> {
         let (client, shown) = client(url)?;
         // The manager's own retries happen inside one `publish_raw` call, so
         // they are kept short: the relay has its own backoff, and a publish
@@ -72,6 +78,7 @@ impl RedisPublisher {
             })?;
         Ok(Self {
             connection,
+            streams,
             url: shown,
         })
     }
@@ -88,16 +95,40 @@ impl RedisPublisher {
     /// the message twice (if the first attempt timed out after Redis got
     /// it), which the `message_id` in every payload allows for.
     pub async fn publish_raw(&self, channel: &str, payload: &str) -> Result<(), RedisError> {
-        let mut command = redis::cmd("PUBLISH");
-        command.arg(channel).arg(payload);
+        self.send(channel, payload, false).await
+    }
+
+    /// Publishes `payload` on `channel` and, with `to_stream`, adds it to
+    /// the stream of that name in the same round trip. A stream entry
+    /// whose publish then failed is added again on the retry: a duplicate,
+    /// which the `message_id` allows for, as above.
+    async fn send(&self, channel: &str, payload: &str, to_stream: bool) -> Result<(), RedisError> {
+        let mut command = redis::pipe();
+        command.cmd("PUBLISH").arg(channel).arg(payload);
+        if to_stream {
+            command
+                .cmd("XADD")
+                .arg(channel)
+                .arg(StreamMaxlen::Approx(STREAM_MAX_LEN))
+                .arg("*")
+                .arg(PAYLOAD_FIELD)
+                .arg(payload)
+                .ignore();
+        }
         let mut connection = self.connection.clone();
-        let mut result = command.query_async::<usize>(&mut connection).await;
+        let mut result = command
+            .query_async::<(usize,)>(&mut connection)
+            .await
+            .map(|(receivers,)| receivers);
         let broken = result
             .as_ref()
             .is_err_and(|error| error.is_io_error() || error.is_unrecoverable_error());
         if broken {
             tracing::debug!(url = %self.url, channel, "publish failed on a broken connection; retrying once");
-            result = command.query_async::<usize>(&mut connection).await;
+            result = command
+                .query_async::<(usize,)>(&mut connection)
+                .await
+                .map(|(receivers,)| receivers);
         }
         match result {
             Ok(receivers) => {

@@ -29,7 +29,7 @@ const ATTEMPTS: u32 = 3;
 
 /// Consumes messages until `shutdown` resolves; the message being handled
 /// then is finished first.
-pub async fn consume<S: Store>(
+pub async fn consume_channels<S: Store>(
     bus: Arc<MessageBus<S>>,
     redis_url: &str,
     shutdown: impl Future<Output = ()>,
@@ -117,12 +117,49 @@ fn count_processed(channel: &str, outcome: &'static str) {
 }
 
 async fn handle<S: Store>(bus: &Arc<MessageBus<S>>, message: Incoming) {
-    let command = match messages::decode(&message.channel, &message.payload) {
+    let outcome = run_message(bus, &message.channel, &message.payload).await;
+    count_processed(&message.channel, outcome.name());
+}
+
+/// What became of one incoming message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Its command committed.
+    Handled,
+    /// Its command was refused (an unknown SKU, a conflicting line): an
+    /// answer, logged; sending it again would be refused again.
+    Refused,
+    /// It is not a command: the reason.
+    Malformed(String),
+    /// Its command failed for a reason that may pass (the database away,
+    /// endless contention), after a few attempts.
+    Failed(service_layer::Error),
+}
+
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Handled => "handled",
+            Self::Refused => "refused",
+            Self::Malformed(_) => "malformed",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Decodes a message that arrived on `channel` (or stream) and runs its
+/// command on the bus, trying again a few times while it fails for a
+/// reason that may pass; logs what became of it, in the caller's span.
+pub async fn run_message<S: Store>(
+    bus: &Arc<MessageBus<S>>,
+    channel: &str,
+    payload: &[u8],
+) -> Outcome {
+    let command = match messages::decode(channel, payload) {
         Ok(command) => command,
         Err(reason) => {
-            count_processed(&message.channel, "malformed");
             warn!(%reason, "skipping malformed message");
-            return;
+            return Outcome::Malformed(reason.to_string());
         }
     };
     record_ids(&command);
@@ -130,14 +167,12 @@ async fn handle<S: Store>(bus: &Arc<MessageBus<S>>, message: Incoming) {
     loop {
         match bus.dispatch(command.clone()).await {
             Ok(()) => {
-                count_processed(&message.channel, "handled");
                 debug!(command = ?command, "message handled");
-                return;
+                return Outcome::Handled;
             }
             Err(error) if !error.is_transient() => {
-                count_processed(&message.channel, "refused");
                 warn!(command = ?command, %error, "message refused");
-                return;
+                return Outcome::Refused;
             }
             Err(error) if attempt < ATTEMPTS => {
                 warn!(command = ?command, %error, attempt, "message failed, retrying");
@@ -145,9 +180,8 @@ async fn handle<S: Store>(bus: &Arc<MessageBus<S>>, message: Incoming) {
                 attempt += 1;
             }
             Err(error) => {
-                count_processed(&message.channel, "failed");
                 error!(command = ?command, %error, attempts = attempt, "message failed, giving up");
-                return;
+                return Outcome::Failed(error);
             }
         }
     }

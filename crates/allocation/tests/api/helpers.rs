@@ -58,6 +58,11 @@ pub const SETTINGS_FROM_ENV: &[&str] = &[
     "ALLOCATION_HEADER_READ_TIMEOUT",
     "ALLOCATION_KEEP_ALIVE_TIMEOUT",
     "ALLOCATION_MAX_CONNECTIONS",
+    "ALLOCATION_NO_STREAMS",
+    "ALLOCATION_CONSUMER_GROUP",
+    "ALLOCATION_CONSUMER_NAME",
+    "ALLOCATION_CLAIM_IDLE",
+    "ALLOCATION_MAX_DELIVERIES",
 ];
 
 /// What a process wrote to its log (stderr) so far, line by line, kept as
@@ -379,7 +384,7 @@ pub mod with_redis {
 /// Sends `payload` on `channel` of the Redis at `url`, as another system
 /// would.
 pub async fn publish(url: &str, channel: &str, payload: &str) {
-    RedisPublisher::connect(url)
+    RedisPublisher::connect(url, false)
         .expect("a valid Redis URL")
         .publish_raw(channel, payload)
         .await

@@ -31,3 +31,4 @@ mod redis_flood;
 mod shipping;
 mod shutdown;
 mod stock_messages;
+mod streams;

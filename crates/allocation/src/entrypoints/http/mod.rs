@@ -117,6 +117,18 @@ pub fn router_with<S: Store + ReadModel + Outbox + IdempotencyKeys>(
         .with_state(state)
 }
 
+/// Only the probes and the metrics (`/healthz`, `/readyz`, `/metrics`):
+/// what `consume` and `relay`, which take no requests, serve.
+pub fn probes_router<S: Store + ReadModel + Outbox>(state: AppState<S>) -> Router {
+    crate::metrics::prometheus();
+    let (routes, _) = operations::probe_routes::<S>().split_for_parts();
+    routes
+        .fallback(|| async { ApiError::NotFound("No such route".into()) })
+        .layer(from_fn(observe::record_request))
+        .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
+        .with_state(state)
+}
+
 /// Every route of the API with its OpenAPI description, resource by
 /// resource. A new resource module is added here, and nowhere else.
 fn documented_routes<S: Store + ReadModel + Outbox>() -> OpenApiRouter<AppState<S>> {

@@ -18,14 +18,18 @@ use super::{ApiError, AppState, ErrorBody};
 
 /// This resource's routes, with their descriptions and schemas.
 pub fn routes<S: Store + ReadModel + Outbox>() -> OpenApiRouter<AppState<S>> {
+    probe_routes().routes(documented::<__path_openapi_document, _, _, _>(
+        openapi_document,
+    ))
+}
+
+/// The probes and the metrics: what every process kind serves.
+pub fn probe_routes<S: Store + ReadModel + Outbox>() -> OpenApiRouter<AppState<S>> {
     OpenApiRouter::with_openapi(Schemas::openapi())
         .routes(documented::<__path_healthz, _, _, _>(healthz))
         .routes(documented::<__path_readyz, _, _, _>(readyz::<S>))
         .routes(documented::<__path_prometheus_metrics, _, _, _>(
             prometheus_metrics::<S>,
-        ))
-        .routes(documented::<__path_openapi_document, _, _, _>(
-            openapi_document,
         ))
 }
 
