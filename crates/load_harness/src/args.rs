@@ -150,6 +150,15 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub service_worker_threads: Option<u32>,
 
+    /// Also measure consuming Redis Streams: the services start with Redis
+    /// (database 10 + their instance count on this server, flushed first),
+    /// and after the HTTP phases the harness adds --requests `allocate`
+    /// entries to each phase's stream and times until every one is
+    /// acknowledged: entries/s, and its ratio to the same instances'
+    /// requests/s at each concurrency.
+    #[arg(long, value_name = "redis://HOST:PORT", conflicts_with = "url")]
+    pub redis_url: Option<String>,
+
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,

@@ -29,6 +29,7 @@ mod report;
 mod service;
 mod shapes;
 mod stats;
+mod streams;
 mod workload;
 
 use std::panic::AssertUnwindSafe;
@@ -170,12 +171,21 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
                     _ => format!("service{count}"),
                 };
                 let database = databases.create(&label).await?;
+                let redis_url = match &args.redis_url {
+                    Some(base) => {
+                        let url = streams::url_for(base, count)?;
+                        streams::clear(&url).await?;
+                        Some(url)
+                    }
+                    None => None,
+                };
                 let settings = ServiceSettings {
                     binary: binary.clone(),
                     max_connections: args.max_connections,
                     log_level: args.service_log_level.clone(),
                     log_file: None,
                     worker_threads: args.service_worker_threads,
+                    redis_url,
                 };
                 let processes = match count {
                     1 => String::new(),
@@ -418,6 +428,9 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
             .max(),
     };
     report.print();
+    if let Some(base) = &args.redis_url {
+        consume_streams(args, base, &workload, &report.levels).await?;
+    }
     println!(
         "\n{} cores shared by the harness, the service and the database server: \
          the figures compare code paths on one machine, not capacity.",
@@ -433,6 +446,46 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
     }
     if report.consistency.iter().any(|check| !check.ok) {
         bail!("a database does not hold exactly the allocations that were answered");
+    }
+    Ok(())
+}
+
+/// The Redis Streams phase, after the HTTP phases (whose databases the
+/// consistency check has read by then): --requests entries per instance
+/// count, and their rate against the same instances' HTTP rate.
+async fn consume_streams(
+    args: &Args,
+    base: &str,
+    workload: &Workload,
+    levels: &[report::Level],
+) -> anyhow::Result<()> {
+    println!(
+        "\nRedis Streams: {} `allocate` entries per instance count",
+        args.requests
+    );
+    for (index, &count) in instance_counts(&args.instances).iter().enumerate() {
+        let url = streams::url_for(base, count)?;
+        // Lines no HTTP phase used.
+        let first = (1 << 40) + u64::from(count) * args.requests;
+        let took = streams::consume(&url, workload, first, args.requests).await?;
+        let rate = args.requests as f64 / took.as_secs_f64();
+        let ratios: Vec<String> = levels
+            .iter()
+            .filter_map(|level| {
+                let http = level.service.get(index)?.summary.per_second;
+                Some(format!(
+                    "{:.2} of c={}'s {http:.0}/s",
+                    rate / http,
+                    level.concurrency
+                ))
+            })
+            .collect();
+        println!(
+            "  {}: {rate:.0} entries/s ({:.2} s); {}",
+            report::service_name(count),
+            took.as_secs_f64(),
+            ratios.join(", ")
+        );
     }
     Ok(())
 }

@@ -134,6 +134,8 @@ pub struct ServiceSettings {
     /// `TOKIO_WORKER_THREADS` for the service; `None` keeps tokio's default
     /// (one per core).
     pub worker_threads: Option<u32>,
+    /// `--redis-url` for the service; `None` runs it without Redis.
+    pub redis_url: Option<String>,
 }
 
 /// A running service.
@@ -177,6 +179,9 @@ impl ServiceProcess {
         }
         if let Some(threads) = settings.worker_threads {
             command.env("TOKIO_WORKER_THREADS", threads.to_string());
+        }
+        if let Some(url) = &settings.redis_url {
+            command.args(["--redis-url", url]);
         }
         let mut child = command
             .spawn()

@@ -39,6 +39,7 @@ pub async fn run(
         log_level: args.service_log_level.clone(),
         log_file: args.service_log.clone(),
         worker_threads: args.service_worker_threads,
+        redis_url: None,
     };
     eprintln!("starting {} on a fresh database", binary.display());
     let process = ServiceProcess::start(&settings, &database.url).await?;
