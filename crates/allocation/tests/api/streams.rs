@@ -139,7 +139,9 @@ impl Streams {
 
 /// An instance serving HTTP and consuming the test's Redis, once it reads
 /// the streams; it takes over entries left unacknowledged for `claim_idle`
-/// seconds.
+/// seconds. Tests that count handlings give it a minute: an entry whose
+/// command ran longer than that (a loaded machine) would be taken over and
+/// run twice, as the service's docs warn.
 async fn instance(
     db: &TestDatabase,
     streams: &Streams,
@@ -232,7 +234,7 @@ async fn three_instances_handle_every_entry_exactly_once(db: TestDatabase, strea
         ],
     )
     .await;
-    let apps = join_all((0..3).map(|_| instance(&db, &streams, "1", &[]))).await;
+    let apps = join_all((0..3).map(|_| instance(&db, &streams, "60", &[]))).await;
 
     let orders: Vec<String> = (0..240).map(|_| unique("order")).collect();
     let mut adds = Vec::new();
@@ -298,7 +300,7 @@ async fn entries_added_while_no_consumer_runs_are_handled_once_one_starts(
     let early = unique("order");
     streams.add("allocate", &allocate(&early, &sku, 1)).await;
 
-    let app = instance(&db, &streams, "1", &[]).await;
+    let app = instance(&db, &streams, "60", &[]).await;
     app.wait_for_allocations(&early).await;
     let (status, _) = app.process.terminate(BOUND).await;
     assert!(status.success());
@@ -307,7 +309,7 @@ async fn entries_added_while_no_consumer_runs_are_handled_once_one_starts(
     for order in &while_down {
         streams.add("allocate", &allocate(order, &sku, 1)).await;
     }
-    let app = instance(&db, &streams, "1", &[]).await;
+    let app = instance(&db, &streams, "60", &[]).await;
     for order in &while_down {
         app.wait_for_allocations(order).await;
     }
@@ -449,7 +451,7 @@ async fn a_dead_consumers_pending_entries_are_taken_over(db: TestDatabase, strea
 /// Each message relayed goes on its channel and on the stream of the same
 /// name, its payload in field `payload`.
 async fn outgoing_messages_go_to_streams_as_well_as_channels(db: TestDatabase, streams: Streams) {
-    let app = instance(&db, &streams, "1", &[]).await;
+    let app = instance(&db, &streams, "60", &[]).await;
     let (sku, order) = (unique("sku"), unique("order"));
     app.add_batch(&unique("b"), &sku, 10, None).await;
     app.allocate(&order, &sku, 2).await;
