@@ -86,6 +86,14 @@ pub struct CsvStore {
     batches: Vec<(Sku, BatchRef)>,
 }
 
+impl CsvStore {
+    /// The outbox its commits write: what the run tells beyond the CSV
+    /// files (out-of-stock emails) waits there, in memory.
+    pub fn outbox(&self) -> MemoryStore {
+        self.tables.clone()
+    }
+}
+
 impl Store for CsvStore {
     type Transaction = MemoryTransaction;
 

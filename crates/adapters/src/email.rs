@@ -1,29 +1,30 @@
 //! Notifications by email over SMTP: the production adapter of the
-//! `Notifications` port (book chapters 9 and 13: the out-of-stock email of
-//! `send_out_of_stock_notification`, an after-commit event handler, behind
-//! an abstraction so tests use a fake and the binary picks this at start).
+//! `Notifications` port (book chapters 9 and 13, behind an abstraction so
+//! tests use a fake and the binary picks this at start).
 //!
 //! Plain `smtp://host:port` only (docs/contract.md section 4): the service hands
 //! its mail to a relay next to it, which takes care of delivery, TLS and
 //! authentication onwards. One connection per email: out-of-stock mail is
 //! rare, and a fresh connection cannot have gone stale.
 //!
-//! Sending happens off the request's path. [`EmailNotifications::send`],
-//! which the message bus awaits before it answers, only puts the email on a
-//! bounded queue; one background task, the [`EmailSender`], takes emails
-//! off it and hands each to the SMTP server, each attempt bounded in time
-//! and a failed one tried again a few times. So a slow or hung mail server
-//! delays other emails, never an HTTP answer or the Redis consumer. When
-//! the queue is full (the server has been failing for a while), a new email
-//! is dropped, logged and counted rather than waited for.
+//! The out-of-stock email waits in the outbox, committed with the command
+//! that found no stock; the notifications relay calls
+//! [`EmailNotifications::send`] for it, off every request's path. So a send
+//! is one attempt, bounded in time: a failure that may pass (a timeout, a
+//! lost connection, SMTP 4xx) is an error, and the email stays in the
+//! outbox for the relay to try again with its backoff, for as long as the
+//! server is away. A permanent refusal (SMTP 5xx, or an email that cannot
+//! be built) would be refused again on every attempt and hold up the emails
+//! behind it: it is logged as an error, counted in
+//! `allocation_emails_dropped_total`, and reported as done, so the relay
+//! marks it sent.
 //!
-//! The price: a queued email lives only in this process's memory. At
-//! shutdown the sender gets a short grace period for what is queued; a
-//! crash loses it. (Durable email, through an outbox as `line_allocated`
-//! has, is for later.)
+//! Delivery is at least once: a crash between the server's acceptance and
+//! the relay's mark sends it again. Each email's Message-ID is its outbox
+//! message's id (`<uuid@allocation>`), the same on every attempt, so that
+//! mail systems can drop the duplicate.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,9 +32,8 @@ use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use service_layer::ports::{Notification, NotificationError, Notifications};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use url::{Host, Url};
+use uuid::Uuid;
 
 use crate::redact::redact_url;
 
@@ -44,45 +44,29 @@ pub const DEFAULT_RECIPIENT: &str = "stock@made.com";
 pub const DEFAULT_SENDER: &str = "allocations@example.com";
 /// SMTP's own port, when the URL names none.
 const DEFAULT_PORT: u16 = 25;
-/// How long the sender may go on sending queued emails once shutdown has
-/// begun: long enough for a healthy relay on the same network, short
-/// enough that a hung one does not hold up the process's exit.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Metric names (described in the `allocation` crate's `metrics` module).
 pub mod metric_names {
     pub const EMAILS_SENT: &str = "allocation_emails_sent_total";
-    /// By `reason`: `queue_full`, `failed` (refused for good, or every
-    /// attempt failed) or `shutdown` (still queued when the grace ended).
+    /// By `reason`: `refused` (the server refused it for good, or it could
+    /// not be built): marked sent, never to be tried again.
     pub const EMAILS_DROPPED: &str = "allocation_emails_dropped_total";
 }
 use metric_names::{EMAILS_DROPPED, EMAILS_SENT};
 
-/// How the background sender works; `EmailSettings::default()` is what the
-/// service runs with.
+/// How an email is sent; `EmailSettings::default()` is what the service
+/// runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EmailSettings {
-    /// The longest one attempt at one email may take, connecting included.
+    /// The longest one attempt at one email may take, connecting included:
+    /// what a hung server costs the notifications relay per round.
     pub timeout: Duration,
-    /// Attempts at one email. A permanent refusal (SMTP 5xx) is not tried
-    /// again: it would only be refused again.
-    pub attempts: u32,
-    /// The wait after the first failed attempt, doubled after each further
-    /// one: a server that is restarting gets a moment to come back.
-    pub backoff: Duration,
-    /// Emails that may wait to be sent; beyond this, new ones are dropped.
-    pub queue_capacity: usize,
 }
 
 impl Default for EmailSettings {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(10),
-            attempts: 3,
-            backoff: Duration::from_secs(1),
-            // Out-of-stock mail is rare: a hundred waiting means the
-            // server has been away for a while, and the log says so.
-            queue_capacity: 100,
         }
     }
 }
@@ -106,7 +90,7 @@ pub enum EmailConfigError {
     },
 }
 
-/// Why one attempt at one email failed; the sender logs it.
+/// Why one attempt at one email failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EmailError {
     #[error("cannot build the email: {0}")]
@@ -125,7 +109,7 @@ impl EmailError {
     /// Whether trying again cannot help: the email cannot be built, or the
     /// server refused it for good (5xx). Timeouts, lost connections and
     /// "try again later" (4xx) are worth another attempt.
-    fn is_permanent(&self) -> bool {
+    pub fn is_permanent(&self) -> bool {
         match self {
             Self::Build(_) => true,
             Self::Smtp { cause, .. } => cause.is_permanent(),
@@ -134,158 +118,16 @@ impl EmailError {
     }
 }
 
-/// Puts each notification on the queue of the background [`EmailSender`],
-/// which emails it as plain text to one recipient. Cheap to clone: clones
-/// share the queue.
-#[derive(Clone, Debug)]
+/// The Message-ID of the email of outbox message `id`: the same on every
+/// attempt, so that a duplicate can be recognised.
+pub fn message_id(id: Uuid) -> String {
+    format!("<{}@allocation>", id.hyphenated())
+}
+
+/// Emails each notification as plain text to one recipient, through one
+/// SMTP server. Cheap to clone.
+#[derive(Clone)]
 pub struct EmailNotifications {
-    queue: mpsc::Sender<Notification>,
-    /// Emails queued or being sent: what shutdown would drop.
-    pending: Arc<AtomicUsize>,
-    /// `host:port`, for messages.
-    server: Arc<str>,
-}
-
-impl EmailNotifications {
-    /// Mail through the SMTP server at `smtp_url` (`smtp://host[:port]`,
-    /// port 25 by default) to `recipient`, from `sender`
-    /// ([`DEFAULT_RECIPIENT`] and [`DEFAULT_SENDER`] are the service's
-    /// defaults): the adapter, and its background sender, already running.
-    /// Nothing is contacted until the first email. Give the sender
-    /// [`EmailSender::finish`] at shutdown.
-    ///
-    /// # Panics
-    ///
-    /// Outside a Tokio runtime: the sender is spawned here.
-    pub fn start(
-        smtp_url: &str,
-        recipient: &str,
-        sender: &str,
-        settings: EmailSettings,
-    ) -> Result<(Self, EmailSender), EmailConfigError> {
-        let mailer = Mailer::new(smtp_url, recipient, sender, settings)?;
-        let server = Arc::clone(&mailer.server);
-        // At least one place: a zero-capacity queue would drop every email.
-        let (queue, waiting) = mpsc::channel(settings.queue_capacity.max(1));
-        let pending = Arc::new(AtomicUsize::new(0));
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run_sender(mailer, waiting, stopped, Arc::clone(&pending)));
-        let notifications = Self {
-            queue,
-            pending: Arc::clone(&pending),
-            server: Arc::clone(&server),
-        };
-        let sender = EmailSender {
-            stop,
-            task,
-            pending,
-            server,
-        };
-        Ok((notifications, sender))
-    }
-}
-
-#[async_trait]
-impl Notifications for EmailNotifications {
-    /// Queues the email and returns at once. A full queue (or a sender
-    /// already shut down) drops the email, with a warning and a count, and
-    /// still returns `Ok`: the bus would only retry, and so delay the
-    /// answer of the command that raised the event, without making room.
-    async fn send(&self, notification: &Notification) -> Result<(), NotificationError> {
-        // Counted before it is queued, so that the sender, which counts it
-        // down once done, never sees it before this does.
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        let reason = match self.queue.try_send(notification.clone()) {
-            Ok(()) => {
-                tracing::debug!(subject = %notification.subject, "email queued");
-                return Ok(());
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => "queue_full",
-            Err(mpsc::error::TrySendError::Closed(_)) => "shutdown",
-        };
-        self.pending.fetch_sub(1, Ordering::Relaxed);
-        metrics::counter!(EMAILS_DROPPED, "reason" => reason).increment(1);
-        tracing::warn!(
-            server = %self.server,
-            subject = %notification.subject,
-            reason,
-            "email dropped: the queue of emails to send is full (or closed)"
-        );
-        Ok(())
-    }
-}
-
-/// The background sender of an [`EmailNotifications`]: hand it
-/// [`finish`](Self::finish) at shutdown, or the emails still queued when
-/// the runtime stops are lost without a word.
-#[derive(Debug)]
-pub struct EmailSender {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-    pending: Arc<AtomicUsize>,
-    server: Arc<str>,
-}
-
-impl EmailSender {
-    /// Shutdown: no more emails are taken; those queued get `grace` to go
-    /// out, then the sender gives up on the rest, logging and counting how
-    /// many were dropped. Returns within about `grace`, however the SMTP
-    /// server behaves.
-    pub async fn finish(self, grace: Duration) {
-        let _ = self.stop.send(());
-        let mut task = self.task;
-        if let Ok(done) = tokio::time::timeout(grace, &mut task).await {
-            if let Err(error) = done {
-                tracing::error!(%error, "the email sender failed");
-            }
-            return;
-        }
-        task.abort();
-        // Returns at once after `abort`; afterwards nothing changes `pending`.
-        let _ = task.await;
-        let dropped = self.pending.load(Ordering::Relaxed);
-        metrics::counter!(EMAILS_DROPPED, "reason" => "shutdown")
-            .increment(u64::try_from(dropped).unwrap_or(u64::MAX));
-        tracing::warn!(
-            server = %self.server,
-            dropped,
-            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
-            "shutdown: emails not sent within the grace period were dropped"
-        );
-    }
-}
-
-/// Takes emails off the queue and sends them, one at a time, until
-/// shutdown has closed the queue and it is empty (or `finish` aborts it).
-async fn run_sender(
-    mailer: Mailer,
-    mut queue: mpsc::Receiver<Notification>,
-    mut stop: oneshot::Receiver<()>,
-    pending: Arc<AtomicUsize>,
-) {
-    let mut watching = true;
-    loop {
-        tokio::select! {
-            // Asked to stop: refuse new emails but keep sending the queued
-            // ones; `recv` ends once they are out. (A handle dropped without
-            // `finish` asks nothing: the sender runs on.)
-            asked = &mut stop, if watching => {
-                watching = false;
-                if asked.is_ok() {
-                    queue.close();
-                }
-            }
-            next = queue.recv() => {
-                let Some(notification) = next else { return };
-                mailer.deliver(&notification).await;
-                pending.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// One SMTP server and the envelope: what sending one email takes.
-struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     recipient: Mailbox,
     sender: Mailbox,
@@ -294,8 +136,22 @@ struct Mailer {
     settings: EmailSettings,
 }
 
-impl Mailer {
-    fn new(
+impl std::fmt::Debug for EmailNotifications {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailNotifications")
+            .field("server", &self.server)
+            .field("recipient", &self.recipient)
+            .field("sender", &self.sender)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmailNotifications {
+    /// Mail through the SMTP server at `smtp_url` (`smtp://host[:port]`,
+    /// port 25 by default) to `recipient`, from `sender`
+    /// ([`DEFAULT_RECIPIENT`] and [`DEFAULT_SENDER`] are the service's
+    /// defaults). Nothing is contacted until the first email.
+    pub fn new(
         smtp_url: &str,
         recipient: &str,
         sender: &str,
@@ -308,7 +164,7 @@ impl Mailer {
         // smtp:// URL asks for. lettre's timeout bounds the TCP connect;
         // `send_once` bounds the whole exchange (lettre's tokio transport
         // does not time out reads, so a server that accepts and then stays
-        // silent would otherwise hang the sender).
+        // silent would otherwise hang the relay).
         let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
             .port(port)
             .timeout(Some(settings.timeout))
@@ -327,52 +183,10 @@ impl Mailer {
         })
     }
 
-    /// Sends one email, trying again after a failure that may pass, and
-    /// says in the log and the metrics how it went.
-    async fn deliver(&self, notification: &Notification) {
-        let mut attempt = 1;
-        let mut wait = self.settings.backoff;
-        loop {
-            match self.send_once(notification).await {
-                Ok(()) => {
-                    metrics::counter!(EMAILS_SENT).increment(1);
-                    tracing::info!(
-                        server = %self.server,
-                        recipient = %self.recipient,
-                        subject = %notification.subject,
-                        "notification emailed"
-                    );
-                    return;
-                }
-                Err(error) if !error.is_permanent() && attempt < self.settings.attempts => {
-                    tracing::warn!(
-                        subject = %notification.subject,
-                        attempt,
-                        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                        %error,
-                        "email not sent, retrying"
-                    );
-                    tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
-                    attempt += 1;
-                }
-                Err(error) => {
-                    metrics::counter!(EMAILS_DROPPED, "reason" => "failed").increment(1);
-                    tracing::error!(
-                        subject = %notification.subject,
-                        attempts = attempt,
-                        %error,
-                        "email not sent, giving up"
-                    );
-                    return;
-                }
-            }
-        }
-    }
-
     /// One attempt: one connection, bounded by the timeout.
     async fn send_once(&self, notification: &Notification) -> Result<(), EmailError> {
         let email = Message::builder()
+            .message_id(Some(message_id(notification.id)))
             .from(self.sender.clone())
             .to(self.recipient.clone())
             .subject(notification.subject.as_str())
@@ -390,6 +204,40 @@ impl Mailer {
                 server: Arc::clone(&self.server),
                 after: timeout,
             }),
+        }
+    }
+}
+
+#[async_trait]
+impl Notifications for EmailNotifications {
+    /// One attempt. An error leaves the email in the outbox for the relay to
+    /// try again; a permanent refusal is dropped (see the module's doc).
+    async fn send(&self, notification: &Notification) -> Result<(), NotificationError> {
+        match self.send_once(notification).await {
+            Ok(()) => {
+                metrics::counter!(EMAILS_SENT).increment(1);
+                tracing::info!(
+                    server = %self.server,
+                    recipient = %self.recipient,
+                    subject = %notification.subject,
+                    id = %notification.id,
+                    "notification emailed"
+                );
+                Ok(())
+            }
+            Err(error) if error.is_permanent() => {
+                metrics::counter!(EMAILS_DROPPED, "reason" => "refused").increment(1);
+                tracing::error!(
+                    server = %self.server,
+                    recipient = %self.recipient,
+                    subject = %notification.subject,
+                    id = %notification.id,
+                    %error,
+                    "email refused for good; dropped, not tried again"
+                );
+                Ok(())
+            }
+            Err(error) => Err(NotificationError(Box::new(error))),
         }
     }
 }
@@ -478,7 +326,7 @@ mod tests {
     fn addresses_are_checked_at_start() {
         let settings = EmailSettings::default();
         let mailer = |recipient: &str, sender: &str| {
-            Mailer::new("smtp://localhost:1025", recipient, sender, settings)
+            EmailNotifications::new("smtp://localhost:1025", recipient, sender, settings)
         };
         let Err(error) = mailer("not an address", DEFAULT_SENDER) else {
             panic!("an invalid recipient was accepted");

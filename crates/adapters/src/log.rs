@@ -1,7 +1,8 @@
-//! Notifications and publishing to the log: the after-commit ports
-//! (book chapters 9 and 11) when no SMTP server or Redis is configured.
+//! Notifications and publishing to the log: the ports the outbox relays
+//! send through (book chapters 9 and 11) when no SMTP server or Redis is
+//! configured.
 //!
-//! They never fail, so the message bus never retries them.
+//! They never fail, so the relays never retry them.
 
 use async_trait::async_trait;
 use service_layer::ports::{
@@ -25,7 +26,7 @@ impl Notifications for LogNotifications {
     }
 }
 
-/// Writes each `line_allocated` message to the log instead of Redis.
+/// Writes each message for other systems to the log instead of Redis.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogPublisher;
 

@@ -42,5 +42,9 @@ pub const BACK_IN_STOCK: &str = "back_in_stock";
 /// `{"sku", "available", "threshold", "message_id"}`.
 pub const LOW_STOCK: &str = "low_stock";
 
+/// Not a Redis channel: what names the out-of-stock emails in the outbox
+/// (`{"sku"}`), which the notifications relay sends by email.
+pub const OUT_OF_STOCK: &str = "out_of_stock";
+
 /// The channels the service subscribes to: every channel [`decode`] accepts.
 pub const INCOMING: [&str; 2] = [ALLOCATE, CHANGE_BATCH_QUANTITY];

@@ -1,82 +1,51 @@
-//! `EmailNotifications` against a real SMTP conversation: the SMTP sink of
-//! `test_support::smtp`, which each test starts on a free loopback port and
-//! which records each message's envelope and data, or a plain TCP listener
-//! that accepts and then says nothing (a hung server). The out-of-stock
-//! email goes through the service layer's own handler, so the tests check
-//! what the service really sends; and that `send` only queues, so that no
-//! server, however slow, can delay it.
+//! The email adapter against a real SMTP exchange: a sink of the test's own
+//! (`test_support::smtp`) that accepts, refuses, asks to try again later,
+//! or accepts and then says nothing (a hung server). The out-of-stock
+//! email is built by the service layer's own function, so the tests check
+//! what the service really sends; `send` is one attempt, bounded in time,
+//! whose error tells the notifications relay to try again.
 
 use std::time::{Duration, Instant};
 
 use adapters::email::{
-    DEFAULT_RECIPIENT, DEFAULT_SENDER, EmailNotifications, EmailSender, EmailSettings,
+    DEFAULT_RECIPIENT, DEFAULT_SENDER, EmailNotifications, EmailSettings, message_id,
 };
 use domain::Sku;
 use domain::events::OutOfStock;
-use service_layer::handlers::send_out_of_stock_notification;
+use service_layer::handlers::out_of_stock_notification;
 use service_layer::ports::{Notification, Notifications};
 use test_support::smtp::{Behaviour, SmtpSink};
-use tokio::net::TcpListener;
+use uuid::Uuid;
 
 /// Far above what any of these exchanges needs on loopback, far below a hang.
 const BOUND: Duration = Duration::from_secs(10);
 
-/// What "at once" means for queueing an email: nothing is sent meanwhile,
-/// so this is a bound for a loaded CI machine, far below any SMTP timeout.
-const AT_ONCE: Duration = Duration::from_millis(500);
-
-/// Short waits, so that retries happen within a test's time.
-fn quick(timeout: Duration) -> EmailSettings {
-    EmailSettings {
-        timeout,
-        attempts: 3,
-        backoff: Duration::from_millis(20),
-        queue_capacity: 10,
-    }
-}
-
-fn start(url: &str, settings: EmailSettings) -> (EmailNotifications, EmailSender) {
-    EmailNotifications::start(url, DEFAULT_RECIPIENT, DEFAULT_SENDER, settings)
+fn start(url: &str, settings: EmailSettings) -> EmailNotifications {
+    EmailNotifications::new(url, DEFAULT_RECIPIENT, DEFAULT_SENDER, settings)
         .expect("valid settings")
 }
 
 fn notification(subject: &str) -> Notification {
     Notification {
+        id: Uuid::new_v4(),
         subject: subject.into(),
         body: "b".into(),
     }
 }
 
-/// A server that accepts connections and never says a word, and how many
-/// it accepted so far.
-async fn hung_server() -> (String, tokio::sync::watch::Receiver<usize>) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a loopback port");
-    let url = format!("smtp://{}", listener.local_addr().expect("a bound address"));
-    let (count, accepted) = tokio::sync::watch::channel(0);
-    tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            // Kept open and silent, until the test ends.
-            open.push(stream);
-            count.send_replace(open.len());
-        }
-    });
-    (url, accepted)
-}
-
 #[tokio::test]
-async fn out_of_stock_is_emailed_to_the_default_recipient_from_the_default_sender() {
+async fn out_of_stock_is_emailed_to_the_default_recipient_with_its_message_id() {
     let mut sink = SmtpSink::start(Behaviour::Accepting).await;
-    let (notifications, _sender) = start(sink.url(), EmailSettings::default());
+    let notifications = start(sink.url(), EmailSettings::default());
+    let id = Uuid::from_u128(0x0b5c_1d00_0000_4000_8000_0000_0000_0042);
     let event = OutOfStock {
         sku: Sku::parse("SMALL-TABLE").expect("a valid SKU"),
     };
 
-    send_out_of_stock_notification(&event, &notifications)
+    notifications
+        .send(&out_of_stock_notification(id, &event))
         .await
-        .expect("queued");
+        .expect("sent");
 
     let mail = sink.next().await;
     assert_eq!(mail.mail_from, "allocations@example.com");
@@ -84,14 +53,44 @@ async fn out_of_stock_is_emailed_to_the_default_recipient_from_the_default_sende
     assert_eq!(mail.header("From"), Some("allocations@example.com"));
     assert_eq!(mail.header("To"), Some("stock@made.com"));
     assert_eq!(mail.header("Subject"), Some("Out of stock for SMALL-TABLE"));
+    assert_eq!(
+        mail.header("Message-ID"),
+        Some("<0b5c1d00-0000-4000-8000-000000000042@allocation>")
+    );
+    assert_eq!(
+        message_id(id),
+        "<0b5c1d00-0000-4000-8000-000000000042@allocation>"
+    );
     let body = mail.body();
     assert!(body.contains("Out of stock for SMALL-TABLE"), "{body:?}");
+}
+
+/// A re-send (after a crash between the server's acceptance and the
+/// relay's mark) carries the same Message-ID: what lets a mail system drop
+/// it.
+#[tokio::test]
+async fn the_same_notification_sent_twice_has_the_same_message_id() {
+    let mut sink = SmtpSink::start(Behaviour::Accepting).await;
+    let notifications = start(sink.url(), EmailSettings::default());
+    let twice = notification("again");
+    let other = notification("other");
+
+    for sent in [&twice, &twice, &other] {
+        notifications.send(sent).await.expect("sent");
+    }
+
+    let ids: Vec<String> = [sink.next().await, sink.next().await, sink.next().await]
+        .iter()
+        .map(|mail| mail.header("Message-ID").expect("a Message-ID").to_owned())
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_ne!(ids[0], ids[2]);
 }
 
 #[tokio::test]
 async fn recipient_and_sender_are_configurable() {
     let mut sink = SmtpSink::start(Behaviour::Accepting).await;
-    let (notifications, _sender) = EmailNotifications::start(
+    let notifications = EmailNotifications::new(
         sink.url(),
         "buyers@shop.test",
         "Stock robot <robot@shop.test>",
@@ -101,12 +100,13 @@ async fn recipient_and_sender_are_configurable() {
 
     notifications
         .send(&Notification {
+            id: Uuid::new_v4(),
             subject: "Restock".into(),
             // A line starting with a dot must survive SMTP's dot-stuffing.
             body: "first line\n.second line starts with a dot\n".into(),
         })
         .await
-        .expect("queued");
+        .expect("sent");
 
     let mail = sink.next().await;
     assert_eq!(mail.mail_from, "robot@shop.test");
@@ -122,109 +122,65 @@ async fn recipient_and_sender_are_configurable() {
     );
 }
 
-/// The heart of it: a server that accepts and then hangs delays nobody.
-/// Sending returns at once (the default timeout is 10 s); the sender keeps
-/// trying in the background, each attempt cut off by its timeout; and at
-/// shutdown it gives up after its grace period.
+/// A server that accepts and then hangs costs one attempt its timeout, no
+/// more, and the attempt is an error: the relay keeps the email.
 #[tokio::test]
-async fn a_hung_server_delays_neither_sending_nor_shutdown() {
-    let (url, mut accepted) = hung_server().await;
-    let (notifications, sender) = start(&url, quick(Duration::from_millis(200)));
+async fn a_hung_server_fails_the_attempt_within_its_timeout() {
+    let sink = SmtpSink::start(Behaviour::Silent).await;
+    let timeout = Duration::from_millis(200);
+    let notifications = start(sink.url(), EmailSettings { timeout });
 
-    let took = send_emails(&notifications, "email", 3).await;
-    assert!(took < AT_ONCE, "three sends took {took:?}");
-
-    // The first email's attempts: each one timed out, then one more came.
-    let retried = accepted.wait_for(|count| *count >= 2);
-    assert!(
-        tokio::time::timeout(BOUND, retried).await.is_ok(),
-        "the sender did not try again after its attempt timed out"
-    );
-
-    let grace = Duration::from_millis(300);
     let started = Instant::now();
-    tokio::time::timeout(BOUND, sender.finish(grace))
-        .await
-        .expect("finish returns");
+    let sent = notifications.send(&notification("hung")).await;
     let took = started.elapsed();
-    assert!(took < grace + AT_ONCE, "shutdown took {took:?}");
-    // The queue is closed now: sending still returns at once, and drops.
-    let started = Instant::now();
-    notifications
-        .send(&notification("after shutdown"))
-        .await
-        .expect("dropped, not an error");
-    assert!(started.elapsed() < AT_ONCE);
+    let error = sent.expect_err("a timeout is an error, to try again");
+    assert!(error.to_string().contains("did not finish"), "{error}");
+    assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
 }
 
+/// No server at all (SMTP down): an error at once, to try again later.
 #[tokio::test]
-async fn a_full_queue_drops_new_emails_rather_than_wait() {
-    let (url, _accepted) = hung_server().await;
-    let settings = EmailSettings {
-        queue_capacity: 1,
-        ..EmailSettings::default()
-    };
-    let (notifications, sender) = start(&url, settings);
+async fn no_server_is_an_error_to_try_again() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let url = format!("smtp://{}", listener.local_addr().expect("an address"));
+    drop(listener);
+    let notifications = start(&url, EmailSettings { timeout: BOUND });
 
-    let took = send_emails(&notifications, "email", 50).await;
-    assert!(took < AT_ONCE, "50 sends to a full queue took {took:?}");
-    sender.finish(Duration::from_millis(100)).await;
+    let sent = tokio::time::timeout(BOUND, notifications.send(&notification("nobody")))
+        .await
+        .expect("within its timeout");
+    assert!(sent.is_err(), "a refused connection is an error");
 }
 
+/// "Try again later" (4xx) is an error: the relay tries again with its
+/// backoff, and the email arrives once the server takes it.
 #[tokio::test]
-async fn an_email_the_server_asks_to_try_again_later_is_retried_and_arrives() {
-    let mut sink = SmtpSink::start(Behaviour::BusyFirst(2)).await;
-    let (notifications, _sender) = start(sink.url(), quick(BOUND));
+async fn try_again_later_is_an_error_and_the_next_attempt_arrives() {
+    let mut sink = SmtpSink::start(Behaviour::BusyFirst(1)).await;
+    let notifications = start(sink.url(), EmailSettings { timeout: BOUND });
+    let email = notification("second time lucky");
 
-    notifications
-        .send(&notification("third time lucky"))
-        .await
-        .expect("queued");
+    assert!(notifications.send(&email).await.is_err(), "busy: try again");
+    notifications.send(&email).await.expect("accepted");
 
     let mail = sink.next().await;
-    assert_eq!(mail.header("Subject"), Some("third time lucky"));
-    assert_eq!(sink.sessions(), 3, "refused twice, then accepted");
+    assert_eq!(mail.header("Subject"), Some("second time lucky"));
+    assert_eq!(sink.sessions(), 2, "one session per attempt");
 }
 
+/// A permanent refusal (5xx) would be refused on every attempt: it is
+/// dropped (logged and counted) and reported done, so that the relay marks
+/// it sent instead of retrying it forever ahead of the emails behind it.
 #[tokio::test]
-async fn a_permanent_refusal_is_not_retried() {
+async fn a_permanent_refusal_is_dropped_not_retried() {
     let mut sink = SmtpSink::start(Behaviour::RefusingRecipients).await;
-    let (notifications, sender) = start(sink.url(), quick(BOUND));
+    let notifications = start(sink.url(), EmailSettings { timeout: BOUND });
 
     notifications
         .send(&notification("nobody here"))
         .await
-        .expect("queued");
-    // Finishing waits for the queue to empty: the one attempt is over.
-    sender.finish(BOUND).await;
+        .expect("dropped, not an error");
 
-    assert_eq!(sink.sessions(), 1, "a 5xx refusal is final");
+    assert_eq!(sink.sessions(), 1, "one attempt");
     assert!(sink.next_within(Duration::from_millis(100)).await.is_none());
-}
-
-#[tokio::test]
-async fn shutdown_sends_what_is_queued_within_its_grace_period() {
-    let mut sink = SmtpSink::start(Behaviour::Accepting).await;
-    let (notifications, sender) = start(sink.url(), quick(BOUND));
-    send_emails(&notifications, "queued", 3).await;
-
-    sender.finish(BOUND).await;
-
-    for n in 0..3 {
-        let mail = sink.next().await;
-        assert_eq!(mail.header("Subject"), Some(format!("queued {n}").as_str()));
-    }
-}
-
-/// Sends `count` notifications, subjects `<prefix> 0`, `<prefix> 1`...;
-/// how long that took. Each is queued or dropped, never an error.
-async fn send_emails(notifications: &EmailNotifications, prefix: &str, count: usize) -> Duration {
-    let started = Instant::now();
-    for n in 0..count {
-        notifications
-            .send(&notification(&format!("{prefix} {n}")))
-            .await
-            .expect("queued or dropped, never an error");
-    }
-    started.elapsed()
 }

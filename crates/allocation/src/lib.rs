@@ -20,9 +20,7 @@ use service_layer::{MessageBus, Store};
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::bootstrap::{
-    OutboundAdapterTasks, OutboundAdapters, Service, bootstrap, open_sql_store,
-};
+use crate::bootstrap::{OutboundAdapters, Service, bootstrap, open_sql_store};
 use crate::config::{Cli, Command, DatabaseArgs, MessagingArgs, ServeArgs, StoreUrl, WorkerArgs};
 use crate::entrypoints::http::{self, AppState};
 use crate::entrypoints::redis::consume_channels;
@@ -100,7 +98,7 @@ impl WithStore for Serve {
         store: S,
     ) -> anyhow::Result<()> {
         let Serve(args) = self;
-        let (outbound, outbound_tasks) = OutboundAdapters::start(&args.messaging)?;
+        let outbound = OutboundAdapters::start(&args.messaging)?;
         let service = bootstrap(store, outbound);
         let listener = http::server::bind(args.bind)
             .with_context(|| format!("cannot listen on {}", args.bind))?;
@@ -115,7 +113,7 @@ impl WithStore for Serve {
             &args.http.settings(),
         );
         let upkeep = tokio::spawn(crate::metrics::upkeep_forever());
-        let workers = Workers::start(&service, &args.messaging, true, outbound_tasks)?;
+        let workers = Workers::start(&service, &args.messaging, true)?;
         info!(database = %args.database.database_url, "listening on http://{address}");
         let stop_intake = workers.stop_intake.clone();
         http::server::serve(listener, app, args.http.connection_limits(), async move {
@@ -143,9 +141,9 @@ impl WithStore for ConsumeOrRelay {
         self,
         store: S,
     ) -> anyhow::Result<()> {
-        let (outbound, outbound_tasks) = OutboundAdapters::start(&self.args.messaging)?;
+        let outbound = OutboundAdapters::start(&self.args.messaging)?;
         let service = bootstrap(store, outbound);
-        let workers = Workers::start(&service, &self.args.messaging, self.consume, outbound_tasks)?;
+        let workers = Workers::start(&service, &self.args.messaging, self.consume)?;
         // Probes and metrics only: this process takes no requests.
         let bind = self.args.bind.unwrap_or_else(|| {
             let port = if self.consume { 5006 } else { 5007 };
@@ -181,22 +179,21 @@ impl WithStore for ConsumeOrRelay {
     }
 }
 
-/// The background tasks: the Redis consumer (optional), the relay, and
-/// those of the outbound adapters (the email sender).
+/// The background tasks: the Redis consumer (optional) and the outbox
+/// relays (messages to Redis or the log, emails to SMTP or the log).
 ///
-/// Shutdown runs in three steps: first nothing new comes in (HTTP and the
+/// Shutdown runs in two steps: first nothing new comes in (HTTP and the
 /// consumer finish what they are handling, and the bus the commands whose
-/// callers went away), then the relay publishes what those last commands
-/// wrote and stops, then the emails they queued get a short grace period (a
-/// hung SMTP server must not hold up the exit).
+/// callers went away), then the relays send what those last commands wrote
+/// and stop, each within its shutdown grace (a hung SMTP server must not
+/// hold up the exit: what is not sent stays in the outbox).
 struct Workers<S> {
     stop_intake: watch::Sender<bool>,
     stop_relay: watch::Sender<bool>,
     consumer: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     stream_consumer: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    relay: tokio::task::JoinHandle<()>,
+    relays: Vec<tokio::task::JoinHandle<()>>,
     bus: Arc<MessageBus<S>>,
-    outbound: OutboundAdapterTasks,
 }
 
 impl<S: Store + Outbox> Workers<S> {
@@ -206,7 +203,6 @@ impl<S: Store + Outbox> Workers<S> {
         service: &Service<S>,
         messaging: &MessagingArgs,
         consume: bool,
-        outbound: OutboundAdapterTasks,
     ) -> anyhow::Result<Self> {
         let (stop_intake, intake_stopped) = watch::channel(false);
         let (stop_relay, relay_stopped) = watch::channel(false);
@@ -224,18 +220,21 @@ impl<S: Store + Outbox> Workers<S> {
             let bus = service.bus.clone();
             tokio::spawn(async move { consume_channels(bus, &url, stopped(intake_stopped)).await })
         });
-        let relay = {
-            let relay = service.relay.clone();
-            tokio::spawn(async move { relay.run(stopped(relay_stopped)).await })
-        };
+        let relays = service
+            .relays()
+            .into_iter()
+            .map(|relay| {
+                let stop = stopped(relay_stopped.clone());
+                tokio::spawn(async move { relay.run(stop).await })
+            })
+            .collect();
         Ok(Self {
             stop_intake,
             stop_relay,
             consumer,
             stream_consumer,
-            relay,
+            relays,
             bus: service.bus.clone(),
-            outbound,
         })
     }
 
@@ -251,8 +250,9 @@ impl<S: Store + Outbox> Workers<S> {
         }
         self.bus.finish_running_commands().await;
         let _ = self.stop_relay.send(true);
-        self.relay.await.context("the outbox relay panicked")?;
-        self.outbound.finish().await;
+        for relay in self.relays {
+            relay.await.context("an outbox relay panicked")?;
+        }
         Ok(())
     }
 }

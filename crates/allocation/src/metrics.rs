@@ -103,7 +103,7 @@ fn describe() {
     );
     describe_gauge!(
         OUTBOX_MESSAGES,
-        "Committed line_allocated messages not yet published (at scrape time)"
+        "Committed outbox messages (for Redis and emails) not yet sent (at scrape time)"
     );
     describe_gauge!(
         OUTBOX_OLDEST_AGE,
@@ -139,6 +139,6 @@ fn describe() {
     describe_counter!(EMAILS_SENT, "Emails the SMTP server accepted");
     describe_counter!(
         EMAILS_DROPPED,
-        "Emails never sent, by reason (queue_full, failed, shutdown)"
+        "Emails the SMTP server refused for good (5xx), dropped rather than retried, by reason (refused)"
     );
 }

@@ -7,11 +7,17 @@
 //! - transactional: run inside the command's unit of work, before commit,
 //!   so their writes commit or roll back with the change: the read model
 //!   ([`add_allocation_to_read_model`], [`remove_allocation_from_read_model`]),
-//!   the outbox ([`add_to_outbox`]), the lines a shrinking batch gave up
+//!   the outbox ([`add_to_outbox`]: messages for other systems, and the
+//!   out-of-stock email), the lines a shrinking batch gave up
 //!   ([`reallocate`]), and the backorders waiting for the stock that
 //!   appeared ([`fill_backorders`]);
-//! - after commit: talk to the outside world or start a follow-up command
-//!   ([`send_out_of_stock_notification`], [`release_broken_hold`]).
+//! - after commit: start a follow-up command ([`release_broken_hold`]), or
+//!   wake the outbox relays (the bus does that itself).
+//!
+//! Nothing talks to the outside world from a handler: what must reach it
+//! goes through the outbox, so that a crash after the commit, or a server
+//! down for a while, loses nothing. [`out_of_stock_notification`] says what
+//! the out-of-stock email says when its relay sends it.
 
 use std::fmt;
 use std::future::Future;
@@ -35,8 +41,7 @@ pub use holds::{MAX_HOLD_TTL, PlacedHold};
 
 use crate::error::Error;
 use crate::ports::{
-    Notification, NotificationError, Notifications, OutboxMessage, Outgoing, StockNews, StoreError,
-    StoreTransaction, ViewChange,
+    Notification, OutboxMessage, Outgoing, StockNews, StoreError, StoreTransaction, ViewChange,
 };
 use crate::unit_of_work::UnitOfWork;
 
@@ -416,6 +421,9 @@ pub async fn handle_in_transaction<T: StoreTransaction>(
             remove_allocation_from_read_model(&e.orderid, &e.sku, &e.batchref, uow);
             fill_backorders(&e.sku, uow).await?;
         }
+        // An email, in the outbox like any message: one per event however
+        // many instances run, and not lost to a crash after the commit.
+        Event::OutOfStock(e) => add_to_outbox(Outgoing::OutOfStock(e.clone()), uow),
         Event::StockMoved(e) if e.movement.delta > 0 => fill_backorders(&e.sku, uow).await?,
         Event::HoldReleased(e) => fill_backorders(&e.sku, uow).await?,
         // Holds and backorders are read from the write tables: no read
@@ -425,7 +433,6 @@ pub async fn handle_in_transaction<T: StoreTransaction>(
         | Event::Shipped(_)
         | Event::BatchQuantityChanged(_)
         | Event::StockMoved(_)
-        | Event::OutOfStock(_)
         | Event::Held(_)
         | Event::HoldExtended(_)
         | Event::HoldBroken(_)
@@ -503,8 +510,9 @@ pub fn remove_allocation_from_read_model<T: StoreTransaction>(
 }
 
 /// Transactional: a message for other systems (`line_allocated` with an
-/// allocation, a stock level's crossing) is written with the change it
-/// tells of, so it cannot be lost between commit and publish.
+/// allocation, a stock level's crossing) or for people (the out-of-stock
+/// email) is written with the change it tells of, so it cannot be lost
+/// between commit and publish.
 pub fn add_to_outbox<T: StoreTransaction>(message: Outgoing, uow: &mut UnitOfWork<T>) {
     uow.add_to_outbox(OutboxMessage {
         message_id: Uuid::new_v4(),
@@ -512,16 +520,23 @@ pub fn add_to_outbox<T: StoreTransaction>(message: Outgoing, uow: &mut UnitOfWor
     });
 }
 
-/// After commit: warns the people who buy stock.
-pub async fn send_out_of_stock_notification(
-    event: &OutOfStock,
-    notifications: &dyn Notifications,
-) -> Result<(), NotificationError> {
-    let notification = Notification {
+/// What the out-of-stock email of outbox message `id` says, to warn the
+/// people who buy stock. The one place its wording lives.
+pub fn out_of_stock_notification(id: Uuid, event: &OutOfStock) -> Notification {
+    Notification {
+        id,
         subject: format!("Out of stock for {}", event.sku),
         body: format!("Out of stock for {}", event.sku),
-    };
-    notifications.send(&notification).await
+    }
+}
+
+/// The notification an outbox message is, if it is one: what the
+/// notifications relay sends.
+pub fn notification_of(message: &OutboxMessage) -> Option<Notification> {
+    match &message.message {
+        Outgoing::OutOfStock(event) => Some(out_of_stock_notification(message.message_id, event)),
+        Outgoing::LineAllocated(_) | Outgoing::Stock(_) => None,
+    }
 }
 
 /// After commit: a hold that a shrinking batch broke is released whole,

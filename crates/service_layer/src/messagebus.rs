@@ -14,22 +14,20 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use domain::{Command, Event};
-use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
 use crate::caller::{Caller, ToTheEnd};
 use crate::error::Error;
 use crate::handlers;
-use crate::ports::{Clock, NotificationError, Notifications, Store};
+use crate::ports::{Clock, Destination, Store};
+use crate::relay::Wakeups;
 use crate::runner::{Committed, Grouped, RetryPolicy, Runner};
 use crate::telemetry::{count_handled, event_handled_key, handled_key, metric_names};
 
 /// Why an after-commit event handler failed.
 #[derive(Debug, thiserror::Error)]
 enum EventHandlerError {
-    #[error(transparent)]
-    Notification(#[from] NotificationError),
     #[error("follow-up command failed: {0}")]
     Command(#[from] Error),
 }
@@ -38,7 +36,6 @@ impl EventHandlerError {
     fn is_transient(&self) -> bool {
         match self {
             Self::Command(error) => error.is_transient(),
-            Self::Notification(_) => true,
         }
     }
 }
@@ -48,9 +45,9 @@ impl EventHandlerError {
 #[derive(Debug)]
 pub struct MessageBus<S> {
     runner: Runner<S>,
-    notifications: Arc<dyn Notifications>,
-    /// Tells the outbox relay that a commit just wrote to the outbox.
-    outbox_written: Arc<Notify>,
+    /// Tells the outbox relay of a destination that a commit just wrote
+    /// messages for it.
+    outbox_written: Wakeups,
     /// The commands running in tasks of their own (see `handle`), for a
     /// shutdown to wait for.
     running: TaskTracker,
@@ -72,15 +69,10 @@ impl<S> MessageBus<S> {
 }
 
 impl<S: Store> MessageBus<S> {
-    pub fn new(
-        store: S,
-        notifications: Arc<dyn Notifications>,
-        outbox_written: Arc<Notify>,
-        retry: RetryPolicy,
-    ) -> Self {
+    /// `outbox_written` wakes the relays (see [`Wakeups`]).
+    pub fn new(store: S, outbox_written: Wakeups, retry: RetryPolicy) -> Self {
         Self {
             runner: Runner::new(store, retry),
-            notifications,
             outbox_written,
             running: TaskTracker::new(),
         }
@@ -199,12 +191,13 @@ impl<S: Store> MessageBus<S> {
     /// before commit, see `runner`).
     async fn handle_event(&self, event: &Event) -> Result<Vec<Event>, EventHandlerError> {
         match event {
-            // The message is in the outbox already; wake the relay so that
-            // it goes out now rather than at the relay's next poll.
-            Event::Allocated(_) | Event::StockLevelChanged(_) => self.outbox_written.notify_one(),
-            Event::OutOfStock(e) => {
-                handlers::send_out_of_stock_notification(e, &*self.notifications).await?
+            // The message is in the outbox already; wake its destination's
+            // relay so that it goes out now rather than at the relay's next
+            // poll.
+            Event::Allocated(_) | Event::StockLevelChanged(_) => {
+                self.outbox_written.ring(Destination::Messages);
             }
+            Event::OutOfStock(_) => self.outbox_written.ring(Destination::Notifications),
             Event::HoldBroken(e) => {
                 let follow_up = handlers::release_broken_hold(e);
                 // Boxed: every command's future holds its events' handlers,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
-use domain::events::{Allocated, StockMessage};
+use domain::events::{Allocated, OutOfStock, StockMessage};
 use domain::{BatchRef, Event, HoldId, Movement, OrderId, Product, Reason, Settings, Sku};
 use uuid::Uuid;
 
@@ -36,6 +36,10 @@ impl Clock for SystemClock {
 /// A message for the people who look after stock, e.g. "Out of stock".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
+    /// The outbox message it comes from: the same on every re-send, so
+    /// that mail systems can drop the duplicate an at-least-once relay may
+    /// send (the email's Message-ID).
+    pub id: Uuid,
     pub subject: String,
     pub body: String,
 }
@@ -44,7 +48,9 @@ pub struct Notification {
 #[error("notification not sent: {0}")]
 pub struct NotificationError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
-/// Sends notifications (email in production, the log by default).
+/// Sends notifications (email in production, the log by default). The
+/// notifications relay calls it for each notification in the outbox; an
+/// error leaves the notification there, to be tried again.
 #[async_trait]
 pub trait Notifications: Send + Sync + std::fmt::Debug {
     async fn send(&self, notification: &Notification) -> Result<(), NotificationError>;
@@ -54,9 +60,9 @@ pub trait Notifications: Send + Sync + std::fmt::Debug {
 #[error("message not published: {0}")]
 pub struct PublishError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
-/// A message for other systems. It is written to the outbox in the same
-/// transaction as the change it announces, and published by the relay
-/// afterwards.
+/// A message for other systems or for people. It is written to the outbox
+/// in the same transaction as the change it announces, and published by
+/// the relay of its [`Destination`] afterwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
     /// Unique per message and the same on every re-send: delivery is at
@@ -70,7 +76,7 @@ impl OutboxMessage {
     pub fn line_allocated(&self) -> Option<&Allocated> {
         match &self.message {
             Outgoing::LineAllocated(allocated) => Some(allocated),
-            Outgoing::Stock(_) => None,
+            Outgoing::Stock(_) | Outgoing::OutOfStock(_) => None,
         }
     }
 }
@@ -82,6 +88,9 @@ pub enum Outgoing {
     LineAllocated(Allocated),
     /// `stock_exhausted`, `back_in_stock` or `low_stock`.
     Stock(StockNews),
+    /// The out-of-stock email to the people who buy stock: a line found no
+    /// stock.
+    OutOfStock(OutOfStock),
 }
 
 impl Outgoing {
@@ -89,7 +98,44 @@ impl Outgoing {
         match self {
             Self::LineAllocated(allocated) => &allocated.sku,
             Self::Stock(news) => &news.sku,
+            Self::OutOfStock(event) => &event.sku,
         }
+    }
+
+    /// Who it is for, hence which relay sends it.
+    pub fn destination(&self) -> Destination {
+        match self {
+            Self::LineAllocated(_) | Self::Stock(_) => Destination::Messages,
+            Self::OutOfStock(_) => Destination::Notifications,
+        }
+    }
+}
+
+/// Where outbox messages go: each destination has a relay of its own, so
+/// that one being down (SMTP, say) never holds up the other's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// Other systems, through the [`Publisher`] (Redis).
+    Messages,
+    /// People, through [`Notifications`] (email).
+    Notifications,
+}
+
+impl Destination {
+    pub const ALL: [Self; 2] = [Self::Messages, Self::Notifications];
+
+    /// Its name in the outbox table, the log and the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Messages => "messages",
+            Self::Notifications => "notifications",
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -111,7 +157,9 @@ pub struct ClaimedMessage {
     pub message: OutboxMessage,
 }
 
-/// Publishes outbox messages to other systems (Redis in production).
+/// Sends outbox messages of one destination on: to other systems (Redis in
+/// production), or as notifications to people (see
+/// `relay::NotificationPublisher`).
 #[async_trait]
 pub trait Publisher: Send + Sync + std::fmt::Debug {
     async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError>;
@@ -119,13 +167,16 @@ pub trait Publisher: Send + Sync + std::fmt::Debug {
 
 /// The outbox as the relay sees it: committed messages waiting to go out.
 pub trait Outbox: Clone + Send + Sync + 'static {
-    /// Claims up to `limit` unsent messages, oldest first, for `lease`:
-    /// other relays skip them until it ends, so that in normal operation
-    /// each message is published once even with several relays running.
+    /// Claims up to `limit` unsent messages for `destination`, oldest
+    /// first, for `lease`: other relays skip them until it ends, so that in
+    /// normal operation each message is published once even with several
+    /// relays running. Messages for other destinations are not looked at:
+    /// one destination's backlog never delays another's.
     fn claim(
         &self,
         limit: u32,
         lease: Duration,
+        destination: Destination,
     ) -> impl Future<Output = Result<Vec<ClaimedMessage>, StoreError>> + Send;
 
     /// Records that these messages went out; they are never claimed again.

@@ -1,21 +1,28 @@
 //! The outbox relay (transactional outbox pattern, the book's chapter 11
-//! done without its footgun). Commits write the messages for other systems
-//! into the outbox table, in the same transaction as the change; the relay
-//! publishes what was committed and marks it sent.
+//! done without its footgun). Commits write the messages for other systems,
+//! and the out-of-stock emails for people, into the outbox table, in the
+//! same transaction as the change; a relay per [`Destination`] sends what
+//! was committed and marks it sent.
 //!
-//! Delivery is at least once: a message is marked sent only after it was
-//! published, so a crash in between publishes it again (consumers drop the
-//! duplicate by its `message_id`). Several relays may run at once: each
-//! claims a batch for a lease, and the others skip claimed messages.
+//! Delivery is at least once: a message is marked sent only after it went
+//! out, so a crash in between sends it again (consumers drop the duplicate
+//! by its `message_id`, mail systems by the email's Message-ID). Several
+//! relays of a destination may run at once (one per instance): each claims
+//! a batch for a lease, and the others skip claimed messages. Relays of
+//! different destinations never claim each other's messages, so SMTP being
+//! down holds up no Redis message, nor the other way round.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::ports::StoreError;
+use crate::handlers::notification_of;
+use crate::ports::{Destination, Notifications, OutboxMessage, StoreError};
 use crate::ports::{Outbox, PublishError, Publisher};
 
 /// How the relay paces itself.
@@ -36,6 +43,11 @@ pub struct RelaySettings {
     /// commits themselves; this bounds the rounds to one per linger, for
     /// that much more latency on each message.
     pub linger: Duration,
+    /// How long the relay may go on once shutdown has begun: the round in
+    /// hand and one last one. What is not sent by then stays in the outbox
+    /// for the next start (or another instance): a hung server must not
+    /// hold up the exit, and the outbox loses nothing.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for RelaySettings {
@@ -46,6 +58,7 @@ impl Default for RelaySettings {
             idle_poll: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
             linger: Duration::from_millis(10),
+            shutdown_grace: Duration::from_secs(2),
         }
     }
 }
@@ -59,29 +72,110 @@ pub enum RelayError {
     Store(#[from] StoreError),
 }
 
-/// Publishes committed outbox messages. Cheap to share behind an `Arc`.
+/// The bus's wake-up calls to the relays, one per destination: a commit
+/// that wrote messages for a destination rings its relay, which then sends
+/// them at once instead of at its next poll. One `Notify` each, because
+/// `notify_one` wakes a single waiter: with one for both, the email relay
+/// could take the call meant for the Redis one. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Wakeups {
+    messages: Arc<Notify>,
+    notifications: Arc<Notify>,
+}
+
+impl Wakeups {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What the relay of `destination` waits on.
+    pub fn of(&self, destination: Destination) -> Arc<Notify> {
+        match destination {
+            Destination::Messages => Arc::clone(&self.messages),
+            Destination::Notifications => Arc::clone(&self.notifications),
+        }
+    }
+
+    /// Wakes the relay of `destination` (or, if it is busy, has its next
+    /// wait end at once).
+    pub fn ring(&self, destination: Destination) {
+        match destination {
+            Destination::Messages => self.messages.notify_one(),
+            Destination::Notifications => self.notifications.notify_one(),
+        }
+    }
+}
+
+/// The notifications relay's publisher: turns each outbox message into the
+/// notification it is and sends it through the [`Notifications`] port
+/// (email, or the log). A failed send is a failed publish: the relay keeps
+/// the notification and tries again with its backoff.
+#[derive(Debug)]
+pub struct NotificationPublisher {
+    notifications: Arc<dyn Notifications>,
+}
+
+impl NotificationPublisher {
+    pub fn new(notifications: Arc<dyn Notifications>) -> Self {
+        Self { notifications }
+    }
+}
+
+/// An outbox message that is not a notification, claimed as one: a row
+/// written with the wrong destination.
+#[derive(Debug, thiserror::Error)]
+#[error("outbox message {message_id} is not a notification")]
+pub struct NotANotification {
+    pub message_id: uuid::Uuid,
+}
+
+#[async_trait]
+impl Publisher for NotificationPublisher {
+    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
+        let notification = notification_of(message).ok_or_else(|| {
+            PublishError(Box::new(NotANotification {
+                message_id: message.message_id,
+            }))
+        })?;
+        self.notifications
+            .send(&notification)
+            .await
+            .map_err(|error| PublishError(Box::new(error)))
+    }
+}
+
+/// Sends the committed outbox messages of one destination. Cheap to share
+/// behind an `Arc`.
 #[derive(Debug)]
 pub struct OutboxRelay<O> {
     outbox: O,
+    destination: Destination,
     publisher: Arc<dyn Publisher>,
     wakeup: Arc<Notify>,
     settings: RelaySettings,
 }
 
 impl<O: Outbox> OutboxRelay<O> {
-    /// `wakeup` is the bus's signal that a commit just wrote to the outbox.
+    /// Sends `destination`'s messages through `publisher`. `wakeup` is the
+    /// bus's signal that a commit just wrote some (`Wakeups::of`).
     pub fn new(
         outbox: O,
+        destination: Destination,
         publisher: Arc<dyn Publisher>,
         wakeup: Arc<Notify>,
         settings: RelaySettings,
     ) -> Self {
         Self {
             outbox,
+            destination,
             publisher,
             wakeup,
             settings,
         }
+    }
+
+    pub fn destination(&self) -> Destination {
+        self.destination
     }
 
     /// Publishes everything waiting now, round by round, and returns how
@@ -92,7 +186,11 @@ impl<O: Outbox> OutboxRelay<O> {
         loop {
             let claimed = self
                 .outbox
-                .claim(self.settings.batch_size, self.settings.lease)
+                .claim(
+                    self.settings.batch_size,
+                    self.settings.lease,
+                    self.destination,
+                )
                 .await?;
             if claimed.is_empty() {
                 return Ok(published);
@@ -128,15 +226,32 @@ impl<O: Outbox> OutboxRelay<O> {
     /// Relays until `shutdown` resolves, then publishes what is pending one
     /// last time. Waits for a commit's wake-up (then lingers) or the idle
     /// poll when there is nothing to do, and backs off exponentially while
-    /// failing.
+    /// failing. Once `shutdown` resolves, the round in hand and the last
+    /// one get [`RelaySettings::shutdown_grace`] together; a round cut off
+    /// leaves its messages in the outbox (claimed ones until their lease
+    /// ends), so a hung server delays the exit by that much at most.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        let destination = self.destination;
         tokio::pin!(shutdown);
         let mut backoff = Duration::ZERO;
-        loop {
-            let pause = match self.relay_pending().await {
+        let deadline = loop {
+            let round = self.relay_pending();
+            tokio::pin!(round);
+            let outcome = tokio::select! {
+                outcome = &mut round => outcome,
+                () = &mut shutdown => {
+                    let deadline = Instant::now() + self.settings.shutdown_grace;
+                    if tokio::time::timeout_at(deadline, round).await.is_err() {
+                        warn!(%destination, "outbox relay stopped mid-round; unsent messages stay in the outbox");
+                        return;
+                    }
+                    break deadline;
+                }
+            };
+            let pause = match outcome {
                 Ok(published) => {
                     if published > 0 {
-                        debug!(published, "relayed outbox messages");
+                        debug!(%destination, published, "relayed outbox messages");
                     }
                     backoff = Duration::ZERO;
                     self.settings.idle_poll
@@ -145,24 +260,30 @@ impl<O: Outbox> OutboxRelay<O> {
                     backoff = (backoff * 2)
                         .max(Duration::from_millis(100))
                         .min(self.settings.max_backoff);
-                    warn!(%error, retry_in = ?backoff, "outbox relay failed; messages stay in the outbox");
+                    warn!(%destination, %error, retry_in = ?backoff, "outbox relay failed; messages stay in the outbox");
                     backoff
                 }
             };
             tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown => break Instant::now() + self.settings.shutdown_grace,
                 () = self.wakeup.notified(), if backoff.is_zero() => {
                     tokio::select! {
-                        () = &mut shutdown => break,
+                        () = &mut shutdown => break Instant::now() + self.settings.shutdown_grace,
                         () = tokio::time::sleep(self.settings.linger) => {}
                     }
                 }
                 () = tokio::time::sleep(pause) => {}
             }
-        }
-        match self.relay_pending().await {
-            Ok(published) => info!(published, "outbox relay stopped"),
-            Err(error) => warn!(%error, "outbox relay stopped; unsent messages stay in the outbox"),
+        };
+        match tokio::time::timeout_at(deadline, self.relay_pending()).await {
+            Ok(Ok(published)) => info!(%destination, published, "outbox relay stopped"),
+            Ok(Err(error)) => {
+                warn!(%destination, %error, "outbox relay stopped; unsent messages stay in the outbox");
+            }
+            Err(_) => warn!(
+                %destination,
+                "outbox relay stopped mid-round; unsent messages stay in the outbox"
+            ),
         }
     }
 }
@@ -180,17 +301,16 @@ mod tests {
     struct Setup {
         store: MemoryStore,
         bus: Arc<MessageBus<MemoryStore>>,
-        wakeup: Arc<Notify>,
+        wakeups: Wakeups,
     }
 
     /// A store with `orders` lines allocated and their messages in the outbox.
     async fn with_allocations(orders: usize) -> Setup {
         let store = MemoryStore::new();
-        let wakeup = Arc::new(Notify::new());
+        let wakeups = Wakeups::new();
         let bus = Arc::new(MessageBus::new(
             store.clone(),
-            Arc::new(RecordingNotifications::new()),
-            wakeup.clone(),
+            wakeups.clone(),
             RetryPolicy::default(),
         ));
         let sku = Sku::parse("LAMP").expect("sku");
@@ -204,7 +324,11 @@ mod tests {
         for n in 0..orders {
             allocate(&bus, n).await;
         }
-        Setup { store, bus, wakeup }
+        Setup {
+            store,
+            bus,
+            wakeups,
+        }
     }
 
     async fn allocate(bus: &Arc<MessageBus<MemoryStore>>, n: usize) {
@@ -223,8 +347,9 @@ mod tests {
         };
         OutboxRelay::new(
             setup.store.clone(),
+            Destination::Messages,
             publisher.clone(),
-            setup.wakeup.clone(),
+            setup.wakeups.of(Destination::Messages),
             settings,
         )
     }
@@ -305,5 +430,158 @@ mod tests {
         stop.send(()).expect("relay still running");
         running.await.expect("relay task");
         assert_eq!(orderids(&publisher), ["o1", "o2"], "flushed on shutdown");
+    }
+
+    /// An allocation that finds no stock for `orderid`: its email goes to
+    /// the outbox.
+    async fn run_out(bus: &Arc<MessageBus<MemoryStore>>, orderid: &str) {
+        let command = Allocate {
+            orderid: OrderId::parse(orderid).expect("orderid"),
+            sku: Sku::parse("LAMP").expect("sku"),
+            qty: Quantity::parse(5000, "qty").expect("qty"),
+        };
+        bus.handle(command).await.expect("handled");
+    }
+
+    fn email_relay(
+        setup: &Setup,
+        notifications: &Arc<RecordingNotifications>,
+    ) -> OutboxRelay<MemoryStore> {
+        OutboxRelay::new(
+            setup.store.clone(),
+            Destination::Notifications,
+            Arc::new(NotificationPublisher::new(notifications.clone())),
+            setup.wakeups.of(Destination::Notifications),
+            RelaySettings::default(),
+        )
+    }
+
+    /// Each relay claims its own destination's messages only: emails that
+    /// keep failing (SMTP down) hold up no Redis message, and the Redis
+    /// relay never takes an email.
+    #[tokio::test]
+    async fn a_failing_email_relay_does_not_hold_up_messages() {
+        let setup = with_allocations(1).await;
+        run_out(&setup.bus, "x1").await;
+        allocate(&setup.bus, 2).await;
+        let notifications = Arc::new(RecordingNotifications::failing(u32::MAX));
+        let emails = email_relay(&setup, &notifications);
+        let publisher = Arc::new(RecordingPublisher::new());
+        let messages = relay(&setup, &publisher);
+
+        assert!(emails.relay_pending().await.is_err(), "SMTP is down");
+        assert_eq!(messages.relay_pending().await.expect("relayed"), 2);
+        assert_eq!(orderids(&publisher), ["o0", "o2"]);
+        assert_eq!(publisher.published().len(), 2, "no email went to Redis");
+        let waiting = setup.store.unsent_messages();
+        assert_eq!(waiting.len(), 1, "the email waits");
+        assert_eq!(waiting[0].message.destination(), Destination::Notifications);
+    }
+
+    /// The same the other way round: a failing publisher leaves emails
+    /// going out.
+    #[tokio::test]
+    async fn a_failing_message_relay_does_not_hold_up_emails() {
+        let setup = with_allocations(2).await;
+        run_out(&setup.bus, "x1").await;
+        run_out(&setup.bus, "x2").await;
+        let publisher = Arc::new(RecordingPublisher::failing(u32::MAX));
+        let messages = relay(&setup, &publisher);
+        let notifications = Arc::new(RecordingNotifications::new());
+        let emails = email_relay(&setup, &notifications);
+
+        assert!(messages.relay_pending().await.is_err(), "Redis is down");
+        assert_eq!(emails.relay_pending().await.expect("sent"), 2);
+        let sent = notifications.sent();
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|n| n.subject == "Out of stock for LAMP"));
+        assert_ne!(sent[0].id, sent[1].id, "an id per email");
+        assert_eq!(setup.store.unsent_messages().len(), 2, "messages wait");
+    }
+
+    /// Two instances' email relays send each email once.
+    #[tokio::test]
+    async fn two_email_relays_send_each_email_once() {
+        let setup = with_allocations(0).await;
+        for n in 0..10 {
+            run_out(&setup.bus, &format!("x{n}")).await;
+        }
+        let notifications = Arc::new(RecordingNotifications::new());
+        let (first, second) = (
+            email_relay(&setup, &notifications),
+            email_relay(&setup, &notifications),
+        );
+        let (a, b) = tokio::join!(first.relay_pending(), second.relay_pending());
+        assert_eq!(a.expect("sent") + b.expect("sent"), 10);
+        let mut ids: Vec<_> = notifications.sent().iter().map(|n| n.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 10, "each email once");
+    }
+
+    /// A commit that wrote an email wakes the email relay: it sends at once,
+    /// not at its next poll.
+    #[tokio::test]
+    async fn the_email_relay_is_woken_by_the_commit() {
+        let setup = with_allocations(0).await;
+        let notifications = Arc::new(RecordingNotifications::new());
+        let settings = RelaySettings {
+            idle_poll: Duration::from_secs(3600),
+            ..RelaySettings::default()
+        };
+        let relay = Arc::new(OutboxRelay::new(
+            setup.store.clone(),
+            Destination::Notifications,
+            Arc::new(NotificationPublisher::new(notifications.clone())),
+            setup.wakeups.of(Destination::Notifications),
+            settings,
+        ));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn({
+            let relay = relay.clone();
+            async move { relay.run(async { stopped.await.unwrap_or(()) }).await }
+        });
+        // Let the relay's first (empty) round pass and its wait begin.
+        tokio::task::yield_now().await;
+
+        run_out(&setup.bus, "x1").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while notifications.sent().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(notifications.sent().len(), 1, "sent without a poll");
+        stop.send(()).expect("relay still running");
+        running.await.expect("relay task");
+    }
+
+    /// Shutdown does not wait for a server that hangs beyond the grace: the
+    /// email stays in the outbox for the next start.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_gives_up_on_a_hung_server_after_its_grace() {
+        #[derive(Debug)]
+        struct Hung;
+        #[async_trait]
+        impl Publisher for Hung {
+            async fn publish(&self, _: &OutboxMessage) -> Result<(), PublishError> {
+                std::future::pending().await
+            }
+        }
+        let setup = with_allocations(0).await;
+        run_out(&setup.bus, "x1").await;
+        let relay = OutboxRelay::new(
+            setup.store.clone(),
+            Destination::Notifications,
+            Arc::new(Hung),
+            setup.wakeups.of(Destination::Notifications),
+            RelaySettings::default(),
+        );
+        let started = tokio::time::Instant::now();
+        relay
+            .run(tokio::time::sleep(Duration::from_millis(50)))
+            .await;
+        let took = started.elapsed();
+        let grace = RelaySettings::default().shutdown_grace;
+        assert!(took <= grace + Duration::from_millis(100), "took {took:?}");
+        assert_eq!(setup.store.unsent_messages().len(), 1, "the email waits");
     }
 }

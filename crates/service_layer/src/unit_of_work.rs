@@ -237,12 +237,19 @@ impl<T: StoreTransaction> Repository<T> {
         events
     }
 
-    /// The transaction back, with what changed in every product seen.
+    /// The transaction back, with what changed in every product seen. A
+    /// product whose only event is `OutOfStock` changed nothing, yet is
+    /// checked and kept at its version: the out-of-stock email in the
+    /// outbox hangs off that check, as every message does, and is only
+    /// true if no commit gave the product stock since it was read.
     fn into_changes(self) -> (T, Vec<ProductChanges>) {
         let changes = self
             .seen
             .into_values()
-            .filter(|tracked| tracked.stored_version != Some(tracked.product.version()))
+            .filter(|tracked| {
+                tracked.stored_version != Some(tracked.product.version())
+                    || !tracked.product.pending_events().is_empty()
+            })
             .map(|mut tracked| ProductChanges {
                 sku: tracked.product.sku().clone(),
                 stored_version: tracked.stored_version,

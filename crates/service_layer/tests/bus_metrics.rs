@@ -4,17 +4,18 @@
 //! event-handler retries and give-ups.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 
-use domain::commands::{Allocate, CreateBatch};
+use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, PlaceHold};
 use domain::fixtures::{batchref, orderid, qty, sku};
-use domain::{Allocation, BatchRef, Product, Sku};
+use domain::{Allocation, BatchRef, HoldId, OrderLines, Product, Sku};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use service_layer::memory::{MemoryStore, MemoryTransaction, RecordingNotifications};
+use service_layer::memory::{MemoryStore, MemoryTransaction};
 use service_layer::ports::{ChangeSet, Lines, StoreError, StoreTransaction};
+use service_layer::relay::Wakeups;
 use service_layer::{MessageBus, RetryPolicy, Store};
-use tokio::sync::Notify;
 
 /// Runs `test` on one thread with paused time (retry backoffs pass at
 /// once), every metric going to a fresh recorder; returns the counters.
@@ -37,11 +38,10 @@ fn counted<F: Future<Output = ()>>(test: impl FnOnce() -> F) -> Vec<(CompositeKe
         .collect()
 }
 
-fn bus<S: Store>(store: S, notifications: RecordingNotifications) -> Arc<MessageBus<S>> {
+fn bus<S: Store>(store: S) -> Arc<MessageBus<S>> {
     Arc::new(MessageBus::new(
         store,
-        Arc::new(notifications),
-        Arc::new(Notify::new()),
+        Wakeups::new(),
         RetryPolicy::default(),
     ))
 }
@@ -85,15 +85,30 @@ fn counter(
 #[test]
 fn handled_messages_and_event_handler_retries_and_give_ups_are_counted() {
     let snapshot = counted(|| async {
-        // The out-of-stock notification fails on every attempt.
-        let bus = bus(
-            MemoryStore::new(),
-            RecordingNotifications::failing(u32::MAX),
-        );
-        bus.handle(create_batch(1)).await.expect("created");
-        let out_of_stock = bus.handle(allocate("o1", "LAMP", 5)).await;
+        let store = MemoryStore::new();
+        let working = bus(store.clone());
+        working.handle(create_batch(2)).await.expect("created");
+        let out_of_stock = working.handle(allocate("o1", "LAMP", 5)).await;
         assert_eq!(out_of_stock.expect("handled"), Allocation::OutOfStock);
-        assert!(bus.handle(allocate("o2", "NO-SUCH", 1)).await.is_err());
+        assert!(working.handle(allocate("o2", "NO-SUCH", 1)).await.is_err());
+        let hold = PlaceHold {
+            hold_id: HoldId::parse("h1").expect("hold id"),
+            lines: OrderLines::new(vec![(sku("LAMP"), qty(2))]).expect("lines"),
+            ttl: Duration::from_secs(600),
+        };
+        working.handle(hold).await.expect("held");
+        // The shrink commits and breaks the hold; the follow-up that
+        // releases it (an after-commit handler) fails on every attempt.
+        let failing = bus(Scripted {
+            inner: store,
+            conflicted: Arc::new(AtomicBool::new(true)),
+            commits_left: Arc::new(AtomicU32::new(1)),
+        });
+        let shrink = ChangeBatchQuantity {
+            reference: batchref("b1"),
+            qty: qty(1),
+        };
+        failing.handle(shrink).await.expect("shrunk");
     });
     let handled = |kind, name, outcome| {
         counter(
@@ -106,9 +121,11 @@ fn handled_messages_and_event_handler_retries_and_give_ups_are_counted() {
     assert_eq!(handled("event", "BatchCreated", "ok"), Some(1));
     assert_eq!(handled("command", "Allocate", "ok"), Some(1));
     assert_eq!(handled("command", "Allocate", "rejected"), Some(1));
-    assert_eq!(handled("event", "OutOfStock", "failed"), Some(1));
+    // The email is in the outbox: nothing after the commit can fail.
+    assert_eq!(handled("event", "OutOfStock", "ok"), Some(1));
+    assert_eq!(handled("event", "HoldBroken", "failed"), Some(1));
     let attempts = RetryPolicy::default().event_handler_attempts;
-    let event = [("event", "OutOfStock")];
+    let event = [("event", "HoldBroken")];
     assert_eq!(
         counter(&snapshot, "allocation_event_handler_retries_total", &event),
         Some(u64::from(attempts - 1))
@@ -123,15 +140,16 @@ fn handled_messages_and_event_handler_retries_and_give_ups_are_counted() {
 fn a_version_conflict_retry_is_counted() {
     let snapshot = counted(|| async {
         let store = MemoryStore::new();
-        bus(store.clone(), RecordingNotifications::new())
+        bus(store.clone())
             .handle(create_batch(10))
             .await
             .expect("created");
-        let conflicting = ConflictOnce {
+        let conflicting = Scripted {
             inner: store,
             conflicted: Arc::default(),
+            commits_left: Arc::new(AtomicU32::new(u32::MAX)),
         };
-        let bus = bus(conflicting, RecordingNotifications::new());
+        let bus = bus(conflicting);
         let allocated = bus.handle(allocate("o1", "LAMP", 1)).await;
         assert_eq!(
             allocated.expect("handled"),
@@ -146,32 +164,41 @@ fn a_version_conflict_retry_is_counted() {
     assert_eq!(retries, Some(1));
 }
 
-/// A store whose first commit fails with a version conflict, as if another
-/// instance had changed the product in between.
+/// A store whose first commit fails with a version conflict (unless
+/// `conflicted` already), as if another instance had changed the product in
+/// between; and whose commits fail for good once `commits_left` are spent,
+/// as a database gone away.
 #[derive(Debug, Clone)]
-struct ConflictOnce {
+struct Scripted {
     inner: MemoryStore,
     conflicted: Arc<AtomicBool>,
+    commits_left: Arc<AtomicU32>,
 }
 
 #[derive(Debug)]
-struct ConflictOnceTransaction {
+struct ScriptedTransaction {
     inner: MemoryTransaction,
     conflicted: Arc<AtomicBool>,
+    commits_left: Arc<AtomicU32>,
 }
 
-impl Store for ConflictOnce {
-    type Transaction = ConflictOnceTransaction;
+#[derive(Debug, thiserror::Error)]
+#[error("the database went away")]
+struct Gone;
 
-    async fn begin(&self) -> Result<ConflictOnceTransaction, StoreError> {
-        Ok(ConflictOnceTransaction {
+impl Store for Scripted {
+    type Transaction = ScriptedTransaction;
+
+    async fn begin(&self) -> Result<ScriptedTransaction, StoreError> {
+        Ok(ScriptedTransaction {
             inner: self.inner.begin().await?,
             conflicted: self.conflicted.clone(),
+            commits_left: self.commits_left.clone(),
         })
     }
 }
 
-impl StoreTransaction for ConflictOnceTransaction {
+impl StoreTransaction for ScriptedTransaction {
     async fn load(
         &mut self,
         sku: &Sku,
@@ -194,6 +221,13 @@ impl StoreTransaction for ConflictOnceTransaction {
     }
 
     async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {
+        let spent = self
+            .commits_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_err();
+        if spent {
+            return Err(StoreError::backend(Gone));
+        }
         if self.conflicted.swap(true, Ordering::SeqCst) {
             self.inner.commit(changes).await
         } else {
@@ -205,7 +239,7 @@ impl StoreTransaction for ConflictOnceTransaction {
 #[test]
 fn each_group_commit_records_its_size() {
     let snapshot = counted(|| async {
-        let bus = bus(MemoryStore::new(), RecordingNotifications::new());
+        let bus = bus(MemoryStore::new());
         bus.handle(create_batch(10)).await.expect("created");
         for order in ["o1", "o2", "o3"] {
             bus.handle(allocate(order, "LAMP", 1))

@@ -20,10 +20,10 @@ use domain::fixtures::{batchref, orderid, qty, sku};
 use domain::{Allocation, BatchRef, DomainError, HoldId, OrderLines, Sku};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use service_layer::memory::{ManualClock, MemoryStore, RecordingNotifications};
+use service_layer::memory::{ManualClock, MemoryStore};
 use service_layer::ports::{HoldState, LineStatus, ReadModel};
+use service_layer::relay::Wakeups;
 use service_layer::{Error, MessageBus, RetryPolicy};
-use tokio::sync::Notify;
 
 const SKUS: [&str; 2] = ["HOLD-CHAIR", "HOLD-TABLE"];
 const BATCHES: usize = 4;
@@ -123,12 +123,7 @@ impl App {
         let store = MemoryStore::new();
         let start = DateTime::from_timestamp(1_796_000_000, 0).expect("a time");
         let clock = Arc::new(ManualClock::new(start));
-        let bus = MessageBus::new(
-            store.clone(),
-            Arc::new(RecordingNotifications::new()),
-            Arc::new(Notify::new()),
-            RetryPolicy::default(),
-        );
+        let bus = MessageBus::new(store.clone(), Wakeups::new(), RetryPolicy::default());
         Self {
             bus: Arc::new(bus.with_clock(clock.clone())),
             store,

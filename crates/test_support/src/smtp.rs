@@ -70,9 +70,26 @@ pub struct SmtpSink {
 impl SmtpSink {
     /// Starts a sink on a free loopback port.
     pub async fn start(behaviour: Behaviour) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_at("127.0.0.1:0", behaviour).await
+    }
+
+    /// A loopback address nothing listens on (yet): an SMTP server that is
+    /// down, for a sink started there later ([`SmtpSink::start_at`]) to
+    /// bring up.
+    pub fn free_address() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        listener.local_addr().expect("a bound address").to_string()
+    }
+
+    /// Starts a sink at `address` (`host:port`).
+    ///
+    /// # Panics
+    ///
+    /// When the address cannot be bound.
+    pub async fn start_at(address: &str, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind(address)
             .await
-            .expect("bind a loopback port");
+            .unwrap_or_else(|error| panic!("bind {address}: {error}"));
         let url = format!("smtp://{}", listener.local_addr().expect("a bound address"));
         let (sender, received) = mpsc::unbounded_channel();
         let sessions = Arc::new(AtomicUsize::new(0));

@@ -1,18 +1,26 @@
 //! Outgoing messages are domain events told to other systems: [`encode`]
-//! gives an outbox message's channel and payload.
+//! gives an outbox message's channel and payload. The outbox also holds the
+//! out-of-stock emails, on a channel of their own ([`OUT_OF_STOCK`]) that
+//! names their rows; their relay sends them as email, never to Redis.
 
 use domain::events::{Allocated, StockMessage};
 use serde::Serialize;
 use service_layer::ports::{OutboxMessage, Outgoing, StockNews};
 use uuid::Uuid;
 
-use super::{BACK_IN_STOCK, LINE_ALLOCATED, LOW_STOCK, STOCK_EXHAUSTED};
+use super::{BACK_IN_STOCK, LINE_ALLOCATED, LOW_STOCK, OUT_OF_STOCK, STOCK_EXHAUSTED};
 
-/// The channel `message` goes out on, and its payload.
+/// The channel `message` goes out on, and its payload. An out-of-stock
+/// email has one too (`{"sku", "message_id"}`), for the log of a relay it
+/// was misrouted to: its own relay emails it.
 pub fn encode(message: &OutboxMessage) -> (&'static str, String) {
     let payload = match &message.message {
         Outgoing::LineAllocated(event) => encode_line_allocated(event, message.message_id),
         Outgoing::Stock(news) => encode_stock_news(news, message.message_id),
+        Outgoing::OutOfStock(event) => to_json(&StockLevel {
+            sku: event.sku.as_str(),
+            message_id: &message.message_id.hyphenated().to_string(),
+        }),
     };
     (channel_of(&message.message), payload)
 }
@@ -21,6 +29,7 @@ pub fn encode(message: &OutboxMessage) -> (&'static str, String) {
 pub fn channel_of(message: &Outgoing) -> &'static str {
     match message {
         Outgoing::LineAllocated(_) => LINE_ALLOCATED,
+        Outgoing::OutOfStock(_) => OUT_OF_STOCK,
         Outgoing::Stock(news) => match news.message {
             StockMessage::Exhausted => STOCK_EXHAUSTED,
             StockMessage::BackInStock => BACK_IN_STOCK,

@@ -1,47 +1,29 @@
-//! The outbox as the relay sees it (book chapter 11's "transactional
-//! outbox"): claiming committed messages for a lease, marking them sent,
-//! giving them back. Commits write the messages (`write`).
+//! The outbox as the relays see it (book chapter 11's "transactional
+//! outbox"): claiming a destination's committed messages for a lease,
+//! marking them sent, giving them back. Commits write the messages
+//! (`write`).
 
 use std::time::{Duration, SystemTime};
 
-use domain::events::{Allocated, StockMessage};
+use domain::events::{Allocated, OutOfStock, StockMessage};
 use domain::{BatchRef, OrderId, Sku};
 use service_layer::ports::{
-    ClaimedMessage, Outbox, OutboxBacklog, OutboxMessage, Outgoing, StockNews, StoreError,
+    ClaimedMessage, Destination, Outbox, OutboxBacklog, OutboxMessage, Outgoing, StockNews,
+    StoreError,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Executor};
 use uuid::Uuid;
 
 use super::rows::{get, identifier, mismatch, quantity_from_db, to_u64, unix_millis};
-use super::{Dialect, SqlStore};
+use super::{Dialect, SqlStore, queries};
 use crate::messages;
 
 impl Dialect {
-    /// Claims a batch of outbox rows for a lease. On PostgreSQL, `FOR UPDATE
-    /// SKIP LOCKED` lets relays of several instances claim side by side,
-    /// each skipping the rows another is claiming right now. SQLite runs one
-    /// writer at a time, so the plain statement is already exclusive.
     fn claim_outbox_statement(self) -> &'static str {
         match self {
-            Self::Sqlite => {
-                "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
-                 SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until <= $2 \
-                 ORDER BY id LIMIT $3) \
-                 RETURNING id, message_id, channel, orderid, sku, qty, batchref, available, threshold"
-            }
-            // `= ANY(ARRAY(...))` rather than `IN (...)`: the ids are
-            // picked first and then updated through the primary key. With
-            // `IN`, the planner may hash-join against a scan of the whole
-            // table, whose size is mostly the dead rows the relay leaves
-            // behind until vacuum: the claim would slow down as the outbox
-            // churns.
-            Self::Postgres => {
-                "UPDATE outbox SET claimed_until = $1 WHERE id = ANY(ARRAY(\
-                 SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until <= $2 \
-                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)) \
-                 RETURNING id, message_id, channel, orderid, sku, qty, batchref, available, threshold"
-            }
+            Self::Sqlite => queries::CLAIM_OUTBOX_SQLITE,
+            Self::Postgres => queries::CLAIM_OUTBOX_POSTGRES,
         }
     }
 }
@@ -62,6 +44,7 @@ fn outgoing(row: &AnyRow) -> Result<Outgoing, StoreError> {
                 sku,
             }));
         }
+        messages::OUT_OF_STOCK => return Ok(Outgoing::OutOfStock(OutOfStock { sku })),
         messages::STOCK_EXHAUSTED => StockMessage::Exhausted,
         messages::BACK_IN_STOCK => StockMessage::BackInStock,
         messages::LOW_STOCK => StockMessage::Low,
@@ -84,13 +67,19 @@ fn missing(column: &str) -> StoreError {
 }
 
 impl Outbox for SqlStore {
-    async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
+    async fn claim(
+        &self,
+        limit: u32,
+        lease: Duration,
+        destination: Destination,
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
         let _writing = self.wait_to_write().await?;
         let now = SystemTime::now();
         let rows = sqlx::query(self.dialect.claim_outbox_statement())
             .bind(unix_millis(now + lease))
             .bind(unix_millis(now))
             .bind(i64::from(limit))
+            .bind(destination.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::backend)?;

@@ -162,3 +162,27 @@ pub const SKUS_OF_HOLD: &str =
 pub const HOLD: &str = "SELECT h.sku, b.reference AS batchref, h.qty, h.expires_at, h.state \
      FROM hold_parts h JOIN batches b ON b.id = h.batch_id \
      WHERE h.hold_id = $1 ORDER BY h.sku, h.batch_id";
+
+/// A relay's claim of a batch of its destination's (`$4`) outbox rows, the
+/// oldest first, for a lease until `$1` (rows whose lease ended by `$2` are
+/// free again), at most `$3`: a range of the `(destination, id)` index, so
+/// the other destination's backlog costs nothing. SQLite runs one writer
+/// at a time, so the plain statement is already exclusive.
+pub const CLAIM_OUTBOX_SQLITE: &str = "UPDATE outbox SET claimed_until = $1 WHERE id IN (\
+     SELECT id FROM outbox WHERE destination = $4 \
+     AND (claimed_until IS NULL OR claimed_until <= $2) \
+     ORDER BY id LIMIT $3) \
+     RETURNING id, message_id, channel, orderid, sku, qty, batchref, available, threshold";
+
+/// [`CLAIM_OUTBOX_SQLITE`] on PostgreSQL: `FOR UPDATE SKIP LOCKED` lets
+/// relays of several instances claim side by side, each skipping the rows
+/// another is claiming right now. `= ANY(ARRAY(...))` rather than
+/// `IN (...)`: the ids are picked first and then updated through the
+/// primary key. With `IN`, the planner may hash-join against a scan of the
+/// whole table, whose size is mostly the dead rows the relay leaves behind
+/// until vacuum: the claim would slow down as the outbox churns.
+pub const CLAIM_OUTBOX_POSTGRES: &str = "UPDATE outbox SET claimed_until = $1 WHERE id = ANY(ARRAY(\
+     SELECT id FROM outbox WHERE destination = $4 \
+     AND (claimed_until IS NULL OR claimed_until <= $2) \
+     ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+     RETURNING id, message_id, channel, orderid, sku, qty, batchref, available, threshold";

@@ -374,7 +374,7 @@ async fn a_commit_naming_a_batch_that_is_not_stored_writes_nothing<
 
 /// Many requests for one SKU at once: none fails (on SQLite: no
 /// SQLITE_BUSY), and the batch is never over-allocated.
-async fn concurrent_allocations_never_over_allocate<S: Store + ReadModel>(store: S) {
+async fn concurrent_allocations_never_over_allocate<S: Store + ReadModel + Outbox>(store: S) {
     let retry = RetryPolicy {
         command_attempts: 200,
         ..RetryPolicy::default()
@@ -405,7 +405,7 @@ async fn concurrent_allocations_never_over_allocate<S: Store + ReadModel>(store:
     assert_eq!(allocated_totals(&batch_views(&store, &sku).await), vec![10]);
     assert_eq!(lines_of_batch(&store, &sku, &batch).await.len(), 10);
     assert_eq!(
-        bus.notifications.sent().len(),
+        emails_of(&store).await.len(),
         10,
         "one out-of-stock notice per refusal"
     );

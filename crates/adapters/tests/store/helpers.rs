@@ -10,9 +10,12 @@ use domain::events::{AllocationCancelled, Deallocated};
 use domain::{Allocation, BatchRef, Event, OrderId, OrderLine, Product, Quantity, Sku};
 use service_layer::UnitOfWork;
 use service_layer::handlers::handle_in_transaction;
-use service_layer::memory::{ManualClock, RecordingNotifications};
+use service_layer::handlers::notification_of;
+use service_layer::memory::ManualClock;
 use service_layer::ports::{AllocationView, BatchView, Outbox, OutboxMessage, ReadModel};
 use service_layer::ports::{ChangeSet, Lines, Outgoing, ProductChanges, ViewChange};
+use service_layer::ports::{Destination, Notification};
+use service_layer::relay::Wakeups;
 use service_layer::{Error, MessageBus, RetryPolicy, Store, StoreError, StoreTransaction};
 pub use test_support::unique;
 use tracing_subscriber::Layer as _;
@@ -70,10 +73,10 @@ pub async fn allocate_in<T: StoreTransaction>(
     allocated.batchref()
 }
 
-/// A message bus over `store` with recording fakes for the outside world.
+/// A message bus over `store`; no relay runs, so what it tells the outside
+/// world waits in the outbox.
 pub struct Bus<S> {
     pub bus: Arc<MessageBus<S>>,
-    pub notifications: Arc<RecordingNotifications>,
 }
 
 pub fn bus<S: Store>(store: &S) -> Bus<S> {
@@ -87,24 +90,16 @@ pub fn three_skus() -> [Sku; 3] {
 
 /// A bus whose time is `clock`'s.
 pub fn bus_with_clock<S: Store>(store: &S, clock: Arc<ManualClock>) -> Bus<S> {
-    let Bus { bus, notifications } = bus(store);
+    let Bus { bus } = bus(store);
     let bus = Arc::into_inner(bus).expect("the only handle on a new bus");
     Bus {
         bus: Arc::new(bus.with_clock(clock)),
-        notifications,
     }
 }
 
 pub fn bus_with<S: Store>(store: &S, retry: RetryPolicy) -> Bus<S> {
-    let notifications = Arc::new(RecordingNotifications::new());
-    let outbox_written = Arc::new(tokio::sync::Notify::new());
-    let bus = Arc::new(MessageBus::new(
-        store.clone(),
-        notifications.clone(),
-        outbox_written,
-        retry,
-    ));
-    Bus { bus, notifications }
+    let bus = Arc::new(MessageBus::new(store.clone(), Wakeups::new(), retry));
+    Bus { bus }
 }
 
 impl<S: Store> Bus<S> {
@@ -253,13 +248,35 @@ pub fn allocated_totals(views: &[BatchView]) -> Vec<u64> {
 /// oldest first.
 pub async fn outbox_of<O: Outbox>(outbox: &O) -> Vec<(OrderId, BatchRef)> {
     let claimed = outbox
-        .claim(10_000, std::time::Duration::from_secs(60))
+        .claim(
+            10_000,
+            std::time::Duration::from_secs(60),
+            Destination::Messages,
+        )
         .await
         .expect("outbox readable");
     claimed
         .iter()
         .filter_map(|claimed| claimed.message.line_allocated())
         .map(|event| (event.orderid.clone(), event.batchref.clone()))
+        .collect()
+}
+
+/// The out-of-stock emails waiting in the outbox, oldest first, as the
+/// notifications relay would send them. Claimed for no time, so that they
+/// can be read again.
+pub async fn emails_of<O: Outbox>(outbox: &O) -> Vec<Notification> {
+    let claimed = outbox
+        .claim(
+            10_000,
+            std::time::Duration::ZERO,
+            Destination::Notifications,
+        )
+        .await
+        .expect("outbox readable");
+    claimed
+        .iter()
+        .map(|claimed| notification_of(&claimed.message).expect("a notification"))
         .collect()
 }
 

@@ -1,22 +1,27 @@
 //! The outbox as each backend stores it (docs/contract.md section 3: every
 //! committed allocation is published at least once): what a commit writes
 //! to it, and the relay's side of it (`claim`, `release`, `mark_sent`,
-//! leases), one test per backend; then two relays over two pools draining
-//! one outbox at once, which must publish every message exactly once.
+//! leases), one test per backend; the out-of-stock emails beside the
+//! messages, each destination claimed on its own; then two relays over two
+//! pools draining one outbox at once, which must publish every message
+//! exactly once.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::path::Path;
+
 use domain::{BatchRef, OrderId, Sku};
-use service_layer::memory::RecordingPublisher;
-use service_layer::ports::{ClaimedMessage, Outbox, OutboxBacklog};
-use service_layer::relay::{OutboxRelay, RelaySettings};
+use service_layer::memory::{RecordingNotifications, RecordingPublisher};
+use service_layer::ports::{ClaimedMessage, Destination, Outbox, OutboxBacklog};
+use service_layer::relay::{NotificationPublisher, OutboxRelay, RelaySettings};
 use service_layer::{Store, UnitOfWork};
-use test_support::per_backend;
+use sqlx::migrate::Migrator;
+use test_support::{TestDatabase, on_database, per_backend};
 use tokio::sync::Notify;
 
-use crate::backends::{one_store, two_instances};
+use crate::backends::{connect_directly, one_store, open, two_instances};
 use crate::helpers::*;
 
 per_backend!(mod outbox_on_every_backend on [memory, sqlite, postgres] via one_store {
@@ -27,6 +32,13 @@ per_backend!(mod outbox_on_every_backend on [memory, sqlite, postgres] via one_s
     sent_messages_are_gone_for_good,
     an_expired_lease_makes_messages_claimable_again,
     the_backlog_counts_unsent_messages_and_ages_the_oldest,
+    an_out_of_stock_allocation_leaves_exactly_one_email,
+    each_destination_claims_only_its_own_messages,
+    the_email_relay_sends_each_email_with_its_id_and_marks_it_sent,
+});
+
+per_backend!(mod migrated on [sqlite, postgres] via on_database {
+    messages_waiting_in_an_outbox_from_before_destinations_still_go_out_to_redis,
 });
 
 per_backend!(mod relays_side_by_side on [memory, postgres] via two_instances {
@@ -37,7 +49,17 @@ per_backend!(mod relays_side_by_side on [memory, postgres] via two_instances {
 const LONG: Duration = Duration::from_secs(600);
 
 async fn claim<O: Outbox>(outbox: &O, limit: u32, lease: Duration) -> Vec<ClaimedMessage> {
-    outbox.claim(limit, lease).await.expect("claim")
+    outbox
+        .claim(limit, lease, Destination::Messages)
+        .await
+        .expect("claim")
+}
+
+async fn claim_emails<O: Outbox>(outbox: &O, limit: u32, lease: Duration) -> Vec<ClaimedMessage> {
+    outbox
+        .claim(limit, lease, Destination::Notifications)
+        .await
+        .expect("claim")
 }
 
 fn orderids(claimed: &[ClaimedMessage]) -> Vec<OrderId> {
@@ -92,6 +114,96 @@ async fn a_committed_allocation_leaves_one_message_describing_it<S: Store + Outb
     // The same line sent again changes nothing, so announces nothing.
     assert_eq!(bus.allocate(&order, &sku, 3).await, Some(batch));
     assert_eq!(claim(&store, 100, Duration::ZERO).await, vec![]);
+}
+
+/// The command that found no stock changed no product, yet its email is
+/// committed: one row, for the notifications relay, and no message for
+/// Redis.
+async fn an_out_of_stock_allocation_leaves_exactly_one_email<S: Store + Outbox>(store: S) {
+    let bus = bus(&store);
+    let (sku, batch) = (sku(), batchref("b"));
+    bus.add_batch(&batch, &sku, 10, None).await;
+    let messages_before = claim(&store, 100, Duration::ZERO).await;
+
+    let refused = bus.try_allocate(&orderid("big"), &sku, 11).await;
+    assert_eq!(refused.expect("handled"), None, "out of stock");
+
+    let emails = emails_of(&store).await;
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    assert_eq!(emails[0].subject, format!("Out of stock for {sku}"));
+    assert!(emails[0].body.contains(&format!("Out of stock for {sku}")));
+    let claimed = claim_emails(&store, 100, Duration::ZERO).await;
+    assert_eq!(emails[0].id, claimed[0].message.message_id);
+    assert_eq!(
+        claim(&store, 100, Duration::ZERO).await,
+        messages_before,
+        "nothing for Redis"
+    );
+}
+
+/// Emails and messages interleaved: each destination's claim takes its
+/// own, oldest first, and leaves the other's unclaimed.
+async fn each_destination_claims_only_its_own_messages<S: Store + Outbox>(store: S) {
+    let bus = bus(&store);
+    let (sku, batch) = (sku(), batchref("b"));
+    bus.add_batch(&batch, &sku, 3, None).await;
+    for n in 0..3 {
+        let order = orderid(&format!("o{n}"));
+        assert_eq!(bus.allocate(&order, &sku, 1).await, Some(batch.clone()));
+        let refused = bus.try_allocate(&orderid(&format!("x{n}")), &sku, 50).await;
+        assert_eq!(refused.expect("handled"), None);
+    }
+
+    let emails = claim_emails(&store, 100, LONG).await;
+    assert_eq!(emails.len(), 3, "{emails:?}");
+    assert!(
+        emails
+            .iter()
+            .all(|c| c.message.message.destination() == Destination::Notifications)
+    );
+    let email_positions = positions(&emails);
+    let mut sorted = email_positions.clone();
+    sorted.sort_unstable();
+    assert_eq!(email_positions, sorted, "oldest first");
+    // The emails are leased now; the messages are not.
+    let messages = claim(&store, 100, LONG).await;
+    assert_eq!(orderids(&messages).len(), 3, "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .all(|c| c.message.message.destination() == Destination::Messages)
+    );
+    assert!(claim_emails(&store, 100, LONG).await.is_empty(), "leased");
+}
+
+/// The notifications relay over each backend: every email goes out once,
+/// with its outbox message's id, and leaves the outbox.
+async fn the_email_relay_sends_each_email_with_its_id_and_marks_it_sent<S: Store + Outbox>(
+    store: S,
+) {
+    let bus = bus(&store);
+    let (sku, batch) = (sku(), batchref("b"));
+    bus.add_batch(&batch, &sku, 1, None).await;
+    for n in 0..3 {
+        let refused = bus.try_allocate(&orderid(&format!("x{n}")), &sku, 5).await;
+        assert_eq!(refused.expect("handled"), None);
+    }
+    let waiting: Vec<_> = emails_of(&store).await.iter().map(|e| e.id).collect();
+    let notifications = Arc::new(RecordingNotifications::new());
+    let relay = OutboxRelay::new(
+        store.clone(),
+        Destination::Notifications,
+        Arc::new(NotificationPublisher::new(notifications.clone())),
+        Arc::new(Notify::new()),
+        RelaySettings::default(),
+    );
+
+    assert_eq!(relay.relay_pending().await.expect("sent"), 3);
+
+    let sent: Vec<_> = notifications.sent().iter().map(|n| n.id).collect();
+    assert_eq!(sent, waiting, "each once, oldest first");
+    assert!(emails_of(&store).await.is_empty(), "marked sent");
+    assert_eq!(relay.relay_pending().await.expect("nothing left"), 0);
 }
 
 async fn a_rolled_back_unit_of_work_leaves_no_message<S: Store + Outbox>(store: S) {
@@ -225,7 +337,13 @@ async fn two_relays_publish_each_message_exactly_once<S: Store + Outbox>(one: S,
     };
     let relay = |store: S| {
         let publisher = Arc::new(RecordingPublisher::new());
-        let relay = OutboxRelay::new(store, publisher.clone(), Arc::new(Notify::new()), settings);
+        let relay = OutboxRelay::new(
+            store,
+            Destination::Messages,
+            publisher.clone(),
+            Arc::new(Notify::new()),
+            settings,
+        );
         let running = tokio::spawn(async move { relay.relay_pending().await });
         (publisher, running)
     };
@@ -289,4 +407,72 @@ async fn the_backlog_counts_unsent_messages_and_ages_the_oldest<S: Store + Outbo
     let rest = claim(&store, 100, LONG).await;
     store.mark_sent(&positions(&rest)).await.expect("mark sent");
     assert_eq!(backlog().await, OutboxBacklog::default());
+}
+
+/// Rows written before migration 0010 named no destination: they are
+/// messages for other systems, claimed and published by the messages relay
+/// (to Redis), never taken for emails.
+async fn messages_waiting_in_an_outbox_from_before_destinations_still_go_out_to_redis(
+    db: TestDatabase,
+) {
+    let folder = format!("{}/migrations/{}", env!("CARGO_MANIFEST_DIR"), db.backend());
+    let mut before = Migrator::new(Path::new(&folder))
+        .await
+        .expect("the migrations");
+    let destinations = before
+        .iter()
+        .position(|m| m.description.contains("outbox destinations"))
+        .expect("the outbox destinations' migration");
+    before.migrations = before.migrations[..destinations].to_vec().into();
+    let url = match db.backend() {
+        "sqlite" => format!("{}?mode=rwc", db.url()),
+        _ => db.url().to_owned(),
+    };
+    let mut conn = connect_directly(&url).await;
+    before.run(&mut conn).await.expect("the old schema");
+    sqlx::raw_sql(
+        "INSERT INTO outbox (message_id, channel, orderid, sku, qty, batchref, created_at)
+         VALUES ('0b5c1d00-0000-4000-8000-000000000001', 'line_allocated', 'old-order',
+                 'OLD-LAMP', 3, 'old-batch', 1000);
+         INSERT INTO outbox (message_id, channel, sku, available, threshold, created_at)
+         VALUES ('0b5c1d00-0000-4000-8000-000000000002', 'stock_exhausted', 'OLD-LAMP',
+                 0, 0, 1001)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("unsent messages");
+
+    let store = open(db.url()).await;
+    assert!(
+        claim_emails(&store, 10, Duration::ZERO).await.is_empty(),
+        "no email among them"
+    );
+    let publisher = Arc::new(RecordingPublisher::new());
+    let relay = OutboxRelay::new(
+        store.clone(),
+        Destination::Messages,
+        publisher.clone(),
+        Arc::new(Notify::new()),
+        RelaySettings::default(),
+    );
+    assert_eq!(relay.relay_pending().await.expect("published"), 2);
+    let published = publisher.published();
+    let ids: Vec<String> = published.iter().map(|m| m.message_id.to_string()).collect();
+    assert_eq!(
+        ids,
+        [
+            "0b5c1d00-0000-4000-8000-000000000001",
+            "0b5c1d00-0000-4000-8000-000000000002"
+        ]
+    );
+    let event = published[0].line_allocated().expect("a line_allocated");
+    assert_eq!(
+        (
+            event.orderid.as_str(),
+            event.qty.get(),
+            event.batchref.as_str()
+        ),
+        ("old-order", 3, "old-batch")
+    );
+    assert!(claim(&store, 10, Duration::ZERO).await.is_empty(), "sent");
 }

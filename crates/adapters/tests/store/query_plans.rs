@@ -1,6 +1,7 @@
 //! Every lookup a request makes is an index lookup, so that its cost does not
 //! grow with the tables: the read model's two queries (`GET /allocations/<id>`
-//! and `GET /products/<sku>/batches`) and the reads of a command.
+//! and `GET /products/<sku>/batches`), the reads of a command, and a relay's
+//! claim of its destination's outbox messages.
 //!
 //! The queries are the adapter's own (`adapters::sql::queries`), so a change
 //! there is checked here.
@@ -208,6 +209,21 @@ const LOOKUPS: &[Lookup] = &[
         postgres_indexes: &["hold_parts_hold_id_sku_batch_id_key", "batches_pkey"],
         sqlite_indexes: &["sqlite_autoindex_hold_parts_1"],
     },
+    Lookup {
+        what: "a relay's claim of its destination's oldest outbox messages",
+        sql: Sql::Each {
+            sqlite: queries::CLAIM_OUTBOX_SQLITE,
+            postgres: queries::CLAIM_OUTBOX_POSTGRES,
+        },
+        params: &[
+            Millis(2_000_000_030_000),
+            NOW,
+            Millis(100),
+            Text("notifications"),
+        ],
+        postgres_indexes: &["outbox_destination_id"],
+        sqlite_indexes: &["outbox_destination_id"],
+    },
 ];
 
 /// `sql` (the lookup's query behind some EXPLAIN) with the lookup's values
@@ -350,6 +366,13 @@ async fn fill_postgres(conn: &mut sqlx::PgConnection) {
          SELECT 'sku-' || (g % 10000 + 1), 'order-' || g, 1, g, \
          CASE WHEN g % 10 = 0 THEN 'waiting' ELSE 'cancelled' END \
          FROM generate_series(1, 100000) g",
+        // An outbox of 100 000 messages for Redis (SMTP down for a while
+        // would make it emails; the claim is the same) and 50 emails.
+        "INSERT INTO outbox (message_id, channel, destination, sku, created_at) \
+         SELECT 'message-' || g, \
+         CASE WHEN g % 2000 = 0 THEN 'out_of_stock' ELSE 'stock_exhausted' END, \
+         CASE WHEN g % 2000 = 0 THEN 'notifications' ELSE 'messages' END, \
+         'sku-' || (g % 10000 + 1), g FROM generate_series(1, 100000) g",
         "ANALYZE",
     ];
     for statement in statements {

@@ -9,7 +9,7 @@ use domain::commands::{CancelOrder, ChangeSettings};
 use domain::events::StockMessage;
 use domain::{Sku, StockLevel};
 use service_layer::Store;
-use service_layer::ports::{Lines, Outbox, Outgoing, ReadModel, StockNews};
+use service_layer::ports::{Destination, Lines, Outbox, Outgoing, ReadModel, StockNews};
 use sqlx::migrate::Migrator;
 use test_support::{TestDatabase, on_database, per_backend};
 
@@ -27,7 +27,7 @@ per_backend!(mod migrated on [sqlite, postgres] via on_database {
 /// The stock messages in the outbox about `sku`, oldest first.
 async fn news<O: Outbox>(outbox: &O, sku: &Sku) -> Vec<StockNews> {
     let claimed = outbox
-        .claim(10_000, std::time::Duration::ZERO)
+        .claim(10_000, std::time::Duration::ZERO, Destination::Messages)
         .await
         .expect("outbox readable");
     claimed
@@ -113,7 +113,11 @@ async fn messages_waiting_in_an_outbox_from_before_the_stock_messages_still_go_o
 
     let store = open(db.url()).await;
     let claimed = store
-        .claim(10, std::time::Duration::from_secs(60))
+        .claim(
+            10,
+            std::time::Duration::from_secs(60),
+            Destination::Messages,
+        )
         .await
         .expect("claimed");
     assert_eq!(claimed.len(), 1, "{claimed:?}");

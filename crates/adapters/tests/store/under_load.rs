@@ -295,7 +295,9 @@ async fn check_tables(url: &str) -> HashMap<String, u64> {
 
 /// Each product's committed changes, sorted by the version they were loaded
 /// at, must go 0 -> a -> b -> ... -> the stored version, with no gap and no
-/// version loaded twice.
+/// version moved on from twice. A commit may also keep a product at the
+/// version it was loaded at: an out-of-stock allocation, which changed
+/// nothing but wrote its email, checked against that version.
 fn check_version_chains(committed: &[&Commit], stored: &HashMap<String, u64>) {
     let mut chains: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
     for (sku, from, to) in committed.iter().flat_map(|c| &c.products) {
@@ -317,7 +319,7 @@ fn check_version_chains(committed: &[&Commit], stored: &HashMap<String, u64>) {
                 from, at,
                 "{sku}: a commit from version {from} where {at} was stored: {chain:?}"
             );
-            assert!(to > from, "{sku}: a commit that did not move the version");
+            assert!(to >= from, "{sku}: a commit that moved the version back");
             at = to;
         }
         assert_eq!(stored.get(&sku), Some(&at), "{sku}: stored version");

@@ -11,6 +11,8 @@ use adapters::csv_files::{CsvError, CsvStore, ORDERS};
 use adapters::log::LogNotifications;
 use anyhow::Context;
 use domain::commands::Allocate;
+use service_layer::ports::Destination;
+use service_layer::relay::{NotificationPublisher, OutboxRelay, RelaySettings, Wakeups};
 use service_layer::{MessageBus, RetryPolicy};
 use tracing::info;
 
@@ -21,11 +23,10 @@ use tracing::info;
 pub async fn allocate_from_csv(folder: &Path) -> anyhow::Result<()> {
     let store = CsvStore::open(folder).await?;
     let orders = store.orders()?;
+    let wakeups = Wakeups::new();
     let bus = Arc::new(MessageBus::new(
         store.clone(),
-        // Out-of-stock lines are logged, as with no SMTP server.
-        Arc::new(LogNotifications),
-        Arc::new(tokio::sync::Notify::new()),
+        wakeups.clone(),
         RetryPolicy::default(),
     ));
     let mut allocated = 0;
@@ -50,6 +51,19 @@ pub async fn allocate_from_csv(folder: &Path) -> anyhow::Result<()> {
         .save()
         .await
         .with_context(|| format!("writing the allocations in {}", folder.display()))?;
+    // Out-of-stock emails are logged, as with no SMTP server; messages for
+    // other systems have nowhere to go from a CSV run.
+    let emails = OutboxRelay::new(
+        store.outbox(),
+        Destination::Notifications,
+        Arc::new(NotificationPublisher::new(Arc::new(LogNotifications))),
+        wakeups.of(Destination::Notifications),
+        RelaySettings::default(),
+    );
+    emails
+        .relay_pending()
+        .await
+        .context("logging the out-of-stock notifications")?;
     info!(
         lines = orders.len(),
         allocated,

@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use allocation::bootstrap::{OutboundAdapters, bootstrap};
 use allocation::entrypoints::http::{AppState, HttpSettings, router_with};
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
-use service_layer::memory::{MemoryStore, RecordingPublisher};
-use service_layer::ports::{Notification, NotificationError, Notifications};
+use service_layer::memory::{MemoryStore, RecordingNotifications, RecordingPublisher};
 use test_support::TestDatabase;
 use tower::ServiceExt;
 
@@ -22,22 +20,13 @@ use crate::helpers::RunningApp;
 
 const TOKEN: &str = "right-token";
 
-/// Notifications that never finish: an out-of-stock allocation then hangs,
-/// as a request stuck on a slow dependency would.
-#[derive(Debug)]
-struct Stalled;
-
-#[async_trait]
-impl Notifications for Stalled {
-    async fn send(&self, _: &Notification) -> Result<(), NotificationError> {
-        std::future::pending().await
-    }
+fn app(settings: &HttpSettings) -> Router {
+    app_over(MemoryStore::new(), settings)
 }
 
-fn app(settings: &HttpSettings) -> Router {
-    let store = MemoryStore::new();
+fn app_over(store: MemoryStore, settings: &HttpSettings) -> Router {
     let outbound = OutboundAdapters {
-        notifications: Arc::new(Stalled),
+        notifications: Arc::new(RecordingNotifications::new()),
         publisher: Arc::new(RecordingPublisher::new()),
     };
     let service = bootstrap(store.clone(), outbound);
@@ -147,14 +136,21 @@ async fn any_of_several_tokens_is_accepted_and_the_scheme_is_case_insensitive() 
 #[tokio::test]
 async fn a_request_over_the_time_limit_is_answered_503_in_json() {
     let limit = Duration::from_millis(200);
-    let app = app(&HttpSettings {
-        request_timeout: limit,
-        ..HttpSettings::default()
-    });
+    let store = MemoryStore::new();
+    let app = app_over(
+        store.clone(),
+        &HttpSettings {
+            request_timeout: limit,
+            ..HttpSettings::default()
+        },
+    );
     send(&app, post("/add_batch", &batch(), None)).await;
-    let too_much = json!({ "orderid": "o1", "sku": "LAMP", "qty": 11 });
+    // A database that stops answering: the allocation hangs in its commit,
+    // as a request stuck on a slow dependency would.
+    store.stall_commits();
+    let line = json!({ "orderid": "o1", "sku": "LAMP", "qty": 1 });
     let started = std::time::Instant::now();
-    let (status, _, body) = send(&app, post("/allocate", &too_much, None)).await;
+    let (status, _, body) = send(&app, post("/allocate", &line, None)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(
         body["message"]

@@ -13,6 +13,7 @@ mod outbox;
 mod product;
 mod recorders;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -42,6 +43,8 @@ pub use recorders::{Recorder, RecordingNotifications, RecordingPublisher};
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     tables: Arc<Mutex<Tables>>,
+    /// Set by [`MemoryStore::stall_commits`].
+    stalled: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +72,12 @@ type GrowingMap<K, V> = IndexMap<K, V, RandomState>;
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes every commit from now on wait forever, as a database that
+    /// stopped answering: for tests of what a stuck request does.
+    pub fn stall_commits(&self) {
+        self.stalled.store(true, Ordering::Relaxed);
     }
 
     /// The messages committed and not yet marked sent, oldest first.
@@ -147,6 +156,9 @@ impl StoreTransaction for MemoryTransaction {
     }
 
     async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {
+        if self.store.stalled.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
         let mut tables = self.store.lock();
         tables.check(&changes)?;
         tables.apply(changes);

@@ -1,11 +1,12 @@
 //! The memory store's outbox: committed messages in a deque indexed by
-//! position, claimed, marked sent and released as the SQL outbox is.
+//! position, claimed (by destination), marked sent and released as the SQL
+//! outbox is.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::MemoryStore;
-use crate::ports::{ClaimedMessage, Outbox, OutboxBacklog, OutboxMessage, StoreError};
+use crate::ports::{ClaimedMessage, Destination, Outbox, OutboxBacklog, OutboxMessage, StoreError};
 
 /// Committed messages from the oldest unsent one on, in position order.
 /// Positions are consecutive, so a row is found by arithmetic, not search,
@@ -28,12 +29,18 @@ struct OutboxRow {
 }
 
 impl Outbox for MemoryStore {
-    async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<ClaimedMessage>, StoreError> {
+    async fn claim(
+        &self,
+        limit: u32,
+        lease: Duration,
+        destination: Destination,
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
         let now = Instant::now();
         let mut tables = self.lock();
         let claimable = tables
             .outbox
             .unsent_mut()
+            .filter(|(_, row)| row.message.message.destination() == destination)
             .filter(|(_, row)| row.claimed_until.is_none_or(|until| until <= now))
             .take(limit as usize);
         let mut claimed = Vec::new();

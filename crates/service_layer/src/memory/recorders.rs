@@ -1,5 +1,5 @@
-//! Fakes for the after-commit ports (notifications, publishing) that
-//! record what they are given, for tests and for `memory://` runs.
+//! Fakes for the ports the outbox relays send through (notifications,
+//! publishing) that record what they are given, for tests.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};

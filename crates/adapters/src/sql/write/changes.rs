@@ -58,9 +58,12 @@ pub(in crate::sql) struct Row<'a> {
     pub(in crate::sql) note: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(in crate::sql) source: Option<String>,
-    /// An outbox message's channel, and a stock message's figures.
+    /// An outbox message's channel and destination, and a stock message's
+    /// figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(in crate::sql) channel: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) destination: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(in crate::sql) available: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,6 +125,7 @@ impl Columns for Row<'_> {
             "note" => Text(self.note),
             "source" => Text(self.source.as_deref()),
             "channel" => Text(self.channel),
+            "destination" => Text(self.destination),
             "available" => BigInt(self.available),
             "threshold" => BigInt(self.threshold),
             "level" => Text(self.level),
@@ -353,6 +357,7 @@ pub(super) fn message_row(message: &OutboxMessage, created_at: i64) -> Row<'_> {
     let row = Row {
         message_id: Some(message.message_id.to_string()),
         channel: Some(crate::messages::channel_of(&message.message)),
+        destination: Some(message.message.destination().as_str()),
         created_at: Some(created_at),
         ..Row::of(message.message.sku().as_str())
     };
@@ -368,5 +373,6 @@ pub(super) fn message_row(message: &OutboxMessage, created_at: i64) -> Row<'_> {
             threshold: Some(quantity(news.threshold)),
             ..row
         },
+        Outgoing::OutOfStock(_) => row,
     }
 }

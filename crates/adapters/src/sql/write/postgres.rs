@@ -142,10 +142,10 @@ view_rows_removed AS (
 /// order.
 const OUTBOX_MESSAGES: &str = r#"
 outbox_messages AS (
-    INSERT INTO outbox (message_id, channel, orderid, sku, qty, batchref, available, threshold,
-                        created_at)
-    SELECT r.message_id, r.channel, r.orderid, r.sku, r.qty, r.batchref, r.available,
-           r.threshold, r.created_at
+    INSERT INTO outbox (message_id, channel, destination, orderid, sku, qty, batchref, available,
+                        threshold, created_at)
+    SELECT r.message_id, r.channel, r.destination, r.orderid, r.sku, r.qty, r.batchref,
+           r.available, r.threshold, r.created_at
     FROM {rows} JOIN versioned v ON v.sku = r.sku
     ORDER BY r.n)"#;
 
@@ -298,6 +298,7 @@ fn columns(kind: Kind) -> &'static [Column] {
             ("n", "bigint"),
             ("message_id", "text"),
             ("channel", "text"),
+            ("destination", "text"),
             ("sku", "text"),
             ("orderid", "text"),
             ("batchref", "text"),

@@ -125,11 +125,11 @@ WHERE (orderid, sku, batchref) IN (
 /// Messages, in the order they were written: the relay sends them in id
 /// order.
 const OUTBOX_MESSAGES: &str = r#"
-INSERT INTO outbox (message_id, channel, orderid, sku, qty, batchref, available, threshold,
-                    created_at)
-SELECT value ->> 'message_id', value ->> 'channel', value ->> 'orderid', value ->> 'sku',
-       value ->> 'qty', value ->> 'batchref', value ->> 'available', value ->> 'threshold',
-       value ->> 'created_at'
+INSERT INTO outbox (message_id, channel, destination, orderid, sku, qty, batchref, available,
+                    threshold, created_at)
+SELECT value ->> 'message_id', value ->> 'channel', value ->> 'destination', value ->> 'orderid',
+       value ->> 'sku', value ->> 'qty', value ->> 'batchref', value ->> 'available',
+       value ->> 'threshold', value ->> 'created_at'
 FROM json_each({rows}) ORDER BY value ->> 'n'"#;
 
 /// A product's stock level, in the order they changed: the last one stays.

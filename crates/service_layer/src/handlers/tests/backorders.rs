@@ -101,7 +101,7 @@ async fn settings_change_one_at_a_time_and_only_for_known_products() {
 async fn a_backordered_line_sends_no_out_of_stock_email_and_a_new_batch_fills_it() {
     let app = lamps(2, 10).await;
     assert_eq!(app.allocation("o1", 5).await, Allocation::Backordered);
-    assert!(app.notifications.sent().is_empty(), "not out of stock");
+    assert!(app.emails().is_empty(), "not out of stock");
     assert_eq!(outbox_of(&app.store), []);
     assert_eq!(
         app.status_of("o1").await,
@@ -133,7 +133,7 @@ async fn beyond_the_limit_a_line_is_out_of_stock_with_its_email() {
     let app = lamps(1, 4).await;
     assert_eq!(app.allocation("o1", 3).await, Allocation::Backordered);
     assert_eq!(app.allocation("o2", 2).await, Allocation::OutOfStock);
-    assert_eq!(app.notifications.sent().len(), 1);
+    assert_eq!(app.emails().len(), 1);
     assert_eq!(
         app.allocation("o3", 1).await,
         Allocation::Batch(batchref("home"))

@@ -115,14 +115,17 @@ mod allocate {
         // The relay is told, so it publishes now rather than at its next poll.
         tokio::time::timeout(
             std::time::Duration::from_secs(1),
-            app.outbox_written.notified(),
+            app.outbox_written.of(Destination::Messages).notified(),
         )
         .await
         .expect("the relay was woken");
     }
 
+    /// The email is an outbox message, committed with the command that
+    /// found no stock (which changed no product), and the notifications
+    /// relay is woken for it, not the messages one.
     #[tokio::test]
-    async fn sends_email_on_out_of_stock() {
+    async fn out_of_stock_puts_one_email_in_the_outbox_and_wakes_its_relay() {
         let app = app();
         app.add_batch("b1", "POPULAR-CURTAINS", 9, None).await;
         let batch = app
@@ -131,10 +134,24 @@ mod allocate {
             .await
             .expect("handled");
         assert_eq!(batch, Allocation::OutOfStock);
-        let sent = app.notifications.sent();
+        let messages = app.store.unsent_messages();
+        assert_eq!(messages.len(), 1, "exactly one row: the email");
+        assert_eq!(
+            messages[0].message.destination(),
+            Destination::Notifications
+        );
+        let sent = app.emails();
         assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].id, messages[0].message_id);
+        assert_eq!(sent[0].subject, "Out of stock for POPULAR-CURTAINS");
         assert!(sent[0].body.contains("Out of stock for POPULAR-CURTAINS"));
         assert!(app.view_of("o1").await.is_empty());
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            app.outbox_written.of(Destination::Notifications).notified(),
+        )
+        .await
+        .expect("the notifications relay was woken");
     }
 
     #[tokio::test]
@@ -334,7 +351,7 @@ mod change_batch_quantity {
 
         assert_eq!(app.allocated_to("SOFA", "only").await, 0);
         assert!(app.view_of("o1").await.is_empty());
-        assert_eq!(app.notifications.sent().len(), 1);
+        assert_eq!(app.emails().len(), 1);
     }
 
     #[tokio::test]

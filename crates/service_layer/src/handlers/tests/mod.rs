@@ -21,12 +21,13 @@ use domain::commands::{Allocate, ChangeBatchQuantity, CreateBatch, Deallocate};
 use domain::fixtures::{batchref, orderid, qty, sku};
 use domain::{Allocation, BatchRef, Command, DomainError, Sku};
 
-use crate::memory::{ManualClock, MemoryStore, MemoryTransaction, RecordingNotifications};
-use crate::ports::OutboxMessage;
+use crate::handlers::notification_of;
+use crate::memory::{ManualClock, MemoryStore, MemoryTransaction};
 use crate::ports::{AllocationView, ReadModel};
 use crate::ports::{ChangeSet, Lines, Store, StoreError, StoreTransaction};
+use crate::ports::{Destination, Notification, OutboxMessage};
+use crate::relay::Wakeups;
 use crate::{Error, MessageBus, RetryPolicy, UnitOfWork};
-use tokio::sync::Notify;
 
 fn tomorrow() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 26).expect("valid date")
@@ -58,43 +59,34 @@ fn change_quantity(reference: &str, units: u32) -> ChangeBatchQuantity {
 struct App<S = MemoryStore> {
     bus: Arc<MessageBus<S>>,
     store: MemoryStore,
-    notifications: Arc<RecordingNotifications>,
-    outbox_written: Arc<Notify>,
+    outbox_written: Wakeups,
     /// The bus's time, which moves only when a test moves it.
     clock: Arc<ManualClock>,
 }
 
 fn app() -> App {
-    app_with(RecordingNotifications::new())
-}
-
-fn app_with(notifications: RecordingNotifications) -> App {
     let store = MemoryStore::new();
-    wire(store.clone(), store, notifications)
+    wire(store.clone(), store)
 }
 
-fn wire<S: Store>(
-    bus_store: S,
-    store: MemoryStore,
-    notifications: RecordingNotifications,
-) -> App<S> {
-    let notifications = Arc::new(notifications);
-    let outbox_written = Arc::new(Notify::new());
+fn wire<S: Store>(bus_store: S, store: MemoryStore) -> App<S> {
+    let outbox_written = Wakeups::new();
     let start = chrono::DateTime::from_timestamp(1_796_000_000, 0).expect("a time");
     let clock = Arc::new(ManualClock::new(start));
-    let bus = MessageBus::new(
-        bus_store,
-        notifications.clone(),
-        outbox_written.clone(),
-        RetryPolicy::default(),
-    );
+    let bus = MessageBus::new(bus_store, outbox_written.clone(), RetryPolicy::default());
     App {
         bus: Arc::new(bus.with_clock(clock.clone())),
         store,
-        notifications,
         outbox_written,
         clock,
     }
+}
+
+/// The emails waiting in the outbox, as the notifications relay will send
+/// them.
+fn emails_of(store: &MemoryStore) -> Vec<Notification> {
+    let messages = store.unsent_messages();
+    messages.iter().filter_map(notification_of).collect()
 }
 
 /// `(orderid, batchref)` of each `line_allocated` waiting in the outbox.
@@ -107,6 +99,11 @@ fn outbox_of(store: &MemoryStore) -> Vec<(String, String)> {
 }
 
 impl<S: Store> App<S> {
+    /// The emails its commits left in the outbox.
+    fn emails(&self) -> Vec<Notification> {
+        emails_of(&self.store)
+    }
+
     async fn add_batch(&self, reference: &str, product: &str, units: u32, eta: Option<NaiveDate>) {
         let command = create_batch(reference, product, units, eta);
         self.bus.handle(command).await.expect("batch created");
@@ -245,6 +242,6 @@ async fn app_with_conflicts(conflicts: u32) -> (App<ConflictingStore>, Conflicti
     setup.add_batch("b1", "LAMP", 10, None).await;
     let store = setup.store;
     let conflicting = ConflictingStore::new(store.clone(), conflicts);
-    let app = wire(conflicting.clone(), store, RecordingNotifications::new());
+    let app = wire(conflicting.clone(), store);
     (app, conflicting)
 }

@@ -99,7 +99,7 @@ async fn one_short_line_refuses_the_whole_order_and_names_what_is_available() {
     assert!(app.view_of("o1").await.is_empty());
     assert!(outbox_of(&app.store).is_empty());
     assert!(
-        app.notifications.sent().is_empty(),
+        app.emails().is_empty(),
         "an order refused whole sends no out-of-stock email"
     );
 }
@@ -151,7 +151,7 @@ async fn a_split_line_is_allocated_and_announced_part_by_part() {
         panic!("refused whole: {refused:?}");
     };
     assert_eq!(short[0].available, 1);
-    assert!(app.notifications.sent().is_empty());
+    assert!(app.emails().is_empty());
 }
 
 #[tokio::test]

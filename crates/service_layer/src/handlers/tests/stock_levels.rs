@@ -21,7 +21,7 @@ fn news_of(store: &MemoryStore) -> Vec<(StockMessage, u64)> {
             Outgoing::Stock(StockNews {
                 message, available, ..
             }) => Some((message, available)),
-            Outgoing::LineAllocated(_) => None,
+            Outgoing::LineAllocated(_) | Outgoing::OutOfStock(_) => None,
         })
         .collect()
 }
