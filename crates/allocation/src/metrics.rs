@@ -121,8 +121,8 @@ fn describe() {
     );
     describe_counter!(
         STREAM_ENTRIES,
-        "Redis stream entries done with, by stream and outcome (handled, refused, malformed, \
-         failed: left pending, dead_letter: delivered too often)"
+        "Redis stream entries done with, by stream and outcome (handled, duplicate: handled \
+         before, refused, malformed, failed: left pending, dead_letter: delivered too often)"
     );
     describe_counter!(
         STREAM_RECLAIMED,

@@ -23,12 +23,18 @@ use tokio_util::task::TaskTracker;
 pub struct Caller {
     /// `None` for the bus itself, which never leaves.
     left: Option<Arc<AtomicBool>>,
+    /// The key of the incoming message the command came in, if it may be
+    /// delivered again: its unit of work runs it only once.
+    delivery: Option<Arc<str>>,
 }
 
 impl Caller {
     /// The bus, starting a follow-up command: it never leaves.
     pub(crate) fn bus() -> Self {
-        Self { left: None }
+        Self {
+            left: None,
+            delivery: None,
+        }
     }
 
     /// A caller who is waiting, and the flag that says they left.
@@ -36,8 +42,19 @@ impl Caller {
         let left = Arc::new(AtomicBool::new(false));
         let caller = Self {
             left: Some(Arc::clone(&left)),
+            delivery: None,
         };
         (caller, left)
+    }
+
+    /// The same caller, delivering the incoming message `delivery`.
+    pub(crate) fn delivering(self, delivery: Option<Arc<str>>) -> Self {
+        Self { delivery, ..self }
+    }
+
+    /// The key of the incoming message the command came in, if any.
+    pub(crate) fn delivery(&self) -> Option<&str> {
+        self.delivery.as_deref()
     }
 
     /// Whether the caller has left.

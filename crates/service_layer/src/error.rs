@@ -40,6 +40,10 @@ pub enum Error {
     /// `MessageBus::handle`). Nobody is left to read this.
     #[error("the caller left before the command began; nothing was done")]
     CallerLeft,
+    /// The incoming message that carried the command was handled before
+    /// (it is a redelivery): nothing was done again.
+    #[error("this message was handled before; nothing was done again")]
+    AlreadyDelivered,
 }
 
 impl Error {

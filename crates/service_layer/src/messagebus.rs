@@ -89,9 +89,21 @@ impl<S: Store> MessageBus<S> {
     /// whether or not anyone is left to read it. A command whose caller left
     /// while it still waited for its turn never begins: no work for nobody.
     pub async fn handle<C: Grouped>(self: &Arc<Self>, command: C) -> Result<C::Reply, Error> {
+        self.handle_delivered(command, None).await
+    }
+
+    /// [`handle`](Self::handle) for a command that came in a message which
+    /// may be delivered again (a Redis stream entry, under key `delivery`):
+    /// its commit records the key, and a later delivery of the same key is
+    /// answered [`Error::AlreadyDelivered`] without running it again.
+    async fn handle_delivered<C: Grouped>(
+        self: &Arc<Self>,
+        command: C,
+        delivery: Option<Arc<str>>,
+    ) -> Result<C::Reply, Error> {
         let bus = Arc::clone(self);
         ToTheEnd::new(&self.running, |caller| {
-            bus.handle_to_the_end(command, caller)
+            bus.handle_to_the_end(command, caller.delivering(delivery))
         })
         .await
     }
@@ -133,19 +145,31 @@ impl<S: Store> MessageBus<S> {
     /// the caller needs no reply. Adding a command without a handler here is
     /// a compile error.
     pub async fn dispatch(self: &Arc<Self>, command: Command) -> Result<(), Error> {
+        self.dispatch_delivered(command, None).await
+    }
+
+    /// [`dispatch`](Self::dispatch) for a command that came in a message
+    /// which may be delivered again, under key `delivery` (see
+    /// [`handle`](Self::handle)); `None` for one that cannot.
+    pub async fn dispatch_delivered(
+        self: &Arc<Self>,
+        command: Command,
+        delivery: Option<&str>,
+    ) -> Result<(), Error> {
+        let delivery: Option<Arc<str>> = delivery.map(Arc::from);
         match command {
-            Command::CreateBatch(c) => self.handle(c).await,
-            Command::Allocate(c) => self.handle(c).await.map(drop),
-            Command::AllocateOrder(c) => self.handle(c).await.map(drop),
-            Command::ShipOrder(c) => self.handle(c).await.map(drop),
-            Command::CancelOrder(c) => self.handle(c).await.map(drop),
-            Command::PlaceHold(c) => self.handle(c).await.map(drop),
-            Command::ExtendHold(c) => self.handle(c).await.map(drop),
-            Command::ReleaseHold(c) => self.handle(c).await.map(drop),
-            Command::ChangeBatchQuantity(c) => self.handle(c).await,
-            Command::AdjustBatch(c) => self.handle(c).await.map(drop),
-            Command::ChangeSettings(c) => self.handle(c).await.map(drop),
-            Command::Deallocate(c) => self.handle(c).await.map(drop),
+            Command::CreateBatch(c) => self.handle_delivered(c, delivery).await,
+            Command::Allocate(c) => self.handle_delivered(c, delivery).await.map(drop),
+            Command::AllocateOrder(c) => self.handle_delivered(c, delivery).await.map(drop),
+            Command::ShipOrder(c) => self.handle_delivered(c, delivery).await.map(drop),
+            Command::CancelOrder(c) => self.handle_delivered(c, delivery).await.map(drop),
+            Command::PlaceHold(c) => self.handle_delivered(c, delivery).await.map(drop),
+            Command::ExtendHold(c) => self.handle_delivered(c, delivery).await.map(drop),
+            Command::ReleaseHold(c) => self.handle_delivered(c, delivery).await.map(drop),
+            Command::ChangeBatchQuantity(c) => self.handle_delivered(c, delivery).await,
+            Command::AdjustBatch(c) => self.handle_delivered(c, delivery).await.map(drop),
+            Command::ChangeSettings(c) => self.handle_delivered(c, delivery).await.map(drop),
+            Command::Deallocate(c) => self.handle_delivered(c, delivery).await.map(drop),
         }
     }
 

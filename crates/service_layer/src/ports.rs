@@ -553,6 +553,13 @@ pub trait StoreTransaction: Send {
         reference: &BatchRef,
     ) -> impl Future<Output = Result<Option<Sku>, StoreError>> + Send;
 
+    /// Whether a commit recorded `delivery` (an incoming message's key,
+    /// see [`ChangeSet::deliveries`]) as handled.
+    fn was_delivered(
+        &mut self,
+        delivery: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Writes `changes` and commits, or fails with [`StoreError::Conflict`]
     /// (and writes nothing) if a product's stored version is no longer the
     /// one it was loaded at, or a batch reference or order line is taken.
@@ -569,6 +576,11 @@ pub struct ChangeSet {
     pub views: Vec<ViewChange>,
     /// Messages for other systems, published by the relay after commit.
     pub outbox: Vec<OutboxMessage>,
+    /// The keys of the incoming messages whose commands this commit holds
+    /// (a Redis stream entry's), so that a message delivered again (its
+    /// consumer died between this commit and its acknowledgement) is not
+    /// run twice. Another commit holding one of them is a conflict.
+    pub deliveries: Vec<String>,
 }
 
 impl ChangeSet {

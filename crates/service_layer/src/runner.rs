@@ -237,12 +237,24 @@ impl<S: Store> Runner<S> {
                 answers.push(Err(Error::CallerLeft));
                 continue;
             }
+            // A message delivered again after its commit: done already.
+            if let Some(delivery) = caller.delivery() {
+                if uow.was_delivered(delivery).await? {
+                    answers.push(Err(Error::AlreadyDelivered));
+                    continue;
+                }
+            }
             let handled = command.handle(&mut uow).await;
             // A refused command changed nothing, but loading its products
             // may have filled their backorders (see `Repository`).
             let events = handle_new_events_in_transaction(&mut uow).await?;
             match handled {
-                Ok(reply) => answers.push(Ok(Committed { reply, events })),
+                Ok(reply) => {
+                    if let Some(delivery) = caller.delivery() {
+                        uow.record_delivery(delivery);
+                    }
+                    answers.push(Ok(Committed { reply, events }));
+                }
                 Err(error @ Error::Store(_)) => return Err(error),
                 // Refused before it changed anything (see `CommandHandler`):
                 // the rest of the group stands.

@@ -270,6 +270,7 @@ pub struct UnitOfWork<T> {
     products: Repository<T>,
     views: Vec<ViewChange>,
     outbox: Vec<OutboxMessage>,
+    deliveries: Vec<String>,
 }
 
 impl<T: StoreTransaction> UnitOfWork<T> {
@@ -299,6 +300,7 @@ impl<T: StoreTransaction> UnitOfWork<T> {
             },
             views: Vec::new(),
             outbox: Vec::new(),
+            deliveries: Vec::new(),
         }
     }
 
@@ -322,6 +324,17 @@ impl<T: StoreTransaction> UnitOfWork<T> {
         self.outbox.push(message);
     }
 
+    /// Whether an earlier commit handled the incoming message `delivery`.
+    pub async fn was_delivered(&mut self, delivery: &str) -> Result<bool, StoreError> {
+        self.products.transaction.was_delivered(delivery).await
+    }
+
+    /// Records that this unit of work handles the incoming message
+    /// `delivery`: its commit says so, with the changes.
+    pub fn record_delivery(&mut self, delivery: &str) {
+        self.deliveries.push(delivery.to_owned());
+    }
+
     /// Has every product seen announce its stock level (see
     /// `domain::model::stock_levels`): once, at the end, so that only
     /// crossings that are committed are told.
@@ -343,11 +356,20 @@ impl<T: StoreTransaction> UnitOfWork<T> {
     pub async fn commit(self) -> Result<(), StoreError> {
         let at = self.now();
         let (transaction, products) = self.products.into_changes();
+        // A command that changed nothing may run again as it likes: its
+        // delivery needs no record (and would have no version check to
+        // hang on).
+        let deliveries = if products.is_empty() {
+            Vec::new()
+        } else {
+            self.deliveries
+        };
         let changes = ChangeSet {
             at,
             products,
             views: self.views,
             outbox: self.outbox,
+            deliveries,
         };
         transaction.commit(changes).await
     }

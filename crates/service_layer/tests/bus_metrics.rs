@@ -212,6 +212,10 @@ impl StoreTransaction for ScriptedTransaction {
         self.inner.sku_of_batch(reference).await
     }
 
+    async fn was_delivered(&mut self, delivery: &str) -> Result<bool, StoreError> {
+        self.inner.was_delivered(delivery).await
+    }
+
     async fn skus_of_order(&mut self, orderid: &domain::OrderId) -> Result<Vec<Sku>, StoreError> {
         self.inner.skus_of_order(orderid).await
     }

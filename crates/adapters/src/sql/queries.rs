@@ -116,6 +116,9 @@ pub const BACKORDERED_OF_PRODUCT: &str = "SELECT CAST(COALESCE(SUM(qty), 0) AS B
 pub const MOVEMENTS_OF_BATCH: &str = "SELECT number, at, delta, qty_after, reason, note, source FROM stock_movements \
      WHERE reference = $1 ORDER BY number";
 
+/// Whether incoming message `$1` was handled (`deliveries`' primary key).
+pub const DELIVERY: &str = "SELECT 1 AS found FROM deliveries WHERE delivery = $1";
+
 /// The SKU of the product that holds batch `$1`.
 pub const SKU_OF_BATCH: &str = "SELECT sku FROM batches WHERE reference = $1";
 

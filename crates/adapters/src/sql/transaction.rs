@@ -187,6 +187,15 @@ impl StoreTransaction for SqlTransaction {
         skus.iter().map(|sku| identifier(sku, Sku::parse)).collect()
     }
 
+    async fn was_delivered(&mut self, delivery: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(queries::DELIVERY)
+            .bind(delivery)
+            .fetch_optional(self.connection.reader())
+            .await
+            .map_err(StoreError::backend)?;
+        Ok(found.is_some())
+    }
+
     async fn skus_of_hold(&mut self, hold_id: &HoldId) -> Result<Vec<Sku>, StoreError> {
         holds::skus_of_hold(self.connection.reader(), hold_id).await
     }

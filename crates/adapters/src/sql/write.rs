@@ -58,6 +58,8 @@ pub(super) enum Kind {
     SettingsChanged,
     /// A product's stock level, as last announced.
     StockLevelsChanged,
+    /// Incoming messages handled (`ChangeSet::deliveries`).
+    DeliveriesRecorded,
 }
 
 /// The tables writers write. The version check writes `products`, which no
@@ -73,6 +75,7 @@ pub(super) enum Table {
     Backorders,
     ProductSettings,
     StockLevels,
+    Deliveries,
 }
 
 impl Kind {
@@ -96,6 +99,7 @@ impl Kind {
             Self::BackordersEnded => "backorders_ended",
             Self::SettingsChanged => "settings_changed",
             Self::StockLevelsChanged => "stock_levels_changed",
+            Self::DeliveriesRecorded => "deliveries_recorded",
         }
     }
 
@@ -114,6 +118,7 @@ impl Kind {
             Self::BackordersPlaced | Self::BackordersEnded => &[Table::Backorders],
             Self::SettingsChanged => &[Table::ProductSettings],
             Self::StockLevelsChanged => &[Table::StockLevels],
+            Self::DeliveriesRecorded => &[Table::Deliveries],
         }
     }
 
@@ -293,6 +298,21 @@ impl<'a> Plan<'a> {
                 .map(|message| message_row(message, created_at))
                 .collect();
             runs.push(Run::of(Kind::OutboxMessages, rows));
+        }
+        // Each hangs off the first product's version check: a delivery is
+        // recorded only with the changes its command made.
+        if let (Some(sku), false) = (skus.first(), changes.deliveries.is_empty()) {
+            let recorded_at = unix_millis(SystemTime::now());
+            let rows = changes
+                .deliveries
+                .iter()
+                .map(|delivery| Row {
+                    delivery: Some(delivery),
+                    created_at: Some(recorded_at),
+                    ..Row::of(sku.as_str())
+                })
+                .collect();
+            runs.push(Run::of(Kind::DeliveriesRecorded, rows));
         }
         Ok(Self {
             products: skus,

@@ -558,6 +558,7 @@ async fn changing_a_batch_that_is_not_stored_writes_nothing<S: Store + ReadModel
         }],
         views: Vec::new(),
         outbox: Vec::new(),
+        deliveries: Vec::new(),
     };
 
     let refused = commit(&store, changes).await;

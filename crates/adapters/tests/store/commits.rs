@@ -349,6 +349,7 @@ async fn a_commit_naming_a_batch_that_is_not_stored_writes_nothing<
                     message: service_layer::ports::Outgoing::LineAllocated(a.clone()),
                 })
                 .collect(),
+            deliveries: Vec::new(),
         };
         let transaction = store.begin().await.expect("begin");
         assert!(

@@ -331,6 +331,7 @@ pub fn changes_of(product: &mut Product, stored_version: Option<u64>) -> ChangeS
         }],
         views,
         outbox,
+        deliveries: Vec::new(),
     }
 }
 

@@ -34,6 +34,7 @@ mod backorders;
 mod change_sets;
 mod commits;
 mod concurrency;
+mod deliveries;
 mod helpers;
 mod holds;
 mod idempotency;

@@ -175,6 +175,13 @@ const LOOKUPS: &[Lookup] = &[
         ],
     },
     Lookup {
+        what: "whether a stream entry was handled (its redelivery)",
+        sql: Sql::Both(queries::DELIVERY),
+        params: &[Text("allocate/1-0")],
+        postgres_indexes: &["deliveries_pkey"],
+        sqlite_indexes: &["sqlite_autoindex_deliveries_1"],
+    },
+    Lookup {
         what: "the product that holds a batch (ChangeBatchQuantity)",
         sql: Sql::Both(queries::SKU_OF_BATCH),
         params: &[Text("batch-4242")],
@@ -373,6 +380,9 @@ async fn fill_postgres(conn: &mut sqlx::PgConnection) {
          CASE WHEN g % 2000 = 0 THEN 'out_of_stock' ELSE 'stock_exhausted' END, \
          CASE WHEN g % 2000 = 0 THEN 'notifications' ELSE 'messages' END, \
          'sku-' || (g % 10000 + 1), g FROM generate_series(1, 100000) g",
+        // A day of stream entries handled.
+        "INSERT INTO deliveries (delivery, recorded_at) \
+         SELECT 'allocate/' || g || '-0', g FROM generate_series(1, 100000) g",
         "ANALYZE",
     ];
     for statement in statements {

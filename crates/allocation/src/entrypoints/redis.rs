@@ -117,7 +117,7 @@ fn count_processed(channel: &str, outcome: &'static str) {
 }
 
 async fn handle<S: Store>(bus: &Arc<MessageBus<S>>, message: Incoming) {
-    let outcome = run_message(bus, &message.channel, &message.payload).await;
+    let outcome = run_message(bus, &message.channel, &message.payload, None).await;
     count_processed(&message.channel, outcome.name());
 }
 
@@ -126,6 +126,8 @@ async fn handle<S: Store>(bus: &Arc<MessageBus<S>>, message: Incoming) {
 pub enum Outcome {
     /// Its command committed.
     Handled,
+    /// It was delivered again after its command committed: not run again.
+    Duplicate,
     /// Its command was refused (an unknown SKU, a conflicting line): an
     /// answer, logged; sending it again would be refused again.
     Refused,
@@ -140,6 +142,7 @@ impl Outcome {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Handled => "handled",
+            Self::Duplicate => "duplicate",
             Self::Refused => "refused",
             Self::Malformed(_) => "malformed",
             Self::Failed(_) => "failed",
@@ -150,10 +153,14 @@ impl Outcome {
 /// Decodes a message that arrived on `channel` (or stream) and runs its
 /// command on the bus, trying again a few times while it fails for a
 /// reason that may pass; logs what became of it, in the caller's span.
+/// `delivery` is the key of a message that may be delivered again (a
+/// stream entry's): a second delivery after its command committed is
+/// answered as handled, and not run again.
 pub async fn run_message<S: Store>(
     bus: &Arc<MessageBus<S>>,
     channel: &str,
     payload: &[u8],
+    delivery: Option<&str>,
 ) -> Outcome {
     let command = match messages::decode(channel, payload) {
         Ok(command) => command,
@@ -165,10 +172,14 @@ pub async fn run_message<S: Store>(
     record_ids(&command);
     let mut attempt = 1;
     loop {
-        match bus.dispatch(command.clone()).await {
+        match bus.dispatch_delivered(command.clone(), delivery).await {
             Ok(()) => {
                 debug!(command = ?command, "message handled");
                 return Outcome::Handled;
+            }
+            Err(service_layer::Error::AlreadyDelivered) => {
+                info!(command = ?command, "message delivered again after it was handled; not run again");
+                return Outcome::Duplicate;
             }
             Err(error) if !error.is_transient() => {
                 warn!(command = ?command, %error, "message refused");

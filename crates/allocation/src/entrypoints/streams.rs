@@ -2,7 +2,8 @@
 //! consumer, for several instances. Each entry of `allocate` and
 //! `change_batch_quantity` goes to one instance, which acknowledges it only
 //! once its command committed (or was refused, or the entry is not a
-//! command, which then goes to the dead-letter stream). Entries left
+//! command, which then goes to the dead-letter stream). The commit records
+//! the entry, so that one delivered again takes effect once. Entries left
 //! pending by a consumer that died or failed are taken over after
 //! `claim_idle`; one delivered `max_deliveries` times without success goes
 //! to the dead-letter stream too, so that it cannot stop the others.
@@ -179,10 +180,11 @@ async fn judge<S: Store>(
         count(&stream, "malformed");
         return Verdict::DeadLetter(format!("no {:?} field", adapters::redis::PAYLOAD_FIELD));
     };
-    let outcome = run_message(bus, &entry.stream, payload).await;
+    let delivery = format!("{}/{}", entry.stream, entry.id);
+    let outcome = run_message(bus, &entry.stream, payload, Some(&delivery)).await;
     count(&stream, outcome.name());
     match outcome {
-        Outcome::Handled | Outcome::Refused => Verdict::Acknowledge,
+        Outcome::Handled | Outcome::Duplicate | Outcome::Refused => Verdict::Acknowledge,
         Outcome::Malformed(reason) => Verdict::DeadLetter(reason),
         Outcome::Failed(_) => Verdict::Keep,
     }

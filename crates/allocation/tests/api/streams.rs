@@ -140,8 +140,8 @@ impl Streams {
 /// An instance serving HTTP and consuming the test's Redis, once it reads
 /// the streams; it takes over entries left unacknowledged for `claim_idle`
 /// seconds. Tests that count handlings give it a minute: an entry whose
-/// command ran longer than that (a loaded machine) would be taken over and
-/// run twice, as the service's docs warn.
+/// command ran longer than that (a loaded machine) would be taken over,
+/// and counted a second time, as a duplicate.
 async fn instance(
     db: &TestDatabase,
     streams: &Streams,
@@ -286,6 +286,18 @@ async fn three_instances_handle_every_entry_exactly_once(db: TestDatabase, strea
         .filter(|m| m["reason"] == "changed")
         .count();
     assert_eq!(changed, 30, "one movement per change: {movements}");
+
+    // Every entry changed something (an out-of-stock one its email), so
+    // each commit recorded its entry, once: a redelivery would be known.
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(db.url())
+        .await
+        .expect("the database");
+    let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count the deliveries");
+    assert_eq!(recorded, 300);
 }
 
 /// Entries added before any consumer ever ran (the group does not exist

@@ -60,6 +60,8 @@ struct Tables {
     holds: HoldTable,
     idempotency_keys: idempotency::KeyTable,
     outbox: OutboxTable,
+    /// The incoming messages handled (`ChangeSet::deliveries`).
+    deliveries: foldhash::HashSet<String>,
 }
 
 /// A hash map for the tables that grow with every allocation (an order's
@@ -155,6 +157,10 @@ impl StoreTransaction for MemoryTransaction {
         Ok(self.store.lock().batch_owners.get(reference).cloned())
     }
 
+    async fn was_delivered(&mut self, delivery: &str) -> Result<bool, StoreError> {
+        Ok(self.store.lock().deliveries.contains(delivery))
+    }
+
     async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {
         if self.store.stalled.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
@@ -170,6 +176,18 @@ impl Tables {
     /// Refuses the whole change set, before anything is written, when a
     /// product moved on since it was read or a batch reference is taken.
     fn check(&self, changes: &ChangeSet) -> Result<(), StoreError> {
+        // Another unit of work handled one of these messages first.
+        if let (Some(change), true) = (
+            changes.products.first(),
+            changes
+                .deliveries
+                .iter()
+                .any(|d| self.deliveries.contains(d)),
+        ) {
+            return Err(StoreError::Conflict {
+                sku: change.sku.clone(),
+            });
+        }
         for change in &changes.products {
             let conflict = || StoreError::Conflict {
                 sku: change.sku.clone(),
@@ -191,6 +209,7 @@ impl Tables {
 
     fn apply(&mut self, changes: ChangeSet) {
         let now = Instant::now();
+        self.deliveries.extend(changes.deliveries);
         for change in changes.products {
             for event in &change.events {
                 if let Event::BatchCreated(created) = event {

@@ -76,6 +76,9 @@ pub(in crate::sql) struct Row<'a> {
     pub(in crate::sql) backorder_limit: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(in crate::sql) low_stock_threshold: Option<i64>,
+    /// An incoming message's key (`DeliveriesRecorded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(in crate::sql) delivery: Option<&'a str>,
 }
 
 impl<'a> Row<'a> {
@@ -131,6 +134,7 @@ impl Columns for Row<'_> {
             "level" => Text(self.level),
             "backorder_limit" => BigInt(self.backorder_limit),
             "low_stock_threshold" => BigInt(self.low_stock_threshold),
+            "delivery" => Text(self.delivery),
             _ => return None,
         })
     }

@@ -158,6 +158,15 @@ stock_levels_changed AS (
     ORDER BY r.sku, r.n DESC
     ON CONFLICT (sku) DO UPDATE SET level = excluded.level)"#;
 
+/// Incoming messages handled: a key recorded twice breaks the primary key,
+/// a conflict (another instance ran the same message).
+const DELIVERIES_RECORDED: &str = r#"
+deliveries_recorded AS (
+    INSERT INTO deliveries (delivery, recorded_at)
+    SELECT r.delivery, r.created_at
+    FROM {rows} JOIN versioned v ON v.sku = r.sku
+    ORDER BY r.n)"#;
+
 /// Allocated lines (parts) that ship or are cancelled: they leave their
 /// batch's allocated total, and a shipped one its quantity too.
 const LINES_CLOSED: &str = r#"
@@ -265,6 +274,7 @@ fn writer(kind: Kind) -> &'static str {
         Kind::BackordersEnded => BACKORDERS_ENDED,
         Kind::SettingsChanged => SETTINGS_CHANGED,
         Kind::StockLevelsChanged => STOCK_LEVELS_CHANGED,
+        Kind::DeliveriesRecorded => DELIVERIES_RECORDED,
     }
 }
 
@@ -351,6 +361,12 @@ fn columns(kind: Kind) -> &'static [Column] {
         ],
         Kind::BackordersEnded => &[("sku", "text"), ("orderid", "text"), ("state", "text")],
         Kind::StockLevelsChanged => &[("n", "bigint"), ("sku", "text"), ("level", "text")],
+        Kind::DeliveriesRecorded => &[
+            ("n", "bigint"),
+            ("sku", "text"),
+            ("delivery", "text"),
+            ("created_at", "bigint"),
+        ],
         Kind::SettingsChanged => &[
             ("n", "bigint"),
             ("sku", "text"),

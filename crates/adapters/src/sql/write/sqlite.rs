@@ -139,6 +139,11 @@ INSERT INTO stock_levels (sku, level)
 SELECT value ->> 'sku', value ->> 'level' FROM json_each({rows}) WHERE true ORDER BY value ->> 'n'
 ON CONFLICT (sku) DO UPDATE SET level = excluded.level"#;
 
+/// Incoming messages handled: a key recorded twice breaks the primary key.
+const DELIVERIES_RECORDED: &str = r#"
+INSERT INTO deliveries (delivery, recorded_at)
+SELECT value ->> 'delivery', value ->> 'created_at' FROM json_each({rows}) ORDER BY value ->> 'n'"#;
+
 /// Allocated lines (parts) that ship or are cancelled: they leave their
 /// batch's allocated total, and a shipped one its quantity too.
 const LINES_CLOSED: &str = r#"
@@ -249,6 +254,7 @@ fn writer(kind: Kind) -> &'static str {
         Kind::BackordersEnded => BACKORDERS_ENDED,
         Kind::SettingsChanged => SETTINGS_CHANGED,
         Kind::StockLevelsChanged => STOCK_LEVELS_CHANGED,
+        Kind::DeliveriesRecorded => DELIVERIES_RECORDED,
     }
 }
 

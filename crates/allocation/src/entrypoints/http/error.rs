@@ -173,6 +173,8 @@ impl From<service_layer::Error> for ApiError {
             Error::Contention { .. } => Self::Unavailable(format!("{error}; try again later")),
             // Only ever answered to a caller that has gone: said for completeness.
             Error::CallerLeft => Self::Unavailable(error.to_string()),
+            // Only for messages that may be delivered again, never a request.
+            Error::AlreadyDelivered => Self::Conflict(error.to_string()),
             Error::Store(store) => store.into(),
         }
     }

@@ -5,6 +5,7 @@
 mod availability;
 mod backorders;
 mod commands;
+mod deliveries;
 mod holds;
 mod ledger;
 mod orders;
@@ -217,6 +218,10 @@ impl StoreTransaction for ConflictingTransaction {
 
     async fn skus_of_hold(&mut self, hold_id: &domain::HoldId) -> Result<Vec<Sku>, StoreError> {
         self.inner.skus_of_hold(hold_id).await
+    }
+
+    async fn was_delivered(&mut self, delivery: &str) -> Result<bool, StoreError> {
+        self.inner.was_delivered(delivery).await
     }
 
     async fn commit(self, changes: ChangeSet) -> Result<(), StoreError> {
