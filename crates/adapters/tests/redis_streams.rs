@@ -193,3 +193,30 @@ async fn the_publisher_adds_each_message_to_the_stream_of_its_channel() {
     let (_, encoded) = messages::encode(&message);
     assert_eq!(ours, encoded);
 }
+
+#[tokio::test]
+async fn holding_an_entry_keeps_it_from_others_without_counting_a_delivery() {
+    let Some(url) = shared_redis() else { return };
+    let (stream, group) = (unique("stream"), unique("group"));
+    let mut redis = connection(&url).await;
+    let mut first = consumer(&url, &stream, &group, "first", Duration::from_millis(300));
+    let mut second = consumer(&url, &stream, &group, "second", Duration::from_millis(300));
+    first.ensure_groups().await.expect("group");
+    add(&mut redis, &stream, "retried").await;
+    let held = first.read().await.expect("XREADGROUP");
+    assert_eq!(held.len(), 1);
+
+    // Past the idle time, but held again just before: not taken over.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    first.hold(&held).await.expect("XCLAIM JUSTID");
+    assert!(second.reclaim().await.expect("XAUTOCLAIM").is_empty());
+
+    // A restart under the same name takes its own entry back at once: a
+    // second delivery (a poison entry that kills its consumer is counted
+    // so); holding it counted none.
+    let mut restarted = consumer(&url, &stream, &group, "first", Duration::from_secs(60));
+    let own = restarted.own_pending().await.expect("XREADGROUP 0");
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].id, held[0].id);
+    assert_eq!(own[0].deliveries, 2, "the first and the restart's");
+}

@@ -92,20 +92,32 @@ pub fn bootstrap<S: Store + Outbox>(store: S, outbound: OutboundAdapters) -> Ser
         outbox_written.clone(),
         RetryPolicy::default(),
     );
-    let relay = |destination, publisher| {
+    let relay = |destination, publisher, settings| {
         Arc::new(OutboxRelay::new(
             store.clone(),
             destination,
             publisher,
             outbox_written.of(destination),
-            RelaySettings::default(),
+            settings,
         ))
+    };
+    // An email may take the SMTP timeout (10 s) and goes alone: a round of
+    // them must end within its lease, or another instance's relay would
+    // claim and send the same emails again.
+    let email_round = RelaySettings {
+        batch_size: 5,
+        lease: std::time::Duration::from_secs(60),
+        ..RelaySettings::default()
     };
     let notifications = Arc::new(NotificationPublisher::new(outbound.notifications));
     Service {
         bus: Arc::new(bus),
-        relay: relay(Destination::Messages, outbound.publisher),
-        notifications_relay: relay(Destination::Notifications, notifications),
+        relay: relay(
+            Destination::Messages,
+            outbound.publisher,
+            RelaySettings::default(),
+        ),
+        notifications_relay: relay(Destination::Notifications, notifications, email_round),
         store,
     }
 }

@@ -240,41 +240,98 @@ impl StreamConsumer {
                 continue;
             }
             let deliveries = self.deliveries(&stream, &reply.claimed).await?;
-            reclaimed.extend(reply.claimed.into_iter().map(|entry| {
-                let times = deliveries.get(&entry.id).copied().unwrap_or(1);
-                StreamEntry::from_reply(&stream, entry, times)
+            reclaimed.extend(reply.claimed.into_iter().filter_map(|entry| {
+                let times = *deliveries.get(&entry.id)?;
+                Some(StreamEntry::from_reply(&stream, entry, times))
             }));
         }
         Ok(reclaimed)
     }
 
-    /// How many times each of `entries`, now pending for this consumer,
-    /// was delivered.
+    /// How many times each of `entries` of `stream`, just claimed, was
+    /// delivered, asked entry by entry (one round trip); an entry missing
+    /// from the answer is no longer pending (another consumer acknowledged
+    /// it meanwhile).
     async fn deliveries(
         &mut self,
         stream: &str,
         entries: &[StreamId],
     ) -> Result<HashMap<String, u64>, RedisError> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        if entries.is_empty() {
             return Ok(HashMap::new());
-        };
-        // This consumer's pending entries between the first and the last
-        // claimed: the claimed ones, and perhaps some it had already.
-        let reply = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(&self.settings.group)
-            .arg(&first.id)
-            .arg(&last.id)
-            .arg(entries.len() + self.settings.batch)
-            .arg(&self.settings.consumer)
-            .query_async::<StreamPendingCountReply>(&mut self.connection)
+        }
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            pipe.cmd("XPENDING")
+                .arg(stream)
+                .arg(&self.settings.group)
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .arg(1);
+        }
+        let replies: Vec<StreamPendingCountReply> = pipe
+            .query_async(&mut self.connection)
             .await
             .map_err(|cause| self.failed("XPENDING", cause))?;
-        Ok(reply
-            .ids
+        Ok(replies
             .into_iter()
+            .flat_map(|reply| reply.ids)
             .map(|pending| (pending.id, pending.times_delivered as u64))
             .collect())
+    }
+
+    /// This consumer's own pending entries (delivered to it before a
+    /// restart under the same name, never acknowledged): what it takes up
+    /// first, at once rather than after `claim_idle`.
+    pub async fn own_pending(&mut self) -> Result<Vec<StreamEntry>, RedisError> {
+        let options = StreamReadOptions::default()
+            .group(&self.settings.group, &self.settings.consumer)
+            .count(self.settings.batch);
+        let from_start: Vec<&str> = self.streams.iter().map(|_| "0").collect();
+        let reply = redis::cmd("XREADGROUP")
+            .arg(&options)
+            .arg("STREAMS")
+            .arg(&self.streams)
+            .arg(&from_start)
+            .query_async::<Option<StreamReadReply>>(&mut self.connection)
+            .await
+            .map_err(|cause| self.failed("XREADGROUP", cause))?
+            .unwrap_or_default();
+        let mut entries = Vec::new();
+        for key in reply.keys {
+            let deliveries = self.deliveries(&key.key, &key.ids).await?;
+            for entry in key.ids {
+                if let Some(&times) = deliveries.get(&entry.id) {
+                    entries.push(StreamEntry::from_reply(&key.key, entry, times));
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Keeps `entries` with this consumer while it retries them (their
+    /// commands failed for a reason that may pass, the database away):
+    /// resets their idle time, so that no other consumer takes them over,
+    /// without counting a delivery (`XCLAIM ... JUSTID`). An outage thus
+    /// sends no entry to the dead-letter stream.
+    pub async fn hold(&mut self, entries: &[StreamEntry]) -> Result<(), RedisError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            pipe.cmd("XCLAIM")
+                .arg(&entry.stream)
+                .arg(&self.settings.group)
+                .arg(&self.settings.consumer)
+                .arg(0)
+                .arg(&entry.id)
+                .arg("JUSTID")
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.connection)
+            .await
+            .map_err(|cause| self.failed("XCLAIM", cause))
     }
 
     /// Acknowledges `ids` of `stream`: done with, never delivered again.

@@ -3,10 +3,12 @@
 //! `change_batch_quantity` goes to one instance, which acknowledges it only
 //! once its command committed (or was refused, or the entry is not a
 //! command, which then goes to the dead-letter stream). The commit records
-//! the entry, so that one delivered again takes effect once. Entries left
-//! pending by a consumer that died or failed are taken over after
-//! `claim_idle`; one delivered `max_deliveries` times without success goes
-//! to the dead-letter stream too, so that it cannot stop the others.
+//! the entry, so that one delivered again takes effect once. An entry whose
+//! command failed for a reason that may pass is retried by its consumer
+//! before anything new; entries left pending by a consumer that died are
+//! taken over after `claim_idle`; one delivered more than `max_deliveries`
+//! times goes to the dead-letter stream too, so that it cannot stop the
+//! others.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -31,7 +33,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 enum Verdict {
     Acknowledge,
     DeadLetter(String),
-    /// Leave it pending: it is delivered again after `claim_idle`.
+    /// Leave it pending, and try it again (see `consume_streams`).
     Keep,
 }
 
@@ -51,10 +53,16 @@ pub async fn consume_streams<S: Store>(
         "consuming Redis streams"
     );
     // Pending entries first: this consumer's own from before a restart,
-    // and any a dead consumer left.
+    // then any a dead consumer left.
+    let mut own_taken = false;
     let mut next_reclaim = Instant::now();
     let mut backoff = Duration::ZERO;
     let mut groups_ready = false;
+    // Entries whose commands failed for a reason that may pass: retried
+    // here, held by this consumer, before anything new is read, so that an
+    // outage neither sweeps the stream into the pending list nor counts
+    // deliveries towards the dead-letter stream.
+    let mut failing: Vec<StreamEntry> = Vec::new();
     loop {
         if !backoff.is_zero() {
             tokio::select! {
@@ -77,8 +85,15 @@ pub async fn consume_streams<S: Store>(
             }
             groups_ready = true;
         }
-        let reclaiming = Instant::now() >= next_reclaim;
-        let entries = if reclaiming {
+        let reclaiming = failing.is_empty() && own_taken && Instant::now() >= next_reclaim;
+        let entries = if !failing.is_empty() {
+            match consumer.hold(&failing).await {
+                Ok(()) => Ok(std::mem::take(&mut failing)),
+                Err(error) => Err(error),
+            }
+        } else if !own_taken {
+            consumer.own_pending().await
+        } else if reclaiming {
             next_reclaim = Instant::now() + settings.claim_idle / 2;
             consumer.reclaim().await
         } else {
@@ -92,7 +107,7 @@ pub async fn consume_streams<S: Store>(
                 continue;
             }
         };
-        backoff = Duration::ZERO;
+        own_taken = true;
         if reclaiming {
             for entry in &entries {
                 metrics::counter!(STREAM_RECLAIMED, "stream" => entry.stream.clone()).increment(1);
@@ -101,7 +116,14 @@ pub async fn consume_streams<S: Store>(
                 info!(count = entries.len(), "took over pending stream entries");
             }
         }
-        handle_all(&bus, &mut consumer, entries).await;
+        failing = handle_all(&bus, &mut consumer, entries).await;
+        backoff = if failing.is_empty() {
+            Duration::ZERO
+        } else {
+            let backoff = next_backoff(backoff);
+            warn!(count = failing.len(), retry_in = ?backoff, "stream entries failed; retrying them before reading more");
+            backoff
+        };
     }
     info!("Redis streams consumer stopped");
     Ok(())
@@ -113,12 +135,13 @@ fn next_backoff(backoff: Duration) -> Duration {
 
 /// Handles `entries` side by side (commands on one product share a commit,
 /// as concurrent HTTP requests do), then acknowledges what is done with
-/// one `XACK` per stream.
+/// one `XACK` per stream; returns those whose commands failed for a reason
+/// that may pass, still pending.
 async fn handle_all<S: Store>(
     bus: &Arc<MessageBus<S>>,
     consumer: &mut StreamConsumer,
     entries: Vec<StreamEntry>,
-) {
+) -> Vec<StreamEntry> {
     let max_deliveries = consumer.settings().max_deliveries;
     let verdicts = join_all(entries.iter().map(|entry| {
         let span = info_span!(
@@ -133,6 +156,7 @@ async fn handle_all<S: Store>(
     }))
     .await;
     let mut done: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut failing = Vec::new();
     for (entry, verdict) in entries.iter().zip(verdicts) {
         match verdict {
             Verdict::Acknowledge => done
@@ -150,7 +174,7 @@ async fn handle_all<S: Store>(
                     Err(error) => warn!(%error, id = %entry.id, "cannot dead-letter the entry"),
                 }
             }
-            Verdict::Keep => {}
+            Verdict::Keep => failing.push(entry.clone()),
         }
     }
     for (stream, ids) in done {
@@ -160,6 +184,7 @@ async fn handle_all<S: Store>(
             error!(%error, stream, count = ids.len(), "cannot acknowledge handled entries");
         }
     }
+    failing
 }
 
 /// Runs one entry's command, and says what to do with the entry.

@@ -269,12 +269,16 @@ async fn three_instances_handle_every_entry_exactly_once(db: TestDatabase, strea
         let (status, lines) = apps[1].get(&format!("/allocations/{order}")).await;
         assert_eq!(status, 200, "{order}: {lines}");
     }
-    let out_of_stock: usize = apps
-        .iter()
-        .map(|app| app.log().count(&format!("Out of stock for {scarce}")))
-        .sum();
+    // The notifications relays log them after the commits: poll.
+    let notified = format!("Out of stock for {scarce}");
+    let out_of_stock = || -> usize { apps.iter().map(|app| app.log().count(&notified)).sum() };
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while out_of_stock() < 29 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
-        out_of_stock, 29,
+        out_of_stock(),
+        29,
         "one notification per out-of-stock allocation"
     );
     let (status, movements) = apps[2].get(&format!("/batches/{batch}/movements")).await;
