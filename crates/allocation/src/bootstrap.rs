@@ -102,11 +102,10 @@ pub fn bootstrap<S: Store + Outbox>(store: S, outbound: OutboundAdapters) -> Ser
         ))
     };
     // An email may take the SMTP timeout (10 s) and goes alone: a round of
-    // them must end within its lease, or another instance's relay would
-    // claim and send the same emails again.
+    // them must end within the lease (30 s), or another instance's relay
+    // would claim and send the same emails again.
     let email_round = RelaySettings {
-        batch_size: 5,
-        lease: std::time::Duration::from_secs(60),
+        batch_size: 2,
         ..RelaySettings::default()
     };
     let notifications = Arc::new(NotificationPublisher::new(outbound.notifications));

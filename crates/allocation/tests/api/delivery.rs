@@ -117,7 +117,15 @@ async fn messages_left_by_a_crash_are_published_by_the_relay_exactly_once(
     app.kill().await;
 
     let mut line_allocated = LineAllocated::subscribe(&redis).await;
-    let relay = Process::spawn(&["relay", "--database-url", db.url(), "--redis-url", &redis]);
+    let relay = Process::spawn(&[
+        "relay",
+        "--bind",
+        "127.0.0.1:0",
+        "--database-url",
+        db.url(),
+        "--redis-url",
+        &redis,
+    ]);
     let mut announced = Vec::new();
     for _ in &lines {
         let wait = BOUND + Duration::from_secs(30);
