@@ -284,7 +284,14 @@ async fn resize<T: StoreTransaction, R>(
         .get_by_batch(reference)
         .await?
         .ok_or_else(unknown)?;
-    Ok(change(product)?)
+    match change(product) {
+        // The lines read disagree with the totals read before them: another
+        // instance committed in between (a database reads each statement at
+        // its own moment). As any lost race, it is run again, and the next
+        // attempt locks the product as it reads it.
+        Err(DomainError::LinesNotLoaded { .. }) => Err(Error::Store(StoreError::Conflict { sku })),
+        done => Ok(done?),
+    }
 }
 
 /// What an adjustment left: the batch's figures after it, and its ledger

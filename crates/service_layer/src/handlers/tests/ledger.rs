@@ -147,3 +147,25 @@ async fn only_a_shrink_below_the_allocated_loads_the_batchs_lines() {
     assert_eq!(loads(), 1, "the lines to take off were loaded");
     assert_eq!(app.allocated_to("LAMP", "b1").await, 0, "o1 had to go");
 }
+
+/// The lines read after the totals disagree with them (another instance
+/// committed between the two reads): a lost race, run again, not a refusal.
+#[tokio::test]
+async fn lines_that_disagree_with_the_totals_read_before_them_are_a_conflict() {
+    let (app, store) = app_with_conflicts(0).await;
+    app.allocate("o1", "LAMP", 6).await;
+    store.stale_batch_line_loads.store(1, Ordering::SeqCst);
+
+    app.bus
+        .handle(change_quantity("b1", 4))
+        .await
+        .expect("shrunk on the second attempt");
+
+    assert_eq!(store.batch_line_loads.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        store.locking_begins.load(Ordering::SeqCst),
+        1,
+        "the retry locks"
+    );
+    assert_eq!(app.allocated_to("LAMP", "b1").await, 0, "o1 had to go");
+}

@@ -156,6 +156,9 @@ struct ConflictingStore {
     locking_begins: Arc<AtomicU32>,
     /// Loads of a product with every line of one of its batches.
     batch_line_loads: Arc<AtomicU32>,
+    /// Loads of a batch's lines that find none, as a read that another
+    /// instance's commit overtook between the totals and the lines would.
+    stale_batch_line_loads: Arc<AtomicU32>,
 }
 
 impl ConflictingStore {
@@ -166,6 +169,7 @@ impl ConflictingStore {
             commits_tried: Arc::default(),
             locking_begins: Arc::default(),
             batch_line_loads: Arc::default(),
+            stale_batch_line_loads: Arc::default(),
         }
     }
 }
@@ -198,8 +202,16 @@ impl StoreTransaction for ConflictingTransaction {
         lines: Lines<'_>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<domain::Product>, StoreError> {
+        let mut lines = lines;
         if let Lines::OfBatch(_) = lines {
             self.store.batch_line_loads.fetch_add(1, Ordering::SeqCst);
+            let stale = &self.store.stale_batch_line_loads;
+            if stale
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                lines = Lines::None;
+            }
         }
         let product = self.inner.load(sku, lines, now).await;
         // Let other commands run between read and commit, as a database
