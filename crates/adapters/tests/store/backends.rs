@@ -3,10 +3,12 @@
 //! cleans up after it.
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use adapters::{PoolSettings, SqlStore};
 use service_layer::memory::MemoryStore;
+use sqlx::migrate::Migrator;
 use sqlx::{AnyConnection, Connection};
 use test_support::{TestDatabase, on_database};
 
@@ -33,6 +35,29 @@ pub async fn connect_directly(url: &str) -> AnyConnection {
     AnyConnection::connect(url)
         .await
         .expect("connect to the test database")
+}
+
+/// A plain connection to `db`, created with the schema as it was before the
+/// migration whose description holds `migration`: for tests of what that
+/// migration does to rows an older version wrote.
+pub async fn connect_before_migration(db: &TestDatabase, migration: &str) -> AnyConnection {
+    let folder = format!("{}/migrations/{}", env!("CARGO_MANIFEST_DIR"), db.backend());
+    let mut before = Migrator::new(Path::new(&folder))
+        .await
+        .expect("the migrations");
+    let position = before
+        .iter()
+        .position(|m| m.description.contains(migration))
+        .unwrap_or_else(|| panic!("a migration {migration:?}"));
+    before.migrations = before.migrations[..position].to_vec().into();
+    // Created by this first connection, as the service would create it.
+    let url = match db.backend() {
+        "sqlite" => format!("{}?mode=rwc", db.url()),
+        _ => db.url().to_owned(),
+    };
+    let mut conn = connect_directly(&url).await;
+    before.run(&mut conn).await.expect("the old schema");
+    conn
 }
 
 /// `N` stores over `db`, each with its own pool, given to `scenario`; the

@@ -3,16 +3,13 @@
 //! quantity moves nothing, the check finds a counter changed behind the
 //! ledger's back, and a database from before the ledger opens it.
 
-use std::path::Path;
-
 use domain::commands::{AdjustBatch, ChangeBatchQuantity, ShipOrder};
 use domain::{Adjustment, AdjustmentReason, BatchRef, Change, DomainError, Note, Reason};
 use service_layer::ports::{MovementView, Outbox, ReadModel};
 use service_layer::{Error, Store};
-use sqlx::migrate::Migrator;
 use test_support::{TestDatabase, on_database, per_backend};
 
-use crate::backends::{connect_directly, one_store, open};
+use crate::backends::{connect_before_migration, connect_directly, one_store, open};
 use crate::helpers::*;
 
 per_backend!(mod every_backend on [memory, sqlite, postgres] via one_store {
@@ -236,27 +233,7 @@ async fn the_check_finds_a_quantity_changed_behind_the_ledgers_back(db: TestData
 /// stores a product the way that schema did (a batch that shipped part of
 /// itself), then lets the store migrate the rest.
 async fn a_database_from_before_the_ledger_opens_it_with_each_batchs_quantity(db: TestDatabase) {
-    let folder = format!("{}/migrations/{}", env!("CARGO_MANIFEST_DIR"), db.backend());
-    let mut before_the_ledger = Migrator::new(Path::new(&folder))
-        .await
-        .expect("the migrations");
-    let ledger_migration = before_the_ledger
-        .iter()
-        .position(|m| m.description.contains("stock ledger"))
-        .expect("the ledger's migration");
-    before_the_ledger.migrations = before_the_ledger.migrations[..ledger_migration]
-        .to_vec()
-        .into();
-    // Created by this first connection, as the service would create it.
-    let url = match db.backend() {
-        "sqlite" => format!("{}?mode=rwc", db.url()),
-        _ => db.url().to_owned(),
-    };
-    let mut conn = connect_directly(&url).await;
-    before_the_ledger
-        .run(&mut conn)
-        .await
-        .expect("the old schema");
+    let mut conn = connect_before_migration(&db, "stock ledger").await;
     sqlx::raw_sql(
         "INSERT INTO products (sku, version_number) VALUES ('OLD-LAMP', 7);
          INSERT INTO batches (reference, sku, purchased_quantity, shipped_quantity, eta)

@@ -10,18 +10,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::path::Path;
-
 use domain::{BatchRef, OrderId, Sku};
 use service_layer::memory::{RecordingNotifications, RecordingPublisher};
 use service_layer::ports::{ClaimedMessage, Destination, Outbox, OutboxBacklog};
 use service_layer::relay::{NotificationPublisher, OutboxRelay, RelaySettings};
 use service_layer::{Store, UnitOfWork};
-use sqlx::migrate::Migrator;
 use test_support::{TestDatabase, on_database, per_backend};
 use tokio::sync::Notify;
 
-use crate::backends::{connect_directly, one_store, open, two_instances};
+use crate::backends::{connect_before_migration, one_store, open, two_instances};
 use crate::helpers::*;
 
 per_backend!(mod outbox_on_every_backend on [memory, sqlite, postgres] via one_store {
@@ -415,21 +412,7 @@ async fn the_backlog_counts_unsent_messages_and_ages_the_oldest<S: Store + Outbo
 async fn messages_waiting_in_an_outbox_from_before_destinations_still_go_out_to_redis(
     db: TestDatabase,
 ) {
-    let folder = format!("{}/migrations/{}", env!("CARGO_MANIFEST_DIR"), db.backend());
-    let mut before = Migrator::new(Path::new(&folder))
-        .await
-        .expect("the migrations");
-    let destinations = before
-        .iter()
-        .position(|m| m.description.contains("outbox destinations"))
-        .expect("the outbox destinations' migration");
-    before.migrations = before.migrations[..destinations].to_vec().into();
-    let url = match db.backend() {
-        "sqlite" => format!("{}?mode=rwc", db.url()),
-        _ => db.url().to_owned(),
-    };
-    let mut conn = connect_directly(&url).await;
-    before.run(&mut conn).await.expect("the old schema");
+    let mut conn = connect_before_migration(&db, "outbox destinations").await;
     sqlx::raw_sql(
         "INSERT INTO outbox (message_id, channel, orderid, sku, qty, batchref, created_at)
          VALUES ('0b5c1d00-0000-4000-8000-000000000001', 'line_allocated', 'old-order',

@@ -3,17 +3,14 @@
 //! kind decoded back as it was written; and an outbox from before the
 //! stock messages keeps its rows.
 
-use std::path::Path;
-
 use domain::commands::{CancelOrder, ChangeSettings};
 use domain::events::StockMessage;
 use domain::{Sku, StockLevel};
 use service_layer::Store;
 use service_layer::ports::{Destination, Lines, Outbox, Outgoing, ReadModel, StockNews};
-use sqlx::migrate::Migrator;
 use test_support::{TestDatabase, on_database, per_backend};
 
-use crate::backends::{connect_directly, one_store, open};
+use crate::backends::{connect_before_migration, one_store, open};
 use crate::helpers::*;
 
 per_backend!(mod every_backend on [memory, sqlite, postgres] via one_store {
@@ -87,21 +84,7 @@ async fn each_crossing_is_stored_and_its_message_goes_through_the_outbox<
 async fn messages_waiting_in_an_outbox_from_before_the_stock_messages_still_go_out(
     db: TestDatabase,
 ) {
-    let folder = format!("{}/migrations/{}", env!("CARGO_MANIFEST_DIR"), db.backend());
-    let mut before = Migrator::new(Path::new(&folder))
-        .await
-        .expect("the migrations");
-    let stock_levels = before
-        .iter()
-        .position(|m| m.description.contains("stock levels"))
-        .expect("the stock levels' migration");
-    before.migrations = before.migrations[..stock_levels].to_vec().into();
-    let url = match db.backend() {
-        "sqlite" => format!("{}?mode=rwc", db.url()),
-        _ => db.url().to_owned(),
-    };
-    let mut conn = connect_directly(&url).await;
-    before.run(&mut conn).await.expect("the old schema");
+    let mut conn = connect_before_migration(&db, "stock levels").await;
     sqlx::raw_sql(
         "INSERT INTO outbox (message_id, orderid, sku, qty, batchref, created_at)
          VALUES ('0b5c1d00-0000-4000-8000-000000000001', 'old-order', 'OLD-LAMP', 3,
