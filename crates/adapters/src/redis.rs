@@ -40,6 +40,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
 use crate::redact::redact_url;
 
 pub use publisher::RedisPublisher;
@@ -100,6 +102,32 @@ fn client(url: &str) -> Result<(redis::Client, Arc<str>), RedisError> {
     let shown: Arc<str> = redact_url(url).into();
     match redis::Client::open(url) {
         Ok(client) => Ok((client, shown)),
+        Err(cause) => Err(RedisError::InvalidUrl {
+            url: shown.to_string(),
+            cause,
+        }),
+    }
+}
+
+/// A lazily connected, self-reconnecting connection to the Redis at `url`
+/// (which fails only when the URL is invalid), and the URL as it may be
+/// shown. Each call on it waits `response_timeout` at most; after a broken
+/// connection, the manager tries `retries` times within the call, backing
+/// off from [`BACKOFF_MIN`] to a second.
+fn lazy_connection(
+    url: &str,
+    response_timeout: Duration,
+    retries: usize,
+) -> Result<(ConnectionManager, Arc<str>), RedisError> {
+    let (client, shown) = client(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(retries)
+        .set_min_delay(BACKOFF_MIN)
+        .set_max_delay(Duration::from_secs(1));
+    match ConnectionManager::new_lazy_with_config(client, config) {
+        Ok(connection) => Ok((connection, shown)),
         Err(cause) => Err(RedisError::InvalidUrl {
             url: shown.to_string(),
             cause,

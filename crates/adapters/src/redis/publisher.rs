@@ -3,15 +3,14 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::streams::StreamMaxlen;
 
 use service_layer::ports::{OutboxMessage, PublishError, Publisher};
 
 use super::streams::{PAYLOAD_FIELD, STREAM_MAX_LEN};
-use super::{BACKOFF_MIN, CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisError, client};
+use super::{RESPONSE_TIMEOUT, RedisError, lazy_connection};
 use crate::messages;
 
 /// Publishes payloads on Redis channels.
@@ -59,23 +58,10 @@ impl RedisPublisher {
     /// With `streams`, each message is also added to the stream named as its
     /// channel, capped at about [`STREAM_MAX_LEN`] entries.
     pub fn connect(url: &str, streams: bool) -> Result<Self, RedisError> {
-        let (client, shown) = client(url)?;
         // The manager's own retries happen inside one `publish_raw` call, so
         // they are kept short: the relay has its own backoff, and a publish
         // should fail within a second or two when Redis is away, not hang.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_min_delay(BACKOFF_MIN)
-            .set_max_delay(Duration::from_secs(1));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|cause| {
-                RedisError::InvalidUrl {
-                    url: shown.to_string(),
-                    cause,
-                }
-            })?;
+        let (connection, shown) = lazy_connection(url, RESPONSE_TIMEOUT, 2)?;
         Ok(Self {
             connection,
             streams,

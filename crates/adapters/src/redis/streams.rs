@@ -9,13 +9,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::streams::{
     StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamMaxlen, StreamPendingCountReply,
     StreamReadOptions, StreamReadReply,
 };
 
-use super::{BACKOFF_MIN, CONNECT_TIMEOUT, RESPONSE_TIMEOUT, RedisError, client};
+use super::{RESPONSE_TIMEOUT, RedisError, lazy_connection};
 
 /// The field of an entry that holds its message, as a channel message's
 /// whole payload would.
@@ -117,21 +117,8 @@ impl StreamConsumer {
         streams: &[&str],
         settings: StreamSettings,
     ) -> Result<Self, RedisError> {
-        let (client, shown) = client(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            // A read blocks for up to `block` before Redis answers.
-            .set_response_timeout(Some(settings.block + RESPONSE_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_min_delay(BACKOFF_MIN)
-            .set_max_delay(Duration::from_secs(1));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|cause| {
-                RedisError::InvalidUrl {
-                    url: shown.to_string(),
-                    cause,
-                }
-            })?;
+        // A read blocks for up to `block` before Redis answers.
+        let (connection, shown) = lazy_connection(url, settings.block + RESPONSE_TIMEOUT, 1)?;
         Ok(Self {
             connection,
             streams: streams.iter().map(|&s| s.to_owned()).collect(),
