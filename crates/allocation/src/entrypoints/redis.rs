@@ -134,8 +134,8 @@ pub enum Outcome {
     /// It is not a command: the reason.
     Malformed(String),
     /// Its command failed for a reason that may pass (the database away,
-    /// endless contention), after a few attempts.
-    Failed(service_layer::Error),
+    /// endless contention), after a few attempts (logged with the error).
+    Failed,
 }
 
 impl Outcome {
@@ -145,7 +145,7 @@ impl Outcome {
             Self::Duplicate => "duplicate",
             Self::Refused => "refused",
             Self::Malformed(_) => "malformed",
-            Self::Failed(_) => "failed",
+            Self::Failed => "failed",
         }
     }
 }
@@ -192,7 +192,7 @@ pub async fn run_message<S: Store>(
             }
             Err(error) => {
                 error!(command = ?command, %error, attempts = attempt, "message failed, giving up");
-                return Outcome::Failed(error);
+                return Outcome::Failed;
             }
         }
     }

@@ -211,7 +211,7 @@ async fn judge<S: Store>(
     match outcome {
         Outcome::Handled | Outcome::Duplicate | Outcome::Refused => Verdict::Acknowledge,
         Outcome::Malformed(reason) => Verdict::DeadLetter(reason),
-        Outcome::Failed(_) => Verdict::Keep,
+        Outcome::Failed => Verdict::Keep,
     }
 }
 

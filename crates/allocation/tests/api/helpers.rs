@@ -325,6 +325,18 @@ impl RunningApp {
         (status, body, replayed)
     }
 
+    /// `GET /metrics`: the Prometheus page as text.
+    pub async fn metrics_page(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics page")
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self
             .client

@@ -123,15 +123,7 @@ async fn a_flood_of_messages_keeps_memory_bounded_and_the_consumer_working() {
     }
 
     // The excess was dropped, and counted.
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("the metrics");
+    let metrics = app.metrics_page().await;
     let dropped: u64 = metrics
         .lines()
         .find(|line| {

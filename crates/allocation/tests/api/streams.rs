@@ -90,6 +90,18 @@ impl Streams {
             .await
     }
 
+    /// Creates the service's consumer group on `stream` (and the stream),
+    /// reading from its start, as the service would: for a test that plays
+    /// one of its consumers first.
+    async fn create_group(&self, stream: &str) {
+        let _: () = self
+            .connection
+            .clone()
+            .xgroup_create_mkstream(stream, "allocation", "0")
+            .await
+            .expect("XGROUP CREATE");
+    }
+
     /// How many entries of `stream` the group has delivered and not had
     /// acknowledged.
     async fn pending(&self, stream: &str) -> usize {
@@ -183,14 +195,7 @@ fn metric(page: &str, name: &str, labels: &[&str]) -> f64 {
 async fn scrape(app: &RunningApp) -> String {
     let (status, _) = app.get("/healthz").await;
     assert_eq!(status, 200);
-    app.client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("the metrics page")
+    app.metrics_page().await
 }
 
 /// The entries each instance handled or was refused, per its metrics.
@@ -348,15 +353,7 @@ async fn a_poison_entry_is_set_aside_with_its_reason_and_the_rest_go_on(
     // A consumer of the group that takes an entry and never finishes it,
     // three times over (each claim is a delivery).
     let mut connection = streams.connection.clone();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("allocate")
-        .arg("allocation")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut connection)
-        .await
-        .expect("XGROUP CREATE");
+    streams.create_group("allocate").await;
     let doomed = unique("order");
     let cursed = streams.add("allocate", &allocate(&doomed, &sku, 1)).await;
     let _: redis::streams::StreamReadReply = connection
@@ -415,14 +412,7 @@ async fn a_dead_consumers_pending_entries_are_taken_over(db: TestDatabase, strea
         streams.add("allocate", &allocate(order, &sku, 1)).await;
     }
     let mut connection = streams.connection.clone();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("allocate")
-        .arg("allocation")
-        .arg("0")
-        .query_async(&mut connection)
-        .await
-        .expect("XGROUP CREATE");
+    streams.create_group("allocate").await;
     let reply: redis::streams::StreamReadReply = connection
         .xread_options(
             &["allocate"],
