@@ -238,7 +238,8 @@ impl<S: Store> Runner<S> {
                 continue;
             }
             // A message delivered again after its commit: done already.
-            if let Some(delivery) = caller.delivery() {
+            let delivery = caller.delivery();
+            if let Some(delivery) = delivery {
                 if uow.was_delivered(delivery).await? {
                     answers.push(Err(Error::AlreadyDelivered));
                     continue;
@@ -250,7 +251,7 @@ impl<S: Store> Runner<S> {
             let events = handle_new_events_in_transaction(&mut uow).await?;
             match handled {
                 Ok(reply) => {
-                    if let Some(delivery) = caller.delivery() {
+                    if let Some(delivery) = delivery {
                         uow.record_delivery(delivery);
                     }
                     answers.push(Ok(Committed { reply, events }));
