@@ -32,6 +32,31 @@ fn message_id(mail: &Delivered) -> String {
     id.to_owned()
 }
 
+/// An instance whose SMTP server is not up yet (its address is free, for
+/// the test to start the sink on later), with a SKU of 5 units.
+struct SmtpDown {
+    app: RunningApp,
+    address: String,
+    url: String,
+    sku: String,
+}
+
+impl SmtpDown {
+    async fn start(db: &TestDatabase) -> Self {
+        let address = SmtpSink::free_address();
+        let url = format!("smtp://{address}");
+        let app = RunningApp::start_with(db, &["--smtp-url", &url]).await;
+        let sku = unique("sku");
+        app.add_batch(&unique("b"), &sku, 5, None).await;
+        Self {
+            app,
+            address,
+            url,
+            sku,
+        }
+    }
+}
+
 /// `count` out-of-stock allocations of `sku` (5 in stock), each its own
 /// event.
 async fn run_out(app: &RunningApp, sku: &str, count: usize) {
@@ -113,11 +138,9 @@ async fn an_out_of_stock_allocation_emails_the_configured_recipient_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emails_wait_while_smtp_is_down_and_each_arrives_once_it_is_up() {
     let db = TestDatabase::sqlite();
-    let address = SmtpSink::free_address();
-    let url = format!("smtp://{address}");
-    let app = RunningApp::start_with(&db, &["--smtp-url", &url]).await;
-    let sku = unique("sku");
-    app.add_batch(&unique("b"), &sku, 5, None).await;
+    let SmtpDown {
+        app, address, sku, ..
+    } = SmtpDown::start(&db).await;
 
     run_out(&app, &sku, 3).await;
     app.log().wait_for("outbox relay failed", 2).await;
@@ -136,11 +159,12 @@ async fn emails_wait_while_smtp_is_down_and_each_arrives_once_it_is_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_committed_before_a_crash_is_sent_after_the_restart() {
     let db = TestDatabase::sqlite();
-    let address = SmtpSink::free_address();
-    let url = format!("smtp://{address}");
-    let app = RunningApp::start_with(&db, &["--smtp-url", &url]).await;
-    let sku = unique("sku");
-    app.add_batch(&unique("b"), &sku, 5, None).await;
+    let SmtpDown {
+        app,
+        address,
+        url,
+        sku,
+    } = SmtpDown::start(&db).await;
     run_out(&app, &sku, 1).await;
     app.log().wait_for("outbox relay failed", 1).await;
     app.kill().await;
