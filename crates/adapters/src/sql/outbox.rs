@@ -75,14 +75,27 @@ impl Outbox for SqlStore {
     ) -> Result<Vec<ClaimedMessage>, StoreError> {
         let _writing = self.wait_to_write().await?;
         let now = SystemTime::now();
-        let rows = sqlx::query(self.dialect.claim_outbox_statement())
+        let claim = sqlx::query(self.dialect.claim_outbox_statement())
             .bind(unix_millis(now + lease))
             .bind(unix_millis(now))
             .bind(i64::from(limit))
-            .bind(destination.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::backend)?;
+            .bind(destination.as_str());
+        let rows = match self.dialect {
+            Dialect::Sqlite => claim.fetch_all(&self.pool).await,
+            Dialect::Postgres => {
+                let mut transaction = self
+                    .pool
+                    .begin_with(queries::BEGIN_CLAIM_POSTGRES)
+                    .await
+                    .map_err(StoreError::backend)?;
+                let rows = claim.fetch_all(&mut *transaction).await;
+                if rows.is_ok() {
+                    transaction.commit().await.map_err(StoreError::backend)?;
+                }
+                rows
+            }
+        }
+        .map_err(StoreError::backend)?;
         let mut claimed = rows
             .iter()
             .map(|row| {

@@ -407,3 +407,82 @@ fn plan_nodes(plan: &Value, out: &mut Vec<(String, Option<String>)>) {
         plan_nodes(child, out);
     }
 }
+
+/// Between two vacuums the relay's deletes leave the outbox's index full of
+/// entries of dead rows, while the statistics say the table is small: the
+/// planner would then read the index with a bitmap scan, which reads every
+/// dead entry and heap page at every claim. Planned as the adapter plans
+/// it (`queries::BEGIN_CLAIM_POSTGRES`), the claim is an index
+/// scan, which marks the dead entries once and stops at its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_from_a_churned_outbox_with_an_index_scan() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    drop(open(db.url()).await); // creates the schema
+    let mut conn = sqlx::PgConnection::connect(db.url())
+        .await
+        .expect("open directly");
+    let churn = [
+        "ALTER TABLE outbox SET (autovacuum_enabled = false)",
+        "INSERT INTO outbox (message_id, channel, destination, sku, created_at) \
+         SELECT 'sent-' || g, 'stock_exhausted', 'messages', 'sku-1', g \
+         FROM generate_series(1, 20000) g",
+        "DELETE FROM outbox",
+        "INSERT INTO outbox (message_id, channel, destination, sku, created_at) \
+         SELECT 'waiting-' || g, 'stock_exhausted', 'messages', 'sku-1', g \
+         FROM generate_series(1, 10) g",
+        "ANALYZE outbox",
+    ];
+    for statement in churn {
+        sqlx::raw_sql(statement)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    let claim = Lookup {
+        what: "a claim from a churned outbox",
+        sql: Sql::Both(queries::CLAIM_OUTBOX_POSTGRES),
+        params: &[
+            Millis(2_000_000_030_000),
+            NOW,
+            Millis(100),
+            Text("messages"),
+        ],
+        postgres_indexes: &[],
+        sqlite_indexes: &[],
+    };
+    let mut transaction = conn
+        .begin_with(queries::BEGIN_CLAIM_POSTGRES)
+        .await
+        .expect("the claim's transaction");
+    let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", claim.sql.postgres());
+    let row = with_params(sql, &claim)
+        .fetch_one(&mut *transaction)
+        .await
+        .expect("explain");
+    let text: String = row.try_get_unchecked(0).expect("the plan as text");
+    let explained: Value = serde_json::from_str(&text).expect("the plan is JSON");
+    let mut nodes = Vec::new();
+    plan_nodes(&explained[0]["Plan"], &mut nodes);
+    // Either index gives the rows in `id` order; which one the planner
+    // takes depends on how many rows of each destination it expects.
+    assert!(
+        nodes.iter().any(|(node, index)| node == "Index Scan"
+            && matches!(
+                index.as_deref(),
+                Some("outbox_destination_id" | "outbox_pkey")
+            )),
+        "an index scan in id order: {nodes:?}"
+    );
+    assert!(
+        !nodes
+            .iter()
+            .any(|(node, _)| node.starts_with("Bitmap") || node == "Seq Scan"),
+        "no bitmap and no sequential scan: {nodes:?}"
+    );
+    assert_eq!(
+        explained[0]["Plan"]["Actual Rows"], 10,
+        "claims the 10 waiting"
+    );
+}
