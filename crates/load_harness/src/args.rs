@@ -117,7 +117,9 @@ pub struct Args {
     pub service_log: Option<PathBuf>,
 
     /// Raw SQL variants to measure, comma-separated: `minimal` (the fewest
-    /// round trips, native driver: the baseline of the ratio),
+    /// round trips, native driver, doing what the service's allocation
+    /// does: the baseline of the ratio), `book` (the same without holds,
+    /// backorders and stock levels, the book's allocation alone),
     /// `service-sql` (the service's own statements, native driver),
     /// `service-sql-any` (the same through sqlx's Any driver, as the
     /// service runs them). The last two show where the service's time goes.

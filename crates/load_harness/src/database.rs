@@ -217,7 +217,7 @@ pub async fn migrate(database: &Database) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn any_pool(url: &str) -> anyhow::Result<sqlx::AnyPool> {
+pub async fn any_pool(url: &str) -> anyhow::Result<sqlx::AnyPool> {
     sqlx::any::install_default_drivers();
     AnyPoolOptions::new()
         .max_connections(1)
