@@ -29,14 +29,17 @@ pub(crate) use held_at;
 /// batches in creation order with what live holds hold of each at `$3`,
 /// and the lines of its batches that `$lines` picks, one row per batch and
 /// line. A product without batches still gives one row, with NULL batch
-/// columns.
+/// columns. The settings and stock level name `$1`, not the product row,
+/// so each is looked up once per load, not once per row.
 macro_rules! product_with_lines {
     ($lines:literal) => {
         concat!(
             "SELECT p.version_number, ",
-            "COALESCE(s.backorder_limit, 0) AS backorder_limit, ",
-            "COALESCE(s.low_stock_threshold, 0) AS low_stock_threshold, ",
-            "l.level AS announced_level, ",
+            "COALESCE((SELECT s.backorder_limit FROM product_settings s ",
+            "WHERE s.sku = $1), 0) AS backorder_limit, ",
+            "COALESCE((SELECT s.low_stock_threshold FROM product_settings s ",
+            "WHERE s.sku = $1), 0) AS low_stock_threshold, ",
+            "(SELECT l.level FROM stock_levels l WHERE l.sku = $1) AS announced_level, ",
             "CASE WHEN EXISTS (SELECT 1 FROM backorders o ",
             "WHERE o.sku = $1 AND o.state = 'waiting') ",
             "THEN CAST(1 AS BIGINT) ELSE CAST(0 AS BIGINT) END AS backorders_waiting, ",
@@ -46,8 +49,6 @@ macro_rules! product_with_lines {
             held_at!("$3"),
             ", a.orderid AS line_orderid, a.qty AS line_qty, a.state AS line_state ",
             "FROM products p ",
-            "LEFT JOIN product_settings s ON s.sku = p.sku ",
-            "LEFT JOIN stock_levels l ON l.sku = p.sku ",
             "LEFT JOIN batches b ON b.sku = p.sku ",
             "LEFT JOIN allocations a ON ",
             $lines,
