@@ -32,16 +32,19 @@ impl IdempotencyKeys for SqlStore {
         // Twice at most: a holder that gave the key back between the two
         // statements leaves it free for the second try.
         for _ in 0..2 {
+            // All rows, not `fetch_optional`: through sqlx's `Any` driver
+            // that returns before PostgreSQL commits the claim (see
+            // `write::postgres::statement`).
             let claimed = sqlx::query(CLAIM)
                 .bind(key)
                 .bind(fingerprint)
                 .bind(time_to_db(now))
                 .bind(time_to_db(stale_before))
                 .bind(time_to_db(expired_before))
-                .fetch_optional(&self.pool)
+                .fetch_all(&self.pool)
                 .await
                 .map_err(StoreError::backend)?;
-            if claimed.is_some() {
+            if !claimed.is_empty() {
                 return Ok(Claim::Claimed);
             }
             let holder = sqlx::query(HOLDER)

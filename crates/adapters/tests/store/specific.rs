@@ -186,6 +186,10 @@ per_backend!(mod postgres_statements on [postgres] via one_store {
     allocations_commit_in_one_statement_without_a_transaction,
 });
 
+per_backend!(mod postgres_commits on [postgres] via on_database {
+    a_statement_committed_on_its_own_is_answered_after_its_commit,
+});
+
 /// The hot path: a lone allocation, and a group of allocations of several
 /// products, commit in one statement with no `BEGIN`/`COMMIT`. A
 /// deallocation, whose removed lines are counted, commits in a transaction.
@@ -236,6 +240,42 @@ async fn allocations_commit_in_one_statement_without_a_transaction(store: SqlSto
         allocated_totals(&batch_views(&store, &table).await),
         vec![2]
     );
+}
+
+/// A commit in one statement with no transaction around it commits when
+/// PostgreSQL has run the statement *and* processed the `Sync` after it:
+/// the row the statement returns arrives first, and whatever fails as it
+/// commits (here a deferred constraint; a crash or a full disk while the
+/// commit's WAL is flushed, in life) comes after it. The commit must wait
+/// for that end, or a refused commit would be answered as done.
+async fn a_statement_committed_on_its_own_is_answered_after_its_commit(db: TestDatabase) {
+    let store = open(db.url()).await;
+    let bus = bus(&store);
+    let (sku, batch, order) = (sku(), batchref("b"), orderid("o"));
+    bus.add_batch(&batch, &sku, 10, None).await;
+    let mut conn = connect_directly(db.url()).await;
+    sqlx::raw_sql(
+        "CREATE TABLE commit_refusals (orderid TEXT PRIMARY KEY); \
+         ALTER TABLE allocations_view ADD CONSTRAINT refused_at_commit \
+         FOREIGN KEY (orderid) REFERENCES commit_refusals (orderid) \
+         DEFERRABLE INITIALLY DEFERRED",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("a constraint checked at commit");
+
+    let mut product = load_product(&store, &sku, Lines::OfOrder(&order)).await;
+    let stored = product.version();
+    product.allocate(line(&order, &sku, 1)).expect("allocates");
+    let transaction = store.begin().await.expect("begin");
+    let committed = transaction
+        .commit(changes_of(&mut product, Some(stored)))
+        .await;
+    assert!(
+        committed.is_err(),
+        "the commit was refused, so it must not be answered as done: {committed:?}"
+    );
+    assert_eq!(allocations(&store, &order).await, vec![]);
 }
 
 /// Commits `changes` and returns the first word of each statement sqlx

@@ -273,14 +273,23 @@ impl Statement<'_> {
                 Parameter::Json(json) => query.bind(json),
             },
         );
-        let row = query
-            .fetch_one(conn)
+        // All of it, not `fetch_one`: through sqlx's `Any` driver that
+        // returns at the first row, before PostgreSQL has committed a
+        // statement run on its own, and what fails as it commits (a
+        // deferred constraint, the commit's WAL write) would come after
+        // the answer (sqlx's native driver reads to the end; its `Any`
+        // driver does not).
+        let rows = query
+            .fetch_all(conn)
             .await
             .map_err(|error| plan.failure(error))?;
+        let row = rows
+            .first()
+            .ok_or_else(|| mismatch("a write statement that returned no row".to_owned()))?;
         if self.checks_versions {
-            let versioned = get::<i64>(&row, "versioned")?;
+            let versioned = get::<i64>(row, "versioned")?;
             if usize::try_from(versioned).ok() != Some(plan.products.len()) {
-                let stale = get::<Option<String>>(&row, "stale")?;
+                let stale = get::<Option<String>>(row, "stale")?;
                 let sku = match stale {
                     Some(stale) => identifier(&stale, Sku::parse)?,
                     None => plan.blamed().cloned().ok_or_else(|| {
@@ -291,7 +300,7 @@ impl Statement<'_> {
             }
         }
         for (kind, expected) in &self.counted {
-            plan.check_count(*kind, *expected, get::<i64>(&row, kind.name())?)?;
+            plan.check_count(*kind, *expected, get::<i64>(row, kind.name())?)?;
         }
         Ok(())
     }
