@@ -35,9 +35,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
+use sqlx::postgres::PgArguments;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::query::{Query, QueryAs};
+use sqlx::sqlite::SqliteArguments;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AnyPool, Executor, PgPool, SqlitePool};
+use sqlx::{AnyPool, Executor, PgPool, Postgres, Sqlite, SqlitePool};
 
 use crate::database::{Backend, Database};
 use crate::stats::Outcome;
@@ -215,6 +218,75 @@ impl RawTarget {
 /// The service's `Dialect::begin_statement`s.
 const POSTGRES_BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 const SQLITE_BEGIN: &str = "BEGIN IMMEDIATE";
+
+/// The PostgreSQL transaction of the `minimal` and `book` variants, in 4
+/// round trips: `BEGIN`; the product's lock; `allocate`, the rest of the
+/// allocation in one statement, returning the batch and whether the line is
+/// new (no row when nothing can take it); `COMMIT` of a new line only.
+async fn pg_lock_then_allocate(
+    pool: &PgPool,
+    line: &Line,
+    allocate: QueryAs<'_, Postgres, (String, bool), PgArguments>,
+) -> Result<Outcome, sqlx::Error> {
+    let mut transaction = pool.begin().await?;
+    // Locks the product row, the aggregate's lock, like `SELECT ... FOR
+    // UPDATE` but bumping the version in the same trip. Under READ
+    // COMMITTED the next statement's snapshot is taken after the lock is
+    // held, so it sees the last committed state of the product's batches.
+    let locked =
+        sqlx::query("UPDATE products SET version_number = version_number + 1 WHERE sku = $1")
+            .bind(&line.sku)
+            .execute(&mut *transaction)
+            .await?;
+    if locked.rows_affected() != 1 {
+        return Ok(Outcome::Failed(format!("unknown sku {}", line.sku)));
+    }
+    match allocate.fetch_optional(&mut *transaction).await? {
+        Some((_, true)) => {
+            transaction.commit().await?;
+            Ok(Outcome::Allocated)
+        }
+        // Already allocated or waiting (changes nothing), or nothing can
+        // take it.
+        Some((_, false)) | None => {
+            transaction.rollback().await?;
+            Ok(Outcome::NotAllocated)
+        }
+    }
+}
+
+/// The SQLite transaction of the `minimal` and `book` variants, in 4
+/// calls: `BEGIN IMMEDIATE`; `pick`, which picks and bumps the preferred
+/// batch and returns its id and reference (no row when the line exists or
+/// waits, or nothing can take it); one call carrying the other writes,
+/// made by `write` for that batch (SQLite takes several statements per
+/// call, as the service's own batched write does); `COMMIT`.
+async fn sqlite_pick_then_write<'q>(
+    pool: &SqlitePool,
+    line: &Line,
+    pick: QueryAs<'q, Sqlite, (i64, String), SqliteArguments>,
+    write: impl FnOnce(i64, String) -> Query<'q, Sqlite, SqliteArguments>,
+) -> Result<Outcome, sqlx::Error> {
+    let mut transaction = pool.begin_with(SQLITE_BEGIN).await?;
+    let Some((batch_id, reference)) = pick.fetch_optional(&mut *transaction).await? else {
+        transaction.rollback().await?;
+        return Ok(Outcome::NotAllocated);
+    };
+    let written = write(batch_id, reference)
+        .execute(&mut *transaction)
+        .await?;
+    // The line, its read-model row, its message and the version bump; and
+    // a stock-level crossing's two rows, if there is one.
+    if written.rows_affected() < 4 {
+        return Ok(Outcome::Failed(format!(
+            "unknown sku {} ({} rows written, not 4 or more)",
+            line.sku,
+            written.rows_affected()
+        )));
+    }
+    transaction.commit().await?;
+    Ok(Outcome::Allocated)
+}
 
 /// A unique message id, as long as the service's UUIDs.
 fn message_id() -> String {

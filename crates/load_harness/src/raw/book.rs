@@ -5,7 +5,7 @@
 
 use sqlx::{PgPool, SqlitePool};
 
-use super::{SQLITE_BEGIN, message_id, unix_millis};
+use super::{message_id, pg_lock_then_allocate, sqlite_pick_then_write, unix_millis};
 use crate::stats::Outcome;
 use crate::workload::Line;
 
@@ -41,34 +41,13 @@ UNION ALL
 SELECT reference, FALSE AS is_new FROM existing";
 
 pub(super) async fn pg_book(pool: &PgPool, line: &Line) -> Result<Outcome, sqlx::Error> {
-    let mut transaction = pool.begin().await?;
-    let locked =
-        sqlx::query("UPDATE products SET version_number = version_number + 1 WHERE sku = $1")
-            .bind(&line.sku)
-            .execute(&mut *transaction)
-            .await?;
-    if locked.rows_affected() != 1 {
-        return Ok(Outcome::Failed(format!("unknown sku {}", line.sku)));
-    }
-    let chosen: Option<(String, bool)> = sqlx::query_as(PG_ALLOCATE_BOOK)
+    let allocate = sqlx::query_as(PG_ALLOCATE_BOOK)
         .bind(&line.sku)
         .bind(&line.orderid)
         .bind(line.qty)
         .bind(message_id())
-        .bind(unix_millis())
-        .fetch_optional(&mut *transaction)
-        .await?;
-    match chosen {
-        Some((_, true)) => {
-            transaction.commit().await?;
-            Ok(Outcome::Allocated)
-        }
-        // Already allocated (changes nothing) or out of stock.
-        Some((_, false)) | None => {
-            transaction.rollback().await?;
-            Ok(Outcome::NotAllocated)
-        }
-    }
+        .bind(unix_millis());
+    pg_lock_then_allocate(pool, line, allocate).await
 }
 
 /// Picks and bumps the preferred batch in one statement: `?1` sku, `?2`
@@ -85,38 +64,21 @@ WHERE id = (
 RETURNING id, reference";
 
 pub(super) async fn sqlite_book(pool: &SqlitePool, line: &Line) -> Result<Outcome, sqlx::Error> {
-    let mut transaction = pool.begin_with(SQLITE_BEGIN).await?;
-    let chosen: Option<(i64, String)> = sqlx::query_as(SQLITE_PICK_AND_BUMP)
+    let pick = sqlx::query_as(SQLITE_PICK_AND_BUMP)
         .bind(&line.sku)
         .bind(&line.orderid)
-        .bind(line.qty)
-        .fetch_optional(&mut *transaction)
-        .await?;
-    let Some((batch_id, reference)) = chosen else {
-        transaction.rollback().await?;
-        return Ok(Outcome::NotAllocated);
-    };
-    // One call for the four writes, as the service makes one (SQLite takes
-    // several statements per call; `$n` is the same argument in each).
-    let written = sqlx::query(SQLITE_WRITE_LINE)
-        .bind(&line.orderid)
-        .bind(&line.sku)
-        .bind(batch_id)
-        .bind(line.qty)
-        .bind(&reference)
-        .bind(message_id())
-        .bind(unix_millis())
-        .execute(&mut *transaction)
-        .await?;
-    if written.rows_affected() != 4 {
-        return Ok(Outcome::Failed(format!(
-            "unknown sku {} ({} rows written, not 4)",
-            line.sku,
-            written.rows_affected()
-        )));
-    }
-    transaction.commit().await?;
-    Ok(Outcome::Allocated)
+        .bind(line.qty);
+    sqlite_pick_then_write(pool, line, pick, |batch_id, reference| {
+        sqlx::query(SQLITE_WRITE_LINE)
+            .bind(&line.orderid)
+            .bind(&line.sku)
+            .bind(batch_id)
+            .bind(line.qty)
+            .bind(reference)
+            .bind(message_id())
+            .bind(unix_millis())
+    })
+    .await
 }
 
 /// The line, its read-model row, its outbox message and the product's

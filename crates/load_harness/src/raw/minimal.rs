@@ -23,7 +23,7 @@
 
 use sqlx::{PgPool, SqlitePool};
 
-use super::{SQLITE_BEGIN, message_id, unix_millis};
+use super::{message_id, pg_lock_then_allocate, sqlite_pick_then_write, unix_millis};
 use crate::stats::Outcome;
 use crate::workload::Line;
 
@@ -104,40 +104,14 @@ SELECT reference, FALSE AS is_new FROM existing"
 );
 
 pub(super) async fn pg_minimal(pool: &PgPool, line: &Line) -> Result<Outcome, sqlx::Error> {
-    let mut transaction = pool.begin().await?;
-    // Locks the product row, the aggregate's lock, like `SELECT ... FOR
-    // UPDATE` but bumping the version in the same trip. Under READ
-    // COMMITTED the next statement's snapshot is taken after the lock is
-    // held, so it sees the last committed state of the product's batches.
-    let locked =
-        sqlx::query("UPDATE products SET version_number = version_number + 1 WHERE sku = $1")
-            .bind(&line.sku)
-            .execute(&mut *transaction)
-            .await?;
-    if locked.rows_affected() != 1 {
-        return Ok(Outcome::Failed(format!("unknown sku {}", line.sku)));
-    }
-    let chosen: Option<(String, bool)> = sqlx::query_as(PG_ALLOCATE)
+    let allocate = sqlx::query_as(PG_ALLOCATE)
         .bind(&line.sku)
         .bind(&line.orderid)
         .bind(line.qty)
         .bind(message_id())
         .bind(unix_millis())
-        .bind(message_id())
-        .fetch_optional(&mut *transaction)
-        .await?;
-    match chosen {
-        Some((_, true)) => {
-            transaction.commit().await?;
-            Ok(Outcome::Allocated)
-        }
-        // Already allocated or waiting (changes nothing), or nothing can
-        // take it.
-        Some((_, false)) | None => {
-            transaction.rollback().await?;
-            Ok(Outcome::NotAllocated)
-        }
-    }
+        .bind(message_id());
+    pg_lock_then_allocate(pool, line, allocate).await
 }
 
 /// SQLite: picks and bumps the preferred batch in one statement: `?1` sku,
@@ -201,41 +175,23 @@ const SQLITE_WRITE_LINE: &str = concat!(
 
 pub(super) async fn sqlite_minimal(pool: &SqlitePool, line: &Line) -> Result<Outcome, sqlx::Error> {
     let now = unix_millis();
-    let mut transaction = pool.begin_with(SQLITE_BEGIN).await?;
-    let chosen: Option<(i64, String)> = sqlx::query_as(SQLITE_PICK_AND_BUMP)
+    let pick = sqlx::query_as(SQLITE_PICK_AND_BUMP)
         .bind(&line.sku)
         .bind(&line.orderid)
         .bind(line.qty)
-        .bind(now)
-        .fetch_optional(&mut *transaction)
-        .await?;
-    let Some((batch_id, reference)) = chosen else {
-        transaction.rollback().await?;
-        return Ok(Outcome::NotAllocated);
-    };
-    // One call for the writes, as the service makes one (SQLite takes
-    // several statements per call; `$n` is the same argument in each).
-    let written = sqlx::query(SQLITE_WRITE_LINE)
-        .bind(&line.orderid)
-        .bind(&line.sku)
-        .bind(batch_id)
-        .bind(line.qty)
-        .bind(&reference)
-        .bind(message_id())
-        .bind(now)
-        .bind(message_id())
-        .execute(&mut *transaction)
-        .await?;
-    // The line's four rows, and the crossing's two if there is one.
-    if written.rows_affected() < 4 {
-        return Ok(Outcome::Failed(format!(
-            "unknown sku {} ({} rows written, not 4 or more)",
-            line.sku,
-            written.rows_affected()
-        )));
-    }
-    transaction.commit().await?;
-    Ok(Outcome::Allocated)
+        .bind(now);
+    sqlite_pick_then_write(pool, line, pick, |batch_id, reference| {
+        sqlx::query(SQLITE_WRITE_LINE)
+            .bind(&line.orderid)
+            .bind(&line.sku)
+            .bind(batch_id)
+            .bind(line.qty)
+            .bind(reference)
+            .bind(message_id())
+            .bind(now)
+            .bind(message_id())
+    })
+    .await
 }
 
 #[cfg(test)]
