@@ -305,17 +305,7 @@ async fn postgres_lookups_use_indexes_on_large_tables() {
     println!("filled and analysed in {:?}", started.elapsed());
 
     for lookup in LOOKUPS {
-        let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", lookup.sql.postgres());
-        let row = with_params(sql.clone(), lookup)
-            .fetch_one(&mut conn)
-            .await
-            .expect("explain");
-        // The column is `json`, which sqlx decodes only with its `json`
-        // feature; its wire format is the JSON text itself.
-        let text: String = row.try_get_unchecked(0).expect("the plan as text");
-        let explained: Value = serde_json::from_str(&text).expect("the plan is JSON");
-        let mut nodes = Vec::new();
-        plan_nodes(&explained[0]["Plan"], &mut nodes);
+        let (explained, nodes) = explain_postgres(&mut conn, lookup).await;
         let shown: Vec<String> = nodes
             .iter()
             .map(|(node, index)| match index {
@@ -398,6 +388,26 @@ async fn fill_postgres(conn: &mut sqlx::PgConnection) {
     assert_eq!(rows, 200_000);
 }
 
+/// Runs `lookup` on PostgreSQL under `EXPLAIN (ANALYZE, FORMAT JSON)`:
+/// the whole plan, and its nodes (see [`plan_nodes`]).
+async fn explain_postgres(
+    conn: &mut sqlx::PgConnection,
+    lookup: &Lookup,
+) -> (Value, Vec<(String, Option<String>)>) {
+    let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", lookup.sql.postgres());
+    let row = with_params(sql, lookup)
+        .fetch_one(conn)
+        .await
+        .expect("explain");
+    // The column is `json`, which sqlx decodes only with its `json`
+    // feature; its wire format is the JSON text itself.
+    let text: String = row.try_get_unchecked(0).expect("the plan as text");
+    let explained: Value = serde_json::from_str(&text).expect("the plan is JSON");
+    let mut nodes = Vec::new();
+    plan_nodes(&explained[0]["Plan"], &mut nodes);
+    (explained, nodes)
+}
+
 /// Every node of a JSON plan, depth first: its type and the index it uses.
 fn plan_nodes(plan: &Value, out: &mut Vec<(String, Option<String>)>) {
     let node = plan["Node Type"].as_str().unwrap_or("?").to_owned();
@@ -456,15 +466,7 @@ async fn postgres_claims_from_a_churned_outbox_with_an_index_scan() {
         .begin_with(queries::BEGIN_CLAIM_POSTGRES)
         .await
         .expect("the claim's transaction");
-    let sql = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", claim.sql.postgres());
-    let row = with_params(sql, &claim)
-        .fetch_one(&mut *transaction)
-        .await
-        .expect("explain");
-    let text: String = row.try_get_unchecked(0).expect("the plan as text");
-    let explained: Value = serde_json::from_str(&text).expect("the plan is JSON");
-    let mut nodes = Vec::new();
-    plan_nodes(&explained[0]["Plan"], &mut nodes);
+    let (explained, nodes) = explain_postgres(&mut transaction, &claim).await;
     // Either index gives the rows in `id` order; which one the planner
     // takes depends on how many rows of each destination it expects.
     assert!(
