@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use service_layer::ports::{Claim, IdempotencyKeys, StoreError};
 
 use super::SqlStore;
-use super::rows::{get, mismatch, time_to_db};
+use super::rows::{first_row_once_done, get, mismatch, time_to_db};
 
 /// Inserts the claim, or takes over one left running since before `$4`,
 /// or an answer from before `$5`; returns a row only if it claimed.
@@ -32,19 +32,16 @@ impl IdempotencyKeys for SqlStore {
         // Twice at most: a holder that gave the key back between the two
         // statements leaves it free for the second try.
         for _ in 0..2 {
-            // All rows, not `fetch_optional`: through sqlx's `Any` driver
-            // that returns before PostgreSQL commits the claim (see
-            // `write::postgres::statement`).
-            let claimed = sqlx::query(CLAIM)
+            let claim = sqlx::query(CLAIM)
                 .bind(key)
                 .bind(fingerprint)
                 .bind(time_to_db(now))
                 .bind(time_to_db(stale_before))
-                .bind(time_to_db(expired_before))
-                .fetch_all(&self.pool)
+                .bind(time_to_db(expired_before));
+            let claimed = first_row_once_done(claim, &self.pool)
                 .await
                 .map_err(StoreError::backend)?;
-            if !claimed.is_empty() {
+            if claimed.is_some() {
                 return Ok(Claim::Claimed);
             }
             let holder = sqlx::query(HOLDER)

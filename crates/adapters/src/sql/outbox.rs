@@ -81,21 +81,24 @@ impl Outbox for SqlStore {
             .bind(i64::from(limit))
             .bind(destination.as_str());
         let rows = match self.dialect {
-            Dialect::Sqlite => claim.fetch_all(&self.pool).await,
+            Dialect::Sqlite => claim
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::backend)?,
             Dialect::Postgres => {
                 let mut transaction = self
                     .pool
                     .begin_with(queries::BEGIN_CLAIM_POSTGRES)
                     .await
                     .map_err(StoreError::backend)?;
-                let rows = claim.fetch_all(&mut *transaction).await;
-                if rows.is_ok() {
-                    transaction.commit().await.map_err(StoreError::backend)?;
-                }
+                let rows = claim
+                    .fetch_all(&mut *transaction)
+                    .await
+                    .map_err(StoreError::backend)?;
+                transaction.commit().await.map_err(StoreError::backend)?;
                 rows
             }
-        }
-        .map_err(StoreError::backend)?;
+        };
         let mut claimed = rows
             .iter()
             .map(|row| {

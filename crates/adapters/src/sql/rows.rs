@@ -1,5 +1,6 @@
 //! How values are stored: decoding columns into domain types, and the
-//! encodings of dates and times the two databases share.
+//! encodings of dates and times the two databases share; and reading a
+//! writing statement's answer to its end.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -7,8 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chrono::{DateTime, NaiveDate, Utc};
 use domain::{Closed, Quantity};
 use service_layer::ports::StoreError;
-use sqlx::any::AnyRow;
-use sqlx::{Any, Row};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, Executor, Row};
 
 /// The database holds something this code cannot have written, or a commit
 /// disagrees with what is stored.
@@ -18,6 +20,21 @@ pub(super) struct Mismatch(pub(super) String);
 
 pub(super) fn mismatch(detail: String) -> StoreError {
     StoreError::backend(Mismatch(detail))
+}
+
+/// The first row `query` returns, read only once the database has answered
+/// all of it. Through sqlx's `Any` driver, `fetch_one` and `fetch_optional`
+/// return at the first row (its native PostgreSQL driver reads to the end,
+/// since transact-rs/sqlx#2913). A statement run outside a transaction is
+/// committed only after that row, when PostgreSQL processes the `Sync`
+/// behind it, and what fails as it commits (a deferred constraint, the
+/// commit's WAL write) comes after the row: a writing statement read that
+/// way would be answered as done before it is.
+pub(super) async fn first_row_once_done<'e>(
+    query: Query<'_, Any, AnyArguments>,
+    executor: impl Executor<'e, Database = Any>,
+) -> Result<Option<AnyRow>, sqlx::Error> {
+    Ok(query.fetch_all(executor).await?.into_iter().next())
 }
 
 pub(super) fn get<'r, T>(row: &'r AnyRow, column: &str) -> Result<T, StoreError>

@@ -13,7 +13,7 @@ use super::{
     Column, STALE_OF_ALL, VALUES_UP_TO, VERSION_COLUMNS, VERSIONED_ALL, VERSIONED_ALREADY,
     VERSIONED_ONE, columns, writer,
 };
-use crate::sql::rows::{get, identifier, mismatch};
+use crate::sql::rows::{first_row_once_done, get, identifier, mismatch};
 use crate::sql::write::kept_texts::KeptTexts;
 use crate::sql::write::{Columns, Kind, Plan, Rows, Run, Table, Value};
 
@@ -273,23 +273,14 @@ impl Statement<'_> {
                 Parameter::Json(json) => query.bind(json),
             },
         );
-        // All of it, not `fetch_one`: through sqlx's `Any` driver that
-        // returns at the first row, before PostgreSQL has committed a
-        // statement run on its own, and what fails as it commits (a
-        // deferred constraint, the commit's WAL write) would come after
-        // the answer (sqlx's native driver reads to the end; its `Any`
-        // driver does not).
-        let rows = query
-            .fetch_all(conn)
+        let row = first_row_once_done(query, conn)
             .await
-            .map_err(|error| plan.failure(error))?;
-        let row = rows
-            .first()
+            .map_err(|error| plan.failure(error))?
             .ok_or_else(|| mismatch("a write statement that returned no row".to_owned()))?;
         if self.checks_versions {
-            let versioned = get::<i64>(row, "versioned")?;
+            let versioned = get::<i64>(&row, "versioned")?;
             if usize::try_from(versioned).ok() != Some(plan.products.len()) {
-                let stale = get::<Option<String>>(row, "stale")?;
+                let stale = get::<Option<String>>(&row, "stale")?;
                 let sku = match stale {
                     Some(stale) => identifier(&stale, Sku::parse)?,
                     None => plan.blamed().cloned().ok_or_else(|| {
@@ -300,7 +291,7 @@ impl Statement<'_> {
             }
         }
         for (kind, expected) in &self.counted {
-            plan.check_count(*kind, *expected, get::<i64>(row, kind.name())?)?;
+            plan.check_count(*kind, *expected, get::<i64>(&row, kind.name())?)?;
         }
         Ok(())
     }
