@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::process::free_port;
+use crate::process::free_port_for_restarts;
 
 /// A running `postgres` of the test's own, stopped (immediately) when
 /// dropped, its files with it.
@@ -41,7 +41,7 @@ impl PostgresServer {
         let server = Self {
             bindir,
             data,
-            port: free_port(),
+            port: free_port_for_restarts(),
             _dir: dir,
         };
         server.start_again();
