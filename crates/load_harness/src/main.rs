@@ -365,6 +365,12 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
         if let Some(ratio) = level.ratio {
             eprintln!("c={concurrency:<4} service/raw = {ratio:.2}");
         }
+        if let Some(extra) = level.extra_cpu_us {
+            eprintln!(
+                "c={concurrency:<4} the service path spends {extra:.0} µs more CPU per request \
+                 than the raw transaction"
+            );
+        }
         levels.push(level);
     }
 

@@ -63,6 +63,13 @@ pub struct Level {
     /// else the first raw variant).
     pub ratio: Option<f64>,
     pub ratio_baseline: Option<RawVariant>,
+    /// CPU microseconds per request that the first service result's path
+    /// (HTTP client, service, database) spends beyond the baseline raw
+    /// transaction's (its client and database): the cost of the HTTP hop
+    /// and the service's layers. Unlike the ratio, it does not move with
+    /// how fast the machine runs the database's share of the work, so it
+    /// compares runs on different machines.
+    pub extra_cpu_us: Option<f64>,
 }
 
 /// The service, with `instances` processes on one database, at one
@@ -145,10 +152,16 @@ impl Level {
                 conflict_retries: measure.conflict_retries,
             })
             .collect();
+        let extra_cpu_us = service
+            .first()
+            .and_then(|s| s.summary.cpu.total_us)
+            .zip(baseline.and_then(|b| b.summary.cpu.total_us))
+            .map(|(service, raw)| service - raw);
         Self {
             concurrency,
             ratio: service.first().and_then(|s| s.ratio),
             ratio_baseline: baseline.map(|b| b.variant),
+            extra_cpu_us,
             service,
             raw,
         }
@@ -265,6 +278,11 @@ mod tests {
         }
     }
 
+    fn costing(mut summary: Summary, total_us: f64) -> Summary {
+        summary.cpu.total_us = Some(total_us);
+        summary
+    }
+
     #[test]
     fn instances_are_compared_with_the_fewest_and_with_raw() {
         let raw = vec![
@@ -299,6 +317,31 @@ mod tests {
         let idle = Level::new(8, vec![measure(1, 0), measure(2, 10)], Vec::new());
         assert_eq!(idle.service[1].scaling, None);
         assert_eq!(idle.ratio, None);
+    }
+
+    #[test]
+    fn the_service_paths_extra_cpu_is_taken_against_the_baseline() {
+        let raw = vec![
+            RawResult {
+                variant: RawVariant::Book,
+                summary: costing(summary_at(500), 400.0),
+                conflicts: 0,
+            },
+            RawResult {
+                variant: RawVariant::Minimal,
+                summary: costing(summary_at(400), 500.0),
+                conflicts: 0,
+            },
+        ];
+        let mut one = measure(1, 300);
+        one.summary = costing(one.summary, 700.0);
+        let mut two = measure(2, 350);
+        two.summary = costing(two.summary, 900.0);
+        let level = Level::new(8, vec![one, two], raw);
+        assert_eq!(level.extra_cpu_us, Some(200.0));
+        // CPU not measured on either side: no figure.
+        let unmeasured = Level::new(8, vec![measure(1, 300)], Vec::new());
+        assert_eq!(unmeasured.extra_cpu_us, None);
     }
 
     #[test]

@@ -93,9 +93,9 @@ impl Report {
 
         println!();
         println!(
-            "| backend | concurrency | service req/s | p50 ms | p99 ms | raw tx/s | p50 ms | p99 ms | service/raw |"
+            "| backend | concurrency | service req/s | p50 ms | p99 ms | raw tx/s | p50 ms | p99 ms | service/raw | extra CPU µs/req |"
         );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for level in &self.levels {
             let Some(service) = level.service.first() else {
                 continue;
@@ -113,8 +113,11 @@ impl Report {
                     )
                 });
             let ratio = level.ratio.map_or("-".to_owned(), |r| format!("{r:.2}"));
+            let extra = level
+                .extra_cpu_us
+                .map_or("-".to_owned(), |us| format!("{us:.0}"));
             println!(
-                "| {backend} | {} | {:.0} | {:.2} | {:.2} | {raw_rate} | {raw_p50} | {raw_p99} | {ratio} |",
+                "| {backend} | {} | {:.0} | {:.2} | {:.2} | {raw_rate} | {raw_p50} | {raw_p99} | {ratio} | {extra} |",
                 level.concurrency,
                 service.summary.per_second,
                 service.summary.p50_ms,
