@@ -1,6 +1,7 @@
 //! A PostgreSQL server of a test's own, which the test may stop and start
-//! again (a database outage, a restart under load): unlike the shared
-//! server of `DATABASE_URL`, nobody else uses it.
+//! again (a database outage, a restart under load) or freeze and thaw (a
+//! database that hangs): unlike the shared server of `DATABASE_URL`, nobody
+//! else uses it.
 //!
 //! It runs from the machine's PostgreSQL server programs (`pg_config
 //! --bindir`) in a temporary directory, listening on a free loopback port
@@ -11,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use crate::process::free_port_for_restarts;
+use crate::process::{free_port_for_restarts, signal, try_signal};
 
 /// A running `postgres` of the test's own, stopped (immediately) when
 /// dropped, its files with it.
@@ -74,6 +75,41 @@ impl PostgresServer {
             .arg(self.data.join("server.log")));
     }
 
+    /// Freezes every process of the server (`SIGSTOP`), as a database host
+    /// that stops answering does: connections stay open, and nothing comes
+    /// back on them until [`thaw`](Self::thaw). Linux only (it finds the
+    /// server's processes in `/proc`).
+    pub fn freeze(&self) {
+        let postmaster = self.postmaster();
+        // The postmaster first: stopped, it starts no new backend while its
+        // children are looked up.
+        signal(postmaster, "STOP");
+        // A backend whose client just hung up may be gone already.
+        for child in children_of(postmaster) {
+            try_signal(child, "STOP");
+        }
+    }
+
+    /// Lets a frozen server run on where it stopped (`SIGCONT`).
+    pub fn thaw(&self) {
+        let postmaster = self.postmaster();
+        for child in children_of(postmaster) {
+            try_signal(child, "CONT");
+        }
+        signal(postmaster, "CONT");
+    }
+
+    /// The server's main process, from the first line of `postmaster.pid`.
+    fn postmaster(&self) -> u32 {
+        let path = self.data.join("postmaster.pid");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        text.lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no process id in {}", path.display()))
+    }
+
     fn pg_ctl(&self) -> Command {
         let mut command = as_postgres(&self.bindir.join("pg_ctl"));
         command.arg("--pgdata").arg(&self.data);
@@ -91,6 +127,25 @@ impl Drop for PostgresServer {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// The processes whose parent is `parent`, from `/proc/<pid>/stat`: its
+/// fourth field, after the command name in parentheses (which may itself
+/// hold spaces and parentheses).
+fn children_of(parent: u32) -> Vec<u32> {
+    let entries = std::fs::read_dir("/proc").expect("/proc lists the processes (Linux)");
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after_name = &stat[stat.rfind(')')? + 1..];
+                    after_name.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
 }
 
 /// Where `initdb`, `pg_ctl` and `postgres` are, under the CI rule.

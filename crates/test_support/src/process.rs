@@ -12,11 +12,22 @@ use std::process::Command;
 ///
 /// When `kill` cannot run or fails (e.g. no such process).
 pub fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
+    assert!(try_signal(pid, signal), "kill -{signal} {pid} failed");
+}
+
+/// Sends `signal` to `pid` if it still runs: whether it was delivered. For
+/// processes that may end on their own meanwhile.
+///
+/// # Panics
+///
+/// When the `kill` program cannot run.
+pub fn try_signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
         .args([format!("-{signal}"), pid.to_string()])
+        .stderr(std::process::Stdio::null())
         .status()
-        .expect("the kill program runs");
-    assert!(status.success(), "kill -{signal} {pid} failed");
+        .expect("the kill program runs")
+        .success()
 }
 
 /// A loopback port nobody listens on right now: the OS picks it, and the
