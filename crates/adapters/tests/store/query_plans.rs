@@ -296,10 +296,7 @@ async fn postgres_lookups_use_indexes_on_large_tables() {
     let Some(db) = TestDatabase::postgres().await else {
         return;
     };
-    drop(open(db.url()).await); // creates the schema
-    let mut conn = sqlx::PgConnection::connect(db.url())
-        .await
-        .expect("open directly");
+    let mut conn = migrated_postgres(&db).await;
     let started = Instant::now();
     fill_postgres(&mut conn).await;
     println!("filled and analysed in {:?}", started.elapsed());
@@ -388,6 +385,14 @@ async fn fill_postgres(conn: &mut sqlx::PgConnection) {
     assert_eq!(rows, 200_000);
 }
 
+/// A native connection to `db`, once the store has created its schema.
+async fn migrated_postgres(db: &TestDatabase) -> sqlx::PgConnection {
+    drop(open(db.url()).await);
+    sqlx::PgConnection::connect(db.url())
+        .await
+        .expect("open directly")
+}
+
 /// Runs `lookup` on PostgreSQL under `EXPLAIN (ANALYZE, FORMAT JSON)`:
 /// the whole plan, and its nodes (see [`plan_nodes`]).
 async fn explain_postgres(
@@ -429,10 +434,7 @@ async fn postgres_claims_from_a_churned_outbox_with_an_index_scan() {
     let Some(db) = TestDatabase::postgres().await else {
         return;
     };
-    drop(open(db.url()).await); // creates the schema
-    let mut conn = sqlx::PgConnection::connect(db.url())
-        .await
-        .expect("open directly");
+    let mut conn = migrated_postgres(&db).await;
     let churn = [
         "ALTER TABLE outbox SET (autovacuum_enabled = false)",
         "INSERT INTO outbox (message_id, channel, destination, sku, created_at) \
