@@ -97,10 +97,16 @@ pub fn require_service(var: &str, schemes: &[&str]) -> Option<String> {
     None
 }
 
+/// The shared PostgreSQL server's URL (`DATABASE_URL`), under the CI rule
+/// of [`require_service`]: for a test that makes its own databases there.
+pub fn shared_postgres() -> Option<String> {
+    require_service(DATABASE_URL, POSTGRES)
+}
+
 /// Writes `text` straight to stderr, past libtest's capture (which takes
 /// `eprintln!`), so that a skipped test does not pass unnoticed. Best
 /// effort: a notice that cannot be written is no reason to fail.
-fn notice(text: &str) {
+pub fn notice(text: &str) {
     let _ = writeln!(std::io::stderr(), "{text}");
 }
 
@@ -142,7 +148,7 @@ impl TestDatabase {
     /// A fresh, empty PostgreSQL database, or `None` (the test skips) when
     /// `DATABASE_URL` is not a `postgres://` URL and `CI` is not `true`.
     pub async fn postgres() -> Option<Self> {
-        let admin_url = require_service(DATABASE_URL, POSTGRES)?;
+        let admin_url = shared_postgres()?;
         Some(Self::create_postgres(&admin_url).await)
     }
 

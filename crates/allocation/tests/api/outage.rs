@@ -36,7 +36,9 @@ async fn a_postgres_stopped_and_restarted_under_load_answers_503_then_recovers()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_that_hangs_under_load_answers_503_in_time_then_recovers() {
     if !cfg!(target_os = "linux") {
-        eprintln!("skipped: freezing a PostgreSQL server finds its processes in /proc (Linux)");
+        test_support::notice(
+            "skipped: freezing a PostgreSQL server finds its processes in /proc (Linux only)",
+        );
         return;
     }
     let Some(server) = PostgresServer::start() else {

@@ -308,12 +308,8 @@ mod tests {
     /// PostgreSQL when `DATABASE_URL` names a server (CI sets it).
     #[tokio::test]
     async fn follows_the_services_rules_on_postgres() {
-        match std::env::var("DATABASE_URL") {
-            Ok(url) if url.starts_with("postgres") => follows_the_services_rules(&url).await,
-            _ if std::env::var_os("CI").is_some() => {
-                panic!("CI must set DATABASE_URL to a PostgreSQL server")
-            }
-            _ => eprintln!("skipped: DATABASE_URL names no PostgreSQL server"),
+        if let Some(url) = test_support::shared_postgres() {
+            follows_the_services_rules(&url).await;
         }
     }
 }
