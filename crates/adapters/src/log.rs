@@ -32,15 +32,17 @@ pub struct LogPublisher;
 
 #[async_trait]
 impl Publisher for LogPublisher {
-    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        let (channel, payload) = crate::messages::encode(message);
-        tracing::info!(
-            channel,
-            message_id = %message.message_id,
-            sku = %message.message.sku(),
-            payload,
-            "message (no Redis configured, so it is only logged)"
-        );
+    async fn publish(&self, messages: &[OutboxMessage]) -> Result<(), PublishError> {
+        for message in messages {
+            let (channel, payload) = crate::messages::encode(message);
+            tracing::info!(
+                channel,
+                message_id = %message.message_id,
+                sku = %message.message.sku(),
+                payload,
+                "message (no Redis configured, so it is only logged)"
+            );
+        }
         Ok(())
     }
 }

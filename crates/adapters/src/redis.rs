@@ -77,10 +77,14 @@ pub enum RedisError {
         url: String,
         cause: redis::RedisError,
     },
-    #[error("cannot publish on Redis channel {channel:?} at {url}: {cause}")]
+    #[error(
+        "cannot publish {messages} message(s) on Redis at {url} (channel {channel:?} first): {cause}"
+    )]
     Publish {
         url: String,
+        /// The first message's channel.
         channel: String,
+        messages: usize,
         cause: redis::RedisError,
     },
     #[error("Redis {command} failed at {url}: {cause}")]

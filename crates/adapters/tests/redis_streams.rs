@@ -161,22 +161,27 @@ async fn a_group_that_disappeared_is_made_again_and_reads_go_on() {
     assert_eq!(read.len(), 1);
 }
 
+/// A round goes out in one pipeline; each message lands on the stream of
+/// its channel, in the round's order.
 #[tokio::test]
-async fn the_publisher_adds_each_message_to_the_stream_of_its_channel() {
+async fn the_publisher_adds_each_message_of_a_round_to_its_stream_in_order() {
     let Some(url) = shared_redis() else { return };
     let mut redis = connection(&url).await;
-    let message = OutboxMessage {
-        message_id: Uuid::new_v4(),
-        message: Outgoing::LineAllocated(Allocated {
-            orderid: OrderId::parse(&unique("order")).expect("id"),
-            sku: Sku::parse(&unique("sku")).expect("sku"),
-            qty: Quantity::parse(3, "qty").expect("qty"),
-            batchref: BatchRef::parse("b1").expect("ref"),
-        }),
-    };
+    let sku = Sku::parse(&unique("sku")).expect("sku");
+    let round: Vec<OutboxMessage> = (0..3)
+        .map(|n| OutboxMessage {
+            message_id: Uuid::new_v4(),
+            message: Outgoing::LineAllocated(Allocated {
+                orderid: OrderId::parse(&unique(&format!("order{n}"))).expect("id"),
+                sku: sku.clone(),
+                qty: Quantity::parse(3, "qty").expect("qty"),
+                batchref: BatchRef::parse("b1").expect("ref"),
+            }),
+        })
+        .collect();
     RedisPublisher::connect(&url, true)
         .expect("a valid URL")
-        .publish(&message)
+        .publish(&round)
         .await
         .expect("published");
 
@@ -184,14 +189,18 @@ async fn the_publisher_adds_each_message_to_the_stream_of_its_channel() {
         .xrevrange_count(messages::LINE_ALLOCATED, "+", "-", 1000)
         .await
         .expect("XREVRANGE");
-    let ours = newest
+    let mut ours: Vec<String> = newest
         .ids
         .iter()
         .filter_map(|entry| entry.get::<String>("payload"))
-        .find(|payload| payload.contains(&message.message_id.to_string()))
-        .expect("the message is on the line_allocated stream");
-    let (_, encoded) = messages::encode(&message);
-    assert_eq!(ours, encoded);
+        .filter(|payload| payload.contains(sku.as_str()))
+        .collect();
+    ours.reverse();
+    let expected: Vec<String> = round
+        .iter()
+        .map(|message| messages::encode(message).1)
+        .collect();
+    assert_eq!(ours, expected, "every message of the round, in order");
 }
 
 #[tokio::test]

@@ -46,7 +46,7 @@ struct Discard;
 
 #[async_trait]
 impl Publisher for Discard {
-    async fn publish(&self, _: &OutboxMessage) -> Result<(), PublishError> {
+    async fn publish(&self, _: &[OutboxMessage]) -> Result<(), PublishError> {
         Ok(())
     }
 }

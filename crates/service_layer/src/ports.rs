@@ -56,9 +56,25 @@ pub trait Notifications: Send + Sync + std::fmt::Debug {
     async fn send(&self, notification: &Notification) -> Result<(), NotificationError>;
 }
 
+/// A round that did not all go out: the first `sent` messages did (the
+/// relay marks them sent), the rest did not (it keeps them).
 #[derive(Debug, thiserror::Error)]
-#[error("message not published: {0}")]
-pub struct PublishError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+#[error("message not published ({sent} of the round went out before): {cause}")]
+pub struct PublishError {
+    pub sent: usize,
+    #[source]
+    pub cause: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl PublishError {
+    /// A failure before the round's message number `sent` (from 0).
+    pub fn after(sent: usize, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            sent,
+            cause: Box::new(cause),
+        }
+    }
+}
 
 /// A message for other systems or for people. It is written to the outbox
 /// in the same transaction as the change it announces, and published by
@@ -160,9 +176,16 @@ pub struct ClaimedMessage {
 /// Sends outbox messages of one destination on: to other systems (Redis in
 /// production), or as notifications to people (see
 /// `relay::NotificationPublisher`).
+///
+/// The relay hands over each round it claims whole, so that an adapter can
+/// send it at once (Redis: one pipelined round trip for the round); a lone
+/// message is a round of one.
 #[async_trait]
 pub trait Publisher: Send + Sync + std::fmt::Debug {
-    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError>;
+    /// Sends `messages` in their order. An error says how many of the
+    /// first ones went out for certain; a message it cannot vouch for
+    /// counts as not sent, and goes out again (delivery is at least once).
+    async fn publish(&self, messages: &[OutboxMessage]) -> Result<(), PublishError>;
 }
 
 /// The outbox as the relay sees it: committed messages waiting to go out.

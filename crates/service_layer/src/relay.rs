@@ -131,16 +131,24 @@ pub struct NotANotification {
 
 #[async_trait]
 impl Publisher for NotificationPublisher {
-    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        let notification = notification_of(message).ok_or_else(|| {
-            PublishError(Box::new(NotANotification {
-                message_id: message.message_id,
-            }))
-        })?;
-        self.notifications
-            .send(&notification)
-            .await
-            .map_err(|error| PublishError(Box::new(error)))
+    /// One email after the other: a failed send stops the round there, so
+    /// that nobody gets an email twice for the ones sent before it.
+    async fn publish(&self, messages: &[OutboxMessage]) -> Result<(), PublishError> {
+        for (sent, message) in messages.iter().enumerate() {
+            let notification = notification_of(message).ok_or_else(|| {
+                PublishError::after(
+                    sent,
+                    NotANotification {
+                        message_id: message.message_id,
+                    },
+                )
+            })?;
+            self.notifications
+                .send(&notification)
+                .await
+                .map_err(|error| PublishError::after(sent, error))?;
+        }
+        Ok(())
     }
 }
 
@@ -195,29 +203,27 @@ impl<O: Outbox> OutboxRelay<O> {
             if claimed.is_empty() {
                 return Ok(published);
             }
-            let mut sent = Vec::with_capacity(claimed.len());
-            let mut failure = None;
-            for message in &claimed {
-                match self.publisher.publish(&message.message).await {
-                    Ok(()) => sent.push(message.position),
-                    Err(error) => {
-                        failure = Some(error);
-                        break;
-                    }
-                }
-            }
-            self.outbox.mark_sent(&sent).await?;
-            published += sent.len();
-            if let Some(error) = failure {
+            let claimed_count = claimed.len();
+            let (positions, messages): (Vec<i64>, Vec<OutboxMessage>) = claimed
+                .into_iter()
+                .map(|claimed| (claimed.position, claimed.message))
+                .unzip();
+            let outcome = self.publisher.publish(&messages).await;
+            let sent = match &outcome {
+                Ok(()) => claimed_count,
+                Err(error) => error.sent.min(claimed_count),
+            };
+            self.outbox.mark_sent(&positions[..sent]).await?;
+            published += sent;
+            if let Err(error) = outcome {
                 // Give the rest back now rather than when the lease ends, so
                 // they go out as soon as publishing works again.
-                let unsent: Vec<_> = claimed[sent.len()..].iter().map(|m| m.position).collect();
-                self.outbox.release(&unsent).await?;
+                self.outbox.release(&positions[sent..]).await?;
                 return Err(error.into());
             }
             // A short batch took everything there was: asking again would
             // only find what was committed since, which its wake-up brings.
-            if claimed.len() < self.settings.batch_size as usize {
+            if claimed_count < self.settings.batch_size as usize {
                 return Ok(published);
             }
         }
@@ -394,6 +400,55 @@ mod tests {
         assert_eq!(orderids(&publisher), ["o0", "o1", "o2"]);
     }
 
+    /// A round that breaks off part-way: what went out is marked sent and
+    /// never sent again, the rest goes out at the next attempt.
+    #[tokio::test]
+    async fn a_round_cut_short_keeps_only_what_did_not_go_out() {
+        /// Sends the first message of its first round, then fails.
+        #[derive(Debug, Default)]
+        struct BreaksAfterOne {
+            sent: RecordingPublisher,
+            broke: std::sync::atomic::AtomicBool,
+        }
+        #[derive(Debug, thiserror::Error)]
+        #[error("connection lost")]
+        struct ConnectionLost;
+        #[async_trait]
+        impl Publisher for BreaksAfterOne {
+            async fn publish(&self, messages: &[OutboxMessage]) -> Result<(), PublishError> {
+                if self.broke.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return self.sent.publish(messages).await;
+                }
+                self.sent.publish(&messages[..1]).await?;
+                Err(PublishError::after(1, ConnectionLost))
+            }
+        }
+        let setup = with_allocations(3).await;
+        let publisher = Arc::new(BreaksAfterOne::default());
+        let relay = OutboxRelay::new(
+            setup.store.clone(),
+            Destination::Messages,
+            Arc::clone(&publisher) as Arc<dyn Publisher>,
+            setup.wakeups.of(Destination::Messages),
+            RelaySettings::default(),
+        );
+
+        assert!(matches!(
+            relay.relay_pending().await,
+            Err(RelayError::Publish(PublishError { sent: 1, .. }))
+        ));
+        assert_eq!(setup.store.unsent_messages().len(), 2, "the first is sent");
+        assert_eq!(relay.relay_pending().await.expect("relayed"), 2);
+        let orderids: Vec<String> = publisher
+            .sent
+            .published()
+            .iter()
+            .filter_map(OutboxMessage::line_allocated)
+            .map(|event| event.orderid.to_string())
+            .collect();
+        assert_eq!(orderids, ["o0", "o1", "o2"], "each once, in order");
+    }
+
     #[tokio::test]
     async fn two_relays_never_publish_the_same_message() {
         let setup = with_allocations(40).await;
@@ -562,7 +617,7 @@ mod tests {
         struct Hung;
         #[async_trait]
         impl Publisher for Hung {
-            async fn publish(&self, _: &OutboxMessage) -> Result<(), PublishError> {
+            async fn publish(&self, _: &[OutboxMessage]) -> Result<(), PublishError> {
                 std::future::pending().await
             }
         }

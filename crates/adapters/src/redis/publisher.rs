@@ -27,14 +27,22 @@ pub struct RedisPublisher {
 }
 
 /// The relay's way out: each outbox message goes out on its channel (and
-/// stream) in the wire format of `messages`.
+/// stream) in the wire format of `messages`, a whole round in one
+/// pipelined round trip. Redis runs a connection's commands in the order
+/// sent, so the round keeps its order; if the round fails, none of it
+/// counts as sent, since a broken connection does not say how much of the
+/// pipeline Redis ran.
 #[async_trait::async_trait]
 impl Publisher for RedisPublisher {
-    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        let (channel, payload) = messages::encode(message);
-        self.send(channel, &payload, self.streams)
+    async fn publish(&self, messages: &[OutboxMessage]) -> Result<(), PublishError> {
+        let encoded: Vec<_> = messages.iter().map(messages::encode).collect();
+        let round: Vec<(&str, &str)> = encoded
+            .iter()
+            .map(|(channel, payload)| (*channel, payload.as_str()))
+            .collect();
+        self.send(&round, self.streams)
             .await
-            .map_err(|error| PublishError(Box::new(error)))
+            .map_err(|error| PublishError::after(0, error))
     }
 }
 
@@ -81,49 +89,49 @@ impl RedisPublisher {
     /// the message twice (if the first attempt timed out after Redis got
     /// it), which the `message_id` in every payload allows for.
     pub async fn publish_raw(&self, channel: &str, payload: &str) -> Result<(), RedisError> {
-        self.send(channel, payload, false).await
+        self.send(&[(channel, payload)], false).await
     }
 
-    /// Publishes `payload` on `channel` and, with `to_stream`, adds it to
-    /// the stream of that name in the same round trip. A stream entry
-    /// whose publish then failed is added again on the retry: a duplicate,
-    /// which the `message_id` allows for, as above.
-    async fn send(&self, channel: &str, payload: &str, to_stream: bool) -> Result<(), RedisError> {
+    /// Publishes each `(channel, payload)` in order and, with `to_stream`,
+    /// adds it to the stream of that name, all in one round trip. A stream
+    /// entry whose round then failed is added again on the retry: a
+    /// duplicate, which the `message_id` allows for, as above.
+    async fn send(&self, round: &[(&str, &str)], to_stream: bool) -> Result<(), RedisError> {
+        let Some(&(first_channel, _)) = round.first() else {
+            return Ok(());
+        };
         let mut command = redis::pipe();
-        command.cmd("PUBLISH").arg(channel).arg(payload);
-        if to_stream {
-            command
-                .cmd("XADD")
-                .arg(channel)
-                .arg(StreamMaxlen::Approx(STREAM_MAX_LEN))
-                .arg("*")
-                .arg(PAYLOAD_FIELD)
-                .arg(payload)
-                .ignore();
+        for &(channel, payload) in round {
+            command.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+            if to_stream {
+                command
+                    .cmd("XADD")
+                    .arg(channel)
+                    .arg(StreamMaxlen::Approx(STREAM_MAX_LEN))
+                    .arg("*")
+                    .arg(PAYLOAD_FIELD)
+                    .arg(payload)
+                    .ignore();
+            }
         }
         let mut connection = self.connection.clone();
-        let mut result = command
-            .query_async::<(usize,)>(&mut connection)
-            .await
-            .map(|(receivers,)| receivers);
+        let mut result = command.query_async::<()>(&mut connection).await;
         let broken = result
             .as_ref()
             .is_err_and(|error| error.is_io_error() || error.is_unrecoverable_error());
         if broken {
-            tracing::debug!(url = %self.url, channel, "publish failed on a broken connection; retrying once");
-            result = command
-                .query_async::<(usize,)>(&mut connection)
-                .await
-                .map(|(receivers,)| receivers);
+            tracing::debug!(url = %self.url, messages = round.len(), "publish failed on a broken connection; retrying once");
+            result = command.query_async::<()>(&mut connection).await;
         }
         match result {
-            Ok(receivers) => {
-                tracing::debug!(url = %self.url, channel, receivers, "published");
+            Ok(()) => {
+                tracing::debug!(url = %self.url, messages = round.len(), "published");
                 Ok(())
             }
             Err(cause) => Err(RedisError::Publish {
                 url: self.url.to_string(),
-                channel: channel.to_owned(),
+                channel: first_channel.to_owned(),
+                messages: round.len(),
                 cause,
             }),
         }

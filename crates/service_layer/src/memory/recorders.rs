@@ -34,7 +34,8 @@ impl<T: Clone> Recorder<T> {
         Self::default()
     }
 
-    /// Fails the first `failures` calls, then records as usual.
+    /// Fails the first `failures` calls (messages, for a publisher), then
+    /// records as usual.
     pub fn failing(failures: u32) -> Self {
         Self {
             records: Mutex::default(),
@@ -92,8 +93,13 @@ impl Recorder<OutboxMessage> {
 
 #[async_trait]
 impl Publisher for Recorder<OutboxMessage> {
-    async fn publish(&self, message: &OutboxMessage) -> Result<(), PublishError> {
-        self.record(message)
-            .map_err(|failure| PublishError(Box::new(failure)))
+    /// Message by message, so that a simulated failure stops the round
+    /// where it happens, as a real one would.
+    async fn publish(&self, messages: &[OutboxMessage]) -> Result<(), PublishError> {
+        for (sent, message) in messages.iter().enumerate() {
+            self.record(message)
+                .map_err(|failure| PublishError::after(sent, failure))?;
+        }
+        Ok(())
     }
 }
