@@ -135,8 +135,10 @@ pub struct Args {
     /// with raw SQL, e.g. `allocate,order3,hold-convert`: `allocate` (one
     /// line, the book's route), `order3` (a whole order of three lines, of
     /// three products), `hold-convert` (a checkout hold of one line, then
-    /// the order converting it). Reports each one's requests and lines per
-    /// second and its ratio to the first, measured in alternating slices.
+    /// the order converting it), `healthz` (`GET /healthz`: the HTTP hop
+    /// alone, no database). Reports each one's requests and lines per
+    /// second, its ratio to the first and its CPU time per request,
+    /// measured in alternating slices.
     #[arg(
         long,
         value_delimiter = ',',

@@ -40,6 +40,10 @@ pub enum Shape {
     /// `POST /holds` of one line, then the order converting it: two
     /// requests, counted as one.
     HoldConvert,
+    /// `GET /healthz`: no database, no command. What the HTTP hop and the
+    /// service's middleware cost on their own, beside the shapes that
+    /// also do work.
+    Healthz,
 }
 
 impl Shape {
@@ -48,6 +52,7 @@ impl Shape {
         match self {
             Self::Allocate | Self::HoldConvert => 1,
             Self::Order3 => 3,
+            Self::Healthz => 0,
         }
     }
 
@@ -56,6 +61,7 @@ impl Shape {
             Self::Allocate => "allocate (1 line)",
             Self::Order3 => "order of 3 lines",
             Self::HoldConvert => "hold, then convert",
+            Self::Healthz => "GET /healthz",
         }
     }
 }
@@ -122,6 +128,31 @@ impl HttpTarget {
                 self.order(line, json!({ "lines": lines, "hold_id": hold_id }))
                     .await
             }
+            Shape::Healthz => self.healthz(line).await,
+        }
+    }
+
+    /// `GET /healthz` on the instance whose turn it is. A success counts as
+    /// `Allocated`: it allocates nothing (the shape has no lines), but it
+    /// did what was asked.
+    async fn healthz(&self, line: &Line) -> Outcome {
+        let base = &self.bases[instance_for(line.seq, self.bases.len())];
+        let url = match base.join("healthz") {
+            Ok(url) => url,
+            Err(error) => return Outcome::Failed(format!("healthz: {error}")),
+        };
+        let response = match self.client.get(url).send().await {
+            Ok(response) => response,
+            Err(error) => return Outcome::Failed(format!("GET /healthz: {error}")),
+        };
+        let status = response.status();
+        if let Err(error) = response.bytes().await {
+            return Outcome::Failed(format!("GET /healthz body: {error}"));
+        }
+        if status.is_success() {
+            Outcome::Allocated
+        } else {
+            Outcome::Status(status.as_u16())
         }
     }
 
@@ -414,6 +445,44 @@ http_requests_total{route=\"/allocate\"} 9000
             ),
             0
         );
+    }
+
+    /// A server that answers each connection's first request with
+    /// `status`, after recording its request line.
+    async fn answering(status: &'static str) -> (Url, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url =
+            Url::parse(&format!("http://{}/", listener.local_addr().expect("addr"))).expect("url");
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = vec![0; 4096];
+            let read = socket.read(&mut request).await.expect("read");
+            let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok");
+            socket.write_all(answer.as_bytes()).await.expect("write");
+            let request = String::from_utf8_lossy(&request[..read]).into_owned();
+            request.lines().next().unwrap_or_default().to_owned()
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn the_probe_shape_gets_healthz_and_counts_only_a_success() {
+        let workload = crate::workload::Workload::new("t".into(), 10);
+        for (status, expected) in [
+            ("200 OK", Outcome::Allocated),
+            ("503 Service Unavailable", Outcome::Status(503)),
+        ] {
+            let (url, server) = answering(status).await;
+            let target = HttpTarget::new(vec![url], 1)
+                .expect("target")
+                .with_shape(Shape::Healthz);
+            assert_eq!(target.send(&workload.line(0)).await, expected);
+            assert_eq!(server.await.expect("served"), "GET /healthz HTTP/1.1");
+        }
+        assert_eq!(Shape::Healthz.lines(), 0, "it allocates nothing");
     }
 
     #[tokio::test]

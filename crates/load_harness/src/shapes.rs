@@ -1,6 +1,7 @@
 //! `--shapes`: one service, several shapes of request (a single line, a
-//! whole order, a hold then its conversion), measured in alternating
-//! slices on the same database, each reported with its ratio to the first.
+//! whole order, a hold then its conversion, a health probe), measured in
+//! alternating slices on the same database, each reported with its ratio
+//! to the first and its CPU time per request.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub async fn run(
         .as_mut()
         .context("no database server opened")?;
     let database = databases.create("shapes").await?;
+    let mut probe = cpu::Probe::new(databases.admin_url()).await;
     let settings = ServiceSettings {
         binary: binary.to_owned(),
         max_connections: args.max_connections,
@@ -75,6 +77,7 @@ pub async fn run(
             check_service(resources)?;
         }
         let mut recorders: Vec<Recorder> = phases.iter().map(|_| Recorder::default()).collect();
+        let mut usages: Vec<cpu::Usage> = phases.iter().map(|_| cpu::Usage::default()).collect();
         let share = args.requests / u64::from(args.rounds);
         for round in 0..args.rounds {
             for offset in 0..phases.len() {
@@ -86,15 +89,27 @@ pub async fn run(
                     args.rounds,
                     phase.name
                 );
+                let before = probe.sample(&phase.cpu_sources).await;
                 let recorded =
                     workload::drive(phase, workload, concurrency, Limit::Requests(share)).await?;
+                let after = probe.sample(&phase.cpu_sources).await;
+                usages[index].add(&before, &after);
                 recorders[index].merge(recorded);
                 check_service(resources)?;
             }
         }
-        let summaries: Vec<Summary> = recorders.into_iter().map(Recorder::summary).collect();
+        let summaries: Vec<Summary> = recorders
+            .into_iter()
+            .zip(&usages)
+            .map(|(recorder, usage)| {
+                let mut summary = recorder.summary();
+                summary.cpu = usage.per_request(summary.requests);
+                summary
+            })
+            .collect();
         print_level(concurrency, &args.shapes, &summaries);
     }
+    probe.close().await;
 
     let contents = database::contents(&database).await?;
     let lines: u64 = phases
@@ -123,10 +138,20 @@ pub async fn run(
 fn print_level(concurrency: u32, shapes: &[crate::http::Shape], summaries: &[Summary]) {
     println!("\nconcurrency {concurrency}");
     println!(
-        "{:<20} {:>10} {:>10} {:>9} {:>9} {:>8} {:>10}",
-        "shape", "requests/s", "lines/s", "p50 ms", "p99 ms", "non-2xx", "ratio"
+        "{:<20} {:>10} {:>10} {:>9} {:>9} {:>8} {:>7}   CPU µs per request: {:>6} {:>7} {:>6}",
+        "shape",
+        "requests/s",
+        "lines/s",
+        "p50 ms",
+        "p99 ms",
+        "non-2xx",
+        "ratio",
+        "client",
+        "service",
+        "db"
     );
     let first = summaries.first().map_or(0.0, |s| s.per_second);
+    let micros = |us: Option<f64>| us.map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"));
     for (shape, summary) in shapes.iter().zip(summaries) {
         let ratio = if first > 0.0 {
             summary.per_second / first
@@ -134,14 +159,17 @@ fn print_level(concurrency: u32, shapes: &[crate::http::Shape], summaries: &[Sum
             0.0
         };
         println!(
-            "{:<20} {:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>10.2}",
+            "{:<20} {:>10.0} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>7.2}                       {:>6} {:>7} {:>6}",
             shape.label(),
             summary.per_second,
             summary.per_second * shape.lines() as f64,
             summary.p50_ms,
             summary.p99_ms,
             summary.non_2xx + summary.failed + summary.not_allocated,
-            ratio
+            ratio,
+            micros(summary.cpu.client_us),
+            micros(summary.cpu.service_us),
+            micros(summary.cpu.database_us),
         );
     }
 }
