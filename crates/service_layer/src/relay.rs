@@ -203,15 +203,14 @@ impl<O: Outbox> OutboxRelay<O> {
             if claimed.is_empty() {
                 return Ok(published);
             }
-            let claimed_count = claimed.len();
             let (positions, messages): (Vec<i64>, Vec<OutboxMessage>) = claimed
                 .into_iter()
                 .map(|claimed| (claimed.position, claimed.message))
                 .unzip();
             let outcome = self.publisher.publish(&messages).await;
             let sent = match &outcome {
-                Ok(()) => claimed_count,
-                Err(error) => error.sent.min(claimed_count),
+                Ok(()) => positions.len(),
+                Err(error) => error.sent.min(positions.len()),
             };
             self.outbox.mark_sent(&positions[..sent]).await?;
             published += sent;
@@ -223,7 +222,7 @@ impl<O: Outbox> OutboxRelay<O> {
             }
             // A short batch took everything there was: asking again would
             // only find what was committed since, which its wake-up brings.
-            if claimed_count < self.settings.batch_size as usize {
+            if positions.len() < self.settings.batch_size as usize {
                 return Ok(published);
             }
         }
@@ -346,7 +345,10 @@ mod tests {
         bus.handle(command).await.expect("allocated");
     }
 
-    fn relay(setup: &Setup, publisher: &Arc<RecordingPublisher>) -> OutboxRelay<MemoryStore> {
+    fn relay<P: Publisher + 'static>(
+        setup: &Setup,
+        publisher: &Arc<P>,
+    ) -> OutboxRelay<MemoryStore> {
         let settings = RelaySettings {
             batch_size: 2,
             ..RelaySettings::default()
@@ -425,13 +427,7 @@ mod tests {
         }
         let setup = with_allocations(3).await;
         let publisher = Arc::new(BreaksAfterOne::default());
-        let relay = OutboxRelay::new(
-            setup.store.clone(),
-            Destination::Messages,
-            Arc::clone(&publisher) as Arc<dyn Publisher>,
-            setup.wakeups.of(Destination::Messages),
-            RelaySettings::default(),
-        );
+        let relay = relay(&setup, &publisher);
 
         assert!(matches!(
             relay.relay_pending().await,
@@ -439,14 +435,11 @@ mod tests {
         ));
         assert_eq!(setup.store.unsent_messages().len(), 2, "the first is sent");
         assert_eq!(relay.relay_pending().await.expect("relayed"), 2);
-        let orderids: Vec<String> = publisher
-            .sent
-            .published()
-            .iter()
-            .filter_map(OutboxMessage::line_allocated)
-            .map(|event| event.orderid.to_string())
-            .collect();
-        assert_eq!(orderids, ["o0", "o1", "o2"], "each once, in order");
+        assert_eq!(
+            orderids(&publisher.sent),
+            ["o0", "o1", "o2"],
+            "each once, in order"
+        );
     }
 
     #[tokio::test]

@@ -35,11 +35,7 @@ pub struct RedisPublisher {
 #[async_trait::async_trait]
 impl Publisher for RedisPublisher {
     async fn publish(&self, messages: &[OutboxMessage]) -> Result<(), PublishError> {
-        let encoded: Vec<_> = messages.iter().map(messages::encode).collect();
-        let round: Vec<(&str, &str)> = encoded
-            .iter()
-            .map(|(channel, payload)| (*channel, payload.as_str()))
-            .collect();
+        let round: Vec<_> = messages.iter().map(messages::encode).collect();
         self.send(&round, self.streams)
             .await
             .map_err(|error| PublishError::after(0, error))
@@ -96,12 +92,17 @@ impl RedisPublisher {
     /// adds it to the stream of that name, all in one round trip. A stream
     /// entry whose round then failed is added again on the retry: a
     /// duplicate, which the `message_id` allows for, as above.
-    async fn send(&self, round: &[(&str, &str)], to_stream: bool) -> Result<(), RedisError> {
+    async fn send(
+        &self,
+        round: &[(&str, impl AsRef<str>)],
+        to_stream: bool,
+    ) -> Result<(), RedisError> {
         let Some(&(first_channel, _)) = round.first() else {
             return Ok(());
         };
         let mut command = redis::pipe();
-        for &(channel, payload) in round {
+        for (channel, payload) in round {
+            let (channel, payload) = (*channel, payload.as_ref());
             command.cmd("PUBLISH").arg(channel).arg(payload).ignore();
             if to_stream {
                 command
