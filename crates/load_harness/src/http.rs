@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use reqwest::{Client, StatusCode, Url};
+use reqwest::{Client, Method, StatusCode, Url};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -136,23 +136,9 @@ impl HttpTarget {
     /// `Allocated`: it allocates nothing (the shape has no lines), but it
     /// did what was asked.
     async fn healthz(&self, line: &Line) -> Outcome {
-        let base = &self.bases[instance_for(line.seq, self.bases.len())];
-        let url = match base.join("healthz") {
-            Ok(url) => url,
-            Err(error) => return Outcome::Failed(format!("healthz: {error}")),
-        };
-        let response = match self.client.get(url).send().await {
-            Ok(response) => response,
-            Err(error) => return Outcome::Failed(format!("GET /healthz: {error}")),
-        };
-        let status = response.status();
-        if let Err(error) = response.bytes().await {
-            return Outcome::Failed(format!("GET /healthz body: {error}"));
-        }
-        if status.is_success() {
-            Outcome::Allocated
-        } else {
-            Outcome::Status(status.as_u16())
+        match self.exchange(line, Method::GET, "healthz", None).await {
+            Ok(_) => Outcome::Allocated,
+            Err(outcome) => outcome,
         }
     }
 
@@ -171,28 +157,42 @@ impl HttpTarget {
     /// A `POST` of `body` to `path` on the instance whose turn it is: its
     /// JSON answer, or why there is none.
     async fn post(&self, line: &Line, path: &str, body: &Value) -> Result<Value, Outcome> {
+        let bytes = self.exchange(line, Method::POST, path, Some(body)).await?;
+        serde_json::from_slice(bytes.as_ref()).map_err(|error| {
+            Outcome::Failed(format!("POST /{path} answered invalid JSON: {error}"))
+        })
+    }
+
+    /// A request to `path` (with `body` as JSON, if any) on the instance
+    /// whose turn it is: the body of a 2xx answer, or why there is none.
+    async fn exchange(
+        &self,
+        line: &Line,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<impl AsRef<[u8]>, Outcome> {
         let base = &self.bases[instance_for(line.seq, self.bases.len())];
         let url = base
             .join(path)
             .map_err(|error| Outcome::Failed(format!("{path}: {error}")))?;
-        let response = self
-            .client
-            .post(url)
-            .json(body)
+        let mut request = self.client.request(method.clone(), url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
             .send()
             .await
-            .map_err(|error| Outcome::Failed(format!("POST /{path}: {error}")))?;
+            .map_err(|error| Outcome::Failed(format!("{method} /{path}: {error}")))?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|error| Outcome::Failed(format!("POST /{path} body: {error}")))?;
+            .map_err(|error| Outcome::Failed(format!("{method} /{path} body: {error}")))?;
         if !status.is_success() {
             return Err(Outcome::Status(status.as_u16()));
         }
-        serde_json::from_slice(&bytes).map_err(|error| {
-            Outcome::Failed(format!("POST /{path} answered invalid JSON: {error}"))
-        })
+        Ok(bytes)
     }
 
     /// The first instance's URL (the only one unless several were started).

@@ -330,11 +330,10 @@ async fn run(args: &Args, resources: &mut Resources) -> anyhow::Result<()> {
                 check_service(resources)?;
             }
         }
-        let mut summaries = recorders.into_iter().zip(&usages).map(|(recorder, usage)| {
-            let mut summary = recorder.summary();
-            summary.cpu = usage.per_request(summary.requests);
-            summary
-        });
+        let mut summaries = recorders
+            .into_iter()
+            .zip(&usages)
+            .map(|(recorder, usage)| recorder.summary_with_cpu(usage));
         let service = service_phases
             .iter()
             .zip(summaries.by_ref())

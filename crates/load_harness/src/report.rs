@@ -3,6 +3,8 @@
 
 mod table;
 
+pub use table::micros;
+
 use std::path::Path;
 
 use anyhow::Context;

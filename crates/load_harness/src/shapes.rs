@@ -13,7 +13,7 @@ use crate::args::Args;
 use crate::cpu;
 use crate::database::{self};
 use crate::http::HttpTarget;
-use crate::report::Consistency;
+use crate::report::{Consistency, micros};
 use crate::service::{ServiceProcess, ServiceSettings};
 use crate::stats::{Recorder, Summary};
 use crate::workload::{self, Limit, Phase, Target, Workload};
@@ -101,11 +101,7 @@ pub async fn run(
         let summaries: Vec<Summary> = recorders
             .into_iter()
             .zip(&usages)
-            .map(|(recorder, usage)| {
-                let mut summary = recorder.summary();
-                summary.cpu = usage.per_request(summary.requests);
-                summary
-            })
+            .map(|(recorder, usage)| recorder.summary_with_cpu(usage))
             .collect();
         print_level(concurrency, &args.shapes, &summaries);
     }
@@ -151,7 +147,6 @@ fn print_level(concurrency: u32, shapes: &[crate::http::Shape], summaries: &[Sum
         "db"
     );
     let first = summaries.first().map_or(0.0, |s| s.per_second);
-    let micros = |us: Option<f64>| us.map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"));
     for (shape, summary) in shapes.iter().zip(summaries) {
         let ratio = if first > 0.0 {
             summary.per_second / first

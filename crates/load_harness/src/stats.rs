@@ -92,6 +92,14 @@ impl Recorder {
         self.latencies_ns.len() as u64
     }
 
+    /// The figures the report shows, with the CPU time `usage` measured
+    /// over the same slices.
+    pub fn summary_with_cpu(self, usage: &crate::cpu::Usage) -> Summary {
+        let mut summary = self.summary();
+        summary.cpu = usage.per_request(summary.requests);
+        summary
+    }
+
     /// The figures the report shows.
     pub fn summary(mut self) -> Summary {
         self.latencies_ns.sort_unstable();

@@ -4,8 +4,12 @@
 use super::{Report, service_label};
 use crate::stats::Summary;
 
+/// Whole microseconds, or `-` where there is no figure.
+pub fn micros(us: Option<f64>) -> String {
+    us.map_or_else(|| "-".to_owned(), |us| format!("{us:.0}"))
+}
+
 fn row(backend: &str, concurrency: u32, phase: &str, s: &Summary, extra: &str) -> String {
-    let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.0}"));
     format!(
         "{backend:<9} {concurrency:>5}  {phase:<20} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7}{extra}",
         s.per_second,
@@ -14,10 +18,10 @@ fn row(backend: &str, concurrency: u32, phase: &str, s: &Summary, extra: &str) -
         s.max_ms,
         s.non_2xx,
         s.failed + s.not_allocated,
-        us(s.cpu.client_us),
-        us(s.cpu.service_us),
-        us(s.cpu.database_us),
-        us(s.cpu.total_us),
+        micros(s.cpu.client_us),
+        micros(s.cpu.service_us),
+        micros(s.cpu.database_us),
+        micros(s.cpu.total_us),
     )
 }
 
@@ -113,9 +117,7 @@ impl Report {
                     )
                 });
             let ratio = level.ratio.map_or("-".to_owned(), |r| format!("{r:.2}"));
-            let extra = level
-                .extra_cpu_us
-                .map_or("-".to_owned(), |us| format!("{us:.0}"));
+            let extra = micros(level.extra_cpu_us);
             println!(
                 "| {backend} | {} | {:.0} | {:.2} | {:.2} | {raw_rate} | {raw_p50} | {raw_p99} | {ratio} | {extra} |",
                 level.concurrency,
